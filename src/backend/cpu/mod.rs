@@ -1,0 +1,6 @@
+//! The CPU backend: quantized linear layers.
+
+pub mod linear;
+pub mod quant;
+
+pub use linear::Linear;

@@ -1,0 +1,322 @@
+//! `kvchat`: the native command line. Only this layer reads files.
+
+#[cfg(target_arch = "wasm32")]
+fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() {
+    // candle's small ops (softmax, norms, RoPE) run on rayon's pool; making this
+    // thread a worker of it lets them run inline instead of handing every op to
+    // another thread. One thread unless CANDLE_NUM_THREADS says otherwise.
+    let threads = std::env::var("CANDLE_NUM_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build_global();
+    if let Err(e) = cli::run() {
+        eprintln!("kvchat: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod cli {
+    use clap::{Args, Parser, Subcommand};
+    use kvchat::{Engine, EngineOptions, GenerateOptions, KvCacheConfig, KvDType, Message, Prompt, SamplerConfig};
+    use std::io::{BufRead, Write};
+    use std::path::PathBuf;
+
+    #[derive(Parser)]
+    #[command(name = "kvchat", version, about = "A small LLM with a bounded sliding-window KV cache")]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(Args, Clone)]
+    struct ModelArgs {
+        /// Path to a llama-family GGUF file.
+        #[arg(long)]
+        model: PathBuf,
+        /// KV cache capacity in tokens.
+        #[arg(long, default_value_t = 2048)]
+        kv_window: usize,
+        /// Leading tokens never evicted (attention sinks).
+        #[arg(long, default_value_t = 4)]
+        kv_sinks: usize,
+        /// Store K/V as f16 instead of f32.
+        #[arg(long)]
+        kv_f16: bool,
+    }
+
+    #[derive(Subcommand)]
+    enum Cmd {
+        /// Generate text from a raw prompt.
+        Generate {
+            #[command(flatten)]
+            m: ModelArgs,
+            #[arg(long, conflicts_with = "prompt_file")]
+            prompt: Option<String>,
+            #[arg(long)]
+            prompt_file: Option<PathBuf>,
+            #[arg(long, default_value_t = 256)]
+            max_tokens: usize,
+            #[arg(long, default_value_t = 0.0)]
+            temperature: f32,
+            #[arg(long, default_value_t = 40)]
+            top_k: usize,
+            #[arg(long, default_value_t = 0.95)]
+            top_p: f32,
+            #[arg(long, default_value_t = 0.05)]
+            min_p: f32,
+            #[arg(long, default_value_t = 1.0)]
+            repeat_penalty: f32,
+            #[arg(long)]
+            seed: Option<u64>,
+            /// Recompute the whole sequence at every step (shows what the cache saves).
+            #[arg(long)]
+            no_cache: bool,
+            #[arg(long)]
+            ignore_eos: bool,
+            /// Print one JSON line instead of streaming text.
+            #[arg(long)]
+            json: bool,
+        },
+        /// Interactive chat that keeps the cache across turns.
+        Chat {
+            #[command(flatten)]
+            m: ModelArgs,
+            #[arg(long, default_value_t = 512)]
+            max_tokens: usize,
+            #[arg(long, default_value_t = 0.7)]
+            temperature: f32,
+            #[arg(long)]
+            seed: Option<u64>,
+            /// Optional system prompt (the template's default otherwise).
+            #[arg(long)]
+            system: Option<String>,
+        },
+        /// Print the token ids of a text (special tokens parsed).
+        Tokenize {
+            #[command(flatten)]
+            m: ModelArgs,
+            #[arg(long, conflicts_with = "text_file")]
+            text: Option<String>,
+            #[arg(long)]
+            text_file: Option<PathBuf>,
+            #[arg(long)]
+            json: bool,
+        },
+        /// Perplexity of a text file fed through the bounded cache.
+        Perplexity {
+            #[command(flatten)]
+            m: ModelArgs,
+            #[arg(long)]
+            file: PathBuf,
+            /// Score at most this many tokens of the file.
+            #[arg(long)]
+            max_tokens: Option<usize>,
+            #[arg(long)]
+            json: bool,
+        },
+        /// Prefill and decode speed, median of several runs after a warm-up.
+        Bench {
+            #[command(flatten)]
+            m: ModelArgs,
+            #[arg(long)]
+            prompt_file: Option<PathBuf>,
+            #[arg(long, default_value_t = 128)]
+            gen: usize,
+            #[arg(long, default_value_t = 3)]
+            runs: usize,
+            #[arg(long)]
+            json: bool,
+        },
+    }
+
+    type R<T> = Result<T, Box<dyn std::error::Error>>;
+
+    fn load(m: &ModelArgs) -> R<Engine> {
+        let bytes = std::fs::read(&m.model).map_err(|e| format!("cannot read {}: {e}", m.model.display()))?;
+        let opts = EngineOptions {
+            kv: KvCacheConfig {
+                window: m.kv_window,
+                sinks: m.kv_sinks,
+                dtype: if m.kv_f16 { KvDType::F16 } else { KvDType::F32 },
+            },
+            ..Default::default()
+        };
+        Ok(Engine::load(&bytes, opts)?)
+    }
+
+    fn text_arg(text: Option<String>, file: Option<PathBuf>, what: &str) -> R<String> {
+        match (text, file) {
+            (Some(t), _) => Ok(t),
+            (None, Some(f)) => Ok(std::fs::read_to_string(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?),
+            (None, None) => Err(format!("give --{what} or --{what}-file").into()),
+        }
+    }
+
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    }
+
+    pub fn run() -> R<()> {
+        match Cli::parse().cmd {
+            Cmd::Generate {
+                m, prompt, prompt_file, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, no_cache, ignore_eos, json,
+            } => {
+                let prompt = text_arg(prompt, prompt_file, "prompt")?;
+                let mut engine = load(&m)?;
+                let opts = GenerateOptions {
+                    max_tokens,
+                    sampler: SamplerConfig { temperature, top_k, top_p, min_p, repeat_penalty, seed, ..Default::default() },
+                    stop: Vec::new(),
+                    ignore_eos,
+                    no_cache,
+                };
+                let stdout = std::io::stdout();
+                let g = engine.generate(Prompt::Raw(&prompt), &opts, |piece| {
+                    if !json {
+                        let mut out = stdout.lock();
+                        let _ = out.write_all(piece.as_bytes());
+                        let _ = out.flush();
+                    }
+                    true
+                })?;
+                if json {
+                    let v = serde_json::json!({
+                        "prompt_ids": g.prompt_ids,
+                        "generated_ids": g.generated_ids,
+                        "text": g.text,
+                        "stop_reason": g.stop_reason,
+                        "prefill_tokens_per_sec": g.stats.prefill_tokens_per_sec,
+                        "decode_tokens_per_sec": g.stats.decode_tokens_per_sec,
+                        "time_to_first_token_ms": g.stats.time_to_first_token_ms,
+                        "kv": g.kv,
+                    });
+                    println!("{v}");
+                } else {
+                    println!();
+                    eprintln!(
+                        "[{} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s; kv {}/{} used, {} evicted]",
+                        g.stats.prompt_tokens, g.stats.generated_tokens, g.stats.prefill_tokens_per_sec,
+                        g.stats.decode_tokens_per_sec, g.kv.used, g.kv.capacity, g.kv.evicted
+                    );
+                }
+            }
+            Cmd::Chat { m, max_tokens, temperature, seed, system } => {
+                let mut engine = load(&m)?;
+                let mut messages: Vec<Message> = system.into_iter().map(|s| Message::new("system", s)).collect();
+                let opts = GenerateOptions {
+                    max_tokens,
+                    sampler: SamplerConfig { temperature, seed, ..Default::default() },
+                    ..Default::default()
+                };
+                eprintln!("kvchat: {} layers, kv window {} (sinks {}). Empty line or Ctrl-D quits, /reset starts over.",
+                    engine.config().n_layer, m.kv_window, m.kv_sinks);
+                let stdin = std::io::stdin();
+                loop {
+                    eprint!("> ");
+                    let mut line = String::new();
+                    if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    if line.trim() == "/reset" {
+                        messages.retain(|m| m.role == "system");
+                        engine.reset();
+                        continue;
+                    }
+                    messages.push(Message::new("user", line.trim_end_matches(['\n', '\r'])));
+                    let stdout = std::io::stdout();
+                    let g = engine.generate(Prompt::Chat(&messages), &opts, |piece| {
+                        let mut out = stdout.lock();
+                        let _ = out.write_all(piece.as_bytes());
+                        let _ = out.flush();
+                        true
+                    })?;
+                    println!();
+                    eprintln!(
+                        "[{} new prompt tokens ({} reused), {} generated; prefill {:.1} tok/s, decode {:.1} tok/s; kv {}/{}, {} evicted]",
+                        g.stats.prompt_tokens - g.stats.reused_tokens, g.stats.reused_tokens, g.stats.generated_tokens,
+                        g.stats.prefill_tokens_per_sec, g.stats.decode_tokens_per_sec, g.kv.used, g.kv.capacity, g.kv.evicted
+                    );
+                    messages.push(Message::new("assistant", g.text));
+                }
+            }
+            Cmd::Tokenize { m, text, text_file, json } => {
+                let text = text_arg(text, text_file, "text")?;
+                let engine = load(&m)?;
+                let ids = engine.tokenize(&text)?;
+                if json {
+                    println!("{}", serde_json::json!({ "ids": ids }));
+                } else {
+                    for id in ids {
+                        println!("{id}\t{:?}", engine.detokenize(&[id]));
+                    }
+                }
+            }
+            Cmd::Perplexity { m, file, max_tokens, json } => {
+                let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                let mut engine = load(&m)?;
+                let mut ids = engine.tokenize(&text)?;
+                if let Some(n) = max_tokens {
+                    ids.truncate(n);
+                }
+                if ids.len() < 2 {
+                    return Err("the file has fewer than two tokens".into());
+                }
+                let (n, nll) = engine.perplexity(&ids, |done, nll| {
+                    if !json {
+                        eprint!("\r{done} tokens, running ppl {:.3}", (nll / done as f64).exp());
+                    }
+                })?;
+                let mean = nll / n as f64;
+                if json {
+                    println!("{}", serde_json::json!({
+                        "tokens": n, "mean_nll": mean, "ppl": mean.exp(),
+                        "kv_window": m.kv_window, "kv_sinks": m.kv_sinks,
+                    }));
+                } else {
+                    eprintln!();
+                    println!("tokens {n}  mean_nll {mean:.5}  ppl {:.4}", mean.exp());
+                }
+            }
+            Cmd::Bench { m, prompt_file, gen, runs, json } => {
+                let prompt = match prompt_file {
+                    Some(f) => std::fs::read_to_string(&f)?,
+                    None => "The history of the city begins".repeat(16),
+                };
+                let mut engine = load(&m)?;
+                let opts = GenerateOptions { max_tokens: gen, sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
+                let (mut pre, mut dec, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
+                let mut prompt_tokens = 0;
+                for run in 0..=runs.max(1) {
+                    engine.reset();
+                    let g = engine.generate(Prompt::Raw(&prompt), &opts, |_| true)?;
+                    prompt_tokens = g.stats.prompt_tokens;
+                    if run > 0 {
+                        pre.push(g.stats.prefill_tokens_per_sec);
+                        dec.push(g.stats.decode_tokens_per_sec);
+                        ttft.push(g.stats.time_to_first_token_ms);
+                    }
+                }
+                let threads = std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "default".into());
+                let v = serde_json::json!({
+                    "engine": "kvchat-native", "prompt_tokens": prompt_tokens, "gen_tokens": gen,
+                    "runs": pre.len(), "threads": threads,
+                    "prefill_tokens_per_sec": median(pre), "decode_tokens_per_sec": median(dec),
+                    "time_to_first_token_ms": median(ttft),
+                });
+                if json {
+                    println!("{v}");
+                } else {
+                    println!(
+                        "prompt {prompt_tokens} tokens, {gen} generated, median of {} runs: prefill {:.1} tok/s, decode {:.1} tok/s, ttft {:.1} ms",
+                        v["runs"], v["prefill_tokens_per_sec"].as_f64().unwrap_or(0.0),
+                        v["decode_tokens_per_sec"].as_f64().unwrap_or(0.0), v["time_to_first_token_ms"].as_f64().unwrap_or(0.0)
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}

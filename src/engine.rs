@@ -1,0 +1,456 @@
+//! The engine: bytes in, text out. It ties the GGUF, tokenizer, chat template,
+//! model, KV cache and sampler together, reuses the cached prefix between
+//! requests, streams text pieces to a callback and keeps statistics.
+//!
+//! Every error leaves the engine usable: a failure inside the forward pass
+//! empties the cache (the next request re-prefills), everything else is
+//! checked before the cache is touched.
+
+use crate::chat_template::{ChatTemplate, Message};
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+use crate::kv_cache::{KvCache, KvCacheConfig, KvDType, KvStats};
+use crate::model::{Llama, LlamaConfig};
+use crate::sampler::{Sampler, SamplerConfig};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+use candle_core::{Device, Tensor, D};
+use web_time::Instant;
+
+/// Options fixed when the model is loaded.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// KV capacity in tokens, sinks and storage type.
+    pub kv: KvCacheConfig,
+    /// If set, the window is derived from this many bytes of K/V storage instead of `kv.window`.
+    pub kv_budget_bytes: Option<usize>,
+    /// Largest number of prompt tokens run through the network at once.
+    pub prefill_chunk: usize,
+    /// Loading fails (before allocating) if weights plus cache would exceed this.
+    pub memory_budget: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            kv: KvCacheConfig::default(),
+            kv_budget_bytes: None,
+            prefill_chunk: 256,
+            memory_budget: if cfg!(target_arch = "wasm32") { 3 << 30 } else { 16 << 30 },
+        }
+    }
+}
+
+/// What to generate from.
+#[derive(Debug, Clone, Copy)]
+pub enum Prompt<'a> {
+    /// Raw text: special tokens are parsed, BOS added only if the model asks.
+    Raw(&'a str),
+    /// Chat messages rendered with the model's template (with the generation prompt).
+    Chat(&'a [Message]),
+    /// Token ids as they are.
+    Ids(&'a [u32]),
+}
+
+/// Options of one request.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    /// Generation stops before any of these strings (they are not printed).
+    pub stop: Vec<String>,
+    /// Keep going through end-of-generation tokens (benchmarks).
+    pub ignore_eos: bool,
+    /// Recompute the whole sequence at every step instead of using the cache.
+    pub no_cache: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self { max_tokens: 256, sampler: SamplerConfig::default(), stop: Vec::new(), ignore_eos: false, no_cache: false }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// An end-of-generation token.
+    Eos,
+    /// One of the stop strings.
+    StopString,
+    /// `max_tokens` reached.
+    Length,
+}
+
+/// Numbers about the last request.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    /// Prompt tokens found in the cache (not recomputed).
+    pub reused_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    pub prefill_tokens_per_sec: f64,
+    pub decode_tokens_per_sec: f64,
+    pub time_to_first_token_ms: f64,
+}
+
+/// The result of one request.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    pub generated_ids: Vec<u32>,
+    pub text: String,
+    pub stop_reason: Option<StopReason>,
+    pub stats: GenerationStats,
+    pub kv: KvStats,
+}
+
+pub struct Engine {
+    model: Llama,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    cache: KvCache,
+    opts: EngineOptions,
+    last: GenerationStats,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("config", self.model.config()).field("kv", &self.cache.stats()).finish()
+    }
+}
+
+impl Engine {
+    /// Loads a model from the bytes of a GGUF file.
+    pub fn load(bytes: &[u8], opts: EngineOptions) -> Result<Self> {
+        let mut opts = opts;
+        if opts.prefill_chunk == 0 {
+            return Err(Error::InvalidOption("prefill_chunk must be at least 1".into()));
+        }
+        let g = Gguf::parse(bytes)?;
+        let cfg = LlamaConfig::from_gguf(&g)?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        if tokenizer.vocab_size() != cfg.vocab_size {
+            return Err(Error::Metadata {
+                key: "tokenizer.ggml.tokens".into(),
+                reason: format!("{} tokens but the model has a vocabulary of {}", tokenizer.vocab_size(), cfg.vocab_size),
+            });
+        }
+        if let Some(budget) = opts.kv_budget_bytes {
+            opts.kv.window = KvCacheConfig::window_for_budget(budget, cfg.n_layer, cfg.kv_dim(), opts.kv.dtype);
+        }
+        opts.kv.validate()?;
+        let kv_bytes = (opts.kv.window as u128) * opts.kv.bytes_per_token(cfg.n_layer, cfg.kv_dim()) as u128;
+        let weight_bytes = Llama::estimate_bytes(&g, &cfg) as u128;
+        if weight_bytes + kv_bytes > opts.memory_budget as u128 {
+            return Err(Error::Memory(format!(
+                "the weights ({} MiB) and a {}-token KV cache ({} MiB) exceed the {} MiB budget; use a smaller window",
+                weight_bytes >> 20,
+                opts.kv.window,
+                kv_bytes >> 20,
+                opts.memory_budget >> 20
+            )));
+        }
+        let template = match g.metadata("tokenizer.chat_template") {
+            Some(_) => {
+                let src = g.get_str("tokenizer.chat_template")?;
+                let text = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or("").to_string();
+                Some(ChatTemplate::new(src, &text(tokenizer.bos()), &text(tokenizer.eos()))?)
+            }
+            None => None,
+        };
+        let device = Device::Cpu;
+        let model = Llama::load(&g, cfg.clone(), &device)?;
+        let cache = KvCache::new(opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim, &device)?;
+        Ok(Self { model, tokenizer, template, cache, opts, last: GenerationStats::default() })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        self.model.config()
+    }
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+    pub fn kv_stats(&self) -> KvStats {
+        self.cache.stats()
+    }
+    pub fn kv_dtype(&self) -> KvDType {
+        self.opts.kv.dtype
+    }
+    pub fn last_stats(&self) -> &GenerationStats {
+        &self.last
+    }
+    /// Token ids currently in the cache's history.
+    pub fn cached_tokens(&self) -> &[u32] {
+        self.cache.tokens()
+    }
+    pub fn weight_bytes(&self) -> usize {
+        self.model.weight_bytes()
+    }
+
+    /// Empties the cache and the history.
+    pub fn reset(&mut self) {
+        self.cache.reset();
+    }
+
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text)
+    }
+
+    pub fn detokenize(&self, ids: &[u32]) -> String {
+        self.tokenizer.decode(ids)
+    }
+
+    /// The prompt text chat messages render to.
+    pub fn render_chat(&self, messages: &[Message]) -> Result<String> {
+        match &self.template {
+            Some(t) => t.render(messages, true),
+            None => Err(Error::ChatTemplate("the model has no chat template; use a raw prompt".into())),
+        }
+    }
+
+    pub fn prompt_ids(&self, prompt: Prompt) -> Result<Vec<u32>> {
+        let ids = match prompt {
+            Prompt::Raw(text) => self.tokenize(text)?,
+            Prompt::Chat(messages) => self.tokenize(&self.render_chat(messages)?)?,
+            Prompt::Ids(ids) => ids.to_vec(),
+        };
+        if ids.is_empty() {
+            return Err(Error::InvalidPrompt("the prompt is empty".into()));
+        }
+        let vocab = self.config().vocab_size;
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(Error::InvalidPrompt(format!("token id {bad} is outside the vocabulary ({vocab})")));
+        }
+        Ok(ids)
+    }
+
+    /// Feeds `ids` through the cache in chunks, returning the logits of the last token.
+    /// `keep_going` is asked between chunks; returning false aborts.
+    fn feed(&mut self, ids: &[u32], keep_going: &mut dyn FnMut() -> bool) -> Result<Vec<f32>> {
+        let mut i = 0;
+        let mut last = None;
+        while i < ids.len() {
+            if !keep_going() {
+                return Err(Error::Aborted);
+            }
+            let n = self.cache.next_chunk(self.opts.prefill_chunk.min(ids.len() - i));
+            let logits = self.model.forward(&ids[i..i + n], &mut self.cache, false);
+            match logits {
+                Ok(l) => last = Some(l),
+                Err(e) => {
+                    self.cache.reset();
+                    return Err(e);
+                }
+            }
+            i += n;
+        }
+        let l = last.ok_or_else(|| Error::InvalidPrompt("nothing to feed".into()))?;
+        Ok(l.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Appends `ids` to the cached sequence and returns the last token's logits.
+    pub fn append(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.feed(ids, &mut || true)
+    }
+
+    /// Logits for `ids` from an empty cache (uses the cache; for tests and tools).
+    pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.cache.reset();
+        self.append(ids)
+    }
+
+    /// Feeds `ids` from an empty cache in planned chunks, handing each chunk's
+    /// logits (`[T, vocab]`, one row per fed token) to `on_chunk(start, logits)`.
+    fn feed_all(&mut self, ids: &[u32], on_chunk: &mut dyn FnMut(usize, &Tensor) -> Result<()>) -> Result<()> {
+        self.cache.reset();
+        let mut i = 0;
+        while i < ids.len() {
+            let n = self.cache.next_chunk(self.opts.prefill_chunk.min(ids.len() - i));
+            match self.model.forward(&ids[i..i + n], &mut self.cache, true) {
+                Ok(l) => on_chunk(i, &l)?,
+                Err(e) => {
+                    self.cache.reset();
+                    return Err(e);
+                }
+            }
+            i += n;
+        }
+        Ok(())
+    }
+
+    /// The logits after every token of `ids`, fed through the bounded cache from empty.
+    pub fn logits_all(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        self.feed_all(ids, &mut |_, l| {
+            out.extend(l.to_vec2::<f32>()?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Scores every next token of `ids` through the bounded cache, from an empty cache.
+    /// Returns (tokens scored, summed negative log-likelihood).
+    pub fn perplexity(&mut self, ids: &[u32], mut on_chunk: impl FnMut(usize, f64)) -> Result<(usize, f64)> {
+        if ids.len() < 2 {
+            return Err(Error::InvalidPrompt("perplexity needs at least two tokens".into()));
+        }
+        let mut nll = 0.0f64;
+        let mut scored = 0usize;
+        let inputs = &ids[..ids.len() - 1];
+        self.feed_all(inputs, &mut |start, logits| {
+            let n = logits.dim(0)?;
+            let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+            let targets = Tensor::new(&ids[start + 1..start + n + 1], lsm.device())?.unsqueeze(1)?;
+            let picked = lsm.gather(&targets, 1)?.flatten_all()?.to_vec1::<f32>()?;
+            nll -= picked.iter().map(|&x| x as f64).sum::<f64>();
+            scored += n;
+            on_chunk(scored, nll);
+            Ok(())
+        })?;
+        Ok((scored, nll))
+    }
+
+    /// Generates from `prompt`, calling `on_piece` with each piece of text as it
+    /// is produced (an empty piece is a heartbeat between prefill chunks and
+    /// held-back tokens); `on_piece` returns false to abort with
+    /// [`Error::Aborted`]. The cache keeps what was computed before the abort.
+    /// The cached prefix shared with the previous request is not recomputed.
+    pub fn generate(
+        &mut self,
+        prompt: Prompt,
+        opts: &GenerateOptions,
+        mut on_piece: impl FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        self.generate_inner(prompt, opts, &mut on_piece)
+    }
+
+    fn generate_inner(
+        &mut self,
+        prompt: Prompt,
+        opts: &GenerateOptions,
+        on_piece: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let start = Instant::now();
+        let prompt_ids = self.prompt_ids(prompt)?;
+        let mut sampler = Sampler::new(opts.sampler)?;
+        if opts.stop.iter().any(|s| s.is_empty()) {
+            return Err(Error::InvalidOption("stop strings must not be empty".into()));
+        }
+        let mut stats = GenerationStats { prompt_tokens: prompt_ids.len(), ..Default::default() };
+        if opts.no_cache {
+            self.cache.reset();
+        }
+        let reused = self.cache.reuse_prefix(&prompt_ids);
+        stats.reused_tokens = reused;
+        let mut logits = self.feed(&prompt_ids[reused..], &mut || on_piece(""))?;
+        stats.prefill_ms = ms(start);
+        stats.prefill_tokens_per_sec = per_sec(prompt_ids.len() - reused, stats.prefill_ms);
+
+        let mut generated: Vec<u32> = Vec::new();
+        let mut text = String::new();
+        let mut emitted = 0usize;
+        let mut decoder = StreamDecoder::new();
+        let mut stop_reason = None;
+        let mut history: Vec<u32> = prompt_ids.clone();
+        let decode_start = Instant::now();
+        let finish = |this: &mut Self, stats: &mut GenerationStats, generated: Vec<u32>, text: String, reason| {
+            stats.generated_tokens = generated.len();
+            stats.decode_ms = ms(decode_start);
+            stats.decode_tokens_per_sec = per_sec(generated.len().saturating_sub(1), stats.decode_ms);
+            this.last = stats.clone();
+            Generation {
+                prompt_ids: prompt_ids.clone(),
+                generated_ids: generated,
+                text,
+                stop_reason: reason,
+                stats: stats.clone(),
+                kv: this.cache.stats(),
+            }
+        };
+        if opts.max_tokens == 0 {
+            return Ok(finish(self, &mut stats, generated, text, Some(StopReason::Length)));
+        }
+        loop {
+            let tok = sampler.sample(&mut logits, &history);
+            if generated.is_empty() {
+                stats.time_to_first_token_ms = ms(start);
+            }
+            if self.tokenizer.is_eog(tok) && !opts.ignore_eos {
+                stop_reason = Some(StopReason::Eos);
+            } else {
+                generated.push(tok);
+                history.push(tok);
+                text.push_str(&decoder.push(&self.tokenizer, tok));
+                if let Some(pos) = find_stop(&text, &opts.stop) {
+                    text.truncate(pos);
+                    stop_reason = Some(StopReason::StopString);
+                } else if generated.len() >= opts.max_tokens {
+                    text.push_str(&decoder.finish());
+                    stop_reason = Some(StopReason::Length);
+                }
+            }
+            // Release what can no longer turn into a stop string.
+            let safe = if stop_reason.is_some() { text.len() } else { safe_prefix(&text, &opts.stop) };
+            if safe > emitted {
+                let piece = &text[emitted..safe];
+                emitted = safe;
+                if !on_piece(piece) {
+                    self.last = stats.clone();
+                    return Err(Error::Aborted);
+                }
+            } else if !on_piece("") {
+                return Err(Error::Aborted);
+            }
+            if stop_reason.is_some() {
+                break;
+            }
+            logits = if opts.no_cache {
+                self.cache.reset();
+                self.feed(&history, &mut || true)?
+            } else {
+                self.feed(&[tok], &mut || true)?
+            };
+        }
+        Ok(finish(self, &mut stats, generated, text, stop_reason))
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+fn per_sec(n: usize, ms: f64) -> f64 {
+    if ms > 0.0 {
+        n as f64 * 1000.0 / ms
+    } else {
+        0.0
+    }
+}
+
+/// Byte offset of the first stop string in `text`.
+fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops.iter().filter_map(|s| text.find(s.as_str())).min()
+}
+
+/// Length of the prefix of `text` that cannot be the start of a stop string.
+fn safe_prefix(text: &str, stops: &[String]) -> usize {
+    let mut safe = text.len();
+    for s in stops {
+        // The longest suffix of `text` that is a proper prefix of `s`.
+        for (i, _) in s.char_indices().skip(1) {
+            if text.ends_with(&s[..i]) {
+                safe = safe.min(text.len() - i);
+            }
+        }
+    }
+    while !text.is_char_boundary(safe) {
+        safe -= 1;
+    }
+    safe
+}

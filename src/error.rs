@@ -1,0 +1,48 @@
+//! The core's one error type. Every fallible path in the engine returns it;
+//! the wasm boundary (`src/wasm.rs`) maps it to `JsError` in one place.
+
+/// Everything that can go wrong in kvchat, each with a message a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bytes are not a GGUF file we can read (bad magic, truncated, absurd sizes).
+    #[error("invalid GGUF file: {0}")]
+    Gguf(String),
+    /// The GGUF is well formed but describes a model we do not run.
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    /// A required metadata key is missing or has the wrong type.
+    #[error("missing or invalid metadata `{key}`: {reason}")]
+    Metadata { key: String, reason: String },
+    /// A tensor is missing or its shape disagrees with the hyper-parameters.
+    #[error("tensor `{name}`: {reason}")]
+    Tensor { name: String, reason: String },
+    /// Loading would need more memory than the budget allows.
+    #[error("out of memory budget: {0}")]
+    Memory(String),
+    /// The tokenizer could not be built or could not encode/decode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The chat template is missing, unsupported, or failed to render.
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    /// A request option is out of range (temperature, window, max tokens, ...).
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    /// The prompt cannot be generated from (for example, it is empty).
+    #[error("invalid prompt: {0}")]
+    InvalidPrompt(String),
+    /// The caller cancelled the generation.
+    #[error("generation aborted")]
+    Aborted,
+    /// An error inside the tensor library: a bug in kvchat if it ever reaches a user.
+    #[error("tensor backend: {0}")]
+    Backend(String),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Backend(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,414 @@
+//! GGUF bytes → checked metadata and tensor infos.
+//!
+//! The browser hands us bytes from an arbitrary URL, so nothing in the header is
+//! trusted: [`validate`] walks the whole header with checked arithmetic first,
+//! rejecting any length, count or offset that points past the bytes actually
+//! present or that would allocate more than [`MAX_METADATA_BYTES`]. Only then is
+//! candle's `gguf_file::Content::read` called to build the metadata map.
+
+use crate::error::{Error, Result};
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Device;
+use std::io::Cursor;
+
+/// Upper bound for the in-memory size of the parsed metadata (vocab arrays and
+/// strings). SmolLM2's is about 6 MB; a real tokenizer with 256k entries stays
+/// well below this.
+pub const MAX_METADATA_BYTES: u64 = 512 << 20;
+const MAX_TENSORS: u64 = 1 << 16;
+const MAX_KV: u64 = 1 << 16;
+const MAX_DEPTH: usize = 4;
+/// In-memory cost of one parsed `Value` (an enum holding a String/Vec).
+const VALUE_SIZE: u64 = std::mem::size_of::<Value>() as u64;
+
+/// A parsed, validated GGUF file that borrows the model bytes.
+pub struct Gguf<'a> {
+    bytes: &'a [u8],
+    content: gguf_file::Content,
+}
+
+impl std::fmt::Debug for Gguf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gguf")
+            .field("bytes", &self.bytes.len())
+            .field("metadata", &self.content.metadata.len())
+            .field("tensors", &self.content.tensor_infos.len())
+            .finish()
+    }
+}
+
+impl<'a> Gguf<'a> {
+    /// Validates the header, then parses it.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self> {
+        validate(bytes)?;
+        let mut cursor = Cursor::new(bytes);
+        let content =
+            gguf_file::Content::read(&mut cursor).map_err(|e| Error::Gguf(e.to_string()))?;
+        Ok(Self { bytes, content })
+    }
+
+    pub fn metadata(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Shape of a tensor in candle's order (rows last-to-first reversed: `[rows, cols]`).
+    pub fn tensor_dims(&self, name: &str) -> Option<Vec<usize>> {
+        self.content
+            .tensor_infos
+            .get(name)
+            .map(|t| t.shape.dims().to_vec())
+    }
+
+    pub fn tensor_dtype(&self, name: &str) -> Option<GgmlDType> {
+        self.content.tensor_infos.get(name).map(|t| t.ggml_dtype)
+    }
+
+    /// Reads one tensor, checking its shape against `expected` (candle order).
+    pub fn tensor(&self, name: &str, expected: &[usize], device: &Device) -> Result<QTensor> {
+        let dims = self.tensor_dims(name).ok_or_else(|| Error::Tensor {
+            name: name.into(),
+            reason: "missing from the file".into(),
+        })?;
+        if dims != expected {
+            return Err(Error::Tensor {
+                name: name.into(),
+                reason: format!("shape {dims:?} disagrees with the hyper-parameters {expected:?}"),
+            });
+        }
+        let mut cursor = Cursor::new(self.bytes);
+        self.content
+            .tensor(&mut cursor, name, device)
+            .map_err(|e| Error::Tensor { name: name.into(), reason: e.to_string() })
+    }
+
+    // ---- typed metadata getters -------------------------------------------------
+
+    pub fn get_str(&self, key: &str) -> Result<&str> {
+        match self.metadata(key) {
+            Some(Value::String(s)) => Ok(s),
+            Some(v) => Err(meta_err(key, format!("expected a string, found {:?}", v.value_type()))),
+            None => Err(meta_err(key, "missing")),
+        }
+    }
+
+    pub fn get_u64(&self, key: &str) -> Result<u64> {
+        let v = self.metadata(key).ok_or_else(|| meta_err(key, "missing"))?;
+        let n: i128 = match v {
+            Value::U8(x) => *x as i128,
+            Value::I8(x) => *x as i128,
+            Value::U16(x) => *x as i128,
+            Value::I16(x) => *x as i128,
+            Value::U32(x) => *x as i128,
+            Value::I32(x) => *x as i128,
+            Value::U64(x) => *x as i128,
+            Value::I64(x) => *x as i128,
+            other => {
+                return Err(meta_err(key, format!("expected an integer, found {:?}", other.value_type())))
+            }
+        };
+        u64::try_from(n).map_err(|_| meta_err(key, format!("negative value {n}")))
+    }
+
+    /// An integer that must lie in `1..=max`.
+    pub fn get_usize(&self, key: &str, max: u64) -> Result<usize> {
+        let n = self.get_u64(key)?;
+        if n == 0 || n > max {
+            return Err(meta_err(key, format!("value {n} is outside 1..={max}")));
+        }
+        Ok(n as usize)
+    }
+
+    pub fn get_f32(&self, key: &str) -> Result<f32> {
+        let x = match self.metadata(key) {
+            Some(Value::F32(x)) => *x as f64,
+            Some(Value::F64(x)) => *x,
+            Some(_) => return self.get_u64(key).map(|n| n as f32),
+            None => return Err(meta_err(key, "missing")),
+        };
+        if !x.is_finite() {
+            return Err(meta_err(key, format!("not a finite number: {x}")));
+        }
+        Ok(x as f32)
+    }
+
+    pub fn get_bool(&self, key: &str) -> Option<bool> {
+        match self.metadata(key) {
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => self.get_u64(key).ok().map(|n| n != 0),
+            None => None,
+        }
+    }
+
+    pub fn get_array(&self, key: &str) -> Result<&Vec<Value>> {
+        match self.metadata(key) {
+            Some(Value::Array(a)) => Ok(a),
+            Some(v) => Err(meta_err(key, format!("expected an array, found {:?}", v.value_type()))),
+            None => Err(meta_err(key, "missing")),
+        }
+    }
+
+    pub fn get_string_array(&self, key: &str) -> Result<Vec<&str>> {
+        self.get_array(key)?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s.as_str()),
+                _ => Err(meta_err(key, format!("element {i} is not a string"))),
+            })
+            .collect()
+    }
+}
+
+fn meta_err(key: &str, reason: impl Into<String>) -> Error {
+    Error::Metadata { key: key.into(), reason: reason.into() }
+}
+
+/// A bounds-checked little-endian reader over the header.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
+        let remaining = (self.bytes.len() - self.pos) as u64;
+        if n > remaining {
+            return Err(Error::Gguf(format!(
+                "truncated: {what} needs {n} bytes at offset {}, only {remaining} left",
+                self.pos
+            )));
+        }
+        let s = &self.bytes[self.pos..self.pos + n as usize];
+        self.pos += n as usize;
+        Ok(s)
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn string(&mut self, what: &str) -> Result<&'a [u8]> {
+        let n = self.u64(what)?;
+        self.take(n, what)
+    }
+}
+
+/// Size in bytes of one scalar metadata value of GGUF type `t`, or None for string/array.
+fn scalar_size(t: u32) -> Result<Option<u64>> {
+    Ok(match t {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4 | 5 | 6 => Some(4),
+        10..=12 => Some(8),
+        8 | 9 => None,
+        _ => return Err(Error::Gguf(format!("unknown metadata value type {t}"))),
+    })
+}
+
+/// Walks one metadata value; returns its estimated in-memory cost.
+fn skip_value(r: &mut Reader, t: u32, depth: usize) -> Result<u64> {
+    if depth > MAX_DEPTH {
+        return Err(Error::Gguf("metadata arrays nested too deeply".into()));
+    }
+    if let Some(size) = scalar_size(t)? {
+        if t == 7 {
+            let b = r.take(1, "bool value")?[0];
+            if b > 1 {
+                return Err(Error::Gguf(format!("bool metadata value {b} is not 0 or 1")));
+            }
+        } else {
+            r.take(size, "metadata value")?;
+        }
+        return Ok(VALUE_SIZE);
+    }
+    if t == 8 {
+        let s = r.string("metadata string")?;
+        return Ok(VALUE_SIZE + s.len() as u64);
+    }
+    // Array: element type, count, elements.
+    let et = r.u32("array element type")?;
+    let n = r.u64("array length")?;
+    let remaining = (r.bytes.len() - r.pos) as u64;
+    match scalar_size(et)? {
+        Some(size) => {
+            let need = n.checked_mul(size).ok_or_else(|| Error::Gguf(format!("array length {n} overflows")))?;
+            if need > remaining {
+                return Err(Error::Gguf(format!(
+                    "array of {n} elements needs {need} bytes, only {remaining} left"
+                )));
+            }
+            if et == 7 {
+                for _ in 0..n {
+                    skip_value(r, et, depth + 1)?;
+                }
+            } else {
+                r.take(need, "array data")?;
+            }
+            Ok(VALUE_SIZE + n * VALUE_SIZE)
+        }
+        None => {
+            // Each string/array element needs at least 8 bytes on disk.
+            if n.saturating_mul(8) > remaining {
+                return Err(Error::Gguf(format!(
+                    "array of {n} elements cannot fit in the {remaining} bytes left"
+                )));
+            }
+            let mut cost = VALUE_SIZE;
+            for _ in 0..n {
+                cost = cost.saturating_add(skip_value(r, et, depth + 1)?);
+                if cost > MAX_METADATA_BYTES {
+                    return Err(Error::Memory(format!(
+                        "metadata would need more than {} MiB",
+                        MAX_METADATA_BYTES >> 20
+                    )));
+                }
+            }
+            Ok(cost)
+        }
+    }
+}
+
+/// The weight types candle can run (ggml's type ids).
+fn ggml_dtype(t: u32) -> Option<GgmlDType> {
+    Some(match t {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        2 => GgmlDType::Q4_0,
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        9 => GgmlDType::Q8_1,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        15 => GgmlDType::Q8K,
+        30 => GgmlDType::BF16,
+        _ => return None,
+    })
+}
+
+/// Checks every length, count and offset in a GGUF header against the bytes present.
+pub fn validate(bytes: &[u8]) -> Result<()> {
+    if bytes.is_empty() {
+        return Err(Error::Gguf("the file is empty".into()));
+    }
+    let mut r = Reader { bytes, pos: 0 };
+    let magic = r.take(4, "magic").map_err(|_| {
+        Error::Gguf(format!("only {} bytes: too short to be a GGUF file", bytes.len()))
+    })?;
+    if magic != b"GGUF" {
+        return Err(Error::Gguf(format!(
+            "not a GGUF file (starts with {:02x?}, expected \"GGUF\")",
+            magic
+        )));
+    }
+    let version = r.u32("version")?;
+    match version {
+        2 | 3 => {}
+        1 => return Err(Error::Gguf("GGUF version 1 is obsolete; convert the model with a current llama.cpp".into())),
+        v => return Err(Error::Gguf(format!("unsupported GGUF version {v}"))),
+    }
+    let n_tensors = r.u64("tensor count")?;
+    let n_kv = r.u64("metadata count")?;
+    if n_tensors > MAX_TENSORS || n_kv > MAX_KV {
+        return Err(Error::Gguf(format!(
+            "header declares {n_tensors} tensors and {n_kv} metadata entries: too many"
+        )));
+    }
+    let mut cost: u64 = 0;
+    let mut alignment: u64 = gguf_file::DEFAULT_ALIGNMENT;
+    for _ in 0..n_kv {
+        let key = r.string("metadata key")?;
+        let t = r.u32("metadata type")?;
+        let start = r.pos;
+        cost = cost.saturating_add(key.len() as u64 + skip_value(&mut r, t, 0)?);
+        if cost > MAX_METADATA_BYTES {
+            return Err(Error::Memory(format!(
+                "metadata would need more than {} MiB",
+                MAX_METADATA_BYTES >> 20
+            )));
+        }
+        if key == b"general.alignment" {
+            let v = &bytes[start..r.pos];
+            let a = match (t, v.len()) {
+                (4, 4) | (5, 4) => u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as u64,
+                _ => return Err(Error::Gguf("general.alignment must be a 32-bit integer".into())),
+            };
+            if a == 0 || !a.is_power_of_two() || a > 1 << 16 {
+                return Err(Error::Gguf(format!("bad general.alignment {a}")));
+            }
+            alignment = a;
+        }
+    }
+    let mut infos = Vec::with_capacity(n_tensors as usize);
+    for _ in 0..n_tensors {
+        let name = String::from_utf8_lossy(r.string("tensor name")?).into_owned();
+        let n_dims = r.u32("tensor rank")?;
+        if n_dims == 0 || n_dims > 4 {
+            return Err(Error::Tensor { name, reason: format!("rank {n_dims} is not 1..=4") });
+        }
+        let mut elems: u64 = 1;
+        let mut first = 0;
+        for d in 0..n_dims {
+            let dim = r.u64("tensor dimension")?;
+            if d == 0 {
+                first = dim;
+            }
+            if dim == 0 {
+                return Err(Error::Tensor { name, reason: "has a zero dimension".into() });
+            }
+            elems = elems.checked_mul(dim).filter(|&e| e <= 1 << 40).ok_or_else(|| Error::Tensor {
+                name: name.clone(),
+                reason: "element count overflows".into(),
+            })?;
+        }
+        let ty = r.u32("tensor type")?;
+        let dtype = ggml_dtype(ty).ok_or_else(|| Error::Tensor {
+            name: name.clone(),
+            reason: format!("unknown or unsupported weight type {ty}"),
+        })?;
+        let block = dtype.block_size() as u64;
+        if first % block != 0 {
+            return Err(Error::Tensor {
+                name,
+                reason: format!("row length {first} is not a multiple of the {dtype:?} block size {block}"),
+            });
+        }
+        let size = elems / block * dtype.type_size() as u64;
+        let offset = r.u64("tensor offset")?;
+        if offset % alignment != 0 {
+            return Err(Error::Tensor { name, reason: format!("offset {offset} is not aligned to {alignment}") });
+        }
+        infos.push((name, offset, size));
+    }
+    let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
+    let len = bytes.len() as u64;
+    for (name, offset, size) in infos {
+        let end = data_start.checked_add(offset).and_then(|s| s.checked_add(size));
+        match end {
+            Some(end) if end <= len => {}
+            _ => {
+                return Err(Error::Tensor {
+                    name,
+                    reason: format!(
+                        "data ({size} bytes at offset {offset}) runs past the end of the {len}-byte file"
+                    ),
+                })
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! kvchat: a small language model that runs in the browser.
+//!
+//! Data flows bytes → [`gguf`] → [`tokenizer`] and weights ([`model`]) → model
+//! forward → [`kv_cache`] → [`sampler`] → text, orchestrated by [`engine`].
+//! The wasm boundary lives in `wasm.rs` (wasm32 only); the CLI in `src/bin`.
+
+pub mod backend;
+pub mod chat_template;
+pub mod engine;
+pub mod error;
+pub mod gguf;
+pub mod kv_cache;
+pub mod model;
+pub mod sampler;
+pub mod testing;
+pub mod tokenizer;
+
+pub use chat_template::Message;
+pub use engine::{Engine, EngineOptions, GenerateOptions, Generation, Prompt, StopReason};
+pub use error::{Error, Result};
+pub use kv_cache::{KvCacheConfig, KvDType, KvStats};
+pub use sampler::SamplerConfig;

@@ -1,0 +1,112 @@
+//! Hyper-parameters of a llama-family model, read from the GGUF's `llama.*` metadata.
+
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+
+/// Everything the forward pass needs to know about the network's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub head_dim: usize,
+    pub rope_dim: usize,
+    pub rope_freq_base: f32,
+    pub rms_eps: f32,
+    pub context_length: usize,
+    pub vocab_size: usize,
+}
+
+impl LlamaConfig {
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let arch = g.get_str("general.architecture")?;
+        if arch != "llama" {
+            return Err(Error::Unsupported(format!(
+                "architecture `{arch}`: kvchat runs `llama`-family models (Llama, SmolLM, TinyLlama, ...)"
+            )));
+        }
+        let n_layer = g.get_usize("llama.block_count", 512)?;
+        let n_head = g.get_usize("llama.attention.head_count", 1024)?;
+        let n_head_kv = match g.metadata("llama.attention.head_count_kv") {
+            Some(_) => g.get_usize("llama.attention.head_count_kv", 1024)?,
+            None => n_head,
+        };
+        let n_embd = g.get_usize("llama.embedding_length", 1 << 16)?;
+        let n_ff = g.get_usize("llama.feed_forward_length", 1 << 18)?;
+        if n_head % n_head_kv != 0 {
+            return Err(Error::Metadata {
+                key: "llama.attention.head_count_kv".into(),
+                reason: format!("{n_head} query heads cannot be shared evenly by {n_head_kv} kv heads"),
+            });
+        }
+        if n_embd % n_head != 0 {
+            return Err(Error::Metadata {
+                key: "llama.embedding_length".into(),
+                reason: format!("{n_embd} is not a multiple of the {n_head} heads"),
+            });
+        }
+        let head_dim = n_embd / n_head;
+        if head_dim % 2 != 0 {
+            return Err(Error::Metadata {
+                key: "llama.embedding_length".into(),
+                reason: format!("head size {head_dim} is odd: RoPE needs pairs"),
+            });
+        }
+        let rope_dim = match g.metadata("llama.rope.dimension_count") {
+            Some(_) => g.get_usize("llama.rope.dimension_count", head_dim as u64)?,
+            None => head_dim,
+        };
+        if rope_dim != head_dim {
+            return Err(Error::Unsupported(format!(
+                "partial RoPE (rope.dimension_count {rope_dim} < head size {head_dim})"
+            )));
+        }
+        let rope_freq_base = match g.metadata("llama.rope.freq_base") {
+            Some(_) => g.get_f32("llama.rope.freq_base")?,
+            None => 10_000.0,
+        };
+        if rope_freq_base <= 1.0 {
+            return Err(Error::Metadata { key: "llama.rope.freq_base".into(), reason: format!("{rope_freq_base} must be > 1") });
+        }
+        let rms_eps = g.get_f32("llama.attention.layer_norm_rms_epsilon")?;
+        if !(rms_eps > 0.0 && rms_eps < 1.0) {
+            return Err(Error::Metadata { key: "llama.attention.layer_norm_rms_epsilon".into(), reason: format!("{rms_eps} is not in (0, 1)") });
+        }
+        let context_length = match g.metadata("llama.context_length") {
+            Some(_) => g.get_usize("llama.context_length", 1 << 24)?,
+            None => 2048,
+        };
+        let vocab_size = match g.metadata("llama.vocab_size") {
+            Some(_) => g.get_usize("llama.vocab_size", 1 << 22)?,
+            None => match g.tensor_dims("token_embd.weight") {
+                Some(d) if d.len() == 2 => d[0],
+                _ => return Err(Error::Tensor { name: "token_embd.weight".into(), reason: "missing or not a matrix".into() }),
+            },
+        };
+        Ok(Self {
+            n_layer,
+            n_head,
+            n_head_kv,
+            n_embd,
+            n_ff,
+            head_dim,
+            rope_dim,
+            rope_freq_base,
+            rms_eps,
+            context_length,
+            vocab_size,
+        })
+    }
+
+    /// Number of query heads that share one kv head.
+    pub fn n_rep(&self) -> usize {
+        self.n_head / self.n_head_kv
+    }
+
+    /// Floats of K (or V) stored per token per layer.
+    pub fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+}

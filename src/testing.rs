@@ -1,0 +1,166 @@
+//! A tiny random-weight llama GGUF, written with candle's GGUF writer, so the
+//! whole pipeline (loading, tokenizer, chat template, forward, cache, sampler)
+//! is tested in seconds without the real model, natively and in the browser.
+
+use crate::sampler::Rng;
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+/// SmolLM2's chat template, verbatim.
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// The parts of a GGUF file, editable before writing (bad-input tests mutate them).
+pub struct TinyGguf {
+    pub metadata: Vec<(String, Value)>,
+    pub tensors: Vec<(String, QTensor)>,
+}
+
+/// Shape of the tiny model.
+pub const N_LAYER: usize = 2;
+pub const N_HEAD: usize = 4;
+pub const N_HEAD_KV: usize = 2;
+pub const N_EMBD: usize = 64;
+pub const N_FF: usize = 256;
+
+fn byte_chars() -> Vec<char> {
+    let mut out = Vec::new();
+    let mut n = 0u32;
+    for b in 0..=255u8 {
+        let printable = (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        out.push(if printable {
+            char::from(b)
+        } else {
+            n += 1;
+            char::from_u32(255 + n).unwrap()
+        });
+    }
+    out
+}
+
+impl TinyGguf {
+    /// A 2-layer model with GQA (4 query heads, 2 kv heads), a byte-level BPE
+    /// vocabulary with a few merges, ChatML control tokens, tied embeddings,
+    /// and weights in Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, F16 and F32.
+    pub fn new(seed: u64) -> Self {
+        Self::build(seed, false)
+    }
+
+    /// The same model with every weight stored as F32. Quantized weights make
+    /// candle and kvchat quantize the activations to 8 bits, where a 1e-7
+    /// difference in summation order occasionally flips a rounding; with F32
+    /// weights two mathematically equal computations agree to ~1e-6, which is
+    /// what the cache-equivalence tests need.
+    pub fn new_f32(seed: u64) -> Self {
+        Self::build(seed, true)
+    }
+
+    fn build(seed: u64, float_only: bool) -> Self {
+        let mut rng = Rng::new(seed);
+        let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
+        let mut types: Vec<i32> = vec![3, 3, 3];
+        for c in byte_chars() {
+            tokens.push(c.to_string());
+            types.push(1);
+        }
+        let merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ s", "r e", "a n", "Ġ w", "o u", "Ġ i", "Ġ c", "e n"];
+        for m in merges {
+            tokens.push(m.replace(' ', ""));
+            types.push(1);
+        }
+        let vocab = tokens.len();
+        let str_arr = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
+        let metadata: Vec<(String, Value)> = vec![
+            ("general.architecture".into(), Value::String("llama".into())),
+            ("general.name".into(), Value::String("kvchat-tiny".into())),
+            ("llama.block_count".into(), Value::U32(N_LAYER as u32)),
+            ("llama.attention.head_count".into(), Value::U32(N_HEAD as u32)),
+            ("llama.attention.head_count_kv".into(), Value::U32(N_HEAD_KV as u32)),
+            ("llama.embedding_length".into(), Value::U32(N_EMBD as u32)),
+            ("llama.feed_forward_length".into(), Value::U32(N_FF as u32)),
+            ("llama.rope.freq_base".into(), Value::F32(10000.0)),
+            ("llama.rope.dimension_count".into(), Value::U32((N_EMBD / N_HEAD) as u32)),
+            ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(1e-5)),
+            ("llama.context_length".into(), Value::U32(2048)),
+            ("llama.vocab_size".into(), Value::U32(vocab as u32)),
+            ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
+            ("tokenizer.ggml.tokens".into(), str_arr(&tokens)),
+            ("tokenizer.ggml.token_type".into(), Value::Array(types.iter().map(|&t| Value::I32(t)).collect())),
+            ("tokenizer.ggml.merges".into(), str_arr(&merges.iter().map(|s| s.to_string()).collect::<Vec<_>>())),
+            ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
+            ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
+            ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
+            ("tokenizer.chat_template".into(), Value::String(CHATML_TEMPLATE.into())),
+        ];
+        let dev = Device::Cpu;
+        let mut rand = |rows: usize, cols: usize, scale: f32| -> Tensor {
+            let v: Vec<f32> = (0..rows * cols).map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * scale).collect();
+            Tensor::from_vec(v, (rows, cols), &dev).unwrap()
+        };
+        let q = |t: Tensor, dt: GgmlDType| QTensor::quantize(&t, if float_only { GgmlDType::F32 } else { dt }).unwrap();
+        let hd = N_EMBD / N_HEAD;
+        let mut tensors: Vec<(String, QTensor)> = Vec::new();
+        tensors.push(("token_embd.weight".into(), q(rand(vocab, N_EMBD, 1.0), GgmlDType::Q8_0)));
+        for l in 0..N_LAYER {
+            let (attn_t, ffn_t, down_t) = if l == 0 {
+                (GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::Q4K)
+            } else {
+                (GgmlDType::Q4_1, GgmlDType::F16, GgmlDType::Q6K)
+            };
+            let p = format!("blk.{l}");
+            let ones = |n| {
+                let v: Vec<f32> = (0..n).map(|i| 1.0 + 0.1 * ((i % 7) as f32 - 3.0) / 3.0).collect();
+                Tensor::from_vec(v, n, &dev).unwrap()
+            };
+            tensors.push((format!("{p}.attn_norm.weight"), q(ones(N_EMBD), GgmlDType::F32)));
+            tensors.push((format!("{p}.attn_q.weight"), q(rand(N_HEAD * hd, N_EMBD, 0.5), attn_t)));
+            tensors.push((format!("{p}.attn_k.weight"), q(rand(N_HEAD_KV * hd, N_EMBD, 0.5), attn_t)));
+            tensors.push((format!("{p}.attn_v.weight"), q(rand(N_HEAD_KV * hd, N_EMBD, 0.5), attn_t)));
+            tensors.push((format!("{p}.attn_output.weight"), q(rand(N_EMBD, N_HEAD * hd, 0.3), attn_t)));
+            tensors.push((format!("{p}.ffn_norm.weight"), q(ones(N_EMBD), GgmlDType::F32)));
+            tensors.push((format!("{p}.ffn_gate.weight"), q(rand(N_FF, N_EMBD, 0.3), ffn_t)));
+            tensors.push((format!("{p}.ffn_up.weight"), q(rand(N_FF, N_EMBD, 0.3), ffn_t)));
+            tensors.push((format!("{p}.ffn_down.weight"), q(rand(N_EMBD, N_FF, 0.3), down_t)));
+        }
+        tensors.push(("output_norm.weight".into(), q(rand(1, N_EMBD, 0.2).squeeze(0).unwrap().affine(1.0, 1.0).unwrap(), GgmlDType::F32)));
+        Self { metadata, tensors }
+    }
+
+    /// Keeps only the first `n` layers.
+    pub fn with_layers(mut self, n: usize) -> Self {
+        self.tensors.retain(|(name, _)| match name.strip_prefix("blk.") {
+            Some(rest) => rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i < n),
+            None => true,
+        });
+        self.set("llama.block_count", Value::U32(n as u32));
+        self
+    }
+
+    pub fn set(&mut self, key: &str, value: Value) {
+        self.metadata.retain(|(k, _)| k != key);
+        self.metadata.push((key.into(), value));
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        self.metadata.retain(|(k, _)| k != key);
+    }
+
+    pub fn remove_tensor(&mut self, name: &str) {
+        self.tensors.retain(|(n, _)| n != name);
+    }
+
+    /// The GGUF file's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        let md: Vec<(&str, &Value)> = self.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let ts: Vec<(&str, &QTensor)> = self.tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut out, &md, &ts).expect("writing to memory cannot fail");
+        out.into_inner()
+    }
+}
+
+/// The default tiny model's bytes.
+pub fn tiny_llama_gguf(seed: u64) -> Vec<u8> {
+    TinyGguf::new(seed).to_bytes()
+}

@@ -1,0 +1,313 @@
+//! The tokenizer, built from the GGUF's own `tokenizer.ggml.*` metadata.
+//!
+//! Encoding uses the `tokenizers` crate (byte-level BPE with the pre-tokenizer
+//! that `tokenizer.ggml.pre` names, control tokens split out as llama.cpp does
+//! with `parse_special = true`). Decoding maps each id back to its bytes, and
+//! [`StreamDecoder`] only releases complete UTF-8 characters, so a character
+//! split across tokens streams correctly.
+
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+use std::collections::HashMap;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+/// llama.cpp's token types.
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// Texts that llama.cpp treats as end-of-generation when they are control tokens.
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "<|end_of_text|>",
+];
+
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Each token's bytes (empty for control tokens, which print nothing).
+    bytes: Vec<Vec<u8>>,
+    texts: Vec<String>,
+    special: Vec<bool>,
+    eog: Vec<u32>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    add_bos: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer").field("vocab", &self.bytes.len()).field("eog", &self.eog).finish()
+    }
+}
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+/// GPT-2's byte → printable-char table (the alphabet of byte-level BPE vocabularies).
+fn byte_to_char() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut n = 0u32;
+    for b in 0..=255u8 {
+        let printable = (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        table[b as usize] = if printable {
+            char::from(b)
+        } else {
+            n += 1;
+            char::from_u32(255 + n).unwrap_or('\u{FFFD}')
+        };
+    }
+    table
+}
+
+fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
+    let byte_level_regex = || PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true));
+    Ok(match pre {
+        // GPT-2's split.
+        "default" | "gpt-2" | "gpt2" => byte_level_regex(),
+        // Individual digits first, then GPT-2's split (SmolLM, StarCoder and kin).
+        "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" | "exaone" | "minerva" => {
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                PreTokenizerWrapper::Digits(Digits::new(true)),
+                byte_level_regex(),
+            ]))
+        }
+        "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "pixtral" => {
+            let split = Split::new(SplitPattern::Regex(LLAMA3_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(tok_err)?;
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                PreTokenizerWrapper::Split(split),
+                PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
+            ]))
+        }
+        other => {
+            return Err(Error::Unsupported(format!(
+                "tokenizer pre-tokenizer `{other}` (supported: default, gpt-2, smollm, starcoder, llama-bpe)"
+            )))
+        }
+    })
+}
+
+impl Tokenizer {
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let model = g.get_str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(Error::Unsupported(format!(
+                "tokenizer model `{model}`: kvchat supports byte-level BPE (`gpt2`) vocabularies"
+            )));
+        }
+        let tokens = g.get_string_array("tokenizer.ggml.tokens")?;
+        if tokens.is_empty() {
+            return Err(Error::Metadata { key: "tokenizer.ggml.tokens".into(), reason: "empty vocabulary".into() });
+        }
+        let types: Vec<i64> = match g.metadata("tokenizer.ggml.token_type") {
+            Some(_) => g
+                .get_array("tokenizer.ggml.token_type")?
+                .iter()
+                .map(|v| v.to_i32().map(i64::from).unwrap_or(1))
+                .collect(),
+            None => vec![1; tokens.len()],
+        };
+        if types.len() != tokens.len() {
+            return Err(Error::Metadata {
+                key: "tokenizer.ggml.token_type".into(),
+                reason: format!("{} types for {} tokens", types.len(), tokens.len()),
+            });
+        }
+        let merges: Vec<(String, String)> = g
+            .get_string_array("tokenizer.ggml.merges")?
+            .iter()
+            .map(|m| {
+                m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| Error::Metadata {
+                    key: "tokenizer.ggml.merges".into(),
+                    reason: format!("merge `{m}` is not two tokens separated by a space"),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let pre = match g.metadata("tokenizer.ggml.pre") {
+            Some(_) => g.get_str("tokenizer.ggml.pre")?,
+            None => "default",
+        };
+
+        let mut vocab: ahash::AHashMap<String, u32> = ahash::AHashMap::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            vocab.entry(t.to_string()).or_insert(i as u32);
+        }
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+        let specials: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &ty)| ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED)
+            .map(|(t, &ty)| AddedToken::from(t.to_string(), ty == TOKEN_TYPE_CONTROL).normalized(false))
+            .collect();
+        inner.add_special_tokens(specials).map_err(tok_err)?;
+
+        let table = byte_to_char();
+        let mut char_to_byte: HashMap<char, u8> = HashMap::new();
+        for (b, &c) in table.iter().enumerate() {
+            char_to_byte.insert(c, b as u8);
+        }
+        let special: Vec<bool> = types.iter().map(|&t| t == TOKEN_TYPE_CONTROL).collect();
+        let bytes = tokens
+            .iter()
+            .zip(&types)
+            .map(|(t, &ty)| match ty {
+                TOKEN_TYPE_CONTROL => Vec::new(),
+                TOKEN_TYPE_USER_DEFINED => t.as_bytes().to_vec(),
+                _ => {
+                    let mut out = Vec::with_capacity(t.len());
+                    for c in t.chars() {
+                        match char_to_byte.get(&c) {
+                            Some(&b) => out.push(b),
+                            None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                        }
+                    }
+                    out
+                }
+            })
+            .collect();
+
+        let id = |key: &str| -> Option<u32> {
+            g.get_u64(key).ok().filter(|&i| (i as usize) < tokens.len()).map(|i| i as u32)
+        };
+        let bos = id("tokenizer.ggml.bos_token_id");
+        let eos = id("tokenizer.ggml.eos_token_id");
+        let mut eog: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
+            .iter()
+            .filter_map(|k| id(k))
+            .collect();
+        for (i, t) in tokens.iter().enumerate() {
+            if special[i] && EOG_TEXTS.contains(t) {
+                eog.push(i as u32);
+            }
+        }
+        eog.sort_unstable();
+        eog.dedup();
+        let add_bos = g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false) && bos.is_some();
+        Ok(Self {
+            inner,
+            bytes,
+            texts: tokens.iter().map(|s| s.to_string()).collect(),
+            special,
+            eog,
+            bos,
+            eos,
+            add_bos,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Tokenizes `text` with special tokens parsed, prepending BOS when the model asks for it.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if self.add_bos {
+            ids.extend(self.bos);
+        }
+        if !text.is_empty() {
+            let enc = self.inner.encode_fast(text, false).map_err(tok_err)?;
+            ids.extend_from_slice(enc.get_ids());
+        }
+        Ok(ids)
+    }
+
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.binary_search(&id).is_ok()
+    }
+    pub fn eog_ids(&self) -> &[u32] {
+        &self.eog
+    }
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.get(id as usize).copied().unwrap_or(false)
+    }
+    /// The vocabulary entry of a token (byte-level alphabet for normal tokens).
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.texts.get(id as usize).map(|s| s.as_str())
+    }
+    /// The raw bytes a token prints (empty for control tokens).
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.bytes.get(id as usize).map(|b| b.as_slice()).unwrap_or(&[])
+    }
+
+    /// Decodes ids to text (invalid UTF-8 replaced, control tokens omitted).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids.iter().flat_map(|&i| self.token_bytes(i).iter().copied()).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Turns a stream of token ids into text pieces that never split a UTF-8 character.
+#[derive(Debug, Default, Clone)]
+pub struct StreamDecoder {
+    pending: Vec<u8>,
+}
+
+impl StreamDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one token and returns whatever complete text it released.
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
+        self.pending.extend_from_slice(tok.token_bytes(id));
+        self.take_complete()
+    }
+
+    fn take_complete(&mut self) -> String {
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    out.push_str(std::str::from_utf8(&self.pending[..valid]).unwrap_or_default());
+                    match e.error_len() {
+                        // An invalid sequence can never complete: replace it and go on.
+                        Some(bad) => {
+                            out.push('\u{FFFD}');
+                            self.pending.drain(..valid + bad);
+                        }
+                        // An incomplete character at the end: wait for more bytes.
+                        None => {
+                            self.pending.drain(..valid);
+                            return out;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Releases what is left at the end of a generation (an incomplete character becomes U+FFFD).
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}

@@ -1,0 +1,49 @@
+#![allow(dead_code)]
+//! Helpers shared by the integration tests.
+
+use kvchat::{Engine, EngineOptions, KvCacheConfig, KvDType};
+
+/// The tiny model with F32 weights (exact arithmetic comparisons).
+pub fn tiny_bytes() -> Vec<u8> {
+    kvchat::testing::TinyGguf::new_f32(7).to_bytes()
+}
+
+pub fn opts(window: usize, sinks: usize, chunk: usize) -> EngineOptions {
+    EngineOptions {
+        kv: KvCacheConfig { window, sinks, dtype: KvDType::F32 },
+        prefill_chunk: chunk,
+        ..Default::default()
+    }
+}
+
+pub fn tiny(window: usize, sinks: usize, chunk: usize) -> Engine {
+    Engine::load(&tiny_bytes(), opts(window, sinks, chunk)).expect("tiny model loads")
+}
+
+/// Deterministic pseudo-random token ids in `3..vocab` (no control tokens).
+pub fn ids(n: usize, seed: u64, vocab: usize) -> Vec<u32> {
+    let mut rng = kvchat::sampler::Rng::new(seed);
+    (0..n).map(|_| 3 + (rng.next_u64() % (vocab as u64 - 3)) as u32).collect()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+pub const REAL_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The real model's bytes, or None with a message saying why the test skips.
+pub fn real_model() -> Option<Vec<u8>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(REAL_MODEL);
+    match std::fs::read(&path) {
+        Ok(b) => Some(b),
+        Err(_) => {
+            if std::env::var("KVCHAT_REQUIRE_MODEL").is_ok() {
+                panic!("{} is missing and KVCHAT_REQUIRE_MODEL is set: run `make model`", path.display());
+            }
+            eprintln!("SKIPPED: {} is missing (run `make model` to fetch it)", path.display());
+            None
+        }
+    }
+}
