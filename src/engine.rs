@@ -102,6 +102,9 @@ pub struct Generation {
     pub prompt_ids: Vec<u32>,
     pub generated_ids: Vec<u32>,
     pub text: String,
+    /// Text released at the end that had not been streamed yet.
+    #[serde(skip)]
+    pub final_piece: String,
     pub stop_reason: Option<StopReason>,
     pub stats: GenerationStats,
     pub kv: KvStats,
@@ -327,98 +330,211 @@ impl Engine {
         opts: &GenerateOptions,
         mut on_piece: impl FnMut(&str) -> bool,
     ) -> Result<Generation> {
-        self.generate_inner(prompt, opts, &mut on_piece)
+        let mut session = self.start(prompt, opts)?;
+        loop {
+            match self.step(&mut session)? {
+                Step::Working => {
+                    if !on_piece("") {
+                        return Err(Error::Aborted);
+                    }
+                }
+                Step::Piece(p) => {
+                    if !on_piece(&p) {
+                        return Err(Error::Aborted);
+                    }
+                }
+                Step::Done(g) => {
+                    if !g.final_piece.is_empty() {
+                        on_piece(&g.final_piece);
+                    }
+                    return Ok(*g);
+                }
+            }
+        }
     }
 
-    fn generate_inner(
-        &mut self,
-        prompt: Prompt,
-        opts: &GenerateOptions,
-        on_piece: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Generation> {
-        let start = Instant::now();
+    /// Starts a generation that [`step`](Self::step) advances one prefill chunk
+    /// or one token at a time (the browser worker yields to its event loop
+    /// between steps, so an abort message is seen within one token). Checks
+    /// every option and reuses the cached prefix.
+    pub fn start(&mut self, prompt: Prompt, opts: &GenerateOptions) -> Result<Session> {
+        let started = Instant::now();
         let prompt_ids = self.prompt_ids(prompt)?;
-        let mut sampler = Sampler::new(opts.sampler)?;
+        let sampler = Sampler::new(opts.sampler)?;
         if opts.stop.iter().any(|s| s.is_empty()) {
             return Err(Error::InvalidOption("stop strings must not be empty".into()));
         }
-        let mut stats = GenerationStats { prompt_tokens: prompt_ids.len(), ..Default::default() };
         if opts.no_cache {
             self.cache.reset();
         }
         let reused = self.cache.reuse_prefix(&prompt_ids);
-        stats.reused_tokens = reused;
-        let mut logits = self.feed(&prompt_ids[reused..], &mut || on_piece(""))?;
-        stats.prefill_ms = ms(start);
-        stats.prefill_tokens_per_sec = per_sec(prompt_ids.len() - reused, stats.prefill_ms);
-
-        let mut generated: Vec<u32> = Vec::new();
-        let mut text = String::new();
-        let mut emitted = 0usize;
-        let mut decoder = StreamDecoder::new();
-        let mut stop_reason = None;
-        let mut history: Vec<u32> = prompt_ids.clone();
-        let decode_start = Instant::now();
-        let finish = |this: &mut Self, stats: &mut GenerationStats, generated: Vec<u32>, text: String, reason| {
-            stats.generated_tokens = generated.len();
-            stats.decode_ms = ms(decode_start);
-            stats.decode_tokens_per_sec = per_sec(generated.len().saturating_sub(1), stats.decode_ms);
-            this.last = stats.clone();
-            Generation {
-                prompt_ids: prompt_ids.clone(),
-                generated_ids: generated,
-                text,
-                stop_reason: reason,
-                stats: stats.clone(),
-                kv: this.cache.stats(),
-            }
-        };
-        if opts.max_tokens == 0 {
-            return Ok(finish(self, &mut stats, generated, text, Some(StopReason::Length)));
-        }
-        loop {
-            let tok = sampler.sample(&mut logits, &history);
-            if generated.is_empty() {
-                stats.time_to_first_token_ms = ms(start);
-            }
-            if self.tokenizer.is_eog(tok) && !opts.ignore_eos {
-                stop_reason = Some(StopReason::Eos);
-            } else {
-                generated.push(tok);
-                history.push(tok);
-                text.push_str(&decoder.push(&self.tokenizer, tok));
-                if let Some(pos) = find_stop(&text, &opts.stop) {
-                    text.truncate(pos);
-                    stop_reason = Some(StopReason::StopString);
-                } else if generated.len() >= opts.max_tokens {
-                    text.push_str(&decoder.finish());
-                    stop_reason = Some(StopReason::Length);
-                }
-            }
-            // Release what can no longer turn into a stop string.
-            let safe = if stop_reason.is_some() { text.len() } else { safe_prefix(&text, &opts.stop) };
-            if safe > emitted {
-                let piece = &text[emitted..safe];
-                emitted = safe;
-                if !on_piece(piece) {
-                    self.last = stats.clone();
-                    return Err(Error::Aborted);
-                }
-            } else if !on_piece("") {
-                return Err(Error::Aborted);
-            }
-            if stop_reason.is_some() {
-                break;
-            }
-            logits = if opts.no_cache {
-                self.cache.reset();
-                self.feed(&history, &mut || true)?
-            } else {
-                self.feed(&[tok], &mut || true)?
-            };
-        }
-        Ok(finish(self, &mut stats, generated, text, stop_reason))
+        let stats = GenerationStats { prompt_tokens: prompt_ids.len(), reused_tokens: reused, ..Default::default() };
+        Ok(Session {
+            opts: opts.clone(),
+            sampler,
+            history: prompt_ids.clone(),
+            prompt_ids,
+            fed: reused,
+            logits: None,
+            generated: Vec::new(),
+            text: String::new(),
+            emitted: 0,
+            decoder: StreamDecoder::new(),
+            stats,
+            started,
+            decode_started: None,
+            done: false,
+        })
     }
+
+    /// Advances `session` by one prefill chunk or one generated token.
+    pub fn step(&mut self, s: &mut Session) -> Result<Step> {
+        if s.done {
+            return Err(Error::InvalidOption("this generation has finished".into()));
+        }
+        // The session must still own the cache: another request in between would have changed it.
+        let owned = if s.logits.is_some() { &s.history[..] } else { &s.prompt_ids[..s.fed] };
+        if self.cache.tokens() != owned {
+            s.done = true;
+            return Err(Error::InvalidOption("another request used the engine during this generation".into()));
+        }
+        // Prefill, one chunk per step.
+        if s.logits.is_none() {
+            let total = s.prompt_ids.len();
+            let n = self.cache.next_chunk(self.opts.prefill_chunk.min(total - s.fed));
+            let logits = self.forward_chunk(&s.prompt_ids[s.fed..s.fed + n])?;
+            s.fed += n;
+            if s.fed < total {
+                return Ok(Step::Working);
+            }
+            s.stats.prefill_ms = ms(s.started);
+            s.stats.prefill_tokens_per_sec = per_sec(total - s.stats.reused_tokens, s.stats.prefill_ms);
+            if s.opts.max_tokens == 0 {
+                return Ok(self.finish(s, Some(StopReason::Length)));
+            }
+            s.logits = Some(logits);
+            s.decode_started = Some(Instant::now());
+        }
+        // Decode: sample from the pending logits, emit, feed the token.
+        let mut logits = s.logits.take().unwrap_or_default();
+        let tok = s.sampler.sample(&mut logits, &s.history);
+        if s.generated.is_empty() {
+            s.stats.time_to_first_token_ms = ms(s.started);
+        }
+        let mut reason = None;
+        if self.tokenizer.is_eog(tok) && !s.opts.ignore_eos {
+            reason = Some(StopReason::Eos);
+        } else {
+            s.generated.push(tok);
+            s.history.push(tok);
+            s.text.push_str(&s.decoder.push(&self.tokenizer, tok));
+            if let Some(pos) = find_stop(&s.text, &s.opts.stop) {
+                s.text.truncate(pos);
+                reason = Some(StopReason::StopString);
+            } else if s.generated.len() >= s.opts.max_tokens {
+                let rest = s.decoder.finish();
+                s.text.push_str(&rest);
+                reason = Some(StopReason::Length);
+            }
+        }
+        if reason.is_some() {
+            return Ok(self.finish(s, reason));
+        }
+        // Release what can no longer turn into a stop string.
+        let safe = safe_prefix(&s.text, &s.opts.stop);
+        let piece = if safe > s.emitted {
+            let p = s.text[s.emitted..safe].to_string();
+            s.emitted = safe;
+            Some(p)
+        } else {
+            None
+        };
+        let next = if s.opts.no_cache {
+            self.cache.reset();
+            let hist = s.history.clone();
+            self.feed(&hist, &mut || true)?
+        } else {
+            self.forward_chunk(&[tok])?
+        };
+        s.logits = Some(next);
+        Ok(match piece {
+            Some(p) => Step::Piece(p),
+            None => Step::Working,
+        })
+    }
+
+    /// Runs one planned chunk, returning the last token's logits; on failure the cache is emptied.
+    fn forward_chunk(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        match self.model.forward(ids, &mut self.cache, false) {
+            Ok(l) => Ok(l.flatten_all()?.to_vec1::<f32>()?),
+            Err(e) => {
+                self.cache.reset();
+                Err(e)
+            }
+        }
+    }
+
+    fn finish(&mut self, s: &mut Session, reason: Option<StopReason>) -> Step {
+        s.done = true;
+        s.stats.generated_tokens = s.generated.len();
+        if let Some(t) = s.decode_started {
+            s.stats.decode_ms = ms(t);
+        }
+        s.stats.decode_tokens_per_sec = per_sec(s.generated.len().saturating_sub(1), s.stats.decode_ms);
+        self.last = s.stats.clone();
+        let final_piece = s.text[s.emitted.min(s.text.len())..].to_string();
+        s.emitted = s.text.len();
+        Step::Done(Box::new(Generation {
+            prompt_ids: s.prompt_ids.clone(),
+            generated_ids: s.generated.clone(),
+            text: s.text.clone(),
+            final_piece,
+            stop_reason: reason,
+            stats: s.stats.clone(),
+            kv: self.cache.stats(),
+        }))
+    }
+}
+
+/// A generation in progress (see [`Engine::start`]).
+pub struct Session {
+    opts: GenerateOptions,
+    sampler: Sampler,
+    prompt_ids: Vec<u32>,
+    /// Prompt tokens fed so far.
+    fed: usize,
+    /// The prompt and the generated tokens; during decode the cache holds exactly these.
+    history: Vec<u32>,
+    logits: Option<Vec<f32>>,
+    generated: Vec<u32>,
+    text: String,
+    emitted: usize,
+    decoder: StreamDecoder,
+    stats: GenerationStats,
+    started: Instant,
+    decode_started: Option<Instant>,
+    done: bool,
+}
+
+impl Session {
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+    /// Prompt tokens that still need the forward pass.
+    pub fn prompt_tokens_left(&self) -> usize {
+        self.prompt_ids.len() - self.fed
+    }
+}
+
+/// What one [`Engine::step`] produced.
+#[derive(Debug)]
+pub enum Step {
+    /// A prefill chunk ran, or a token was held back (it may start a stop string).
+    Working,
+    /// New text.
+    Piece(String),
+    /// The generation ended; `final_piece` holds any text not yet streamed.
+    Done(Box<Generation>),
 }
 
 fn ms(since: Instant) -> f64 {

@@ -39,6 +39,25 @@ pub enum Error {
     Backend(String),
 }
 
+impl Error {
+    /// A stable short name for the kind of error (the JS API exposes it as `error.kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Gguf(_) => "gguf",
+            Error::Unsupported(_) => "unsupported",
+            Error::Metadata { .. } => "metadata",
+            Error::Tensor { .. } => "tensor",
+            Error::Memory(_) => "memory",
+            Error::Tokenizer(_) => "tokenizer",
+            Error::ChatTemplate(_) => "chat-template",
+            Error::InvalidOption(_) => "invalid-option",
+            Error::InvalidPrompt(_) => "invalid-prompt",
+            Error::Aborted => "aborted",
+            Error::Backend(_) => "backend",
+        }
+    }
+}
+
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
         Error::Backend(e.to_string())

@@ -14,9 +14,11 @@ pub mod model;
 pub mod sampler;
 pub mod testing;
 pub mod tokenizer;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
 
 pub use chat_template::Message;
-pub use engine::{Engine, EngineOptions, GenerateOptions, Generation, Prompt, StopReason};
+pub use engine::{Engine, EngineOptions, GenerateOptions, Generation, Prompt, Session, Step, StopReason};
 pub use error::{Error, Result};
 pub use kv_cache::{KvCacheConfig, KvDType, KvStats};
 pub use sampler::SamplerConfig;

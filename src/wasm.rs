@@ -1,0 +1,231 @@
+//! The wasm boundary: the only wasm-bindgen code. `www/worker.js` drives a
+//! [`KvEngine`] inside a Web Worker; every core error crosses as a JS `Error`
+//! whose `name` is `KvChatError` and whose `kind` is [`Error::kind`].
+
+use crate::chat_template::Message;
+use crate::engine::{Engine, EngineOptions, GenerateOptions, Prompt, Session, Step};
+use crate::error::Error;
+use crate::kv_cache::{KvCacheConfig, KvDType};
+use crate::sampler::SamplerConfig;
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+
+/// The one place a core error becomes a JS value.
+fn to_js(e: Error) -> JsValue {
+    let err = js_sys::Error::new(&e.to_string());
+    err.set_name("KvChatError");
+    let _ = js_sys::Reflect::set(&err, &"kind".into(), &e.kind().into());
+    err.into()
+}
+
+fn bad_option(msg: impl Into<String>) -> JsValue {
+    to_js(Error::InvalidOption(msg.into()))
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> JsValue {
+    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).unwrap_or(JsValue::NULL)
+}
+
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// Bytes of the wasm linear memory (grows, never shrinks).
+#[wasm_bindgen(js_name = wasmMemoryBytes)]
+pub fn wasm_memory_bytes() -> f64 {
+    wasm_bindgen::memory().unchecked_into::<js_sys::WebAssembly::Memory>().buffer().unchecked_into::<js_sys::ArrayBuffer>().byte_length() as f64
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct LoadOptions {
+    kv_window: Option<f64>,
+    kv_sinks: Option<f64>,
+    kv_f16: Option<bool>,
+    kv_budget_bytes: Option<f64>,
+    prefill_chunk: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct GenOptions {
+    max_tokens: Option<f64>,
+    temperature: Option<f64>,
+    top_k: Option<f64>,
+    top_p: Option<f64>,
+    min_p: Option<f64>,
+    repeat_penalty: Option<f64>,
+    seed: Option<f64>,
+    stop: Option<Vec<String>>,
+    ignore_eos: Option<bool>,
+    no_cache: Option<bool>,
+}
+
+/// A whole number in `min..=max`, or a clear error naming the option.
+fn count(v: Option<f64>, name: &str, default: usize, min: usize, max: usize) -> Result<usize, JsValue> {
+    match v {
+        None => Ok(default),
+        Some(x) if x.is_finite() && x.fract() == 0.0 && x >= min as f64 && x <= max as f64 => Ok(x as usize),
+        Some(x) => Err(bad_option(format!("{name} must be a whole number in {min}..={max} (got {x})"))),
+    }
+}
+
+fn float(v: Option<f64>, name: &str, default: f32) -> Result<f32, JsValue> {
+    match v {
+        None => Ok(default),
+        Some(x) if x.is_finite() => Ok(x as f32),
+        Some(x) => Err(bad_option(format!("{name} must be a finite number (got {x})"))),
+    }
+}
+
+fn from_js<T: for<'de> Deserialize<'de> + Default>(v: JsValue, what: &str) -> Result<T, JsValue> {
+    if v.is_undefined() || v.is_null() {
+        return Ok(T::default());
+    }
+    serde_wasm_bindgen::from_value(v).map_err(|e| bad_option(format!("{what}: {e}")))
+}
+
+/// The engine as the worker sees it.
+#[wasm_bindgen]
+pub struct KvEngine {
+    engine: Engine,
+    session: Option<Session>,
+}
+
+#[wasm_bindgen]
+impl KvEngine {
+    /// Loads a GGUF model from its bytes.
+    #[wasm_bindgen(constructor)]
+    pub fn new(bytes: &[u8], options: JsValue) -> Result<KvEngine, JsValue> {
+        let o: LoadOptions = from_js(options, "load options")?;
+        let d = KvCacheConfig::default();
+        let kv = KvCacheConfig {
+            window: count(o.kv_window, "kvWindow", d.window, 1, 1 << 20)?,
+            sinks: count(o.kv_sinks, "kvSinks", d.sinks, 0, 1 << 20)?,
+            dtype: if o.kv_f16.unwrap_or(false) { KvDType::F16 } else { KvDType::F32 },
+        };
+        let opts = EngineOptions {
+            kv,
+            kv_budget_bytes: o.kv_budget_bytes.map(|b| b.max(0.0) as usize),
+            prefill_chunk: count(o.prefill_chunk, "prefillChunk", 256, 1, 4096)?,
+            ..Default::default()
+        };
+        let engine = Engine::load(bytes, opts).map_err(to_js)?;
+        Ok(KvEngine { engine, session: None })
+    }
+
+    /// The model's shape and the cache's settings.
+    pub fn info(&self) -> JsValue {
+        let c = self.engine.config();
+        to_value(&serde_json::json!({
+            "nLayer": c.n_layer, "nHead": c.n_head, "nHeadKv": c.n_head_kv, "nEmbd": c.n_embd,
+            "vocabSize": c.vocab_size, "contextLength": c.context_length,
+            "weightBytes": self.engine.weight_bytes(),
+            "kv": self.engine.kv_stats(),
+        }))
+    }
+
+    /// Token ids of `text`, special tokens parsed as llama.cpp does.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, JsValue> {
+        self.engine.tokenize(text).map_err(to_js)
+    }
+
+    pub fn detokenize(&self, ids: &[u32]) -> String {
+        self.engine.detokenize(ids)
+    }
+
+    /// Starts a generation from a string or `[{role, content}]`; `step()` advances it.
+    pub fn start(&mut self, input: JsValue, options: JsValue) -> Result<(), JsValue> {
+        self.session = None;
+        let o: GenOptions = from_js(options, "generate options")?;
+        let d = SamplerConfig::default();
+        let temperature = float(o.temperature, "temperature", d.temperature)?;
+        let sampler = SamplerConfig {
+            temperature,
+            top_k: count(o.top_k, "topK", d.top_k, 0, 1 << 24)?,
+            top_p: float(o.top_p, "topP", d.top_p)?,
+            min_p: float(o.min_p, "minP", d.min_p)?,
+            repeat_penalty: float(o.repeat_penalty, "repeatPenalty", d.repeat_penalty)?,
+            repeat_last_n: d.repeat_last_n,
+            seed: match o.seed {
+                None => None,
+                Some(s) if s.is_finite() && s >= 0.0 => Some(s as u64),
+                Some(s) => return Err(bad_option(format!("seed must be a number >= 0 (got {s})"))),
+            },
+        };
+        let opts = GenerateOptions {
+            max_tokens: count(o.max_tokens, "maxTokens", 256, 0, 1 << 24)?,
+            sampler,
+            stop: o.stop.unwrap_or_default(),
+            ignore_eos: o.ignore_eos.unwrap_or(false),
+            no_cache: o.no_cache.unwrap_or(false),
+        };
+        let session = if let Some(text) = input.as_string() {
+            self.engine.start(Prompt::Raw(&text), &opts)
+        } else if js_sys::Array::is_array(&input) {
+            let messages: Vec<Message> = serde_wasm_bindgen::from_value(input)
+                .map_err(|e| to_js(Error::InvalidPrompt(format!("messages must be [{{role, content}}]: {e}"))))?;
+            self.engine.start(Prompt::Chat(&messages), &opts)
+        } else {
+            Err(Error::InvalidPrompt("input must be a string or an array of {role, content} messages".into()))
+        }
+        .map_err(to_js)?;
+        self.session = Some(session);
+        Ok(())
+    }
+
+    /// Advances the current generation by one prefill chunk or one token.
+    /// Returns `{ piece }` (possibly empty) or `{ done: true, piece, result }`.
+    pub fn step(&mut self) -> Result<JsValue, JsValue> {
+        let Some(s) = self.session.as_mut() else {
+            return Err(bad_option("no generation in progress"));
+        };
+        let r = match self.engine.step(s) {
+            Ok(Step::Working) => serde_json::json!({ "piece": "" }),
+            Ok(Step::Piece(p)) => serde_json::json!({ "piece": p }),
+            Ok(Step::Done(g)) => {
+                self.session = None;
+                serde_json::json!({ "done": true, "piece": g.final_piece, "result": &*g })
+            }
+            Err(e) => {
+                self.session = None;
+                return Err(to_js(e));
+            }
+        };
+        Ok(to_value(&r))
+    }
+
+    /// Drops the current generation; the cache keeps what was computed.
+    pub fn abort(&mut self) {
+        self.session = None;
+    }
+
+    /// Prompt tokens of the current generation still to prefill.
+    #[wasm_bindgen(js_name = prefillLeft)]
+    pub fn prefill_left(&self) -> usize {
+        self.session.as_ref().map(|s| s.prompt_tokens_left()).unwrap_or(0)
+    }
+
+    /// Statistics of the last generation and the cache.
+    pub fn stats(&self) -> JsValue {
+        let s = self.engine.last_stats();
+        to_value(&serde_json::json!({
+            "backend": "cpu",
+            "promptTokens": s.prompt_tokens,
+            "reusedTokens": s.reused_tokens,
+            "generatedTokens": s.generated_tokens,
+            "prefillTokensPerSec": s.prefill_tokens_per_sec,
+            "decodeTokensPerSec": s.decode_tokens_per_sec,
+            "timeToFirstTokenMs": s.time_to_first_token_ms,
+            "kv": self.engine.kv_stats(),
+            "wasmMemoryBytes": wasm_memory_bytes(),
+        }))
+    }
+
+    /// Empties the cache and the history.
+    pub fn reset(&mut self) {
+        self.session = None;
+        self.engine.reset();
+    }
+}
