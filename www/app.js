@@ -1,0 +1,211 @@
+// The demo page: chat with the model, watch the KV cache and the speed.
+// All model output and error text is inserted with textContent, never as HTML.
+import { KvChat, DEFAULT_MODEL } from './kvchat.js';
+
+const $ = (sel) => document.querySelector(sel);
+const el = {
+  progress: $('[data-testid=progress]'), fill: $('.progress-fill'), label: $('.progress-label'),
+  log: $('[data-testid=output]'), prompt: $('[data-testid=prompt]'), send: $('[data-testid=send]'),
+  stop: $('[data-testid=stop]'), newChat: $('[data-testid=new-chat]'), composer: $('.composer'),
+  settings: $('.settings-form'), reload: $('.reload'), banner: $('.banner'), modelName: $('.model-name'),
+  backend: $('.backend-name'), kvSinks: $('.kv-sinks'), kvUsed: $('.kv-used'), chart: $('.latency'),
+  stat: (name) => $(`[data-stat=${name}]`),
+};
+
+const params = new URLSearchParams(location.search);
+const modelUrl = params.get('model') || DEFAULT_MODEL;
+let llm = null;
+let messages = [];
+let controller = null;
+let latencies = [];
+
+const mib = (b) => `${(b / 1048576).toFixed(1)} MiB`;
+const fmt = (x, unit = '') => (Number.isFinite(x) && x > 0 ? `${x.toFixed(1)}${unit}` : '–');
+
+function setProgress(state, fraction, text) {
+  el.progress.dataset.state = state;
+  el.fill.style.width = `${Math.round(Math.max(0, Math.min(1, fraction)) * 100)}%`;
+  el.label.textContent = text;
+}
+
+function showBanner(text, action) {
+  el.banner.replaceChildren();
+  el.banner.append(document.createTextNode(text));
+  if (action) {
+    const b = document.createElement('button');
+    b.textContent = action.label;
+    b.addEventListener('click', action.run);
+    el.banner.append(b);
+  }
+  el.banner.hidden = false;
+}
+
+function setBusy(busy) {
+  el.send.disabled = busy || !llm;
+  el.prompt.disabled = !llm;
+  el.stop.disabled = !busy;
+  el.newChat.disabled = busy || !llm;
+  el.reload.disabled = busy;
+}
+
+function settings() {
+  const f = new FormData(el.settings);
+  const num = (k) => Number(f.get(k));
+  return {
+    gen: { temperature: num('temperature'), topK: num('topK'), topP: num('topP'), maxTokens: num('maxTokens'), noCache: f.get('noCache') === 'on' },
+    engine: { kvWindow: num('kvWindow'), kvSinks: num('kvSinks'), backend: f.get('backend') },
+  };
+}
+
+function addMessage(role, text) {
+  el.log.querySelector('.empty')?.remove();
+  const div = document.createElement('div');
+  div.className = `msg ${role}`;
+  div.textContent = text;
+  el.log.append(div);
+  el.log.scrollTop = el.log.scrollHeight;
+  return div;
+}
+
+async function load() {
+  llm?.dispose();
+  llm = null;
+  setBusy(false);
+  el.banner.hidden = true;
+  const { engine } = settings();
+  el.modelName.textContent = modelUrl;
+  setProgress('loading', 0, 'starting…');
+  try {
+    llm = await KvChat.load({
+      model: modelUrl,
+      ...engine,
+      onProgress: ({ phase, loaded, total }) => {
+        if (phase === 'init') { setProgress('loading', 1, 'initializing the engine…'); return; }
+        const frac = total ? loaded / total : 0;
+        const verb = phase === 'cache' ? 'from cache' : 'downloading';
+        setProgress('loading', frac, `${verb} ${mib(loaded)}${total ? ` / ${mib(total)} (${Math.round(frac * 100)}%)` : ''}`);
+      },
+    });
+  } catch (e) {
+    setProgress('error', 1, 'failed');
+    showBanner(`Could not load the model: ${e.message}`, { label: 'Retry', run: load });
+    return;
+  }
+  llm.onCrash = (e) => {
+    setBusy(false);
+    llm = null;
+    setBusy(false);
+    showBanner(`${e.message}.`, { label: 'Reload the model', run: load });
+  };
+  const src = llm.fromCache ? 'from cache' : 'downloaded';
+  setProgress('ready', 1, `ready (${src} in ${(llm.timings.fetchMs / 1000).toFixed(1)} s, init ${(llm.timings.initMs / 1000).toFixed(1)} s)`);
+  el.backend.textContent = llm.backend;
+  setBusy(false);
+  el.prompt.focus();
+  updateStats();
+}
+
+async function updateStats() {
+  if (!llm) return;
+  let s;
+  try { s = await llm.stats(); } catch { return; }
+  el.backend.textContent = s.backend;
+  el.stat('ttft').textContent = fmt(s.timeToFirstTokenMs, ' ms');
+  el.stat('prefill').textContent = fmt(s.prefillTokensPerSec, ' tok/s');
+  el.stat('decode').textContent = fmt(s.decodeTokensPerSec, ' tok/s');
+  el.stat('tokens').textContent = s.promptTokens ? `${s.promptTokens} / ${s.generatedTokens} / ${s.reusedTokens}` : '–';
+  el.stat('memory').textContent = mib(s.wasmMemoryBytes);
+  const kv = s.kv;
+  if (kv) {
+    el.kvSinks.style.width = `${(100 * kv.sinks) / kv.capacity}%`;
+    el.kvUsed.style.width = `${(100 * (kv.used - kv.sinks)) / kv.capacity}%`;
+    el.stat('kv').textContent = `${kv.used} / ${kv.capacity} tokens · ${kv.sinks} sinks · ${kv.evicted} evicted · ${mib(kv.bytes)}`;
+  }
+}
+
+function drawChart() {
+  const c = el.chart;
+  const ctx = c.getContext('2d');
+  const w = c.width, h = c.height;
+  ctx.clearRect(0, 0, w, h);
+  const data = latencies.slice(-120);
+  if (!data.length) return;
+  const max = Math.max(...data, 1);
+  ctx.strokeStyle = '#5eb1ff';
+  ctx.lineWidth = 1.5;
+  ctx.beginPath();
+  data.forEach((v, i) => {
+    const x = (i / Math.max(1, data.length - 1)) * (w - 4) + 2;
+    const y = h - 4 - (v / max) * (h - 16);
+    if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+  });
+  ctx.stroke();
+  ctx.fillStyle = '#8b95a3';
+  ctx.font = '10px system-ui';
+  ctx.fillText(`max ${max.toFixed(0)} ms · last ${data[data.length - 1].toFixed(0)} ms`, 4, 11);
+}
+
+async function send(text) {
+  if (!llm || !text.trim()) return;
+  const { gen } = settings();
+  messages.push({ role: 'user', content: text });
+  addMessage('user', text);
+  const out = addMessage('assistant', '');
+  out.classList.add('streaming');
+  controller = new AbortController();
+  setBusy(true);
+  latencies = [];
+  let answer = '';
+  let last = performance.now();
+  const timer = setInterval(updateStats, 500);
+  try {
+    for await (const piece of llm.generate(messages, { ...gen, signal: controller.signal })) {
+      const now = performance.now();
+      // The first piece waits for the prefill: the chart shows decode latency only.
+      if (answer) latencies.push(now - last);
+      last = now;
+      answer += piece;
+      out.textContent = answer;
+      el.log.scrollTop = el.log.scrollHeight;
+      if (latencies.length % 4 === 0) drawChart();
+    }
+  } catch (e) {
+    if (e.name === 'AbortError') addMessage('note', 'stopped');
+    else if (llm) addMessage('note', `error: ${e.message}`);
+  } finally {
+    clearInterval(timer);
+    out.classList.remove('streaming');
+    messages.push({ role: 'assistant', content: answer });
+    controller = null;
+    setBusy(false);
+    drawChart();
+    updateStats();
+  }
+}
+
+el.composer.addEventListener('submit', (e) => {
+  e.preventDefault();
+  const text = el.prompt.value;
+  el.prompt.value = '';
+  send(text);
+});
+el.prompt.addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    if (!el.send.disabled) el.composer.requestSubmit();
+  }
+});
+el.stop.addEventListener('click', () => controller?.abort());
+el.newChat.addEventListener('click', async () => {
+  messages = [];
+  el.log.replaceChildren();
+  const p = document.createElement('p');
+  p.className = 'empty';
+  p.textContent = 'New chat: the KV cache is empty.';
+  el.log.append(p);
+  await llm?.reset();
+  updateStats();
+});
+el.reload.addEventListener('click', () => { messages = []; el.log.replaceChildren(); load(); });
+
+load();

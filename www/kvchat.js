@@ -1,0 +1,185 @@
+// kvchat: a small language model in the browser. The public ES module.
+//
+//   import { KvChat } from './www/kvchat.js';
+//   const llm = await KvChat.load({ model, backend, kvWindow, kvSinks, onProgress });
+//   for await (const piece of llm.generate('Hello', { maxTokens: 64 })) { ... }
+//
+// The engine runs in a dedicated Web Worker (www/worker.js), so the page never freezes.
+
+export const DEFAULT_MODEL = new URL('../models/SmolLM2-135M-Instruct.Q4_1.gguf', import.meta.url).href;
+
+/** An error from the engine; `kind` says what went wrong ('gguf', 'network', 'invalid-option', ...). */
+export class KvChatError extends Error {
+  constructor(message, kind = 'error') {
+    super(message);
+    this.name = 'KvChatError';
+    this.kind = kind;
+  }
+}
+
+const abortError = () => new DOMException('The generation was aborted', 'AbortError');
+
+export class KvChat {
+  #worker;
+  #nextId = 1;
+  #pending = new Map(); // id -> { resolve, reject, onEvent }
+  #busy = false;
+  #crashed = null;
+  #backend = 'cpu';
+  /** Model information: layers, vocabulary, weight bytes, KV settings. */
+  info = null;
+  /** True when the model came from the browser's cache rather than the network. */
+  fromCache = false;
+  /** Milliseconds spent downloading (or reading the cache) and initializing. */
+  timings = { fetchMs: 0, initMs: 0 };
+  /** Called when the worker crashes; the instance is unusable afterwards: load again. */
+  onCrash = null;
+
+  constructor(worker) {
+    this.#worker = worker;
+    worker.onmessage = (e) => this.#onMessage(e.data);
+    worker.onerror = (e) => this.#crash(new KvChatError(`the engine worker failed: ${e.message || 'unknown error'}`, 'crash'));
+    worker.onmessageerror = () => this.#crash(new KvChatError('the engine worker sent an unreadable message', 'crash'));
+  }
+
+  /**
+   * Loads a model and starts the engine.
+   * @param {object} [options]
+   * @param {string|Blob|ArrayBuffer} [options.model] URL (relative or absolute), Blob or ArrayBuffer.
+   * @param {'auto'|'cpu'|'webgpu'} [options.backend]
+   * @param {number} [options.kvWindow] KV cache capacity in tokens (default 2048).
+   * @param {number} [options.kvSinks] attention-sink tokens never evicted (default 4).
+   * @param {(p: {phase: 'download'|'cache'|'init', loaded: number, total: number}) => void} [options.onProgress]
+   */
+  static async load(options = {}) {
+    const { model = DEFAULT_MODEL, backend = 'auto', kvWindow, kvSinks, kvF16, onProgress, cache } = options;
+    if (!['auto', 'cpu', 'webgpu'].includes(backend)) throw new KvChatError(`backend must be 'auto', 'cpu' or 'webgpu' (got ${backend})`, 'invalid-option');
+    if (backend === 'webgpu') throw new KvChatError('the WebGPU backend is not available yet: use backend "cpu" or "auto"', 'unsupported');
+    const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'kvchat-engine' });
+    const llm = new KvChat(worker);
+    const source = typeof model === 'string' ? new URL(model, globalThis.document?.baseURI ?? location.href).href : model;
+    const t0 = performance.now();
+    let fetchDone = 0;
+    try {
+      const transfer = model instanceof ArrayBuffer ? [model] : [];
+      const r = await llm.#call('load', { model: source, options: { kvWindow, kvSinks, kvF16, cache } }, (m) => {
+        if (m.type === 'progress') {
+          if (m.phase === 'init' && !fetchDone) fetchDone = performance.now();
+          onProgress?.({ phase: m.phase, loaded: m.loaded, total: m.total });
+        }
+      }, transfer);
+      llm.info = r.info;
+      llm.fromCache = r.fromCache;
+      llm.timings = { fetchMs: (fetchDone || performance.now()) - t0, initMs: r.initMs };
+      return llm;
+    } catch (e) {
+      worker.terminate();
+      throw e;
+    }
+  }
+
+  /** The backend that runs: 'cpu' (wasm SIMD). */
+  get backend() { return this.#backend; }
+  /** Set when the worker crashed: load the model again. */
+  get crashed() { return this.#crashed; }
+
+  /**
+   * Streams the answer to a raw prompt or to chat messages, piece by piece.
+   * A new call reuses the cached prefix: the next chat turn prefills only its new tokens.
+   * @param {string|{role: string, content: string}[]} input
+   * @param {object} [opts] maxTokens, temperature (0 = greedy), topK, topP, minP, repeatPenalty,
+   *   seed, stop: string[], ignoreEos, noCache, signal: AbortSignal
+   * @returns {AsyncGenerator<string>}
+   */
+  async *generate(input, opts = {}) {
+    const { signal, ...options } = opts;
+    if (signal?.aborted) throw abortError();
+    if (this.#busy) throw new KvChatError('a generation is already running: wait for it or abort it', 'busy');
+    this.#busy = true;
+    const queue = [];
+    let wake = null;
+    let finished = false;
+    let failure = null;
+    const push = (item) => { queue.push(item); wake?.(); wake = null; };
+    const id = this.#nextId;
+    const done = this.#call('generate', { input, options }, (m) => {
+      if (m.type === 'piece') push(m.piece);
+      else if (m.type === 'done') { this.lastResult = m.result; this.lastStats = m.stats; finished = true; push(null); }
+      else if (m.type === 'aborted') { failure = abortError(); push(null); }
+    });
+    done.catch((e) => { failure = e; push(null); });
+    const onAbort = () => this.#send('abort', { target: id });
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      for (;;) {
+        if (!queue.length) await new Promise((r) => { wake = r; });
+        const item = queue.shift();
+        if (item === null) {
+          if (failure) throw failure;
+          return;
+        }
+        yield item;
+      }
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      if (!finished && !failure && !this.#crashed) {
+        // The consumer left the loop early: stop the worker too.
+        this.#send('abort', { target: id });
+        await done.catch(() => {});
+      }
+      this.#busy = false;
+    }
+  }
+
+  /** Token ids of `text`, special tokens parsed as llama.cpp does. */
+  tokenize(text) { return this.#call('tokenize', { text }); }
+  /** Text of token ids. */
+  detokenize(ids) { return this.#call('detokenize', { ids: Array.from(ids) }); }
+  /** Statistics of the last generation, the KV cache and wasm memory. */
+  async stats() { return { ...(await this.#call('stats', {})), backend: this.#backend }; }
+  /** Empties the cache and the history. */
+  reset() { return this.#call('reset', {}); }
+  /** Ends the worker and frees its memory. */
+  async dispose() {
+    if (this.#crashed) return;
+    try { await this.#call('dispose', {}); } catch { /* already gone */ }
+    this.#worker.terminate();
+    this.#crash(new KvChatError('this engine was disposed', 'disposed'), false);
+  }
+
+  #send(type, payload, transfer = []) {
+    const id = this.#nextId++;
+    this.#worker.postMessage({ type, id, ...payload }, transfer);
+    return id;
+  }
+
+  #call(type, payload, onEvent, transfer) {
+    if (this.#crashed) return Promise.reject(this.#crashed);
+    return new Promise((resolve, reject) => {
+      const id = this.#send(type, payload, transfer);
+      this.#pending.set(id, { resolve, reject, onEvent });
+    });
+  }
+
+  #onMessage(m) {
+    if (!m || typeof m !== 'object') return;
+    if (m.type === 'crash') { this.#crash(new KvChatError(`the engine crashed: ${m.error?.message}; load the model again`, 'crash')); return; }
+    const p = this.#pending.get(m.id);
+    if (!p) return;
+    if (m.type === 'result') { this.#pending.delete(m.id); p.resolve(m.value); }
+    else if (m.type === 'error') { this.#pending.delete(m.id); p.reject(new KvChatError(m.error.message, m.error.kind)); }
+    else {
+      p.onEvent?.(m);
+      if (m.type === 'done' || m.type === 'aborted') { this.#pending.delete(m.id); p.resolve(); }
+    }
+  }
+
+  #crash(error, notify = true) {
+    if (this.#crashed) return;
+    this.#crashed = error;
+    for (const p of this.#pending.values()) p.reject(error);
+    this.#pending.clear();
+    this.#worker.terminate();
+    if (notify) this.onCrash?.(error);
+  }
+}

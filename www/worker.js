@@ -1,0 +1,168 @@
+// kvchat's engine worker: downloads and caches the model, owns the wasm
+// engine, and streams generated text back to the page. Every message from the
+// page has a `type` and an `id`; anything else is ignored.
+import init, { KvEngine, wasmMemoryBytes } from '../pkg/kvchat.js';
+
+const CACHE_NAME = 'kvchat-models-v1';
+const MAX_MODEL_BYTES = 3 * 1024 ** 3; // wasm32 memory is 4 GiB, weights + cache must fit
+let engine = null;
+let current = null; // { id, aborted }
+let ready = init();
+
+const post = (msg, transfer) => self.postMessage(msg, transfer || []);
+const errorOf = (e) => ({
+  name: e && e.name || 'Error',
+  message: e && e.message || String(e),
+  kind: e && e.kind || (e instanceof WebAssembly.RuntimeError ? 'crash' : 'error'),
+});
+
+// A macrotask without setTimeout's clamping, so abort messages are seen between tokens.
+const channel = new MessageChannel();
+const waiting = [];
+channel.port1.onmessage = () => waiting.shift()?.();
+const yieldNow = () => new Promise((r) => { waiting.push(r); channel.port2.postMessage(0); });
+
+async function readBody(response, phase, id, total) {
+  if (!response.body) return new Uint8Array(await response.arrayBuffer());
+  const reader = response.body.getReader();
+  const chunks = [];
+  let loaded = 0;
+  let lastPost = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    loaded += value.byteLength;
+    if (loaded > MAX_MODEL_BYTES) throw Object.assign(new Error(`the model is larger than ${MAX_MODEL_BYTES} bytes: too large for wasm32 memory`), { kind: 'memory' });
+    const now = performance.now();
+    if (now - lastPost > 50) { lastPost = now; post({ type: 'progress', id, phase, loaded, total }); }
+  }
+  post({ type: 'progress', id, phase, loaded, total: total || loaded });
+  const out = new Uint8Array(loaded);
+  let off = 0;
+  for (const c of chunks) { out.set(c, off); off += c.byteLength; }
+  return out;
+}
+
+async function fetchModel(url, id, useCache) {
+  let cache = null;
+  if (useCache && self.caches) {
+    try { cache = await caches.open(CACHE_NAME); } catch { cache = null; }
+  }
+  if (cache) {
+    const hit = await cache.match(url);
+    if (hit) {
+      const total = Number(hit.headers.get('content-length')) || 0;
+      return { bytes: await readBody(hit, 'cache', id, total), fromCache: true };
+    }
+  }
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (e) {
+    throw Object.assign(new Error(`could not fetch ${url}: network error, or the server does not allow cross-origin requests (CORS)`), { kind: 'network' });
+  }
+  if (!response.ok) throw Object.assign(new Error(`could not fetch ${url}: HTTP ${response.status} ${response.statusText}`), { kind: 'network' });
+  const total = Number(response.headers.get('content-length')) || 0;
+  if (total > MAX_MODEL_BYTES) throw Object.assign(new Error(`the model is ${total} bytes: too large for wasm32 memory`), { kind: 'memory' });
+  const bytes = await readBody(response, 'download', id, total);
+  checkGguf(bytes, url);
+  if (cache) {
+    try {
+      await cache.put(url, new Response(bytes, { headers: { 'content-type': 'application/octet-stream', 'content-length': String(bytes.byteLength) } }));
+    } catch (e) {
+      post({ type: 'warning', id, message: `the model could not be stored for offline use: ${e.message}` });
+    }
+  }
+  return { bytes, fromCache: false };
+}
+
+function checkGguf(bytes, what) {
+  const magic = bytes.byteLength >= 4 ? String.fromCharCode(bytes[0], bytes[1], bytes[2], bytes[3]) : '';
+  if (magic !== 'GGUF') {
+    const head = new TextDecoder().decode(bytes.subarray(0, 64)).trim();
+    const hint = head.startsWith('<') ? ' (it looks like an HTML page: check the URL)' : '';
+    throw Object.assign(new Error(`${what} is not a GGUF model file${hint}`), { kind: 'gguf' });
+  }
+}
+
+async function load(msg) {
+  await ready;
+  const { id, model, options = {} } = msg;
+  let bytes;
+  let fromCache = false;
+  if (typeof model === 'string') {
+    ({ bytes, fromCache } = await fetchModel(model, id, options.cache !== false));
+  } else if (model instanceof Blob) {
+    bytes = await readBody(new Response(model), 'download', id, model.size);
+  } else if (model instanceof ArrayBuffer || ArrayBuffer.isView(model)) {
+    bytes = model instanceof ArrayBuffer ? new Uint8Array(model) : new Uint8Array(model.buffer, model.byteOffset, model.byteLength);
+  } else {
+    throw Object.assign(new Error('model must be a URL string, a Blob or an ArrayBuffer'), { kind: 'invalid-option' });
+  }
+  checkGguf(bytes, 'the model');
+  post({ type: 'progress', id, phase: 'init', loaded: 0, total: 1 });
+  const t0 = performance.now();
+  engine?.free();
+  engine = null;
+  engine = new KvEngine(bytes, options);
+  bytes = null;
+  post({ type: 'progress', id, phase: 'init', loaded: 1, total: 1 });
+  return { info: engine.info(), fromCache, initMs: performance.now() - t0 };
+}
+
+async function generate(msg) {
+  const { id, input, options } = msg;
+  if (!engine) throw Object.assign(new Error('no model is loaded'), { kind: 'invalid-option' });
+  if (current) throw Object.assign(new Error('a generation is already running: wait for it or abort it'), { kind: 'busy' });
+  current = { id, aborted: false };
+  try {
+    engine.start(input, options);
+    for (;;) {
+      await yieldNow();
+      if (current.aborted || !engine) {
+        engine?.abort();
+        post({ type: 'aborted', id });
+        return;
+      }
+      const r = engine.step();
+      if (r.piece) post({ type: 'piece', id, piece: r.piece });
+      if (r.done) {
+        post({ type: 'done', id, result: r.result, stats: engine.stats() });
+        return;
+      }
+    }
+  } finally {
+    current = null;
+  }
+}
+
+const handlers = {
+  load,
+  generate,
+  abort: async ({ target }) => { if (current && current.id === target) current.aborted = true; return true; },
+  tokenize: async ({ text }) => Array.from(engine.tokenize(String(text))),
+  detokenize: async ({ ids }) => engine.detokenize(Uint32Array.from(ids)),
+  stats: async () => engine ? engine.stats() : { backend: 'cpu', wasmMemoryBytes: wasmMemoryBytes() },
+  reset: async () => { if (current) current.aborted = true; engine?.reset(); return true; },
+  dispose: async () => { if (current) current.aborted = true; engine?.free(); engine = null; return true; },
+};
+
+self.onmessage = async (event) => {
+  const msg = event.data;
+  if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string' || !Object.hasOwn(handlers, msg.type)) return;
+  try {
+    const value = await handlers[msg.type](msg);
+    if (msg.type !== 'generate') post({ type: 'result', id: msg.id, value });
+  } catch (e) {
+    const error = errorOf(e);
+    post({ type: 'error', id: msg.id, error });
+    // A trap inside wasm poisons the instance: tell the page to start over.
+    if (e instanceof WebAssembly.RuntimeError) {
+      engine = null;
+      post({ type: 'crash', error });
+    }
+  }
+};
+
+post({ type: 'hello' });
