@@ -47,10 +47,14 @@ const server = createServer((req, res) => {
     // The strict policy the demo and the embed must work under.
     headers['content-security-policy'] = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'";
   }
+  if (process.env.KVCHAT_CORS) {
+    // For the wasm-bindgen tests, whose page lives on the test runner's own origin.
+    headers['access-control-allow-origin'] = '*';
+  }
   if (isolate) {
     headers['cross-origin-opener-policy'] = 'same-origin';
     headers['cross-origin-embedder-policy'] = 'require-corp';
-    headers['cross-origin-resource-policy'] = 'same-origin';
+    headers['cross-origin-resource-policy'] = process.env.KVCHAT_CORS ? 'cross-origin' : 'same-origin';
   }
   res.writeHead(200, headers);
   if (req.method === 'HEAD') { res.end(); return; }

@@ -1,0 +1,145 @@
+//! The engine inside a real browser (`wasm-pack test --headless --chrome`), and
+//! the same tiny-model checks natively (`cargo test`): cache invariants,
+//! streaming, errors. In the browser, the real model is fetched from the
+//! static server that `make test-wasm` starts (KVCHAT_MODEL_URL at build time)
+//! and checked against llama.cpp's golden tokens like the native parity test.
+
+use kvchat::testing::TinyGguf;
+use kvchat::{Engine, EngineOptions, Error, GenerateOptions, KvCacheConfig, KvDType, Prompt, SamplerConfig};
+use wasm_bindgen_test::*;
+
+// In a dedicated worker, as the engine runs in kvchat: the page stays responsive to the
+// WebDriver polling while a long test computes.
+wasm_bindgen_test_configure!(run_in_dedicated_worker);
+
+fn tiny(window: usize, sinks: usize, chunk: usize) -> Engine {
+    let opts = EngineOptions { kv: KvCacheConfig { window, sinks, dtype: KvDType::F32 }, prefill_chunk: chunk, ..Default::default() };
+    Engine::load(&TinyGguf::new_f32(7).to_bytes(), opts).unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn seq(n: usize) -> Vec<u32> {
+    let mut rng = kvchat::sampler::Rng::new(42);
+    (0..n).map(|_| 3 + (rng.next_u64() % 250) as u32).collect()
+}
+
+#[wasm_bindgen_test(unsupported = test)]
+fn cached_logits_equal_uncached_in_the_browser() {
+    let mut e = tiny(64, 4, 8);
+    let s = seq(30);
+    let mut inc = vec![e.logits(&s[..1]).unwrap()];
+    for t in &s[1..] {
+        inc.push(e.append(&[*t]).unwrap());
+    }
+    for i in 0..s.len() {
+        let fresh = e.logits(&s[..=i]).unwrap();
+        assert!(max_abs_diff(&fresh, &inc[i]) < 1e-4, "position {i}");
+    }
+}
+
+#[wasm_bindgen_test(unsupported = test)]
+fn eviction_and_rope_after_eviction_in_the_browser() {
+    let bytes = TinyGguf::new_f32(7).with_layers(1).to_bytes();
+    let (window, sinks) = (12, 3);
+    let opts = EngineOptions { kv: KvCacheConfig { window, sinks, dtype: KvDType::F32 }, prefill_chunk: 5, ..Default::default() };
+    let mut e = Engine::load(&bytes, opts).unwrap();
+    let s = seq(40);
+    let streamed = e.logits_all(&s).unwrap();
+    let kv = e.kv_stats();
+    assert_eq!((kv.used, kv.evicted, kv.sinks), (window, s.len() - window, sinks));
+    for n in window + 1..=s.len() {
+        let mut kept = s[..sinks].to_vec();
+        kept.extend_from_slice(&s[n - (window - sinks)..n]);
+        let fresh = e.logits(&kept).unwrap();
+        assert!(max_abs_diff(&fresh, &streamed[n - 1]) < 1e-4, "after {n} tokens");
+    }
+}
+
+#[wasm_bindgen_test(unsupported = test)]
+fn long_generation_keeps_the_cache_bounded() {
+    let mut e = tiny(32, 4, 16);
+    let bytes = e.kv_stats().bytes;
+    let opts = GenerateOptions { max_tokens: 300, sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
+    let mut pieces = String::new();
+    let g = e.generate(Prompt::Raw("the cat"), &opts, |p| {
+        pieces.push_str(p);
+        true
+    }).unwrap();
+    assert_eq!(pieces, g.text);
+    assert_eq!(g.kv.used, 32);
+    assert_eq!(g.kv.bytes, bytes);
+    assert!(g.kv.evicted > 250);
+}
+
+#[wasm_bindgen_test(unsupported = test)]
+fn bad_bytes_give_typed_errors_and_the_engine_loads_after() {
+    assert!(matches!(Engine::load(b"", EngineOptions::default()), Err(Error::Gguf(_))));
+    assert!(matches!(Engine::load(b"<html>not found</html>", EngineOptions::default()), Err(Error::Gguf(_))));
+    let b = kvchat::testing::tiny_llama_gguf(3);
+    assert!(Engine::load(&b[..b.len() / 2], EngineOptions::default()).is_err());
+    let mut e = Engine::load(&b, EngineOptions::default()).unwrap();
+    assert!(matches!(e.generate(Prompt::Raw(""), &GenerateOptions::default(), |_| true), Err(Error::InvalidPrompt(_))));
+    assert!(e.generate(Prompt::Raw("the"), &GenerateOptions { max_tokens: 3, ..Default::default() }, |_| true).is_ok());
+}
+
+#[cfg(target_arch = "wasm32")]
+mod real_model {
+    use super::*;
+    use wasm_bindgen::prelude::*;
+    use wasm_bindgen::JsCast;
+
+    #[wasm_bindgen(inline_js = "export async function fetch_bytes(url) { const r = await fetch(url); if (!r.ok) throw new Error(`HTTP ${r.status} for ${url}`); return new Uint8Array(await r.arrayBuffer()); }")]
+    extern "C" {
+        #[wasm_bindgen(catch)]
+        async fn fetch_bytes(url: &str) -> Result<JsValue, JsValue>;
+    }
+
+    const NOISE: f64 = 0.5;
+
+    #[wasm_bindgen_test]
+    async fn golden_prompts_match_llama_cpp_in_the_browser() {
+        let Some(url) = option_env!("KVCHAT_MODEL_URL") else {
+            // `make test-wasm` always sets it; a bare `wasm-pack test` says so instead of passing silently.
+            web_sys::console::log_1(&"SKIPPED: KVCHAT_MODEL_URL was not set at build time (run `make test-wasm`)".into());
+            return;
+        };
+        let bytes: js_sys::Uint8Array = fetch_bytes(url).await.expect("the model server answers").unchecked_into();
+        let bytes = bytes.to_vec();
+        let opts = EngineOptions { kv: KvCacheConfig { window: 2048, sinks: 4, dtype: KvDType::F16 }, ..Default::default() };
+        let mut e = Engine::load(&bytes, opts).unwrap();
+        drop(bytes);
+        let golden: Vec<serde_json::Value> = serde_json::from_str(include_str!("fixtures/golden-llamacpp.json")).unwrap();
+        let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+        let (mut agree, mut total) = (0, 0);
+        for p in &golden {
+            let prompt = ids(&p["prompt_ids"]);
+            assert_eq!(e.tokenize(p["prompt"].as_str().unwrap()).unwrap(), prompt);
+            let gold = ids(&p["gen_ids"]);
+            let margin: Vec<f64> = p["top1_top2_logit_margin"].as_array().unwrap().iter().map(|m| m.as_f64().unwrap()).collect();
+            // Teacher-forced argmax, every step.
+            let mut all = prompt.clone();
+            all.extend(&gold);
+            let logits = e.logits_all(&all).unwrap();
+            for (s, &g) in gold.iter().enumerate() {
+                let ours = kvchat::sampler::argmax(&logits[prompt.len() - 1 + s]);
+                total += 1;
+                if ours == g {
+                    agree += 1;
+                } else {
+                    assert!(margin[s] < NOISE, "prompt {} step {s}: llama.cpp's margin {} is above the noise floor", p["id"], margin[s]);
+                }
+            }
+            // Free-running greedy through the public API, up to llama.cpp's first near-tie.
+            e.reset();
+            let floor = margin.iter().position(|&m| m < NOISE).unwrap_or(gold.len());
+            let opts = GenerateOptions { max_tokens: floor.max(1), sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
+            let g = e.generate(Prompt::Ids(&prompt), &opts, |_| true).unwrap();
+            assert_eq!(g.generated_ids[..floor], gold[..floor], "prompt {}", p["id"]);
+        }
+        web_sys::console::log_1(&format!("teacher-forced agreement with llama.cpp in the browser: {agree}/{total}").into());
+        assert!(agree * 100 >= total * 90);
+    }
+}
