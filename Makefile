@@ -1,13 +1,18 @@
 # kvchat — the two commands a user needs are `make serve` and `make test`.
 SHELL := /bin/bash
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
+PORT ?= 8080
 # Tests and benchmarks use one thread: candle's pool spins at barriers, and on
 # a busy 2-core machine two threads can be much slower than one.
 export CANDLE_NUM_THREADS ?= 1
 
-.PHONY: all test test-native model build-native bench ppl clean
+.PHONY: all setup model build build-wasm build-native serve test test-native test-wasm test-e2e bench ppl dist clean
 
-all: build-native
+all: build
+
+# Installs what is missing (wasm target, wasm-pack, wasm-bindgen-cli, chromium, npm packages, the model).
+setup:
+	./scripts/setup.sh
 
 model: $(MODEL)
 $(MODEL):
@@ -16,16 +21,35 @@ $(MODEL):
 build-native:
 	cargo build --release
 
-# Everything: native unit and integration tests (tiny model, then the real model).
-test: model
+build-wasm:
+	./scripts/build-wasm.sh
+
+# The wasm package and the model: everything the page needs, no server.
+build: setup build-wasm
+
+# The main job: build, then serve the repository root (the demo is index.html).
+serve: build
+	@echo "kvchat: open http://127.0.0.1:$(PORT)/"
+	node scripts/serve.mjs $(PORT)
+
+# Everything: native tests, the wasm tests in headless Chromium, the browser end-to-end tests.
+test: setup test-native test-wasm test-e2e
+
+test-native: model
 	KVCHAT_REQUIRE_MODEL=1 cargo test --release
 
-test-native: test
+test-wasm: model
+	./scripts/test-wasm.sh
 
-# Native speed, one thread: the fixed 128-token prompt, 128 greedy tokens, median of 3 runs.
+test-e2e: model build-wasm
+	node --test --test-concurrency=1 tests/e2e/
+
+# Speed, one thread: the fixed 128-token prompt, 128 greedy tokens, median of 3 runs after a
+# warm-up; natively and in headless Chromium through the public JS API. One JSON line each.
 BENCH_PROMPT := $(firstword $(wildcard ../shared/reference/bench-prompt.txt) tests/fixtures/bench-prompt.txt)
-bench: model build-native
+bench: model build-native build-wasm
 	./target/release/kvchat bench --model $(MODEL) --prompt-file $(BENCH_PROMPT) --gen 128 --runs 3 --json
+	node scripts/bench-browser.mjs 3
 	@echo "cache vs --no-cache, 256 generated tokens:"
 	@for flag in "" "--no-cache"; do \
 	  ./target/release/kvchat generate --model $(MODEL) --prompt "Once upon a time" --max-tokens 256 --ignore-eos --json $$flag \
@@ -38,5 +62,10 @@ ppl: model build-native
 	  ./target/release/kvchat perplexity --model $(MODEL) --file /usr/share/common-licenses/GPL-3 --max-tokens 4096 $$args --json; \
 	done
 
+# A folder a static site copies as is: the modules, the worker, the element, the optimized wasm.
+dist: build-wasm
+	./scripts/dist.sh
+
 clean:
 	cargo clean
+	rm -rf pkg dist

@@ -1,7 +1,41 @@
 #!/usr/bin/env bash
-# Installs what building and testing need, skipping anything already present.
+# Installs what building and testing need, skipping anything already present:
+# the wasm32 target, wasm-pack, wasm-bindgen-cli (the exact version in Cargo.lock),
+# Chromium and ChromeDriver, the npm packages, and the default model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v cargo >/dev/null || { echo "setup: cargo (Rust) is required" >&2; exit 1; }
-command -v python3 >/dev/null || { echo "setup: python3 is required (it fetches the model)" >&2; exit 1; }
+say() { echo "setup: $*"; }
+need() { command -v "$1" >/dev/null 2>&1; }
+
+need cargo || { echo "setup: cargo (Rust) is required" >&2; exit 1; }
+need python3 || { echo "setup: python3 is required (it fetches the model)" >&2; exit 1; }
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  say "adding the wasm32-unknown-unknown target"; rustup target add wasm32-unknown-unknown
+fi
+
+WB_VERSION=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+if ! need wasm-bindgen || [ "$(wasm-bindgen --version | awk '{print $2}')" != "$WB_VERSION" ]; then
+  say "installing wasm-bindgen-cli $WB_VERSION"; cargo install wasm-bindgen-cli --version "$WB_VERSION"
+fi
+if ! need wasm-pack; then
+  say "installing wasm-pack"; cargo install wasm-pack
+fi
+
+apt_pkgs=()
+need chromium || apt_pkgs+=(chromium)
+need chromedriver || apt_pkgs+=(chromium-driver)
+need node || apt_pkgs+=(nodejs npm)
+need curl || apt_pkgs+=(curl)
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  say "installing ${apt_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${apt_pkgs[@]}" > /dev/null
+fi
+
+if [ ! -x node_modules/.bin/wasm-opt ] || [ ! -d node_modules/playwright-core ]; then
+  say "installing npm packages"; npm ci --no-audit --no-fund
+fi
+
 ./scripts/fetch-model.sh

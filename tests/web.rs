@@ -143,3 +143,25 @@ mod real_model {
         assert!(agree * 100 >= total * 90);
     }
 }
+
+#[wasm_bindgen_test(unsupported = test)]
+fn simd_kernels_equal_the_portable_kernels() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use kvchat::backend::cpu::quant::{QActivations, QFormat, QMatrix};
+    let mut rng = kvchat::sampler::Rng::new(9);
+    let (rows, cols) = (37, 256);
+    for (dt, f) in [(GgmlDType::Q4_0, QFormat::Q4_0), (GgmlDType::Q4_1, QFormat::Q4_1), (GgmlDType::Q8_0, QFormat::Q8_0)] {
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect();
+        let qt = QTensor::quantize(&candle_core::Tensor::from_vec(w, (rows, cols), &candle_core::Device::Cpu).unwrap(), dt).unwrap();
+        let m = QMatrix::from_blocks(f, rows, cols, &qt.data().unwrap()).unwrap();
+        for t in 1..=6 {
+            let x: Vec<f32> = (0..t * cols).map(|_| rng.next_f64() as f32 * 4.0 - 2.0).collect();
+            let (mut a, mut b) = (vec![0f32; t * rows], vec![0f32; t * rows]);
+            m.matmul(&x, t, &mut QActivations::default(), &mut a);
+            m.matmul_portable(&x, t, &mut QActivations::default(), &mut b);
+            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{f:?} t={t} [{i}]: {p} vs {q}");
+            }
+        }
+    }
+}

@@ -89,7 +89,45 @@ impl QMatrix {
                 return;
             }
         }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        {
+            self.dots_simd128(t_rows, act, out);
+            return;
+        }
+        #[allow(unreachable_code)]
         self.dots(t_rows, act, out);
+    }
+
+    /// The portable kernels (the reference the SIMD ones are tested against).
+    pub fn matmul_portable(&self, x: &[f32], t_rows: usize, act: &mut QActivations, out: &mut [f32]) {
+        act.quantize(x, t_rows, self.cols);
+        self.dots(t_rows, act, out);
+    }
+
+    /// wasm simd128 kernels: each weight block is unpacked once and multiplied
+    /// with up to four activation rows (prefill reuses the weights in registers).
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    fn dots_simd128(&self, t_rows: usize, act: &QActivations, out: &mut [f32]) {
+        let nb = self.cols / QK;
+        let rows: Vec<QRow> = (0..t_rows).map(|t| act.row(t)).collect();
+        for r in 0..self.rows {
+            let d = &self.d[r * nb..(r + 1) * nb];
+            let mut t = 0;
+            while t < t_rows {
+                let n = (t_rows - t).min(4);
+                let ys = &rows[t..t + n];
+                let mut res = [0f32; 4];
+                match self.format {
+                    QFormat::Q4_0 => simd128::dot_q4(d, None, &self.qs[r * nb * 16..(r + 1) * nb * 16], ys, &mut res),
+                    QFormat::Q4_1 => simd128::dot_q4(d, Some(&self.m[r * nb..(r + 1) * nb]), &self.qs[r * nb * 16..(r + 1) * nb * 16], ys, &mut res),
+                    QFormat::Q8_0 => simd128::dot_q8_0(d, &self.qs[r * nb * 32..(r + 1) * nb * 32], ys, &mut res),
+                }
+                for (i, v) in res[..n].iter().enumerate() {
+                    out[(t + i) * self.rows + r] = *v;
+                }
+                t += n;
+            }
+        }
     }
 
     /// AVX2 kernels, lane for lane the same arithmetic as ggml's x86 `vec_dot`s.
@@ -203,6 +241,7 @@ impl QActivations {
     }
 }
 
+#[derive(Clone, Copy)]
 struct QRow<'a> {
     d: &'a [f32],
     s: &'a [f32],
@@ -329,5 +368,78 @@ mod avx2 {
             acc = _mm256_fmadd_ps(s, i8_pairs(qx, qy), acc);
         }
         hsum(acc)
+    }
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128 {
+    use super::QRow;
+    use core::arch::wasm32::*;
+
+    #[inline(always)]
+    fn hsum(v: v128) -> f32 {
+        f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v) + f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v)
+    }
+
+    /// Σ x·y over 16 signed bytes, as 4 i32 lanes.
+    #[inline(always)]
+    fn dot16(x: v128, y: v128) -> v128 {
+        let lo = i32x4_dot_i16x8(i16x8_extend_low_i8x16(x), i16x8_extend_low_i8x16(y));
+        let hi = i32x4_dot_i16x8(i16x8_extend_high_i8x16(x), i16x8_extend_high_i8x16(y));
+        i32x4_add(lo, hi)
+    }
+
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> v128 {
+        v128_load(p as *const v128)
+    }
+
+    /// Q4_0 (`m` None, values - 8) or Q4_1 (`m` Some, values + min) against up to 4 rows.
+    pub fn dot_q4(d: &[f32], m: Option<&[f32]>, q: &[u8], ys: &[QRow], out: &mut [f32; 4]) {
+        let n = ys.len();
+        let mut acc = [f32x4_splat(0.0); 4];
+        let mut summs = [0f32; 4];
+        let mask = u8x16_splat(0x0F);
+        let eight = i8x16_splat(8);
+        for b in 0..d.len() {
+            // SAFETY: q holds 16 bytes per block, each row 32 bytes per block.
+            let packed = unsafe { load(q.as_ptr().add(b * 16)) };
+            let mut lo = v128_and(packed, mask);
+            let mut hi = u8x16_shr(packed, 4);
+            if m.is_none() {
+                lo = i8x16_sub(lo, eight);
+                hi = i8x16_sub(hi, eight);
+            }
+            for i in 0..n {
+                let y = &ys[i];
+                let (y0, y1) = unsafe { (load(y.q.as_ptr().add(b * 32) as *const u8), load(y.q.as_ptr().add(b * 32 + 16) as *const u8)) };
+                let isum = i32x4_add(dot16(lo, y0), dot16(hi, y1));
+                let scale = f32x4_splat(d[b] * y.d[b]);
+                acc[i] = f32x4_add(acc[i], f32x4_mul(f32x4_convert_i32x4(isum), scale));
+                if let Some(m) = m {
+                    summs[i] += m[b] * y.s[b];
+                }
+            }
+        }
+        for i in 0..n {
+            out[i] = hsum(acc[i]) + summs[i];
+        }
+    }
+
+    pub fn dot_q8_0(d: &[f32], q: &[u8], ys: &[QRow], out: &mut [f32; 4]) {
+        let n = ys.len();
+        let mut acc = [f32x4_splat(0.0); 4];
+        for b in 0..d.len() {
+            let (x0, x1) = unsafe { (load(q.as_ptr().add(b * 32)), load(q.as_ptr().add(b * 32 + 16))) };
+            for i in 0..n {
+                let y = &ys[i];
+                let (y0, y1) = unsafe { (load(y.q.as_ptr().add(b * 32) as *const u8), load(y.q.as_ptr().add(b * 32 + 16) as *const u8)) };
+                let isum = i32x4_add(dot16(x0, y0), dot16(x1, y1));
+                acc[i] = f32x4_add(acc[i], f32x4_mul(f32x4_convert_i32x4(isum), f32x4_splat(d[b] * y.d[b])));
+            }
+        }
+        for i in 0..n {
+            out[i] = hsum(acc[i]);
+        }
     }
 }

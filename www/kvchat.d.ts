@@ -1,0 +1,102 @@
+// TypeScript declarations for kvchat's public ES module (www/kvchat.js).
+
+export declare const DEFAULT_MODEL: string;
+
+export type Backend = 'auto' | 'cpu' | 'webgpu';
+
+export interface Progress {
+  phase: 'download' | 'cache' | 'init';
+  loaded: number;
+  total: number;
+}
+
+export interface LoadOptions {
+  /** URL string (relative or absolute), Blob or ArrayBuffer. Default: the bundled models/ path. */
+  model?: string | Blob | ArrayBuffer;
+  /** Default 'auto'. 'webgpu' rejects until the WebGPU backend exists. */
+  backend?: Backend;
+  /** KV cache capacity in tokens (default 2048). */
+  kvWindow?: number;
+  /** Attention-sink tokens never evicted (default 4). */
+  kvSinks?: number;
+  /** Store keys and values as f16 (half the cache memory). */
+  kvF16?: boolean;
+  /** Keep the downloaded model in the browser's Cache API (default true). */
+  cache?: boolean;
+  onProgress?: (p: Progress) => void;
+}
+
+export interface Message {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+}
+
+export interface GenerateOptions {
+  maxTokens?: number;
+  /** 0 is greedy. */
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  repeatPenalty?: number;
+  seed?: number;
+  stop?: string[];
+  ignoreEos?: boolean;
+  /** Recompute the whole sequence for every token (shows what the KV cache saves). */
+  noCache?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface KvStats {
+  capacity: number;
+  used: number;
+  sinks: number;
+  evicted: number;
+  bytes: number;
+}
+
+export interface Stats {
+  backend: 'cpu' | 'webgpu';
+  promptTokens: number;
+  reusedTokens: number;
+  generatedTokens: number;
+  prefillTokensPerSec: number;
+  decodeTokensPerSec: number;
+  timeToFirstTokenMs: number;
+  kv: KvStats;
+  wasmMemoryBytes: number;
+}
+
+export interface ModelInfo {
+  nLayer: number;
+  nHead: number;
+  nHeadKv: number;
+  nEmbd: number;
+  vocabSize: number;
+  contextLength: number;
+  weightBytes: number;
+  kv: KvStats;
+}
+
+export declare class KvChatError extends Error {
+  /** 'gguf' | 'network' | 'memory' | 'unsupported' | 'invalid-option' | 'invalid-prompt' | 'busy' | 'crash' | ... */
+  kind: string;
+}
+
+export declare class KvChat {
+  static load(options?: LoadOptions): Promise<KvChat>;
+  readonly backend: 'cpu' | 'webgpu';
+  /** Set when the worker crashed; load the model again. */
+  readonly crashed: KvChatError | null;
+  info: ModelInfo | null;
+  fromCache: boolean;
+  timings: { fetchMs: number; initMs: number };
+  onCrash: ((error: KvChatError) => void) | null;
+  /** Streams text pieces; the next call reuses the cached prefix. Aborting throws an AbortError. */
+  generate(input: string | Message[], opts?: GenerateOptions): AsyncGenerator<string, void, undefined>;
+  tokenize(text: string): Promise<number[]>;
+  detokenize(ids: ArrayLike<number>): Promise<string>;
+  stats(): Promise<Stats>;
+  reset(): Promise<void>;
+  dispose(): Promise<void>;
+}
