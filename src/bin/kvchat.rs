@@ -299,7 +299,7 @@ mod cli {
                         ttft.push(g.stats.time_to_first_token_ms);
                     }
                 }
-                let threads = std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "default".into());
+                let threads = rayon::current_num_threads();
                 let v = serde_json::json!({
                     "engine": "kvchat-native", "prompt_tokens": prompt_tokens, "gen_tokens": gen,
                     "runs": pre.len(), "threads": threads,
