@@ -157,14 +157,14 @@ impl QMatrix {
                 QFormat::Q4_0 => {
                     let q = &self.qs[r * nb * 16..(r + 1) * nb * 16];
                     for t in 0..t_rows {
-                        out[t * self.rows + r] = dot_q4_0(d, q, act.row(t));
+                        out[t * self.rows + r] = dot_q4(d, None, q, act.row(t));
                     }
                 }
                 QFormat::Q4_1 => {
                     let q = &self.qs[r * nb * 16..(r + 1) * nb * 16];
                     let m = &self.m[r * nb..(r + 1) * nb];
                     for t in 0..t_rows {
-                        out[t * self.rows + r] = dot_q4_1(d, m, q, act.row(t));
+                        out[t * self.rows + r] = dot_q4(d, Some(m), q, act.row(t));
                     }
                 }
                 QFormat::Q8_0 => {
@@ -248,36 +248,24 @@ struct QRow<'a> {
     q: &'a [i8],
 }
 
+/// Q4_0 (`m` None: values 0..16 minus 8) or Q4_1 (`m` Some: values plus the block minimum).
 #[inline(always)]
-fn dot_q4_0(d: &[f32], q: &[u8], y: QRow) -> f32 {
+fn dot_q4(d: &[f32], m: Option<&[f32]>, q: &[u8], y: QRow) -> f32 {
+    let off = if m.is_some() { 0 } else { 8 };
     let mut acc = 0f32;
     for b in 0..d.len() {
         let qb = &q[b * 16..b * 16 + 16];
         let yb = &y.q[b * 32..b * 32 + 32];
         let mut sumi = 0i32;
         for j in 0..16 {
-            let lo = (qb[j] & 0x0F) as i32 - 8;
-            let hi = (qb[j] >> 4) as i32 - 8;
+            let lo = (qb[j] & 0x0F) as i32 - off;
+            let hi = (qb[j] >> 4) as i32 - off;
             sumi += lo * yb[j] as i32 + hi * yb[j + 16] as i32;
         }
         acc += sumi as f32 * d[b] * y.d[b];
-    }
-    acc
-}
-
-#[inline(always)]
-fn dot_q4_1(d: &[f32], m: &[f32], q: &[u8], y: QRow) -> f32 {
-    let mut acc = 0f32;
-    for b in 0..d.len() {
-        let qb = &q[b * 16..b * 16 + 16];
-        let yb = &y.q[b * 32..b * 32 + 32];
-        let mut sumi = 0i32;
-        for j in 0..16 {
-            let lo = (qb[j] & 0x0F) as i32;
-            let hi = (qb[j] >> 4) as i32;
-            sumi += lo * yb[j] as i32 + hi * yb[j + 16] as i32;
+        if let Some(m) = m {
+            acc += m[b] * y.s[b];
         }
-        acc += sumi as f32 * d[b] * y.d[b] + m[b] * y.s[b];
     }
     acc
 }
