@@ -208,4 +208,10 @@ el.newChat.addEventListener('click', async () => {
 });
 el.reload.addEventListener('click', () => { messages = []; el.log.replaceChildren(); load(); });
 
+// The page's own files are kept by a service worker so a second visit works offline
+// (the model is kept by the engine in the Cache API).
+if ('serviceWorker' in navigator && location.protocol !== 'file:') {
+  navigator.serviceWorker.register(new URL('../sw.js', import.meta.url)).catch(() => {});
+}
+
 load();

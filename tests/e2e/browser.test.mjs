@@ -93,6 +93,17 @@ test('the demo page loads, streams an answer, stops, starts a new chat, and relo
   await page.waitForSelector(READY, { timeout: 120_000 });
   assert.match(await page.textContent('.progress-label'), /from cache/);
   assert.ok(!requests.some((u) => u.endsWith('.gguf')), 'no model download on the second visit');
+
+  // Offline: the page's files come from the service worker, the model from the Cache API.
+  await page.evaluate(() => navigator.serviceWorker.ready);
+  await ctx.setOffline(true);
+  await page.reload();
+  await page.waitForSelector(READY, { timeout: 120_000 });
+  await setField(page, 'maxTokens', 6);
+  const offline = await ask(page, 'Hello offline!');
+  await idle(page);
+  assert.ok((await offline.textContent()).length > 0, 'it answers offline');
+  await ctx.setOffline(false);
   assert.deepEqual(errors, []);
   await ctx.close();
 });
