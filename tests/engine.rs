@@ -254,3 +254,39 @@ fn bad_window_options_are_rejected() {
     o.prefill_chunk = 0;
     assert!(matches!(Engine::load(&b, o), Err(Error::InvalidOption(_))));
 }
+
+#[test]
+fn hostile_prompts() {
+    let mut e = Engine::load(&kvchat::testing::tiny_llama_gguf(7), opts(256, 4, 64)).unwrap();
+    // 100,000 characters stream through a 256-token window.
+    let long: String = "the cat sat. ".chars().cycle().take(100_000).collect();
+    let g = e.generate(Prompt::Raw(&long), &greedy(4), |_| true).unwrap();
+    assert!(g.prompt_ids.len() > 10_000);
+    assert_eq!(g.kv.used, 256);
+    // Only special tokens.
+    let g = e.generate(Prompt::Raw("<|im_start|><|im_end|><|endoftext|><|im_start|>"), &greedy(4), |_| true).unwrap();
+    assert_eq!(g.prompt_ids, vec![1, 2, 0, 1]);
+    // Replacement characters (what unpaired UTF-16 surrogates become) and control characters.
+    assert!(e.generate(Prompt::Raw("\u{FFFD}\u{0}\u{1b}[31m\r\n"), &greedy(3), |_| true).is_ok());
+}
+
+#[test]
+fn abort_during_prefill_leaves_a_consistent_cache() {
+    let mut e = Engine::load(&kvchat::testing::tiny_llama_gguf(7), opts(512, 4, 16)).unwrap();
+    let prompt = "the cat sat on the mat and then ".repeat(12);
+    let mut calls = 0;
+    let r = e.generate(Prompt::Raw(&prompt), &greedy(10), |_| {
+        calls += 1;
+        calls < 3 // abort after two prefill chunks
+    });
+    assert!(matches!(r, Err(Error::Aborted)));
+    assert!(e.cached_tokens().len() >= 16, "the chunks computed before the abort stay cached");
+    let after = e.generate(Prompt::Raw(&prompt), &greedy(10), |_| true).unwrap();
+    let fresh = quantized_opts(512, 4, 16).generate(Prompt::Raw(&prompt), &greedy(10), |_| true).unwrap();
+    assert_eq!(after.generated_ids, fresh.generated_ids, "the next answer equals a fresh engine's");
+    assert!(after.stats.reused_tokens >= 16);
+}
+
+fn quantized_opts(window: usize, sinks: usize, chunk: usize) -> Engine {
+    Engine::load(&kvchat::testing::tiny_llama_gguf(7), opts(window, sinks, chunk)).unwrap()
+}
