@@ -12,7 +12,7 @@ use crate::gguf::Gguf;
 use crate::kv_cache::{KvCache, KvCacheConfig, KvDType, KvStats};
 use crate::model::{Llama, LlamaConfig};
 use crate::sampler::{Sampler, SamplerConfig};
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::tokenizer::{IncrementalEncoder, StreamDecoder, Tokenizer};
 use candle_core::{Device, Tensor, D};
 use web_time::Instant;
 
@@ -117,6 +117,8 @@ pub struct Engine {
     cache: KvCache,
     opts: EngineOptions,
     last: GenerationStats,
+    /// Chat prompts re-render the whole conversation; this re-tokenizes only the new part.
+    encoder: IncrementalEncoder,
 }
 
 impl std::fmt::Debug for Engine {
@@ -167,7 +169,7 @@ impl Engine {
         let device = Device::Cpu;
         let model = Llama::load(&g, cfg.clone(), &device)?;
         let cache = KvCache::new(opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim, &device)?;
-        Ok(Self { model, tokenizer, template, cache, opts, last: GenerationStats::default() })
+        Ok(Self { model, tokenizer, template, cache, opts, last: GenerationStats::default(), encoder: IncrementalEncoder::default() })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -217,10 +219,16 @@ impl Engine {
         }
     }
 
-    pub fn prompt_ids(&self, prompt: Prompt) -> Result<Vec<u32>> {
+    pub fn prompt_ids(&mut self, prompt: Prompt) -> Result<Vec<u32>> {
         let ids = match prompt {
             Prompt::Raw(text) => self.tokenize(text)?,
-            Prompt::Chat(messages) => self.tokenize(&self.render_chat(messages)?)?,
+            Prompt::Chat(messages) => {
+                let text = self.render_chat(messages)?;
+                match self.extend_cached_text(&text)? {
+                    Some(ids) => ids,
+                    None => self.encoder.encode(&self.tokenizer, &text)?,
+                }
+            }
             Prompt::Ids(ids) => ids.to_vec(),
         };
         if ids.is_empty() {
@@ -231,6 +239,36 @@ impl Engine {
             return Err(Error::InvalidPrompt(format!("token id {bad} is outside the vocabulary ({vocab})")));
         }
         Ok(ids)
+    }
+
+    /// When the rendered chat text extends the text of the cached tokens (the next
+    /// turn of the same conversation), keep the cached tokens as they are (the
+    /// model's own tokens, which may differ from re-tokenizing its answer) and
+    /// tokenize only the new text. Without this, an answer whose re-tokenization
+    /// differs would force a full re-prefill once tokens have been evicted.
+    fn extend_cached_text(&self, text: &str) -> Result<Option<Vec<u32>>> {
+        let cached = self.cache.tokens();
+        if cached.is_empty() || self.tokenizer.has_bos_prefix() {
+            return Ok(None);
+        }
+        let mut n = cached.len();
+        let mut bytes = self.tokenizer.decode_bytes(cached);
+        // Cut at a character boundary the new text shares.
+        while n > 0 && !(text.as_bytes().starts_with(&bytes) && text.is_char_boundary(bytes.len())) {
+            n -= 1;
+            bytes.truncate(bytes.len() - self.tokenizer.raw_bytes(cached[n]).len());
+            if text.len() > bytes.len() && n + 64 < cached.len() {
+                // Not an extension of the conversation: let the token-level path decide.
+                return Ok(None);
+            }
+        }
+        if n == 0 || bytes.len() == text.len() {
+            return Ok(None);
+        }
+        let mut ids = cached[..n].to_vec();
+        let suffix = self.tokenizer.encode_part_text(&text[bytes.len()..])?;
+        ids.extend(suffix);
+        Ok(Some(ids))
     }
 
     /// Feeds `ids` through the cache in chunks, returning the logits of the last token.

@@ -227,6 +227,51 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Tokenizes `text` (which starts at byte `base` of a larger text whose first
+    /// `first_index` ids are already known), returning its ids and the
+    /// (end byte, id count) after every special token.
+    fn encode_part(&self, text: &str, base: usize, first_index: usize, bos: bool) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let mut ids = Vec::new();
+        if bos && self.add_bos {
+            ids.extend(self.bos);
+        }
+        let mut boundaries = Vec::new();
+        if !text.is_empty() {
+            let enc = self.inner.encode(text, false).map_err(tok_err)?;
+            for (&id, &(_, end)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+                ids.push(id);
+                if self.is_special(id) {
+                    boundaries.push((base + end, first_index + ids.len()));
+                }
+            }
+        }
+        Ok((ids, boundaries))
+    }
+
+    /// Tokenizes a piece of a larger text (never adds BOS).
+    pub fn encode_part_text(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.encode_part(text, 0, 0, false)?.0)
+    }
+
+    /// True when every encoding starts with a BOS the text does not contain.
+    pub fn has_bos_prefix(&self) -> bool {
+        self.add_bos
+    }
+
+    /// The text a token stands for in a prompt: its bytes, or a control token's own text.
+    pub fn raw_bytes(&self, id: u32) -> &[u8] {
+        if self.is_special(id) {
+            self.texts.get(id as usize).map(|t| t.as_bytes()).unwrap_or(&[])
+        } else {
+            self.token_bytes(id)
+        }
+    }
+
+    /// The prompt text of `ids` as bytes, control tokens included (the inverse of `encode`).
+    pub fn decode_bytes(&self, ids: &[u32]) -> Vec<u8> {
+        ids.iter().flat_map(|&i| self.raw_bytes(i).iter().copied()).collect()
+    }
+
     pub fn is_eog(&self, id: u32) -> bool {
         self.eog.binary_search(&id).is_ok()
     }
@@ -255,6 +300,40 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> String {
         let bytes: Vec<u8> = ids.iter().flat_map(|&i| self.token_bytes(i).iter().copied()).collect();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Tokenizes a text that usually extends the previous one (the next chat turn
+/// re-renders the whole conversation): only what follows the last special token
+/// the two texts share is tokenized again. Tokenization never crosses a special
+/// token, so the ids equal those of tokenizing the whole text, while the work
+/// (and the memory it needs) stays proportional to the new turn.
+#[derive(Debug, Default, Clone)]
+pub struct IncrementalEncoder {
+    text: String,
+    ids: Vec<u32>,
+    /// (end byte in `text`, number of ids up to there) after each special token.
+    boundaries: Vec<(usize, usize)>,
+}
+
+impl IncrementalEncoder {
+    pub fn encode(&mut self, tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+        let common = self.text.bytes().zip(text.bytes()).take_while(|(a, b)| a == b).count();
+        let (b, n) = self.boundaries.iter().rev().find(|(b, _)| *b <= common).copied().unwrap_or((0, 0));
+        let (mut ids, mut boundaries) = if n == 0 {
+            (Vec::new(), Vec::new())
+        } else {
+            (self.ids[..n].to_vec(), self.boundaries.iter().copied().filter(|&(e, _)| e <= b).collect())
+        };
+        let start = if n == 0 { 0 } else { b };
+        let (more, more_b) = tok.encode_part(&text[start..], start, ids.len(), n == 0)?;
+        ids.extend(more);
+        boundaries.extend(more_b);
+        self.text.clear();
+        self.text.push_str(text);
+        self.ids.clone_from(&ids);
+        self.boundaries = boundaries;
+        Ok(ids)
     }
 }
 

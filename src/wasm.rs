@@ -108,7 +108,8 @@ impl KvEngine {
         let opts = EngineOptions {
             kv,
             kv_budget_bytes: o.kv_budget_bytes.map(|b| b.max(0.0) as usize),
-            prefill_chunk: count(o.prefill_chunk, "prefillChunk", 256, 1, 4096)?,
+            // 64 tokens is about a second of prefill in the browser: Stop takes effect within it.
+            prefill_chunk: count(o.prefill_chunk, "prefillChunk", 64, 1, 4096)?,
             ..Default::default()
         };
         let engine = Engine::load(bytes, opts).map_err(to_js)?;
@@ -186,7 +187,12 @@ impl KvEngine {
             Ok(Step::Piece(p)) => serde_json::json!({ "piece": p }),
             Ok(Step::Done(g)) => {
                 self.session = None;
-                serde_json::json!({ "done": true, "piece": g.final_piece, "result": &*g })
+                // Counts, not the prompt's ids: a long chat's ids would make this
+                // message (and the wasm heap needed to build it) grow every turn.
+                serde_json::json!({ "done": true, "piece": g.final_piece, "result": {
+                    "text": g.text, "generatedIds": g.generated_ids, "promptTokens": g.prompt_ids.len(),
+                    "stopReason": g.stop_reason, "stats": g.stats, "kv": g.kv,
+                } })
             }
             Err(e) => {
                 self.session = None;
