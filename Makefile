@@ -6,7 +6,7 @@ PORT ?= 8080
 # a busy 2-core machine two threads can be much slower than one.
 export CANDLE_NUM_THREADS ?= 1
 
-.PHONY: all setup model build build-wasm build-native serve test test-native test-wasm test-e2e bench ppl dist clean
+.PHONY: all setup model build build-wasm build-native serve test test-native test-wasm test-e2e bench ppl dist fuzz clean
 
 all: build
 
@@ -66,6 +66,13 @@ ppl: model build-native
 # A folder a static site copies as is: the modules, the worker, the element, the optimized wasm.
 dist: build-wasm
 	./scripts/dist.sh
+
+# libFuzzer on GGUF loading, the tokenizer built from metadata, and tokenize/decode (nightly, cargo-fuzz),
+# FUZZ_SECONDS each (default 600). Not part of `make test`: CI replays the kept inputs instead.
+FUZZ_SECONDS ?= 600
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+	./scripts/fuzz.sh $(FUZZ_SECONDS)
 
 clean:
 	cargo clean
