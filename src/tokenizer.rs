@@ -145,6 +145,16 @@ impl Tokenizer {
         for (i, t) in tokens.iter().enumerate() {
             vocab.entry(t.to_string()).or_insert(i as u32);
         }
+        // The tokenizers crate trusts its merges (a merge whose result is not in the
+        // vocabulary can make it index out of bounds): check them first.
+        for (a, b) in &merges {
+            if !vocab.contains_key(a) || !vocab.contains_key(b) || !vocab.contains_key(&format!("{a}{b}")) {
+                return Err(Error::Metadata {
+                    key: "tokenizer.ggml.merges".into(),
+                    reason: format!("merge `{a} {b}` uses or makes a token that is not in the vocabulary"),
+                });
+            }
+        }
         let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));

@@ -172,3 +172,17 @@ fn a_good_model_loads_after_all_of_that() {
     let mut e = load(&TinyGguf::new(1).to_bytes()).unwrap();
     assert!(e.logits(&[4, 5]).is_ok());
 }
+
+#[test]
+fn merges_outside_the_vocabulary_are_refused() {
+    // Found by the tokenizer_build fuzzer: the tokenizers crate indexed out of bounds on a
+    // merge whose result is not in the vocabulary.
+    let mut g = TinyGguf::new(1);
+    g.set("tokenizer.ggml.merges", Value::Array(vec![Value::String("Ġ t".into()), Value::String("h zz".into())]));
+    let e = expect_err(&g.to_bytes(), "merge");
+    assert!(e.to_string().contains("tokenizer.ggml.merges"), "{e}");
+    let mut g = TinyGguf::new(1);
+    g.set("tokenizer.ggml.merges", Value::Array(vec![Value::String("e n".into()), Value::String("en e".into())]));
+    let e = expect_err(&g.to_bytes(), "merge result");
+    assert!(e.to_string().contains("not in the vocabulary"), "{e}");
+}
