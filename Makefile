@@ -51,6 +51,7 @@ BENCH_PROMPT := $(firstword $(wildcard ../shared/reference/bench-prompt.txt) tes
 bench: model build-native build-wasm
 	./target/release/kvchat bench --model $(MODEL) --prompt-file $(BENCH_PROMPT) --gen 128 --runs 3 --json
 	node scripts/bench-browser.mjs 3
+	./scripts/bench-wllama.sh
 	@echo "cache vs --no-cache, 256 generated tokens:"
 	@for flag in "" "--no-cache"; do \
 	  ./target/release/kvchat generate --model $(MODEL) --prompt "Once upon a time" --max-tokens 256 --ignore-eos --json $$flag \
