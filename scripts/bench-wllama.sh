@@ -9,4 +9,5 @@ if [ ! -f "$src/run_bench.mjs" ]; then echo "bench-wllama: SKIPPED, $src is not 
 d=$(mktemp -d); trap 'rm -rf "$d"' EXIT
 cp -r "$src/." "$d"
 (cd "$d" && npm install --no-audit --no-fund > /dev/null 2>&1)
-MODEL="$PWD/models/SmolLM2-135M-Instruct.Q4_1.gguf" node "$d/run_bench.mjs" --threads 1 --repeats 3 --out "$d/results.json" | tail -2
+model="$PWD/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+(cd "$d" && MODEL="$model" node run_bench.mjs --threads 1 --repeats 3 --out "$d/results.json" | tail -2)
