@@ -164,3 +164,81 @@ impl TinyGguf {
 pub fn tiny_llama_gguf(seed: u64) -> Vec<u8> {
     TinyGguf::new(seed).to_bytes()
 }
+
+/// The fuzz targets' bodies (`fuzz/fuzz_targets/`), shared with the regression
+/// replay in `tests/fuzz_regressions.rs` so both run exactly the same code.
+pub mod fuzz {
+    use super::TinyGguf;
+    use crate::gguf::Gguf;
+    use crate::tokenizer::{StreamDecoder, Tokenizer};
+    use crate::{Engine, EngineOptions, GenerateOptions, KvCacheConfig, KvDType, Prompt, SamplerConfig};
+    use candle_core::quantized::gguf_file::Value;
+
+    /// Arbitrary bytes as a model file: a typed error or an engine that generates.
+    pub fn gguf_load(data: &[u8]) {
+        let opts = EngineOptions {
+            kv: KvCacheConfig { window: 32, sinks: 2, dtype: KvDType::F32 },
+            memory_budget: 64 << 20,
+            ..Default::default()
+        };
+        if let Ok(mut e) = Engine::load(data, opts) {
+            let g = GenerateOptions { max_tokens: 3, sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
+            let _ = e.generate(Prompt::Raw("the cat"), &g, |_| true);
+        }
+    }
+
+    /// Tokenizer metadata from the input: first byte picks the pre-tokenizer, then
+    /// `\n`-separated lines of `\x01`-separated tokens, merges, and a sample text.
+    pub fn tokenizer_build(data: &[u8]) {
+        if data.len() < 2 {
+            return;
+        }
+        let pre = ["smollm", "gpt2", "llama-bpe", "default", "weird"][data[0] as usize % 5];
+        let text = String::from_utf8_lossy(&data[1..]);
+        let mut lines = text.split('\n');
+        let tokens: Vec<String> = lines.next().unwrap_or("").split('\u{1}').map(|s| s.to_string()).collect();
+        let merges: Vec<String> = lines.next().unwrap_or("").split('\u{1}').filter(|s| !s.is_empty()).map(|s| s.to_string()).collect();
+        let types: Vec<Value> = (0..tokens.len()).map(|i| Value::I32(data.get(i + 1).map_or(1, |b| (b % 6) as i32))).collect();
+        let sample = lines.next().unwrap_or("hello world 123");
+        let mut g = TinyGguf::new(1);
+        g.tensors.clear();
+        g.set("tokenizer.ggml.pre", Value::String(pre.into()));
+        g.set("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect()));
+        g.set("tokenizer.ggml.token_type", Value::Array(types));
+        g.set("tokenizer.ggml.merges", Value::Array(merges.into_iter().map(Value::String).collect()));
+        g.set("tokenizer.ggml.eos_token_id", Value::U32(data[0] as u32));
+        let bytes = g.to_bytes();
+        let Ok(gguf) = Gguf::parse(&bytes) else { return };
+        let Ok(tok) = Tokenizer::from_gguf(&gguf) else { return };
+        if let Ok(ids) = tok.encode(sample) {
+            decode_stream(&tok, &ids);
+            let _ = tok.decode(&ids);
+        }
+    }
+
+    /// The tokenizer `tokenize` fuzzes against (the tiny model's).
+    pub fn tiny_tokenizer() -> Tokenizer {
+        let mut g = TinyGguf::new(1);
+        g.tensors.clear();
+        let bytes = g.to_bytes();
+        Tokenizer::from_gguf(&Gguf::parse(&bytes).expect("the tiny GGUF parses")).expect("the tiny tokenizer builds")
+    }
+
+    /// Arbitrary text through encode/decode, and arbitrary ids through the decoders.
+    pub fn tokenize(tok: &Tokenizer, data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        if let Ok(ids) = tok.encode(&text) {
+            let _ = tok.decode(&ids);
+        }
+        let ids: Vec<u32> = data.chunks(2).map(|c| c.iter().fold(0u32, |a, &b| a * 256 + b as u32)).collect();
+        decode_stream(tok, &ids);
+        let _ = tok.decode(&ids);
+    }
+
+    fn decode_stream(tok: &Tokenizer, ids: &[u32]) -> String {
+        let mut d = StreamDecoder::new();
+        let mut out: String = ids.iter().map(|&id| d.push(tok, id)).collect();
+        out.push_str(&d.finish());
+        out
+    }
+}
