@@ -10,10 +10,11 @@ use crate::chat_template::{ChatTemplate, Message};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::kv_cache::{KvCache, KvCacheConfig, KvDType, KvStats};
-use crate::model::{Llama, LlamaConfig};
+use crate::model::{Llama, LlamaConfig, Profile};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::{IncrementalEncoder, StreamDecoder, Tokenizer};
-use candle_core::{Device, Tensor, D};
+use crate::backend::cpu::ops;
+use candle_core::Device;
 use web_time::Instant;
 
 /// Options fixed when the model is loaded.
@@ -168,7 +169,7 @@ impl Engine {
         };
         let device = Device::Cpu;
         let model = Llama::load(&g, cfg.clone(), &device)?;
-        let cache = KvCache::new(opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim, &device)?;
+        let cache = KvCache::new(opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim)?;
         Ok(Self { model, tokenizer, template, cache, opts, last: GenerationStats::default(), encoder: IncrementalEncoder::default() })
     }
 
@@ -194,6 +195,15 @@ impl Engine {
     pub fn cached_tokens(&self) -> &[u32] {
         self.cache.tokens()
     }
+    /// Switches the forward pass's per-operation timing on (fresh) or off.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.model.set_profiling(on);
+    }
+    /// Where the forward pass's time went since profiling was switched on.
+    pub fn profile(&self) -> Option<&Profile> {
+        self.model.profile()
+    }
+
     pub fn weight_bytes(&self) -> usize {
         self.model.weight_bytes()
     }
@@ -283,7 +293,8 @@ impl Engine {
             let n = self.cache.next_chunk(self.opts.prefill_chunk.min(ids.len() - i));
             let logits = self.model.forward(&ids[i..i + n], &mut self.cache, false);
             match logits {
-                Ok(l) => last = Some(l),
+                Ok(l) if i + n == ids.len() => last = Some(l.to_vec()),
+                Ok(_) => {}
                 Err(e) => {
                     self.cache.reset();
                     return Err(e);
@@ -291,8 +302,7 @@ impl Engine {
             }
             i += n;
         }
-        let l = last.ok_or_else(|| Error::InvalidPrompt("nothing to feed".into()))?;
-        Ok(l.flatten_all()?.to_vec1::<f32>()?)
+        last.ok_or_else(|| Error::InvalidPrompt("nothing to feed".into()))
     }
 
     /// Appends `ids` to the cached sequence and returns the last token's logits.
@@ -308,7 +318,7 @@ impl Engine {
 
     /// Feeds `ids` from an empty cache in planned chunks, handing each chunk's
     /// logits (`[T, vocab]`, one row per fed token) to `on_chunk(start, logits)`.
-    fn feed_all(&mut self, ids: &[u32], on_chunk: &mut dyn FnMut(usize, &Tensor) -> Result<()>) -> Result<()> {
+    fn feed_all(&mut self, ids: &[u32], on_chunk: &mut dyn FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
         self.cache.reset();
         let mut i = 0;
         while i < ids.len() {
@@ -328,8 +338,9 @@ impl Engine {
     /// The logits after every token of `ids`, fed through the bounded cache from empty.
     pub fn logits_all(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(ids.len());
+        let vocab = self.model.config().vocab_size;
         self.feed_all(ids, &mut |_, l| {
-            out.extend(l.to_vec2::<f32>()?);
+            out.extend(l.chunks_exact(vocab).map(<[f32]>::to_vec));
             Ok(())
         })?;
         Ok(out)
@@ -344,12 +355,12 @@ impl Engine {
         let mut nll = 0.0f64;
         let mut scored = 0usize;
         let inputs = &ids[..ids.len() - 1];
+        let vocab = self.model.config().vocab_size;
         self.feed_all(inputs, &mut |start, logits| {
-            let n = logits.dim(0)?;
-            let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-            let targets = Tensor::new(&ids[start + 1..start + n + 1], lsm.device())?.unsqueeze(1)?;
-            let picked = lsm.gather(&targets, 1)?.flatten_all()?.to_vec1::<f32>()?;
-            nll -= picked.iter().map(|&x| x as f64).sum::<f64>();
+            let n = logits.len() / vocab;
+            for (j, row) in logits.chunks_exact(vocab).enumerate() {
+                nll -= ops::log_softmax_at(row, ids[start + 1 + j] as usize);
+            }
             scored += n;
             on_chunk(scored, nll);
             Ok(())
@@ -504,7 +515,7 @@ impl Engine {
     /// Runs one planned chunk, returning the last token's logits; on failure the cache is emptied.
     fn forward_chunk(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         match self.model.forward(ids, &mut self.cache, false) {
-            Ok(l) => Ok(l.flatten_all()?.to_vec1::<f32>()?),
+            Ok(l) => Ok(l.to_vec()),
             Err(e) => {
                 self.cache.reset();
                 Err(e)

@@ -1,6 +1,6 @@
 //! The bounded sliding-window KV cache: the heart of kvchat.
 //!
-//! * Preallocated: one K and one V tensor per layer, `[n_kv_head, capacity, head_dim]`,
+//! * Preallocated: one K and one V buffer per layer, `[n_kv_head, capacity, head_dim]`,
 //!   allocated once; memory never grows afterwards.
 //! * Attention sinks: tokens `0..sinks` live in slots `0..sinks` forever.
 //! * A ring for the rest: absolute position `p >= sinks` lives in slot
@@ -17,8 +17,10 @@
 //! * Prefix reuse: the cache remembers the token ids it has seen and
 //!   [`KvCache::reuse_prefix`] keeps the longest common prefix with a new request.
 
+use crate::backend::cpu::ops;
 use crate::error::{Error, Result};
-use candle_core::{DType, Device, Tensor, D};
+use half::slice::HalfFloatSliceExt;
+use half::f16;
 
 /// Element type of the stored keys and values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,12 +30,6 @@ pub enum KvDType {
 }
 
 impl KvDType {
-    fn dtype(self) -> DType {
-        match self {
-            KvDType::F32 => DType::F32,
-            KvDType::F16 => DType::F16,
-        }
-    }
     pub fn size(self) -> usize {
         match self {
             KvDType::F32 => 4,
@@ -94,9 +90,76 @@ pub struct KvStats {
     pub bytes: usize,
 }
 
+/// Preallocated storage of one layer's keys or values, `[n_kv, capacity, head_dim]`.
+enum Store {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Store {
+    fn new(dtype: KvDType, n: usize) -> Self {
+        match dtype {
+            KvDType::F32 => Store::F32(vec![0.0; n]),
+            KvDType::F16 => Store::F16(vec![f16::ZERO; n]),
+        }
+    }
+
+    fn write(&mut self, at: usize, x: &[f32]) {
+        match self {
+            Store::F32(s) => s[at..at + x.len()].copy_from_slice(x),
+            Store::F16(s) => s[at..at + x.len()].convert_from_f32_slice(x),
+        }
+    }
+
+    /// The row at `at` as f32 (converted into `tmp` for f16 storage).
+    #[inline]
+    fn row<'a>(&'a self, at: usize, len: usize, tmp: &'a mut Vec<f32>) -> &'a [f32] {
+        match self {
+            Store::F32(s) => &s[at..at + len],
+            Store::F16(s) => {
+                tmp.resize(len, 0.0);
+                s[at..at + len].convert_to_f32_slice(tmp);
+                &tmp[..]
+            }
+        }
+    }
+}
+
 struct LayerCache {
-    k: Tensor,
-    v: Tensor,
+    k: Store,
+    v: Store,
+}
+
+/// Reusable buffers for [`KvCache::attend_token`] (nothing is allocated per token
+/// once they have grown to the cache's size).
+#[derive(Default)]
+pub struct AttnScratch {
+    q: Vec<f32>,
+    q_sink: Vec<f32>,
+    scores: Vec<f32>,
+    row: Vec<f32>,
+}
+
+impl AttnScratch {
+    fn prepare(&mut self, q: &[f32], q_sink: &[f32], scores: usize, hd: usize, f16: bool) {
+        self.q.clear();
+        self.q.extend_from_slice(q);
+        self.q_sink.clear();
+        self.q_sink.extend_from_slice(if q_sink.is_empty() { q } else { q_sink });
+        if f16 {
+            // With f16 storage the queries and the attention weights are rounded to
+            // f16 too, as ggml does when it multiplies by an f16 cache (llama.cpp's
+            // default): the f16 cache then reproduces llama.cpp's numerics.
+            ops::round_f16(&mut self.q);
+            ops::round_f16(&mut self.q_sink);
+        }
+        if self.scores.len() < scores {
+            self.scores.resize(scores, 0.0);
+        }
+        if self.row.len() < hd {
+            self.row.resize(hd, 0.0);
+        }
+    }
 }
 
 /// See the module documentation.
@@ -110,17 +173,10 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(cfg: KvCacheConfig, n_layer: usize, n_kv: usize, head_dim: usize, device: &Device) -> Result<Self> {
+    pub fn new(cfg: KvCacheConfig, n_layer: usize, n_kv: usize, head_dim: usize) -> Result<Self> {
         cfg.validate()?;
-        let layers = (0..n_layer)
-            .map(|_| -> Result<LayerCache> {
-                let shape = (n_kv, cfg.window, head_dim);
-                Ok(LayerCache {
-                    k: Tensor::zeros(shape, cfg.dtype.dtype(), device)?,
-                    v: Tensor::zeros(shape, cfg.dtype.dtype(), device)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let n = n_kv * cfg.window * head_dim;
+        let layers = (0..n_layer).map(|_| LayerCache { k: Store::new(cfg.dtype, n), v: Store::new(cfg.dtype, n) }).collect();
         Ok(Self { cfg, layers, tokens: Vec::new(), n_kv, head_dim })
     }
 
@@ -221,160 +277,66 @@ impl KvCache {
         self.capacity() - 1
     }
 
-    /// Attention of one layer for a chunk of `T` new tokens at positions
-    /// `len()..len()+T` (a chunk planned with [`next_chunk`](Self::next_chunk)).
+    /// Attention of one layer for the token at absolute position `p` (the
+    /// tokens of a chunk are fed in order, `len()..len()+T`; call
+    /// [`commit`](Self::commit) after the last layer).
     ///
-    /// * `q`: `[n_head, T, head_dim]`, rotated at the absolute positions;
-    /// * `q_sink`: the same queries rotated at [`sink_query_position`](Self::sink_query_position),
-    ///   required when [`shifted`](Self::shifted);
-    /// * `k`, `v`: `[n_kv, T, head_dim]`, keys rotated at the absolute positions.
+    /// * `q`: `[n_head * head_dim]`, rotated at `p`;
+    /// * `q_sink`: the same query rotated at [`sink_query_position`](Self::sink_query_position),
+    ///   used for the sinks once `p >= capacity` (tokens have been evicted);
+    /// * `k`, `v`: `[n_kv * head_dim]`, the key rotated at `p`.
     ///
-    /// Writes `k`, `v` into their slots and returns `[T, n_head * head_dim]`.
-    /// Call [`commit`](Self::commit) after the last layer.
-    pub fn attend(&mut self, layer: usize, q: &Tensor, q_sink: Option<&Tensor>, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let (n_head, t, hd) = q.dims3()?;
-        let n_rep = n_head / self.n_kv;
-        let n0 = self.len();
-        let cap = self.capacity();
-        let sinks = self.cfg.sinks;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let shifted = self.shifted();
-        let q_sink = if shifted {
-            Some(q_sink.ok_or_else(|| Error::Backend("sink queries required once the cache is full".into()))?)
-        } else {
-            None
-        };
-        // [n_kv, n_rep*T, hd]: query heads sharing a kv head are adjacent.
-        let dtype = self.cfg.dtype;
-        // With f16 storage, the queries and the attention weights are rounded to
-        // f16 too, as ggml does when it multiplies by an f16 cache (llama.cpp's
-        // default): the f16 cache then reproduces llama.cpp's numerics.
-        let round = |x: &Tensor| -> candle_core::Result<Tensor> {
-            if dtype == KvDType::F16 {
-                x.to_dtype(DType::F16)?.to_dtype(DType::F32)
-            } else {
-                Ok(x.clone())
-            }
-        };
-        let group = |x: &Tensor| round(&x.reshape((self.n_kv, n_rep * t, hd))?);
-        let qg = group(q)?;
-        let qsg = q_sink.map(group).transpose()?;
-        let cast = |x: Tensor| -> Result<Tensor> {
-            Ok(if dtype == KvDType::F32 { x } else { x.to_dtype(DType::F32)? })
-        };
-
-        let out = if t == 1 {
-            // Decode: the new token evicts the slot it overwrites, which is exactly
-            // the key that falls out of its window. Write first, attend over the cache.
-            self.write(layer, k, v, n0)?;
-            let used = (n0 + 1).min(cap);
-            let lc = &self.layers[layer];
-            let scores = match &qsg {
-                Some(qs) => {
-                    let ks = cast(lc.k.narrow(1, 0, sinks)?)?;
-                    let kr = cast(lc.k.narrow(1, sinks, used - sinks)?)?;
-                    let a = qs.matmul(&ks.t()?)?;
-                    let b = qg.matmul(&kr.t()?)?;
-                    Tensor::cat(&[a, b], D::Minus1)?
-                }
-                None => qg.matmul(&cast(lc.k.narrow(1, 0, used)?)?.t()?)?,
-            };
-            let p = round(&candle_nn::ops::softmax_last_dim(&(scores * scale)?)?)?;
-            p.matmul(&cast(lc.v.narrow(1, 0, used)?)?.contiguous()?)?
-        } else {
-            // Prefill chunk: attend over [old cache | new keys] without
-            // concatenating the cache, with a mask that hides the old keys each
-            // row's window has already dropped and the future new keys.
-            let used = n0.min(cap);
-            let lc = &self.layers[layer];
-            let mut parts = Vec::with_capacity(3);
-            let mut vparts: Vec<Tensor> = Vec::with_capacity(2);
-            if used > 0 {
-                match &qsg {
-                    Some(qs) => {
-                        parts.push(qs.matmul(&cast(lc.k.narrow(1, 0, sinks)?)?.t()?)?);
-                        parts.push(qg.matmul(&cast(lc.k.narrow(1, sinks, used - sinks)?)?.t()?)?);
-                    }
-                    None => parts.push(qg.matmul(&cast(lc.k.narrow(1, 0, used)?)?.t()?)?),
-                }
-                vparts.push(cast(lc.v.narrow(1, 0, used)?)?);
-            }
-            parts.push(qg.matmul(&round(k)?.t()?)?);
-            vparts.push(round(v)?);
-            let scores = if parts.len() == 1 { parts.pop().unwrap() } else { Tensor::cat(&parts, D::Minus1)? };
-            let width = used + t;
-            // Mask rows are the chunk positions; columns: cache slots 0..used, then new keys.
-            let ring = self.ring();
-            let mut mask = vec![0f32; t * width];
-            for j in 0..t {
-                let p = n0 + j;
-                let row = &mut mask[j * width..(j + 1) * width];
-                for (slot, m) in row[..used].iter_mut().enumerate() {
-                    let a = self.abs_position_of_slot(slot, n0);
-                    if a >= sinks && p - a >= ring {
-                        *m = f32::NEG_INFINITY;
-                    }
-                }
-                for (jj, m) in row[used..].iter_mut().enumerate() {
-                    if jj > j {
-                        *m = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            let mask = Tensor::from_vec(mask, (t, width), q.device())?;
-            let scores = (scores * scale)?.reshape((self.n_kv, n_rep, t, width))?.broadcast_add(&mask)?;
-            let p = round(&candle_nn::ops::softmax_last_dim(&scores)?.reshape((self.n_kv, n_rep * t, width))?)?;
-            let out = if used > 0 {
-                let pc = p.narrow(D::Minus1, 0, used)?.contiguous()?;
-                let pn = p.narrow(D::Minus1, used, t)?.contiguous()?;
-                (pc.matmul(&vparts[0].contiguous()?)? + pn.matmul(&vparts[1])?)?
-            } else {
-                p.matmul(&vparts[0])?
-            };
-            self.write(layer, k, v, n0)?;
-            out
-        };
-        // [n_kv, n_rep*T, hd] -> [n_head, T, hd] -> [T, n_head*hd]
-        Ok(out.reshape((n_head, t, hd))?.transpose(0, 1)?.reshape((t, n_head * hd))?)
-    }
-
-    /// Absolute position held by `slot` when the cache has seen `n` tokens.
-    fn abs_position_of_slot(&self, slot: usize, n: usize) -> usize {
-        let s = self.cfg.sinks;
-        if slot < s {
-            return slot;
+    /// The key and value are written into their slot first (evicting the
+    /// oldest ring entry once the cache is full: exactly the key that falls out
+    /// of this token's window), then the query attends over every slot in use,
+    /// in place. Later tokens of the chunk are not in the cache yet, so the
+    /// chunk is causal without a mask. Writes `[n_head * head_dim]` to `out`.
+    pub fn attend_token(&mut self, layer: usize, p: usize, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], scratch: &mut AttnScratch, out: &mut [f32]) {
+        let (hd, n_kv, cap, sinks) = (self.head_dim, self.n_kv, self.cfg.window, self.cfg.sinks);
+        let n_head = q.len() / hd;
+        let n_rep = n_head / n_kv;
+        let slot = self.slot(p);
+        let lc = &mut self.layers[layer];
+        for g in 0..n_kv {
+            let at = (g * cap + slot) * hd;
+            lc.k.write(at, &k[g * hd..(g + 1) * hd]);
+            lc.v.write(at, &v[g * hd..(g + 1) * hd]);
         }
-        let ring = self.ring();
-        // The newest position p < n with slot(p) == slot.
-        let last = n - 1; // n > 0 whenever a slot is in use
-        let last_slot = self.slot(last);
-        let back = (last_slot + ring - slot) % ring;
-        last - back
+        let used = (p + 1).min(cap);
+        let shifted = p >= cap && sinks > 0;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let f16 = self.cfg.dtype == KvDType::F16;
+        scratch.prepare(q, q_sink, n_rep * cap, hd, f16);
+        let AttnScratch { q, q_sink, scores, row } = scratch;
+        let lc = &self.layers[layer];
+        out.fill(0.0);
+        for g in 0..n_kv {
+            let heads = g * n_rep..(g + 1) * n_rep;
+            for s in 0..used {
+                let key = lc.k.row((g * cap + s) * hd, hd, row);
+                let qs = if shifted && s < sinks { &q_sink[..] } else { &q[..] };
+                for (r, h) in heads.clone().enumerate() {
+                    scores[r * cap + s] = ops::dot(&qs[h * hd..(h + 1) * hd], key) * scale;
+                }
+            }
+            for r in 0..n_rep {
+                let sc = &mut scores[r * cap..r * cap + used];
+                ops::softmax(sc);
+                if f16 {
+                    ops::round_f16(sc);
+                }
+            }
+            for s in 0..used {
+                let val = lc.v.row((g * cap + s) * hd, hd, row);
+                for (r, h) in heads.clone().enumerate() {
+                    ops::axpy(scores[r * cap + s], val, &mut out[h * hd..(h + 1) * hd]);
+                }
+            }
+        }
     }
 
     /// Records that the chunk's tokens are now in every layer.
     pub fn commit(&mut self, ids: &[u32]) {
         self.tokens.extend_from_slice(ids);
-    }
-
-    fn write(&mut self, layer: usize, k: &Tensor, v: &Tensor, n0: usize) -> Result<()> {
-        let t = k.dim(1)?;
-        let dtype = self.cfg.dtype.dtype();
-        let k = k.to_dtype(dtype)?.contiguous()?;
-        let v = v.to_dtype(dtype)?.contiguous()?;
-        // Split the chunk into runs of consecutive slots.
-        let mut j = 0;
-        while j < t {
-            let slot = self.slot(n0 + j);
-            let mut run = 1;
-            while j + run < t && self.slot(n0 + j + run) == slot + run {
-                run += 1;
-            }
-            let lc = &self.layers[layer];
-            lc.k.slice_set(&k.narrow(1, j, run)?.contiguous()?, 1, slot)?;
-            lc.v.slice_set(&v.narrow(1, j, run)?.contiguous()?, 1, slot)?;
-            j += run;
-        }
-        Ok(())
     }
 }

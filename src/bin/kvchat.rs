@@ -128,6 +128,9 @@ mod cli {
             runs: usize,
             #[arg(long)]
             json: bool,
+            /// Also print where a prefill token's and a decode token's time goes, per operation.
+            #[arg(long)]
+            profile: bool,
         },
     }
 
@@ -280,7 +283,7 @@ mod cli {
                     println!("tokens {n}  mean_nll {mean:.5}  ppl {:.4}", mean.exp());
                 }
             }
-            Cmd::Bench { m, prompt_file, gen, runs, json } => {
+            Cmd::Bench { m, prompt_file, gen, runs, json, profile } => {
                 let prompt = match prompt_file {
                     Some(f) => std::fs::read_to_string(&f)?,
                     None => "The history of the city begins".repeat(16),
@@ -306,6 +309,36 @@ mod cli {
                     "prefill_tokens_per_sec": median(pre), "decode_tokens_per_sec": median(dec),
                     "time_to_first_token_ms": median(ttft),
                 });
+                if profile {
+                    // Per-operation profile: the prompt as one prefill, then `gen` greedy decode steps.
+                    let ids = engine.tokenize(&prompt)?;
+                    engine.reset();
+                    engine.set_profiling(true);
+                    let mut logits = engine.append(&ids)?;
+                    let pre = engine.profile().cloned().unwrap_or_default();
+                    engine.set_profiling(true);
+                    let mut sampling = 0.0;
+                    for _ in 0..gen {
+                        let t0 = std::time::Instant::now();
+                        let tok = kvchat::sampler::argmax(&logits);
+                        sampling += t0.elapsed().as_secs_f64();
+                        logits = engine.append(&[tok])?;
+                    }
+                    let dec = engine.profile().cloned().unwrap_or_default();
+                    for (phase, p, extra) in [("prefill", &pre, None), ("decode", &dec, Some(sampling * 1e3 / gen.max(1) as f64))] {
+                        let mut ops = serde_json::Map::new();
+                        let mut total = 0.0;
+                        for (name, ms) in p.per_token_ms() {
+                            total += ms;
+                            ops.insert(name.into(), serde_json::json!((ms * 1000.0).round() / 1000.0));
+                        }
+                        if let Some(s) = extra {
+                            ops.insert("sampling".into(), serde_json::json!((s * 1000.0).round() / 1000.0));
+                            total += s;
+                        }
+                        println!("{}", serde_json::json!({"engine": "kvchat-native", "profile": phase, "tokens": p.tokens, "ms_per_token": (total * 1000.0).round() / 1000.0, "ops_ms_per_token": ops}));
+                    }
+                }
                 if json {
                     println!("{v}");
                 } else {

@@ -1,39 +1,83 @@
-//! The llama forward pass on candle: embedding, RMSNorm, RoPE, grouped-query
-//! attention over the bounded [`KvCache`], SwiGLU MLP, final norm and output
-//! projection. Prefill runs whole chunks through matrix-matrix products.
+//! The llama forward pass as a straight sequence of kernels over preallocated
+//! buffers: embedding, RMSNorm, RoPE, grouped-query attention over the bounded
+//! [`KvCache`] (read in place), SwiGLU MLP, final norm and output projection.
+//! Prefill runs whole chunks through the matrix-matrix kernels; a decode step
+//! allocates nothing. candle supplies the GGUF tensors and the matmuls of weight
+//! types without an own kernel.
 
 use super::config::LlamaConfig;
+use super::profile::{Clock, Op, Profile};
 use super::rope::Rope;
+use crate::backend::cpu::linear::own_matrix;
+use crate::backend::cpu::quant::{QActivations, QMatrix};
+use crate::backend::cpu::{ops, Linear};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::kv_cache::KvCache;
-use crate::backend::cpu::Linear;
+use crate::kv_cache::{AttnScratch, KvCache};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use std::sync::Arc;
 
 struct Block {
-    attn_norm: Tensor,
+    attn_norm: Vec<f32>,
     wq: Linear,
     wk: Linear,
     wv: Linear,
     wo: Linear,
-    ffn_norm: Tensor,
+    ffn_norm: Vec<f32>,
     w_gate: Linear,
     w_up: Linear,
     w_down: Linear,
 }
 
-/// A loaded llama-family model (weights only; the cache is separate).
+/// The token embedding: the own repacked matrix (shared with the output
+/// projection when the model ties them) or candle's tensor for other types.
+enum Embedding {
+    Own(Arc<QMatrix>),
+    Candle(Arc<QTensor>),
+}
+
+/// A loaded llama-family model (weights only; the cache is separate) and the
+/// reusable buffers of its forward pass.
 pub struct Llama {
     cfg: LlamaConfig,
-    embed: Arc<QTensor>,
+    embed: Embedding,
     blocks: Vec<Block>,
-    norm: Tensor,
+    norm: Vec<f32>,
     output: Linear,
     rope: Rope,
-    device: Device,
     weight_bytes: usize,
+    ws: Workspace,
+}
+
+/// Every buffer the forward pass writes, grown to the largest chunk seen and
+/// then reused: a decode step allocates nothing.
+#[derive(Default)]
+struct Workspace {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    q_sink: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    sink_cos: Vec<f32>,
+    sink_sin: Vec<f32>,
+    logits: Vec<f32>,
+    act: QActivations,
+    scratch: AttnScratch,
+    profile: Option<Profile>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
 }
 
 /// Bytes a tensor occupies once loaded (F16/BF16 weights are widened to f32 by Linear).
@@ -67,11 +111,23 @@ impl Llama {
         let hd = c.head_dim;
         let qt = |name: &str, dims: &[usize]| g.tensor(name, dims, device);
         let mm = |name: &str, dims: &[usize]| -> Result<Linear> { Linear::new(Arc::new(qt(name, dims)?)) };
-        let vec = |name: &str| -> Result<Tensor> { Ok(qt(name, &[c.n_embd])?.dequantize(device)?) };
-        let embed = Arc::new(qt("token_embd.weight", &[c.vocab_size, c.n_embd])?);
-        if embed.dtype().block_size() > c.n_embd || c.n_embd % embed.dtype().block_size() != 0 {
+        let vec = |name: &str| -> Result<Vec<f32>> { Ok(qt(name, &[c.n_embd])?.dequantize(device)?.to_vec1::<f32>()?) };
+        let embed_t = qt("token_embd.weight", &[c.vocab_size, c.n_embd])?;
+        if embed_t.dtype().block_size() > c.n_embd || c.n_embd % embed_t.dtype().block_size() != 0 {
             return Err(Error::Tensor { name: "token_embd.weight".into(), reason: "rows are not whole blocks".into() });
         }
+        let tied = !g.has_tensor("output.weight");
+        let (embed, tied_output) = match own_matrix(&embed_t)? {
+            Some(m) => {
+                let m = Arc::new(m);
+                (Embedding::Own(m.clone()), tied.then_some(Linear::Own(m)))
+            }
+            None => {
+                let t = Arc::new(embed_t);
+                let out = if tied { Some(Linear::new(t.clone())?) } else { None };
+                (Embedding::Candle(t), out)
+            }
+        };
         let mut blocks = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let p = format!("blk.{i}");
@@ -89,29 +145,34 @@ impl Llama {
         }
         let norm = vec("output_norm.weight")?;
         // Tied embeddings: without `output.weight` the output projection reuses the embedding.
-        let output = if g.has_tensor("output.weight") {
-            mm("output.weight", &[c.vocab_size, c.n_embd])?
-        } else {
-            Linear::new(embed.clone())?
+        let output = match tied_output {
+            Some(o) => o,
+            None => mm("output.weight", &[c.vocab_size, c.n_embd])?,
         };
         let weight_bytes = Self::estimate_bytes(g, c);
-        Ok(Self { rope: Rope::new(hd, c.rope_freq_base), cfg, embed, blocks, norm, output, device: device.clone(), weight_bytes })
+        Ok(Self { rope: Rope::new(hd, c.rope_freq_base), cfg, embed, blocks, norm, output, weight_bytes, ws: Workspace::default() })
     }
 
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
     }
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
     pub fn weight_bytes(&self) -> usize {
         self.weight_bytes
     }
 
+    /// Starts (or stops) timing every operation of the forward pass.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.ws.profile = on.then(Profile::default);
+    }
+    /// Time per operation kind since profiling was switched on.
+    pub fn profile(&self) -> Option<&Profile> {
+        self.ws.profile.as_ref()
+    }
+
     /// Runs one chunk of tokens (planned with [`KvCache::next_chunk`]) through the
-    /// network, appending them to the cache. Returns logits `[T, vocab]` when
-    /// `all_logits`, else `[1, vocab]` for the last token only.
-    pub fn forward(&self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+    /// network, appending them to the cache. Returns the logits, `T` rows of
+    /// `vocab` when `all_logits`, else one row for the last token.
+    pub fn forward(&mut self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<&[f32]> {
         let t = ids.len();
         if t == 0 || t != cache.next_chunk(t) {
             return Err(Error::Backend(format!("chunk of {t} tokens does not fit the cache plan")));
@@ -120,41 +181,107 @@ impl Llama {
             return Err(Error::InvalidPrompt(format!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size)));
         }
         let c = &self.cfg;
-        let (hd, eps) = (c.head_dim, c.rms_eps);
+        let (hd, eps, e) = (c.head_dim, c.rms_eps, c.n_embd);
+        let (qd, kvd, ff) = (c.n_head * hd, c.n_head_kv * hd, c.n_ff);
+        let half = hd / 2;
         let n0 = cache.len();
-        let (cos, sin) = self.rope.tables(n0..n0 + t, &self.device)?;
-        let sink_tables = if cache.shifted() {
-            let p = cache.sink_query_position();
-            Some(self.rope.tables(std::iter::repeat_n(p, t), &self.device)?)
-        } else {
-            None
-        };
-        let ids_t = Tensor::new(ids, &self.device)?;
-        let mut x = self.embed.embedding(&ids_t)?; // [T, n_embd]
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((t, n, hd))?.transpose(0, 1)?.contiguous()?)
-        };
+        let ws = &mut self.ws;
+        for (v, n) in [(&mut ws.x, t * e), (&mut ws.h, t * e), (&mut ws.o, t * e), (&mut ws.q, t * qd), (&mut ws.q_sink, qd), (&mut ws.attn, t * qd)] {
+            grow(v, n);
+        }
+        for (v, n) in [(&mut ws.k, t * kvd), (&mut ws.v, t * kvd), (&mut ws.gate, t * ff), (&mut ws.up, t * ff), (&mut ws.cos, t * half), (&mut ws.sin, t * half)] {
+            grow(v, n);
+        }
+        let mut clock = Clock::start(ws.profile.is_some());
+
+        // Embedding and the rotation tables of this chunk's positions.
+        for (j, &id) in ids.iter().enumerate() {
+            let row = &mut ws.x[j * e..(j + 1) * e];
+            match &self.embed {
+                Embedding::Own(m) => m.dequantize_row(id as usize, row),
+                Embedding::Candle(q) => {
+                    let ids_t = Tensor::new(&[id], &Device::Cpu)?;
+                    row.copy_from_slice(&q.embedding(&ids_t)?.flatten_all()?.to_vec1::<f32>()?);
+                }
+            }
+            self.rope.angles(n0 + j, &mut ws.cos[j * half..(j + 1) * half], &mut ws.sin[j * half..(j + 1) * half]);
+        }
+        grow(&mut ws.sink_cos, half);
+        grow(&mut ws.sink_sin, half);
+        self.rope.angles(cache.sink_query_position(), &mut ws.sink_cos[..half], &mut ws.sink_sin[..half]);
+        clock.lap(&mut ws.profile, Op::Other);
+
         for (i, b) in self.blocks.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
-            let q = heads(b.wq.forward(&h)?, c.n_head)?;
-            let k = heads(b.wk.forward(&h)?, c.n_head_kv)?;
-            let v = heads(b.wv.forward(&h)?, c.n_head_kv)?;
-            let q_abs = Rope::apply(&q, &cos, &sin)?;
-            let k = Rope::apply(&k, &cos, &sin)?;
-            let q_sink = match &sink_tables {
-                Some((cs, sn)) => Some(Rope::apply(&q, cs, sn)?),
-                None => None,
-            };
-            let attn = cache.attend(i, &q_abs, q_sink.as_ref(), &k, &v)?;
-            x = (x + b.wo.forward(&attn)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
-            let g = b.w_gate.forward(&h)?;
-            let u = b.w_up.forward(&h)?;
-            x = (x + b.w_down.forward(&(candle_nn::ops::silu(&g)? * u)?)?)?;
+            for j in 0..t {
+                ops::rms_norm(&ws.x[j * e..(j + 1) * e], &b.attn_norm, eps, &mut ws.h[j * e..(j + 1) * e]);
+            }
+            clock.lap(&mut ws.profile, Op::Norm);
+            b.wq.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.q[..t * qd])?;
+            b.wk.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.k[..t * kvd])?;
+            b.wv.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.v[..t * kvd])?;
+            clock.lap(&mut ws.profile, Op::MatmulQkv);
+            for j in 0..t {
+                let p = n0 + j;
+                let (cos, sin) = (&ws.cos[j * half..(j + 1) * half], &ws.sin[j * half..(j + 1) * half]);
+                let q = &mut ws.q[j * qd..(j + 1) * qd];
+                let shifted = p >= cache.capacity() && cache.sinks() > 0;
+                if shifted {
+                    ws.q_sink[..qd].copy_from_slice(q);
+                    for head in ws.q_sink[..qd].chunks_exact_mut(hd) {
+                        ops::rope(head, &ws.sink_cos[..half], &ws.sink_sin[..half]);
+                    }
+                }
+                for head in q.chunks_exact_mut(hd) {
+                    ops::rope(head, cos, sin);
+                }
+                for head in ws.k[j * kvd..(j + 1) * kvd].chunks_exact_mut(hd) {
+                    ops::rope(head, cos, sin);
+                }
+                clock.lap(&mut ws.profile, Op::Rope);
+                let q_sink: &[f32] = if shifted { &ws.q_sink[..qd] } else { &[] };
+                cache.attend_token(
+                    i,
+                    p,
+                    &ws.q[j * qd..(j + 1) * qd],
+                    q_sink,
+                    &ws.k[j * kvd..(j + 1) * kvd],
+                    &ws.v[j * kvd..(j + 1) * kvd],
+                    &mut ws.scratch,
+                    &mut ws.attn[j * qd..(j + 1) * qd],
+                );
+                clock.lap(&mut ws.profile, Op::Attention);
+            }
+            b.wo.forward_into(&ws.attn[..t * qd], t, &mut ws.act, &mut ws.o[..t * e])?;
+            clock.lap(&mut ws.profile, Op::MatmulO);
+            ops::add_assign(&mut ws.x[..t * e], &ws.o[..t * e]);
+            for j in 0..t {
+                ops::rms_norm(&ws.x[j * e..(j + 1) * e], &b.ffn_norm, eps, &mut ws.h[j * e..(j + 1) * e]);
+            }
+            clock.lap(&mut ws.profile, Op::Norm);
+            b.w_gate.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.gate[..t * ff])?;
+            b.w_up.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.up[..t * ff])?;
+            clock.lap(&mut ws.profile, Op::MatmulGateUp);
+            ops::silu_mul(&mut ws.gate[..t * ff], &ws.up[..t * ff]);
+            clock.lap(&mut ws.profile, Op::Other);
+            b.w_down.forward_into(&ws.gate[..t * ff], t, &mut ws.act, &mut ws.o[..t * e])?;
+            clock.lap(&mut ws.profile, Op::MatmulDown);
+            ops::add_assign(&mut ws.x[..t * e], &ws.o[..t * e]);
         }
         cache.commit(ids);
-        let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
-        let x = candle_nn::ops::rms_norm(&x.contiguous()?, &self.norm, eps)?;
-        Ok(self.output.forward(&x)?)
+        let first = if all_logits { 0 } else { t - 1 };
+        let rows = t - first;
+        for j in first..t {
+            let r = j - first;
+            ops::rms_norm(&ws.x[j * e..(j + 1) * e], &self.norm, eps, &mut ws.h[r * e..(r + 1) * e]);
+        }
+        clock.lap(&mut ws.profile, Op::Norm);
+        let vocab = self.cfg.vocab_size;
+        grow(&mut ws.logits, rows * vocab);
+        self.output.forward_into(&ws.h[..rows * e], rows, &mut ws.act, &mut ws.logits[..rows * vocab])?;
+        clock.lap(&mut ws.profile, Op::MatmulOutput);
+        if let Some(p) = &mut ws.profile {
+            p.tokens += t;
+        }
+        Ok(&ws.logits[..rows * vocab])
     }
 }

@@ -1,8 +1,10 @@
-//! The network: hyper-parameters, RoPE, and the llama forward pass.
+//! The network: hyper-parameters, RoPE, the llama forward pass and its profile.
 
 pub mod config;
 pub mod llama;
+pub mod profile;
 pub mod rope;
 
 pub use config::LlamaConfig;
 pub use llama::Llama;
+pub use profile::Profile;

@@ -4,47 +4,59 @@
 use super::quant::{QActivations, QFormat, QMatrix};
 use crate::error::Result;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Module, Tensor};
-use std::cell::RefCell;
+use candle_core::{Device, Module, Tensor};
 use std::sync::Arc;
 
 pub enum Linear {
-    Own(QMatrix),
-    Candle(QMatMul),
-}
-
-thread_local! {
-    static SCRATCH: RefCell<QActivations> = RefCell::new(QActivations::default());
+    Own(Arc<QMatrix>),
+    Candle { mm: QMatMul, rows: usize, cols: usize },
 }
 
 impl Linear {
     pub fn new(w: Arc<QTensor>) -> Result<Self> {
-        let format = match w.dtype() {
-            GgmlDType::Q4_0 => Some(QFormat::Q4_0),
-            GgmlDType::Q4_1 => Some(QFormat::Q4_1),
-            GgmlDType::Q8_0 => Some(QFormat::Q8_0),
-            _ => None,
-        };
-        if let (Some(f), Ok((rows, cols))) = (format, w.shape().dims2()) {
-            if let Some(m) = QMatrix::from_blocks(f, rows, cols, &w.data()?) {
-                return Ok(Linear::Own(m));
-            }
+        let (rows, cols) = w.shape().dims2()?;
+        if let Some(m) = own_matrix(&w)? {
+            return Ok(Linear::Own(Arc::new(m)));
         }
-        Ok(Linear::Candle(QMatMul::from_arc(w)?))
+        Ok(Linear::Candle { mm: QMatMul::from_arc(w)?, rows, cols })
     }
 
-    /// `x`: `[T, cols]` → `[T, rows]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn rows(&self) -> usize {
         match self {
-            Linear::Candle(m) => Ok(m.forward(x)?),
-            Linear::Own(m) => {
-                let (t, cols) = x.dims2()?;
-                debug_assert_eq!(cols, m.cols);
-                let xs = x.flatten_all()?.to_vec1::<f32>()?;
-                let mut out = vec![0f32; t * m.rows];
-                SCRATCH.with(|s| m.matmul(&xs, t, &mut s.borrow_mut(), &mut out));
-                Ok(Tensor::from_vec(out, (t, m.rows), x.device())?)
-            }
+            Linear::Own(m) => m.rows,
+            Linear::Candle { rows, .. } => *rows,
         }
     }
+    pub fn cols(&self) -> usize {
+        match self {
+            Linear::Own(m) => m.cols,
+            Linear::Candle { cols, .. } => *cols,
+        }
+    }
+
+    /// `x`: `t` rows of `cols()` → `out`: `t` rows of `rows()`. Own kernels
+    /// allocate nothing (the activations are quantized into `act`).
+    pub fn forward_into(&self, x: &[f32], t: usize, act: &mut QActivations, out: &mut [f32]) -> Result<()> {
+        match self {
+            Linear::Own(m) => m.matmul(x, t, act, out),
+            Linear::Candle { mm, rows, cols } => {
+                let xt = Tensor::from_slice(x, (t, *cols), &Device::Cpu)?;
+                let y = mm.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?;
+                out[..t * rows].copy_from_slice(&y);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Repacks a Q4_0/Q4_1/Q8_0 weight for the own kernels; `None` for other types.
+pub fn own_matrix(w: &QTensor) -> Result<Option<QMatrix>> {
+    let format = match w.dtype() {
+        GgmlDType::Q4_0 => QFormat::Q4_0,
+        GgmlDType::Q4_1 => QFormat::Q4_1,
+        GgmlDType::Q8_0 => QFormat::Q8_0,
+        _ => return Ok(None),
+    };
+    let Ok((rows, cols)) = w.shape().dims2() else { return Ok(None) };
+    Ok(QMatrix::from_blocks(format, rows, cols, &w.data()?))
 }
