@@ -28,18 +28,61 @@ impl QFormat {
     }
 }
 
+/// How the 32 four-bit values of a block sit in its 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Q4Layout {
+    /// As in the GGUF file: byte `j` holds values `j` (low nibble) and `j + 16`.
+    Ggml,
+    /// Eight little-endian u16 lanes; lane `l` holds values `l`, `l + 8`,
+    /// `l + 16`, `l + 24` in its four nibbles, so a 16-byte load, a shift and
+    /// a mask give eight consecutive values as i16 lanes (wasm simd128's
+    /// `i32x4.dot_i16x8_s` then needs no widening of the weights).
+    Lanes,
+}
+
+impl Q4Layout {
+    /// The layout this target's fastest kernel reads.
+    pub fn native() -> Self {
+        if cfg!(target_arch = "wasm32") {
+            Q4Layout::Lanes
+        } else {
+            Q4Layout::Ggml
+        }
+    }
+
+    /// Value `j` (0..32) of a block's 16 bytes.
+    #[inline(always)]
+    fn get(self, q: &[u8], j: usize) -> u8 {
+        match self {
+            Q4Layout::Ggml => {
+                if j < 16 {
+                    q[j] & 0x0F
+                } else {
+                    q[j - 16] >> 4
+                }
+            }
+            Q4Layout::Lanes => {
+                let l = j % 8;
+                let lane = q[2 * l] as u16 | (q[2 * l + 1] as u16) << 8;
+                ((lane >> (4 * (j / 8))) & 0x0F) as u8
+            }
+        }
+    }
+}
+
 /// A weight matrix `[rows, cols]` repacked from GGUF blocks.
 #[derive(Debug, Clone)]
 pub struct QMatrix {
     pub format: QFormat,
     pub rows: usize,
     pub cols: usize,
+    pub layout: Q4Layout,
     /// Per-block scale (f16 widened to f32).
     d: Vec<f32>,
-    /// Per-block minimum (Q4_1 only).
+    /// Per-block offset term: Q4_1's minimum, Q4_0's `-8 d` (values are stored
+    /// unsigned 0..16 and the offset applied through the activations' sums).
     m: Vec<f32>,
-    /// Q4: 16 bytes of nibbles per block (low nibbles: values 0..16, high: 16..32).
-    /// Q8: 32 signed bytes per block.
+    /// Q4: 16 bytes of nibbles per block in `layout`. Q8: 32 signed bytes per block.
     qs: Vec<u8>,
 }
 
@@ -48,8 +91,14 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 }
 
 impl QMatrix {
-    /// Repacks raw GGUF block data. `data.len()` must be `rows * cols / 32 * block_bytes`.
+    /// Repacks raw GGUF block data for this target's kernels.
+    /// `data.len()` must be `rows * cols / 32 * block_bytes`.
     pub fn from_blocks(format: QFormat, rows: usize, cols: usize, data: &[u8]) -> Option<Self> {
+        Self::from_blocks_with_layout(format, rows, cols, data, Q4Layout::native())
+    }
+
+    /// As [`from_blocks`](Self::from_blocks) with an explicit Q4 layout (tests compare them).
+    pub fn from_blocks_with_layout(format: QFormat, rows: usize, cols: usize, data: &[u8], layout: Q4Layout) -> Option<Self> {
         if cols % QK != 0 {
             return None;
         }
@@ -60,20 +109,37 @@ impl QMatrix {
         }
         let qlen = if format == QFormat::Q8_0 { 32 } else { 16 };
         let mut d = Vec::with_capacity(nb);
-        let mut m = Vec::new();
+        let mut m = Vec::with_capacity(if format == QFormat::Q8_0 { 0 } else { nb });
         let mut qs = Vec::with_capacity(nb * qlen);
         for blk in data.chunks_exact(bb) {
-            d.push(f16_at(blk, 0));
-            match format {
-                QFormat::Q4_0 => qs.extend_from_slice(&blk[2..18]),
+            let scale = f16_at(blk, 0);
+            d.push(scale);
+            let nibbles = match format {
+                QFormat::Q4_0 => {
+                    m.push(-8.0 * scale);
+                    &blk[2..18]
+                }
                 QFormat::Q4_1 => {
                     m.push(f16_at(blk, 2));
-                    qs.extend_from_slice(&blk[4..20]);
+                    &blk[4..20]
                 }
-                QFormat::Q8_0 => qs.extend_from_slice(&blk[2..34]),
+                QFormat::Q8_0 => {
+                    qs.extend_from_slice(&blk[2..34]);
+                    continue;
+                }
+            };
+            match layout {
+                Q4Layout::Ggml => qs.extend_from_slice(nibbles),
+                Q4Layout::Lanes => {
+                    let v = |j: usize| Q4Layout::Ggml.get(nibbles, j) as u16;
+                    for l in 0..8 {
+                        let lane = v(l) | v(l + 8) << 4 | v(l + 16) << 8 | v(l + 24) << 12;
+                        qs.extend_from_slice(&lane.to_le_bytes());
+                    }
+                }
             }
         }
-        Some(Self { format, rows, cols, d, m, qs })
+        Some(Self { format, rows, cols, layout, d, m, qs })
     }
 
     /// `out[t * rows + r] = dot(row r, x row t)` for `x` of `t_rows` rows of `cols`.
@@ -83,7 +149,7 @@ impl QMatrix {
         act.quantize(x, t_rows, self.cols);
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if self.layout == Q4Layout::Ggml && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU supports the features the function is compiled for.
                 unsafe { self.dots_avx2(t_rows, act, out) };
                 return;
@@ -91,8 +157,10 @@ impl QMatrix {
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         {
-            self.dots_simd128(t_rows, act, out);
-            return;
+            if self.layout == Q4Layout::Lanes {
+                simd128::matmul(self, t_rows, act, out);
+                return;
+            }
         }
         #[allow(unreachable_code)]
         self.dots(t_rows, act, out);
@@ -102,32 +170,6 @@ impl QMatrix {
     pub fn matmul_portable(&self, x: &[f32], t_rows: usize, act: &mut QActivations, out: &mut [f32]) {
         act.quantize(x, t_rows, self.cols);
         self.dots(t_rows, act, out);
-    }
-
-    /// wasm simd128 kernels: each weight block is unpacked once and multiplied
-    /// with up to four activation rows (prefill reuses the weights in registers).
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    fn dots_simd128(&self, t_rows: usize, act: &QActivations, out: &mut [f32]) {
-        let nb = self.cols / QK;
-        let rows: Vec<QRow> = (0..t_rows).map(|t| act.row(t)).collect();
-        for r in 0..self.rows {
-            let d = &self.d[r * nb..(r + 1) * nb];
-            let mut t = 0;
-            while t < t_rows {
-                let n = (t_rows - t).min(4);
-                let ys = &rows[t..t + n];
-                let mut res = [0f32; 4];
-                match self.format {
-                    QFormat::Q4_0 => simd128::dot_q4(d, None, &self.qs[r * nb * 16..(r + 1) * nb * 16], ys, &mut res),
-                    QFormat::Q4_1 => simd128::dot_q4(d, Some(&self.m[r * nb..(r + 1) * nb]), &self.qs[r * nb * 16..(r + 1) * nb * 16], ys, &mut res),
-                    QFormat::Q8_0 => simd128::dot_q8_0(d, &self.qs[r * nb * 32..(r + 1) * nb * 32], ys, &mut res),
-                }
-                for (i, v) in res[..n].iter().enumerate() {
-                    out[(t + i) * self.rows + r] = *v;
-                }
-                t += n;
-            }
-        }
     }
 
     /// AVX2 kernels, lane for lane the same arithmetic as ggml's x86 `vec_dot`s.
@@ -148,31 +190,18 @@ impl QMatrix {
         }
     }
 
-    #[inline(always)]
     fn dots(&self, t_rows: usize, act: &QActivations, out: &mut [f32]) {
         let nb = self.cols / QK;
         for r in 0..self.rows {
             let d = &self.d[r * nb..(r + 1) * nb];
-            match self.format {
-                QFormat::Q4_0 => {
-                    let q = &self.qs[r * nb * 16..(r + 1) * nb * 16];
-                    for t in 0..t_rows {
-                        out[t * self.rows + r] = dot_q4(d, None, q, act.row(t));
+            for t in 0..t_rows {
+                let y = act.row(t);
+                out[t * self.rows + r] = match self.format {
+                    QFormat::Q4_0 | QFormat::Q4_1 => {
+                        dot_q4(d, &self.m[r * nb..(r + 1) * nb], &self.qs[r * nb * 16..(r + 1) * nb * 16], self.layout, self.format, y)
                     }
-                }
-                QFormat::Q4_1 => {
-                    let q = &self.qs[r * nb * 16..(r + 1) * nb * 16];
-                    let m = &self.m[r * nb..(r + 1) * nb];
-                    for t in 0..t_rows {
-                        out[t * self.rows + r] = dot_q4(d, Some(m), q, act.row(t));
-                    }
-                }
-                QFormat::Q8_0 => {
-                    let q = &self.qs[r * nb * 32..(r + 1) * nb * 32];
-                    for t in 0..t_rows {
-                        out[t * self.rows + r] = dot_q8_0(d, q, act.row(t));
-                    }
-                }
+                    QFormat::Q8_0 => dot_q8_0(d, &self.qs[r * nb * 32..(r + 1) * nb * 32], y),
+                };
             }
         }
     }
@@ -191,11 +220,10 @@ impl QMatrix {
                     }
                 }
                 QFormat::Q4_0 | QFormat::Q4_1 => {
-                    let (off, m) = if self.format == QFormat::Q4_0 { (-8.0, 0.0) } else { (0.0, self.m[i]) };
-                    for j in 0..16 {
-                        let q = self.qs[i * 16 + j];
-                        o[j] = ((q & 0x0F) as f32 + off) * d + m;
-                        o[j + 16] = ((q >> 4) as f32 + off) * d + m;
+                    let q = &self.qs[i * 16..i * 16 + 16];
+                    for (j, v) in o.iter_mut().enumerate() {
+                        let n = self.layout.get(q, j);
+                        *v = if self.format == QFormat::Q4_0 { (n as f32 - 8.0) * d } else { n as f32 * d + self.m[i] };
                     }
                 }
             }
@@ -203,13 +231,18 @@ impl QMatrix {
     }
 }
 
-/// Activations quantized to Q8 (scales as stored in f16, and Q8_1's `s = d * Σq`).
+/// Activations quantized to Q8 once per matmul: the bytes (and, in wasm,
+/// the same values widened to i16), the scales as stored in f16, Q8_1's
+/// `s = d * Σq` rounded to f16 (what Q4_1 uses, as llama.cpp does) and the
+/// exact `d * Σq` (what Q4_0's offset uses).
 #[derive(Debug, Default, Clone)]
 pub struct QActivations {
     cols: usize,
     d: Vec<f32>,
     s: Vec<f32>,
+    sx: Vec<f32>,
     q: Vec<i8>,
+    q16: Vec<i16>,
 }
 
 impl QActivations {
@@ -218,6 +251,7 @@ impl QActivations {
         self.cols = cols;
         self.d.resize(t_rows * nb, 0.0);
         self.s.resize(t_rows * nb, 0.0);
+        self.sx.resize(t_rows * nb, 0.0);
         self.q.resize(t_rows * cols, 0);
         for (b, xs) in x.chunks_exact(QK).enumerate() {
             let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
@@ -230,14 +264,21 @@ impl QActivations {
                 *q = (v * id).round() as i8;
                 sum += *q as i32;
             }
-            self.d[b] = f16::from_f32(d).to_f32();
+            let dh = f16::from_f32(d).to_f32();
+            self.d[b] = dh;
             self.s[b] = f16::from_f32(sum as f32 * d).to_f32();
+            self.sx[b] = sum as f32 * dh;
+        }
+        if cfg!(target_arch = "wasm32") {
+            self.q16.clear();
+            self.q16.extend(self.q.iter().map(|&v| v as i16));
         }
     }
 
     fn row(&self, t: usize) -> QRow<'_> {
         let nb = self.cols / QK;
-        QRow { d: &self.d[t * nb..(t + 1) * nb], s: &self.s[t * nb..(t + 1) * nb], q: &self.q[t * self.cols..(t + 1) * self.cols] }
+        let (bs, vs) = (t * nb..(t + 1) * nb, t * self.cols..(t + 1) * self.cols);
+        QRow { d: &self.d[bs.clone()], s: &self.s[bs.clone()], sx: &self.sx[bs], q: &self.q[vs.clone()], q16: self.q16.get(vs).unwrap_or(&[]) }
     }
 }
 
@@ -245,27 +286,27 @@ impl QActivations {
 struct QRow<'a> {
     d: &'a [f32],
     s: &'a [f32],
+    sx: &'a [f32],
     q: &'a [i8],
+    #[allow(dead_code)]
+    q16: &'a [i16],
 }
 
-/// Q4_0 (`m` None: values 0..16 minus 8) or Q4_1 (`m` Some: values plus the block minimum).
+/// Q4_0 or Q4_1: unsigned values 0..16 times the activations, plus the
+/// offset term (Q4_1's minimum against the rounded `s`, Q4_0's `-8d` against the exact sum).
 #[inline(always)]
-fn dot_q4(d: &[f32], m: Option<&[f32]>, q: &[u8], y: QRow) -> f32 {
-    let off = if m.is_some() { 0 } else { 8 };
+fn dot_q4(d: &[f32], m: &[f32], q: &[u8], layout: Q4Layout, format: QFormat, y: QRow) -> f32 {
+    let s = if format == QFormat::Q4_1 { y.s } else { y.sx };
     let mut acc = 0f32;
     for b in 0..d.len() {
         let qb = &q[b * 16..b * 16 + 16];
         let yb = &y.q[b * 32..b * 32 + 32];
         let mut sumi = 0i32;
-        for j in 0..16 {
-            let lo = (qb[j] & 0x0F) as i32 - off;
-            let hi = (qb[j] >> 4) as i32 - off;
-            sumi += lo * yb[j] as i32 + hi * yb[j + 16] as i32;
+        for (j, &yv) in yb.iter().enumerate() {
+            sumi += layout.get(qb, j) as i32 * yv as i32;
         }
         acc += sumi as f32 * d[b] * y.d[b];
-        if let Some(m) = m {
-            acc += m[b] * y.s[b];
-        }
+        acc += m[b] * s[b];
     }
     acc
 }
@@ -359,75 +400,99 @@ mod avx2 {
     }
 }
 
+/// wasm simd128 kernels over the [`Q4Layout::Lanes`] layout and i16 activations.
+/// A pass takes `R` weight rows against `C` activation rows so that every
+/// unpacked weight vector and every loaded activation vector is used several
+/// times: 4 rows × 1 for decode, 1 row × 4 for prefill.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128 {
-    use super::QRow;
+    use super::{QActivations, QFormat, QMatrix, QK};
     use core::arch::wasm32::*;
+
+    pub fn matmul(m: &QMatrix, t_rows: usize, act: &QActivations, out: &mut [f32]) {
+        let rows = m.rows;
+        let mut t = 0;
+        if t_rows >= 4 {
+            while t + 4 <= t_rows {
+                for r in 0..rows {
+                    tile::<1, 4>(m, r, t, act, out);
+                }
+                t += 4;
+            }
+        }
+        while t < t_rows {
+            let mut r = 0;
+            while r + 4 <= rows {
+                tile::<4, 1>(m, r, t, act, out);
+                r += 4;
+            }
+            while r < rows {
+                tile::<1, 1>(m, r, t, act, out);
+                r += 1;
+            }
+            t += 1;
+        }
+    }
 
     #[inline(always)]
     fn hsum(v: v128) -> f32 {
-        f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v) + f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v)
-    }
-
-    /// Σ x·y over 16 signed bytes, as 4 i32 lanes.
-    #[inline(always)]
-    fn dot16(x: v128, y: v128) -> v128 {
-        let lo = i32x4_dot_i16x8(i16x8_extend_low_i8x16(x), i16x8_extend_low_i8x16(y));
-        let hi = i32x4_dot_i16x8(i16x8_extend_high_i8x16(x), i16x8_extend_high_i8x16(y));
-        i32x4_add(lo, hi)
+        (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v)) + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
     }
 
     #[inline(always)]
-    unsafe fn load(p: *const u8) -> v128 {
+    unsafe fn ld(p: *const u8) -> v128 {
         v128_load(p as *const v128)
     }
 
-    /// Q4_0 (`m` None, values - 8) or Q4_1 (`m` Some, values + min) against up to 4 rows.
-    pub fn dot_q4(d: &[f32], m: Option<&[f32]>, q: &[u8], ys: &[QRow], out: &mut [f32; 4]) {
-        let n = ys.len();
-        let mut acc = [f32x4_splat(0.0); 4];
-        let mut summs = [0f32; 4];
-        let mask = u8x16_splat(0x0F);
-        let eight = i8x16_splat(8);
-        for b in 0..d.len() {
-            // SAFETY: q holds 16 bytes per block, each row 32 bytes per block.
-            let packed = unsafe { load(q.as_ptr().add(b * 16)) };
-            let mut lo = v128_and(packed, mask);
-            let mut hi = u8x16_shr(packed, 4);
-            if m.is_none() {
-                lo = i8x16_sub(lo, eight);
-                hi = i8x16_sub(hi, eight);
+    /// Weight rows `r0..r0+R` against activation rows `t0..t0+C`.
+    #[inline(always)]
+    fn tile<const R: usize, const C: usize>(m: &QMatrix, r0: usize, t0: usize, act: &QActivations, out: &mut [f32]) {
+        let nb = m.cols / QK;
+        let mut acc = [[f32x4_splat(0.0); C]; R];
+        let q8 = m.format == QFormat::Q8_0;
+        let bw = if q8 { 32 } else { 16 };
+        let mask = u16x8_splat(0x0F);
+        for b in 0..nb {
+            // SAFETY: every row has nb blocks of bw weight bytes and 32 i16 activations.
+            let mut y = [[i16x8_splat(0); 4]; C];
+            for c in 0..C {
+                let p = act.q16[(t0 + c) * m.cols + b * QK..].as_ptr() as *const u8;
+                for k in 0..4 {
+                    y[c][k] = unsafe { ld(p.add(16 * k)) };
+                }
             }
-            for i in 0..n {
-                let y = &ys[i];
-                let (y0, y1) = unsafe { (load(y.q.as_ptr().add(b * 32) as *const u8), load(y.q.as_ptr().add(b * 32 + 16) as *const u8)) };
-                let isum = i32x4_add(dot16(lo, y0), dot16(hi, y1));
-                let scale = f32x4_splat(d[b] * y.d[b]);
-                acc[i] = f32x4_add(acc[i], f32x4_mul(f32x4_convert_i32x4(isum), scale));
-                if let Some(m) = m {
-                    summs[i] += m[b] * y.s[b];
+            for r in 0..R {
+                let p = m.qs[((r0 + r) * nb + b) * bw..].as_ptr();
+                let w = if q8 {
+                    let (a, bb) = unsafe { (ld(p), ld(p.add(16))) };
+                    [i16x8_extend_low_i8x16(a), i16x8_extend_high_i8x16(a), i16x8_extend_low_i8x16(bb), i16x8_extend_high_i8x16(bb)]
+                } else {
+                    let v = unsafe { ld(p) };
+                    [v128_and(v, mask), v128_and(u16x8_shr(v, 4), mask), v128_and(u16x8_shr(v, 8), mask), u16x8_shr(v, 12)]
+                };
+                let dw = m.d[(r0 + r) * nb + b];
+                for c in 0..C {
+                    let isum = i32x4_add(
+                        i32x4_add(i32x4_dot_i16x8(w[0], y[c][0]), i32x4_dot_i16x8(w[1], y[c][1])),
+                        i32x4_add(i32x4_dot_i16x8(w[2], y[c][2]), i32x4_dot_i16x8(w[3], y[c][3])),
+                    );
+                    let scale = f32x4_splat(dw * act.d[(t0 + c) * nb + b]);
+                    acc[r][c] = f32x4_add(acc[r][c], f32x4_mul(f32x4_convert_i32x4(isum), scale));
                 }
             }
         }
-        for i in 0..n {
-            out[i] = hsum(acc[i]) + summs[i];
-        }
-    }
-
-    pub fn dot_q8_0(d: &[f32], q: &[u8], ys: &[QRow], out: &mut [f32; 4]) {
-        let n = ys.len();
-        let mut acc = [f32x4_splat(0.0); 4];
-        for b in 0..d.len() {
-            let (x0, x1) = unsafe { (load(q.as_ptr().add(b * 32)), load(q.as_ptr().add(b * 32 + 16))) };
-            for i in 0..n {
-                let y = &ys[i];
-                let (y0, y1) = unsafe { (load(y.q.as_ptr().add(b * 32) as *const u8), load(y.q.as_ptr().add(b * 32 + 16) as *const u8)) };
-                let isum = i32x4_add(dot16(x0, y0), dot16(x1, y1));
-                acc[i] = f32x4_add(acc[i], f32x4_mul(f32x4_convert_i32x4(isum), f32x4_splat(d[b] * y.d[b])));
+        for r in 0..R {
+            let row = r0 + r;
+            for c in 0..C {
+                let t = t0 + c;
+                let mut v = hsum(acc[r][c]);
+                if !q8 {
+                    let s = if m.format == QFormat::Q4_1 { &act.s } else { &act.sx };
+                    let (mm, ss) = (&m.m[row * nb..(row + 1) * nb], &s[t * nb..(t + 1) * nb]);
+                    v += crate::backend::cpu::ops::dot(mm, ss);
+                }
+                out[t * m.rows + row] = v;
             }
-        }
-        for i in 0..n {
-            out[i] = hsum(acc[i]);
         }
     }
 }
