@@ -1,21 +1,24 @@
 // Browser benchmark through the public JS API in headless Chromium: the fixed
 // 128-token prompt, 128 greedy tokens with ignoreEos, one warm-up then the
-// median of N runs. Prints one JSON line. Usage: node scripts/bench-browser.mjs [runs]
+// median of N runs. Prints one JSON line per wasm build (relaxed SIMD, plain simd128).
+// Usage: node scripts/bench-browser.mjs [runs] [simd,...]
 import { readFileSync } from 'node:fs';
 import { serve, browser } from '../tests/e2e/harness.mjs';
 
 const runs = Number(process.argv[2] || 3);
+const variants = (process.argv[3] || 'relaxed,baseline').split(',');
 const promptPath = ['../shared/reference/bench-prompt.txt', 'tests/fixtures/bench-prompt.txt'].find((p) => { try { readFileSync(p); return true; } catch { return false; } });
 const prompt = readFileSync(promptPath, 'utf8');
 const srv = await serve({ KVCHAT_NO_ISOLATION: '1' });
 const b = await browser();
 try {
+  for (const simd of variants) {
   const page = await b.newPage();
   await page.goto(`${srv.url}/index.html`);
-  const r = await page.evaluate(async ({ prompt, runs }) => {
+  const r = await page.evaluate(async ({ prompt, runs, simd }) => {
     const { KvChat } = await import('/www/kvchat.js');
     const t0 = performance.now();
-    const llm = await KvChat.load({ cache: false });
+    const llm = await KvChat.load({ cache: false, simd });
     const loadMs = performance.now() - t0;
     const results = [];
     let peak = 0;
@@ -26,16 +29,28 @@ try {
       peak = Math.max(peak, s.wasmMemoryBytes);
       if (i > 0) results.push(s);
     }
+    // Per-operation profile: one prefill of the prompt, then 128 decode steps.
+    await llm.reset();
+    await llm.profile(true);
+    for await (const _ of llm.generate(prompt, { maxTokens: 0, temperature: 0 })) { /* drain */ }
+    const prefillProfile = await llm.profile();
+    await llm.profile(true);
+    for await (const _ of llm.generate(prompt, { maxTokens: 128, temperature: 0, ignoreEos: true })) { /* drain */ }
+    const decodeProfile = await llm.profile();
+    await llm.profile(false);
     await llm.dispose();
     const med = (k) => { const v = results.map((s) => s[k]).sort((a, b) => a - b); return v[Math.floor(v.length / 2)]; };
     return {
-      engine: 'kvchat-browser', backend: results[0].backend, prompt_tokens: results[0].promptTokens, gen_tokens: results[0].generatedTokens, runs,
+      engine: 'kvchat-browser', backend: results[0].backend, simd: results[0].simd, prompt_tokens: results[0].promptTokens, gen_tokens: results[0].generatedTokens, runs,
       load_ms: loadMs, fetch_ms: llm.timings.fetchMs, init_ms: llm.timings.initMs,
       prefill_tokens_per_sec: med('prefillTokensPerSec'), decode_tokens_per_sec: med('decodeTokensPerSec'),
       time_to_first_token_ms: med('timeToFirstTokenMs'), peak_wasm_memory_bytes: peak,
+      profile_ms_per_token: { prefill: prefillProfile.msPerToken, decode: decodeProfile.msPerToken },
     };
-  }, { prompt, runs });
+  }, { prompt, runs, simd });
   console.log(JSON.stringify(r));
+  await page.close();
+  }
 } finally {
   await b.close();
   srv.close();

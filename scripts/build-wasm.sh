@@ -1,18 +1,38 @@
 #!/usr/bin/env bash
-# Builds the wasm package into pkg/: wasm-pack (simd128 from .cargo/config.toml),
-# then binaryen's wasm-opt from npm (Debian's wasm-opt 108 breaks the module).
+# Builds the wasm package into pkg/:
+#  * pkg/kvchat_bg.wasm: wasm-pack (simd128 from .cargo/config.toml), the build every browser with SIMD runs;
+#  * pkg/kvchat_relaxed_bg.wasm: the same code with relaxed SIMD (Chrome 114+, Firefox 145+),
+#    which the worker picks when WebAssembly.validate accepts a relaxed-SIMD probe. Both are
+#    bound by the same pkg/kvchat.js (the script checks that wasm-bindgen generated identical glue).
+# Then binaryen's wasm-opt from npm (Debian's wasm-opt 108 breaks the module).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${RUSTFLAGS:-}" ]; then
   echo "build-wasm: RUSTFLAGS is set and would replace the simd128 flags in .cargo/config.toml; unset it" >&2
   exit 1
 fi
+OPT="./node_modules/.bin/wasm-opt -O3 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals"
+report() {
+  local raw=$1 out=$2
+  echo "build-wasm: $out $(stat -c %s "$raw") bytes unoptimized, $(stat -c %s "$out") bytes optimized, $(gzip -9 -c "$out" | wc -c) bytes gzipped"
+}
+
 wasm-pack build --target web --release --out-dir pkg --no-pack
 WASM=pkg/kvchat_bg.wasm
-raw=$(stat -c %s "$WASM")
-./node_modules/.bin/wasm-opt -O3 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
-  --enable-sign-ext --enable-mutable-globals "$WASM" -o "$WASM.opt"
+cp "$WASM" target/kvchat_bg.unopt.wasm
+$OPT "$WASM" -o "$WASM.opt"
 mv "$WASM.opt" "$WASM"
-opt=$(stat -c %s "$WASM")
-gz=$(gzip -9 -c "$WASM" | wc -c)
-echo "build-wasm: $WASM ${raw} bytes from wasm-pack, ${opt} bytes optimized, ${gz} bytes gzipped"
+report target/kvchat_bg.unopt.wasm "$WASM"
+
+# The relaxed-SIMD variant: its own target dir (other rustflags), the same wasm-bindgen.
+RELAXED=target/relaxed
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" \
+  cargo build --release --lib --target wasm32-unknown-unknown --target-dir "$RELAXED"
+wasm-bindgen --target web --out-dir "$RELAXED/pkg" --out-name kvchat "$RELAXED/wasm32-unknown-unknown/release/kvchat.wasm"
+if ! cmp -s "$RELAXED/pkg/kvchat.js" pkg/kvchat.js; then
+  echo "build-wasm: the relaxed-SIMD build's JS glue differs from pkg/kvchat.js; they cannot share it" >&2
+  diff "$RELAXED/pkg/kvchat.js" pkg/kvchat.js | head -20 >&2
+  exit 1
+fi
+$OPT --enable-relaxed-simd "$RELAXED/pkg/kvchat_bg.wasm" -o pkg/kvchat_relaxed_bg.wasm
+report "$RELAXED/pkg/kvchat_bg.wasm" pkg/kvchat_relaxed_bg.wasm

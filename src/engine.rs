@@ -10,6 +10,7 @@ use crate::chat_template::{ChatTemplate, Message};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::kv_cache::{KvCache, KvCacheConfig, KvDType, KvStats};
+use crate::model::profile::Op;
 use crate::model::{Llama, LlamaConfig, Profile};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::{IncrementalEncoder, StreamDecoder, Tokenizer};
@@ -466,7 +467,9 @@ impl Engine {
         }
         // Decode: sample from the pending logits, emit, feed the token.
         let mut logits = s.logits.take().unwrap_or_default();
+        let t0 = Instant::now();
         let tok = s.sampler.sample(&mut logits, &s.history);
+        self.model.profile_add(Op::Sampling, t0.elapsed().as_secs_f64());
         if s.generated.is_empty() {
             s.stats.time_to_first_token_ms = ms(s.started);
         }

@@ -229,6 +229,23 @@ impl KvEngine {
         }))
     }
 
+    /// Switches per-operation timing of the forward pass on (starting fresh) or off.
+    #[wasm_bindgen(js_name = setProfiling)]
+    pub fn set_profiling(&mut self, on: bool) {
+        self.engine.set_profiling(on);
+    }
+
+    /// `{ tokens, msPerToken: { op: ms } }` since profiling was switched on, or null.
+    pub fn profile(&self) -> JsValue {
+        match self.engine.profile() {
+            Some(p) => {
+                let ops: serde_json::Map<String, serde_json::Value> = p.per_token_ms().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+                to_value(&serde_json::json!({ "tokens": p.tokens, "msPerToken": ops }))
+            }
+            None => JsValue::NULL,
+        }
+    }
+
     /// Empties the cache and the history.
     pub fn reset(&mut self) {
         self.session = None;

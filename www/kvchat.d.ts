@@ -23,6 +23,8 @@ export interface LoadOptions {
   kvF16?: boolean;
   /** Keep the downloaded model in the browser's Cache API (default true). */
   cache?: boolean;
+  /** Which wasm build runs: 'auto' (default) takes relaxed SIMD where the browser has it, 'baseline' plain simd128. */
+  simd?: 'auto' | 'relaxed' | 'baseline';
   onProgress?: (p: Progress) => void;
 }
 
@@ -65,6 +67,8 @@ export interface Stats {
   timeToFirstTokenMs: number;
   kv: KvStats;
   wasmMemoryBytes: number;
+  /** The wasm build that runs. */
+  simd: 'relaxed-simd' | 'simd128';
 }
 
 export interface ModelInfo {
@@ -97,6 +101,8 @@ export declare class KvChat {
   tokenize(text: string): Promise<number[]>;
   detokenize(ids: ArrayLike<number>): Promise<string>;
   stats(): Promise<Stats>;
+  /** Diagnostics: `profile(true)` starts timing each operation of the forward pass, `profile()` reads it, `profile(false)` stops. */
+  profile(on?: boolean): Promise<{ tokens: number; msPerToken: Record<string, number> } | null>;
   reset(): Promise<void>;
   dispose(): Promise<void>;
 }

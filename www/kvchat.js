@@ -49,10 +49,11 @@ export class KvChat {
    * @param {'auto'|'cpu'|'webgpu'} [options.backend]
    * @param {number} [options.kvWindow] KV cache capacity in tokens (default 2048).
    * @param {number} [options.kvSinks] attention-sink tokens never evicted (default 4).
+   * @param {'auto'|'relaxed'|'baseline'} [options.simd] wasm build: relaxed SIMD where supported (default), or plain simd128.
    * @param {(p: {phase: 'download'|'cache'|'init', loaded: number, total: number}) => void} [options.onProgress]
    */
   static async load(options = {}) {
-    const { model = DEFAULT_MODEL, backend = 'auto', kvWindow, kvSinks, kvF16, onProgress, cache } = options;
+    const { model = DEFAULT_MODEL, backend = 'auto', kvWindow, kvSinks, kvF16, onProgress, cache, simd } = options;
     if (!['auto', 'cpu', 'webgpu'].includes(backend)) throw new KvChatError(`backend must be 'auto', 'cpu' or 'webgpu' (got ${backend})`, 'invalid-option');
     if (backend === 'webgpu') throw new KvChatError('the WebGPU backend is not available yet: use backend "cpu" or "auto"', 'unsupported');
     const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'kvchat-engine' });
@@ -62,7 +63,7 @@ export class KvChat {
     let fetchDone = 0;
     try {
       const transfer = model instanceof ArrayBuffer ? [model] : [];
-      const r = await llm.#call('load', { model: source, options: { kvWindow, kvSinks, kvF16, cache } }, (m) => {
+      const r = await llm.#call('load', { model: source, options: { kvWindow, kvSinks, kvF16, cache, simd } }, (m) => {
         if (m.type === 'progress') {
           if (m.phase === 'init' && !fetchDone) fetchDone = performance.now();
           onProgress?.({ phase: m.phase, loaded: m.loaded, total: m.total });
@@ -136,6 +137,12 @@ export class KvChat {
   /** Text of token ids. */
   detokenize(ids) { return this.#call('detokenize', { ids: Array.from(ids) }); }
   /** Statistics of the last generation, the KV cache and wasm memory. */
+  /**
+   * Diagnostics: `profile(true)` starts timing every operation of the forward pass,
+   * `profile()` returns `{ tokens, msPerToken: { op: ms } }` so far, `profile(false)` stops.
+   */
+  async profile(on) { return this.#call('profile', { on }); }
+
   async stats() { return { ...(await this.#call('stats', {})), backend: this.#backend }; }
   /** Empties the cache and the history. */
   reset() { return this.#call('reset', {}); }

@@ -7,7 +7,32 @@ const CACHE_NAME = 'kvchat-models-v1';
 const MAX_MODEL_BYTES = 3 * 1024 ** 3; // wasm32 memory is 4 GiB, weights + cache must fit
 let engine = null;
 let current = null; // { id, aborted }
-let ready = init();
+
+// Two builds of the same engine share pkg/kvchat.js: relaxed SIMD (its Q4 kernels use
+// i32x4.relaxed_dot_i8x16_i7x16_add_s) where the browser validates this one-function
+// probe module, plain simd128 elsewhere.
+const zeros = new Array(16).fill(0);
+const RELAXED_PROBE = new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+  0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type: () -> ()
+  0x03, 0x02, 0x01, 0x00, // one function of that type
+  0x0a, 0x3e, 0x01, 0x3c, 0x00, // code: one body, no locals
+  0xfd, 0x0c, ...zeros, 0xfd, 0x0c, ...zeros, 0xfd, 0x0c, ...zeros, // three v128.const 0
+  0xfd, 0x93, 0x02, 0x1a, 0x0b, // i32x4.relaxed_dot_i8x16_i7x16_add_s, drop, end
+]);
+const relaxedSimd = (() => { try { return WebAssembly.validate(RELAXED_PROBE); } catch { return false; } })();
+let variant = null;
+let ready = null;
+function initWasm(simd = 'auto') {
+  if (!['auto', 'relaxed', 'baseline'].includes(simd)) throw Object.assign(new Error(`simd must be 'auto', 'relaxed' or 'baseline' (got ${simd})`), { kind: 'invalid-option' });
+  if (simd === 'relaxed' && !relaxedSimd) throw Object.assign(new Error('this browser does not support WebAssembly relaxed SIMD'), { kind: 'unsupported' });
+  if (!ready) {
+    variant = simd !== 'baseline' && relaxedSimd ? 'relaxed-simd' : 'simd128';
+    ready = init(variant === 'relaxed-simd' ? { module_or_path: new URL('../pkg/kvchat_relaxed_bg.wasm', import.meta.url) } : undefined);
+  }
+  return ready;
+}
+const statsOf = () => ({ ...(engine ? engine.stats() : { backend: 'cpu', wasmMemoryBytes: wasmMemoryBytes() }), simd: variant });
 
 const post = (msg, transfer) => self.postMessage(msg, transfer || []);
 const errorOf = (e) => ({
@@ -87,8 +112,8 @@ function checkGguf(bytes, what) {
 }
 
 async function load(msg) {
-  await ready;
   const { id, model, options = {} } = msg;
+  await initWasm(options.simd);
   let bytes;
   let fromCache = false;
   if (typeof model === 'string') {
@@ -128,7 +153,7 @@ async function generate(msg) {
       const r = engine.step();
       if (r.piece) post({ type: 'piece', id, piece: r.piece });
       if (r.done) {
-        post({ type: 'done', id, result: r.result, stats: engine.stats() });
+        post({ type: 'done', id, result: r.result, stats: statsOf() });
         return;
       }
     }
@@ -143,7 +168,8 @@ const handlers = {
   abort: async ({ target }) => { if (current && current.id === target) current.aborted = true; return true; },
   tokenize: async ({ text }) => Array.from(engine.tokenize(String(text))),
   detokenize: async ({ ids }) => engine.detokenize(Uint32Array.from(ids)),
-  stats: async () => engine ? engine.stats() : { backend: 'cpu', wasmMemoryBytes: wasmMemoryBytes() },
+  stats: async () => statsOf(),
+  profile: async ({ on }) => { if (on !== undefined) engine?.setProfiling(Boolean(on)); return engine ? engine.profile() : null; },
   reset: async () => { if (current) current.aborted = true; engine?.reset(); return true; },
   dispose: async () => { if (current) current.aborted = true; engine?.free(); engine = null; return true; },
 };

@@ -324,17 +324,14 @@ mod cli {
                         sampling += t0.elapsed().as_secs_f64();
                         logits = engine.append(&[tok])?;
                     }
-                    let dec = engine.profile().cloned().unwrap_or_default();
-                    for (phase, p, extra) in [("prefill", &pre, None), ("decode", &dec, Some(sampling * 1e3 / gen.max(1) as f64))] {
+                    let mut dec = engine.profile().cloned().unwrap_or_default();
+                    dec.add(kvchat::model::profile::Op::Sampling, sampling);
+                    for (phase, p) in [("prefill", &pre), ("decode", &dec)] {
                         let mut ops = serde_json::Map::new();
                         let mut total = 0.0;
                         for (name, ms) in p.per_token_ms() {
                             total += ms;
                             ops.insert(name.into(), serde_json::json!((ms * 1000.0).round() / 1000.0));
-                        }
-                        if let Some(s) = extra {
-                            ops.insert("sampling".into(), serde_json::json!((s * 1000.0).round() / 1000.0));
-                            total += s;
                         }
                         println!("{}", serde_json::json!({"engine": "kvchat-native", "profile": phase, "tokens": p.tokens, "ms_per_token": (total * 1000.0).round() / 1000.0, "ops_ms_per_token": ops}));
                     }

@@ -164,6 +164,12 @@ impl Llama {
     pub fn set_profiling(&mut self, on: bool) {
         self.ws.profile = on.then(Profile::default);
     }
+    /// Charges `secs` to `op` when profiling (the engine times sampling).
+    pub fn profile_add(&mut self, op: Op, secs: f64) {
+        if let Some(p) = &mut self.ws.profile {
+            p.add(op, secs);
+        }
+    }
     /// Time per operation kind since profiling was switched on.
     pub fn profile(&self) -> Option<&Profile> {
         self.ws.profile.as_ref()

@@ -15,11 +15,22 @@ pub enum Op {
     Rope,
     Norm,
     Other,
+    Sampling,
 }
 
 impl Op {
-    pub const ALL: [Op; 9] =
-        [Op::MatmulQkv, Op::MatmulO, Op::MatmulGateUp, Op::MatmulDown, Op::MatmulOutput, Op::Attention, Op::Rope, Op::Norm, Op::Other];
+    pub const ALL: [Op; 10] = [
+        Op::MatmulQkv,
+        Op::MatmulO,
+        Op::MatmulGateUp,
+        Op::MatmulDown,
+        Op::MatmulOutput,
+        Op::Attention,
+        Op::Rope,
+        Op::Norm,
+        Op::Other,
+        Op::Sampling,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Op::MatmulQkv => "matmul_qkv",
@@ -31,6 +42,7 @@ impl Op {
             Op::Rope => "rope",
             Op::Norm => "rms_norm",
             Op::Other => "embed_silu_other",
+            Op::Sampling => "sampling",
         }
     }
 }
@@ -38,11 +50,15 @@ impl Op {
 /// Accumulated seconds per [`Op`] and the tokens they covered.
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
-    pub secs: [f64; 9],
+    pub secs: [f64; 10],
     pub tokens: usize,
 }
 
 impl Profile {
+    pub fn add(&mut self, op: Op, secs: f64) {
+        self.secs[op as usize] += secs;
+    }
+
     /// `(name, milliseconds per token)` for every op, largest first.
     pub fn per_token_ms(&self) -> Vec<(&'static str, f64)> {
         let n = self.tokens.max(1) as f64;

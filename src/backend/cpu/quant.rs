@@ -36,7 +36,9 @@ pub enum Q4Layout {
     /// Eight little-endian u16 lanes; lane `l` holds values `l`, `l + 8`,
     /// `l + 16`, `l + 24` in its four nibbles, so a 16-byte load, a shift and
     /// a mask give eight consecutive values as i16 lanes (wasm simd128's
-    /// `i32x4.dot_i16x8_s` then needs no widening of the weights).
+    /// `i32x4.dot_i16x8_s` then needs no widening of the weights). The block
+    /// scales (of every format) are interleaved by groups of four rows, so one
+    /// load gives the scales of four rows for the same block.
     Lanes,
 }
 
@@ -84,6 +86,20 @@ pub struct QMatrix {
     m: Vec<f32>,
     /// Q4: 16 bytes of nibbles per block in `layout`. Q8: 32 signed bytes per block.
     qs: Vec<u8>,
+}
+
+/// `[rows][nb]` → `[rows / 4][nb][4]` (rows padded to a multiple of four with zeros).
+fn interleave4(v: &[f32], rows: usize, nb: usize) -> Vec<f32> {
+    if v.is_empty() {
+        return Vec::new();
+    }
+    let mut out = vec![0f32; rows.div_ceil(4) * nb * 4];
+    for r in 0..rows {
+        for b in 0..nb {
+            out[((r / 4) * nb + b) * 4 + r % 4] = v[r * nb + b];
+        }
+    }
+    out
 }
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
@@ -139,7 +155,21 @@ impl QMatrix {
                 }
             }
         }
+        let (d, m) = match layout {
+            Q4Layout::Ggml => (d, m),
+            Q4Layout::Lanes => (interleave4(&d, rows, cols / QK), interleave4(&m, rows, cols / QK)),
+        };
         Some(Self { format, rows, cols, layout, d, m, qs })
+    }
+
+    /// Index of row `r`, block `b` in `d` and `m`.
+    #[inline(always)]
+    fn sidx(&self, r: usize, b: usize) -> usize {
+        let nb = self.cols / QK;
+        match self.layout {
+            Q4Layout::Ggml => r * nb + b,
+            Q4Layout::Lanes => ((r / 4) * nb + b) * 4 + r % 4,
+        }
     }
 
     /// `out[t * rows + r] = dot(row r, x row t)` for `x` of `t_rows` rows of `cols`.
@@ -192,16 +222,34 @@ impl QMatrix {
 
     fn dots(&self, t_rows: usize, act: &QActivations, out: &mut [f32]) {
         let nb = self.cols / QK;
+        let (mut d, mut m) = (vec![0f32; nb], vec![0f32; nb]);
         for r in 0..self.rows {
-            let d = &self.d[r * nb..(r + 1) * nb];
+            for b in 0..nb {
+                d[b] = self.d[self.sidx(r, b)];
+                if !self.m.is_empty() {
+                    m[b] = self.m[self.sidx(r, b)];
+                }
+            }
             for t in 0..t_rows {
                 let y = act.row(t);
                 out[t * self.rows + r] = match self.format {
-                    QFormat::Q4_0 | QFormat::Q4_1 => {
-                        dot_q4(d, &self.m[r * nb..(r + 1) * nb], &self.qs[r * nb * 16..(r + 1) * nb * 16], self.layout, self.format, y)
-                    }
-                    QFormat::Q8_0 => dot_q8_0(d, &self.qs[r * nb * 32..(r + 1) * nb * 32], y),
+                    QFormat::Q4_0 | QFormat::Q4_1 => dot_q4(&d, &m, &self.qs[r * nb * 16..(r + 1) * nb * 16], self.layout, self.format, y),
+                    QFormat::Q8_0 => dot_q8_0(&d, &self.qs[r * nb * 32..(r + 1) * nb * 32], y),
                 };
+            }
+        }
+    }
+
+    /// Row `r` against one activation row with the portable kernel (tails of the SIMD tiles).
+    #[allow(dead_code)]
+    fn dot_row_portable(&self, r: usize, y: QRow) -> f32 {
+        let nb = self.cols / QK;
+        let d: Vec<f32> = (0..nb).map(|b| self.d[self.sidx(r, b)]).collect();
+        match self.format {
+            QFormat::Q8_0 => dot_q8_0(&d, &self.qs[r * nb * 32..(r + 1) * nb * 32], y),
+            _ => {
+                let m: Vec<f32> = (0..nb).map(|b| self.m[self.sidx(r, b)]).collect();
+                dot_q4(&d, &m, &self.qs[r * nb * 16..(r + 1) * nb * 16], self.layout, self.format, y)
             }
         }
     }
@@ -211,7 +259,7 @@ impl QMatrix {
         let nb = self.cols / QK;
         for b in 0..nb {
             let i = r * nb + b;
-            let d = self.d[i];
+            let d = self.d[self.sidx(r, b)];
             let o = &mut out[b * QK..(b + 1) * QK];
             match self.format {
                 QFormat::Q8_0 => {
@@ -223,7 +271,7 @@ impl QMatrix {
                     let q = &self.qs[i * 16..i * 16 + 16];
                     for (j, v) in o.iter_mut().enumerate() {
                         let n = self.layout.get(q, j);
-                        *v = if self.format == QFormat::Q4_0 { (n as f32 - 8.0) * d } else { n as f32 * d + self.m[i] };
+                        *v = if self.format == QFormat::Q4_0 { (n as f32 - 8.0) * d } else { n as f32 * d + self.m[self.sidx(r, b)] };
                     }
                 }
             }
@@ -243,6 +291,14 @@ pub struct QActivations {
     sx: Vec<f32>,
     q: Vec<i8>,
     q16: Vec<i16>,
+    /// `d`, `s`, `sx` transposed to `[block][row]` (wasm prefill reads four rows' scales at once).
+    dt: Vec<f32>,
+    st: Vec<f32>,
+    sxt: Vec<f32>,
+    /// The bytes of each block reordered for the relaxed-SIMD Q4 kernel:
+    /// `[y0, y16, y1, y17, …, y7, y23]` then `[y8, y24, …, y15, y31]`, the order
+    /// in which [`Q4Layout::Lanes`] yields low and high nibbles.
+    qr: Vec<i8>,
 }
 
 impl QActivations {
@@ -272,6 +328,25 @@ impl QActivations {
         if cfg!(target_arch = "wasm32") {
             self.q16.clear();
             self.q16.extend(self.q.iter().map(|&v| v as i16));
+            for (src, dst) in [(&self.d, &mut self.dt), (&self.s, &mut self.st), (&self.sx, &mut self.sxt)] {
+                dst.resize(t_rows * nb, 0.0);
+                for t in 0..t_rows {
+                    for b in 0..nb {
+                        dst[b * t_rows + t] = src[t * nb + b];
+                    }
+                }
+            }
+        }
+        if cfg!(target_feature = "relaxed-simd") {
+            self.qr.resize(self.q.len(), 0);
+            for (src, dst) in self.q.chunks_exact(QK).zip(self.qr.chunks_exact_mut(QK)) {
+                for l in 0..8 {
+                    dst[2 * l] = src[l];
+                    dst[2 * l + 1] = src[l + 16];
+                    dst[16 + 2 * l] = src[l + 8];
+                    dst[16 + 2 * l + 1] = src[l + 24];
+                }
+            }
         }
     }
 
@@ -400,99 +475,176 @@ mod avx2 {
     }
 }
 
-/// wasm simd128 kernels over the [`Q4Layout::Lanes`] layout and i16 activations.
-/// A pass takes `R` weight rows against `C` activation rows so that every
-/// unpacked weight vector and every loaded activation vector is used several
-/// times: 4 rows × 1 for decode, 1 row × 4 for prefill.
+/// wasm simd128 kernels over the [`Q4Layout::Lanes`] layout. Decode passes
+/// take four weight rows against one token, prefill passes one weight row
+/// against four tokens, so every unpacked weight vector or loaded activation
+/// vector is used four times; the four integer block sums are reduced into one
+/// vector and scaled with one multiply. With relaxed SIMD, Q4 blocks use
+/// `i32x4.relaxed_dot_i8x16_i7x16_add_s` (the nibbles are the 7-bit operand:
+/// pmaddubsw on x86, sdot on ARM) and need no widening at all.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128 {
     use super::{QActivations, QFormat, QMatrix, QK};
     use core::arch::wasm32::*;
 
+    #[inline(always)]
+    unsafe fn ld<T>(p: *const T) -> v128 {
+        v128_load(p as *const v128)
+    }
+
+    /// `[Σa, Σb, Σc, Σd]` (shufps-shaped shuffles only).
+    #[inline(always)]
+    fn reduce4(a: v128, b: v128, c: v128, d: v128) -> v128 {
+        let ab = i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(a, b), i32x4_shuffle::<1, 3, 5, 7>(a, b));
+        let cd = i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(c, d), i32x4_shuffle::<1, 3, 5, 7>(c, d));
+        i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(ab, cd), i32x4_shuffle::<1, 3, 5, 7>(ab, cd))
+    }
+
+    /// A Q4 block unpacked once, used against several activation rows.
+    #[cfg(target_feature = "relaxed-simd")]
+    type Q4 = [v128; 2];
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    type Q4 = [v128; 4];
+
+    #[inline(always)]
+    unsafe fn unpack_q4(w: *const u8) -> Q4 {
+        let v = ld(w);
+        #[cfg(target_feature = "relaxed-simd")]
+        {
+            let mask = u8x16_splat(0x0F);
+            [v128_and(v, mask), v128_and(u16x8_shr(v, 4), mask)]
+        }
+        #[cfg(not(target_feature = "relaxed-simd"))]
+        {
+            let mask = u16x8_splat(0x0F);
+            [v128_and(v, mask), v128_and(u16x8_shr(v, 4), mask), v128_and(u16x8_shr(v, 8), mask), u16x8_shr(v, 12)]
+        }
+    }
+
+    /// Integer dot of an unpacked Q4 block with activation row `t`, block `b` (4 partial lanes).
+    #[inline(always)]
+    unsafe fn dot_q4(w: &Q4, act: &QActivations, at: usize) -> v128 {
+        #[cfg(target_feature = "relaxed-simd")]
+        {
+            let y = act.qr.as_ptr().add(at);
+            i32x4_relaxed_dot_i8x16_i7x16_add(ld(y), w[0], i32x4_relaxed_dot_i8x16_i7x16_add(ld(y.add(16)), w[1], i32x4_splat(0)))
+        }
+        #[cfg(not(target_feature = "relaxed-simd"))]
+        {
+            dot16(w, act.q16.as_ptr().add(at))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn unpack_q8(w: *const u8) -> [v128; 4] {
+        let (a, b) = (ld(w), ld(w.add(16)));
+        [i16x8_extend_low_i8x16(a), i16x8_extend_high_i8x16(a), i16x8_extend_low_i8x16(b), i16x8_extend_high_i8x16(b)]
+    }
+
+    /// Σ w·y over 32 i16 lanes (4 partial lanes).
+    #[inline(always)]
+    unsafe fn dot16(w: &[v128; 4], y: *const i16) -> v128 {
+        i32x4_add(
+            i32x4_add(i32x4_dot_i16x8(w[0], ld(y)), i32x4_dot_i16x8(w[1], ld(y.add(8)))),
+            i32x4_add(i32x4_dot_i16x8(w[2], ld(y.add(16))), i32x4_dot_i16x8(w[3], ld(y.add(24)))),
+        )
+    }
+
     pub fn matmul(m: &QMatrix, t_rows: usize, act: &QActivations, out: &mut [f32]) {
-        let rows = m.rows;
+        let groups = m.rows / 4;
         let mut t = 0;
-        if t_rows >= 4 {
-            while t + 4 <= t_rows {
-                for r in 0..rows {
-                    tile::<1, 4>(m, r, t, act, out);
-                }
-                t += 4;
+        while t + 4 <= t_rows {
+            for r in 0..m.rows {
+                // SAFETY: r < rows, t + 4 <= t_rows: every pointer stays inside the buffers.
+                unsafe { row_x4(m, r, t, t_rows, act, out) };
             }
+            t += 4;
         }
         while t < t_rows {
-            let mut r = 0;
-            while r + 4 <= rows {
-                tile::<4, 1>(m, r, t, act, out);
-                r += 4;
+            for g in 0..groups {
+                // SAFETY: 4g + 3 < rows, t < t_rows.
+                unsafe { rows4_x1(m, g, t, act, out) };
             }
-            while r < rows {
-                tile::<1, 1>(m, r, t, act, out);
-                r += 1;
+            if groups * 4 < m.rows {
+                let y = act.row(t);
+                for r in groups * 4..m.rows {
+                    out[t * m.rows + r] = m.dot_row_portable(r, y);
+                }
             }
             t += 1;
         }
     }
 
+    /// Rows `4g..4g+4` against token `t`.
     #[inline(always)]
-    fn hsum(v: v128) -> f32 {
-        (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v)) + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
-    }
-
-    #[inline(always)]
-    unsafe fn ld(p: *const u8) -> v128 {
-        v128_load(p as *const v128)
-    }
-
-    /// Weight rows `r0..r0+R` against activation rows `t0..t0+C`.
-    #[inline(always)]
-    fn tile<const R: usize, const C: usize>(m: &QMatrix, r0: usize, t0: usize, act: &QActivations, out: &mut [f32]) {
+    unsafe fn rows4_x1(m: &QMatrix, g: usize, t: usize, act: &QActivations, out: &mut [f32]) {
         let nb = m.cols / QK;
-        let mut acc = [[f32x4_splat(0.0); C]; R];
         let q8 = m.format == QFormat::Q8_0;
         let bw = if q8 { 32 } else { 16 };
-        let mask = u16x8_splat(0x0F);
+        let w = m.qs.as_ptr();
+        let d4 = m.d.as_ptr().add(g * nb * 4);
+        let (yd, ys) = (act.d.as_ptr().add(t * nb), if m.format == QFormat::Q4_1 { act.s.as_ptr() } else { act.sx.as_ptr() }.add(t * nb));
+        let mut acc = f32x4_splat(0.0);
+        let mut macc = f32x4_splat(0.0);
+        let row = |i: usize| w.add((4 * g + i) * nb * bw);
+        let (w0, w1, w2, w3) = (row(0), row(1), row(2), row(3));
         for b in 0..nb {
-            // SAFETY: every row has nb blocks of bw weight bytes and 32 i16 activations.
-            let mut y = [[i16x8_splat(0); 4]; C];
-            for c in 0..C {
-                let p = act.q16[(t0 + c) * m.cols + b * QK..].as_ptr() as *const u8;
-                for k in 0..4 {
-                    y[c][k] = unsafe { ld(p.add(16 * k)) };
-                }
-            }
-            for r in 0..R {
-                let p = m.qs[((r0 + r) * nb + b) * bw..].as_ptr();
-                let w = if q8 {
-                    let (a, bb) = unsafe { (ld(p), ld(p.add(16))) };
-                    [i16x8_extend_low_i8x16(a), i16x8_extend_high_i8x16(a), i16x8_extend_low_i8x16(bb), i16x8_extend_high_i8x16(bb)]
-                } else {
-                    let v = unsafe { ld(p) };
-                    [v128_and(v, mask), v128_and(u16x8_shr(v, 4), mask), v128_and(u16x8_shr(v, 8), mask), u16x8_shr(v, 12)]
-                };
-                let dw = m.d[(r0 + r) * nb + b];
-                for c in 0..C {
-                    let isum = i32x4_add(
-                        i32x4_add(i32x4_dot_i16x8(w[0], y[c][0]), i32x4_dot_i16x8(w[1], y[c][1])),
-                        i32x4_add(i32x4_dot_i16x8(w[2], y[c][2]), i32x4_dot_i16x8(w[3], y[c][3])),
-                    );
-                    let scale = f32x4_splat(dw * act.d[(t0 + c) * nb + b]);
-                    acc[r][c] = f32x4_add(acc[r][c], f32x4_mul(f32x4_convert_i32x4(isum), scale));
-                }
+            let at = t * m.cols + b * QK;
+            let o = b * bw;
+            let v = if q8 {
+                let y = act.q16.as_ptr().add(at);
+                reduce4(dot16(&unpack_q8(w0.add(o)), y), dot16(&unpack_q8(w1.add(o)), y), dot16(&unpack_q8(w2.add(o)), y), dot16(&unpack_q8(w3.add(o)), y))
+            } else {
+                reduce4(
+                    dot_q4(&unpack_q4(w0.add(o)), act, at),
+                    dot_q4(&unpack_q4(w1.add(o)), act, at),
+                    dot_q4(&unpack_q4(w2.add(o)), act, at),
+                    dot_q4(&unpack_q4(w3.add(o)), act, at),
+                )
+            };
+            let scale = f32x4_mul(ld(d4.add(b * 4)), f32x4_splat(*yd.add(b)));
+            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(v), scale));
+            if !q8 {
+                macc = f32x4_add(macc, f32x4_mul(ld(m.m.as_ptr().add((g * nb + b) * 4)), f32x4_splat(*ys.add(b))));
             }
         }
-        for r in 0..R {
-            let row = r0 + r;
-            for c in 0..C {
-                let t = t0 + c;
-                let mut v = hsum(acc[r][c]);
-                if !q8 {
-                    let s = if m.format == QFormat::Q4_1 { &act.s } else { &act.sx };
-                    let (mm, ss) = (&m.m[row * nb..(row + 1) * nb], &s[t * nb..(t + 1) * nb]);
-                    v += crate::backend::cpu::ops::dot(mm, ss);
-                }
-                out[t * m.rows + row] = v;
+        let r = f32x4_add(acc, macc);
+        let o = out.as_mut_ptr().add(t * m.rows + 4 * g);
+        v128_store(o as *mut v128, r);
+    }
+
+    /// Row `r` against tokens `t0..t0+4` (of `t_rows`).
+    #[inline(always)]
+    unsafe fn row_x4(m: &QMatrix, r: usize, t0: usize, t_rows: usize, act: &QActivations, out: &mut [f32]) {
+        let nb = m.cols / QK;
+        let q8 = m.format == QFormat::Q8_0;
+        let bw = if q8 { 32 } else { 16 };
+        let w = m.qs.as_ptr().add(r * nb * bw);
+        let st = if m.format == QFormat::Q4_1 { act.st.as_ptr() } else { act.sxt.as_ptr() };
+        let mut acc = f32x4_splat(0.0);
+        let mut macc = f32x4_splat(0.0);
+        for b in 0..nb {
+            let at = t0 * m.cols + b * QK;
+            let v = if q8 {
+                let wv = unpack_q8(w.add(b * 32));
+                let y = act.q16.as_ptr().add(at);
+                reduce4(dot16(&wv, y), dot16(&wv, y.add(m.cols)), dot16(&wv, y.add(2 * m.cols)), dot16(&wv, y.add(3 * m.cols)))
+            } else {
+                let wv = unpack_q4(w.add(b * 16));
+                reduce4(dot_q4(&wv, act, at), dot_q4(&wv, act, at + m.cols), dot_q4(&wv, act, at + 2 * m.cols), dot_q4(&wv, act, at + 3 * m.cols))
+            };
+            let i = m.sidx(r, b);
+            let scale = f32x4_mul(ld(act.dt.as_ptr().add(b * t_rows + t0)), f32x4_splat(*m.d.get_unchecked(i)));
+            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(v), scale));
+            if !q8 {
+                macc = f32x4_add(macc, f32x4_mul(ld(st.add(b * t_rows + t0)), f32x4_splat(*m.m.get_unchecked(i))));
             }
         }
+        let res = f32x4_add(acc, macc);
+        let o = out.as_mut_ptr();
+        *o.add(t0 * m.rows + r) = f32x4_extract_lane::<0>(res);
+        *o.add((t0 + 1) * m.rows + r) = f32x4_extract_lane::<1>(res);
+        *o.add((t0 + 2) * m.rows + r) = f32x4_extract_lane::<2>(res);
+        *o.add((t0 + 3) * m.rows + r) = f32x4_extract_lane::<3>(res);
     }
 }
