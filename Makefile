@@ -49,7 +49,8 @@ test-e2e: model build-wasm
 # warm-up; natively and in headless Chromium through the public JS API. One JSON line each.
 BENCH_PROMPT := $(firstword $(wildcard ../shared/reference/bench-prompt.txt) tests/fixtures/bench-prompt.txt)
 bench: model build-native build-wasm
-	./target/release/kvchat bench --model $(MODEL) --prompt-file $(BENCH_PROMPT) --gen 128 --runs 3 --json
+	./target/release/kvchat bench --model $(MODEL) --prompt-file $(BENCH_PROMPT) --gen 128 --runs 3 --json --profile
+	CANDLE_NUM_THREADS=2 ./target/release/kvchat bench --model $(MODEL) --prompt-file $(BENCH_PROMPT) --gen 128 --runs 3 --json
 	node scripts/bench-browser.mjs 3
 	./scripts/bench-wllama.sh
 	@echo "cache vs --no-cache, 256 generated tokens:"

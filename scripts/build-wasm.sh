@@ -36,3 +36,19 @@ if ! cmp -s "$RELAXED/pkg/kvchat.js" pkg/kvchat.js; then
 fi
 $OPT --enable-relaxed-simd "$RELAXED/pkg/kvchat_bg.wasm" -o pkg/kvchat_relaxed_bg.wasm
 report "$RELAXED/pkg/kvchat_bg.wasm" pkg/kvchat_relaxed_bg.wasm
+
+# The threaded variant (pkg-threads/): relaxed SIMD, atomics and shared memory, std rebuilt
+# with them (nightly + rust-src), rayon on Web Workers through wasm-bindgen-rayon. The worker
+# takes it only on a cross-origin-isolated page with more than one core.
+NIGHTLY=${KVCHAT_NIGHTLY:-nightly-2026-05-20}
+THREADS=target/threads
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+simd128,+relaxed-simd \
+-C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 \
+-C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base" \
+  cargo "+$NIGHTLY" build --release --lib --target wasm32-unknown-unknown --target-dir "$THREADS" \
+  --features threads -Z build-std=panic_abort,std
+rm -rf pkg-threads
+wasm-bindgen --target web --out-dir pkg-threads --out-name kvchat "$THREADS/wasm32-unknown-unknown/release/kvchat.wasm"
+cp pkg-threads/kvchat_bg.wasm "$THREADS/kvchat_bg.unopt.wasm"
+$OPT --enable-relaxed-simd --enable-threads "$THREADS/kvchat_bg.unopt.wasm" -o pkg-threads/kvchat_bg.wasm
+report "$THREADS/kvchat_bg.unopt.wasm" pkg-threads/kvchat_bg.wasm

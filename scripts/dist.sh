@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf dist
-mkdir -p dist/www dist/pkg
+mkdir -p dist/www dist/pkg dist/pkg-threads
 cp www/kvchat.js www/worker.js www/kv-chat.js www/kv-chat.css www/kvchat.d.ts dist/www/
-cp pkg/kvchat.js pkg/kvchat_bg.wasm dist/pkg/
+cp pkg/kvchat.js pkg/kvchat_bg.wasm pkg/kvchat_relaxed_bg.wasm dist/pkg/
+cp -r pkg-threads/kvchat.js pkg-threads/kvchat_bg.wasm pkg-threads/snippets dist/pkg-threads/
 cp README.md dist/
 version=$(awk -F'"' '/^version = / { print $2; exit }' Cargo.toml)
 cat > dist/package.json <<JSON
@@ -21,7 +22,7 @@ cat > dist/package.json <<JSON
   "module": "www/kvchat.js",
   "types": "www/kvchat.d.ts",
   "exports": { ".": { "types": "./www/kvchat.d.ts", "default": "./www/kvchat.js" }, "./element": "./www/kv-chat.js" },
-  "files": ["www", "pkg", "README.md"],
+  "files": ["www", "pkg", "pkg-threads", "README.md"],
   "sideEffects": ["./www/kv-chat.js"]
 }
 JSON

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, skipping anything already present:
 # the wasm32 target, wasm-pack, wasm-bindgen-cli (the exact version in Cargo.lock),
-# Chromium and ChromeDriver, the npm packages, and the default model.
+# Chromium and ChromeDriver, the npm packages, and the default model; and, for the threaded
+# wasm build (std rebuilt with atomics), a pinned nightly toolchain with rust-src.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { echo "setup: $*"; }
@@ -12,6 +13,13 @@ need python3 || { echo "setup: python3 is required (it fetches the model)" >&2; 
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
   say "adding the wasm32-unknown-unknown target"; rustup target add wasm32-unknown-unknown
+fi
+
+NIGHTLY=${KVCHAT_NIGHTLY:-nightly-2026-05-20}
+if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 \
+  || ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
+  say "installing $NIGHTLY with rust-src (the threaded wasm build)"
+  rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src --target wasm32-unknown-unknown
 fi
 
 WB_VERSION=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)

@@ -111,14 +111,13 @@ impl Store {
         }
     }
 
-    /// The row at `at` as f32 (converted into `tmp` for f16 storage).
-    #[inline]
-    fn row<'a>(&'a self, at: usize, len: usize, tmp: &'a mut Vec<f32>) -> &'a [f32] {
+    /// The values in `span` as f32 (converted into `tmp` for f16 storage).
+    fn rows<'a>(&'a self, span: std::ops::Range<usize>, tmp: &'a mut Vec<f32>) -> &'a [f32] {
         match self {
-            Store::F32(s) => &s[at..at + len],
+            Store::F32(s) => &s[span],
             Store::F16(s) => {
-                tmp.resize(len, 0.0);
-                s[at..at + len].convert_to_f32_slice(tmp);
+                tmp.resize(span.len(), 0.0);
+                s[span].convert_to_f32_slice(tmp);
                 &tmp[..]
             }
         }
@@ -136,12 +135,93 @@ struct LayerCache {
 pub struct AttnScratch {
     q: Vec<f32>,
     q_sink: Vec<f32>,
+    groups: Vec<GroupScratch>,
+}
+
+/// One kv head's buffers (each may run on its own thread).
+#[derive(Default)]
+struct GroupScratch {
     scores: Vec<f32>,
-    row: Vec<f32>,
+    kbuf: Vec<f32>,
+    vbuf: Vec<f32>,
+}
+
+/// A pointer handed to the threads of one attention call, each using its own part.
+struct SyncPtr<T>(*mut T);
+// SAFETY: see the single use in `attend_token`: disjoint parts per thread.
+unsafe impl<T> Sync for SyncPtr<T> {}
+unsafe impl<T> Send for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
+struct GroupArgs {
+    hd: usize,
+    used: usize,
+    cap: usize,
+    /// Slots below this hold sinks seen from the shifted query.
+    sink_until: usize,
+    scale: f32,
+    f16: bool,
+}
+
+/// `N` query heads sharing one kv head: each key and value row is read once
+/// for all of them. `q`, `q_sink`, `out`: `N * hd`; `k`, `v`: `used * hd`.
+#[inline(always)]
+fn attend_group<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32]) {
+    let (hd, cap) = (a.hd, a.cap);
+    for (s, key) in k.chunks_exact(hd).enumerate() {
+        let qq = if s < a.sink_until { q_sink } else { q };
+        let d = dot_n::<N>(qq, key, hd);
+        for n in 0..N {
+            scores[n * cap + s] = d[n] * a.scale;
+        }
+    }
+    for n in 0..N {
+        let sc = &mut scores[n * cap..n * cap + a.used];
+        ops::softmax(sc);
+        if a.f16 {
+            ops::round_f16(sc);
+        }
+    }
+    out.fill(0.0);
+    for (s, val) in v.chunks_exact(hd).enumerate() {
+        for n in 0..N {
+            ops::axpy(scores[n * cap + s], val, &mut out[n * hd..(n + 1) * hd]);
+        }
+    }
+}
+
+/// The dot products of `N` contiguous query heads with one key (eight lanes each).
+#[inline(always)]
+fn dot_n<const N: usize>(q: &[f32], key: &[f32], hd: usize) -> [f32; N] {
+    let mut acc = [[0f32; 8]; N];
+    let chunks = hd / 8;
+    for c in 0..chunks {
+        let kc: &[f32; 8] = key[c * 8..c * 8 + 8].try_into().unwrap();
+        for n in 0..N {
+            let qc: &[f32; 8] = q[n * hd + c * 8..n * hd + c * 8 + 8].try_into().unwrap();
+            for i in 0..8 {
+                acc[n][i] += qc[i] * kc[i];
+            }
+        }
+    }
+    let mut out = [0f32; N];
+    for n in 0..N {
+        let a = &acc[n];
+        let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+        for i in chunks * 8..hd {
+            s += q[n * hd + i] * key[i];
+        }
+        out[n] = s;
+    }
+    out
 }
 
 impl AttnScratch {
-    fn prepare(&mut self, q: &[f32], q_sink: &[f32], scores: usize, hd: usize, f16: bool) {
+    fn prepare(&mut self, q: &[f32], q_sink: &[f32], n_kv: usize, scores: usize, f16: bool) {
         self.q.clear();
         self.q.extend_from_slice(q);
         self.q_sink.clear();
@@ -153,11 +233,11 @@ impl AttnScratch {
             ops::round_f16(&mut self.q);
             ops::round_f16(&mut self.q_sink);
         }
-        if self.scores.len() < scores {
-            self.scores.resize(scores, 0.0);
-        }
-        if self.row.len() < hd {
-            self.row.resize(hd, 0.0);
+        self.groups.resize_with(n_kv.max(self.groups.len()), GroupScratch::default);
+        for g in &mut self.groups {
+            if g.scores.len() < scores {
+                g.scores.resize(scores, 0.0);
+            }
         }
     }
 }
@@ -303,34 +383,50 @@ impl KvCache {
             lc.v.write(at, &v[g * hd..(g + 1) * hd]);
         }
         let used = (p + 1).min(cap);
-        let shifted = p >= cap && sinks > 0;
+        let sink_until = if p >= cap { sinks } else { 0 };
         let scale = 1.0 / (hd as f32).sqrt();
         let f16 = self.cfg.dtype == KvDType::F16;
-        scratch.prepare(q, q_sink, n_rep * cap, hd, f16);
-        let AttnScratch { q, q_sink, scores, row } = scratch;
+        scratch.prepare(q, q_sink, n_kv, n_rep * cap, f16);
+        let AttnScratch { q, q_sink, groups } = scratch;
         let lc = &self.layers[layer];
-        out.fill(0.0);
-        for g in 0..n_kv {
-            let heads = g * n_rep..(g + 1) * n_rep;
-            for s in 0..used {
-                let key = lc.k.row((g * cap + s) * hd, hd, row);
-                let qs = if shifted && s < sinks { &q_sink[..] } else { &q[..] };
-                for (r, h) in heads.clone().enumerate() {
-                    scores[r * cap + s] = ops::dot(&qs[h * hd..(h + 1) * hd], key) * scale;
+        let args = GroupArgs { hd, used, cap, sink_until, scale, f16 };
+        let (q, q_sink) = (&q[..], &q_sink[..]);
+        let groups_ptr = SyncPtr(groups.as_mut_ptr());
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        let run = |g: usize| {
+            // SAFETY: each group index is run by exactly one thread, and group g owns its
+            // scratch and the heads g*n_rep..(g+1)*n_rep of `out`.
+            let gs = unsafe { &mut *groups_ptr.get().add(g) };
+            let og = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(g * n_rep * hd), n_rep * hd) };
+            let heads = g * n_rep * hd..(g + 1) * n_rep * hd;
+            let span = g * cap * hd..(g * cap + used) * hd;
+            let k = lc.k.rows(span.clone(), &mut gs.kbuf);
+            let v = lc.v.rows(span, &mut gs.vbuf);
+            let (qg, qsg) = (&q[heads.clone()], &q_sink[heads]);
+            let scores = &mut gs.scores;
+            match n_rep {
+                1 => attend_group::<1>(&args, qg, qsg, k, v, scores, og),
+                2 => attend_group::<2>(&args, qg, qsg, k, v, scores, og),
+                3 => attend_group::<3>(&args, qg, qsg, k, v, scores, og),
+                4 => attend_group::<4>(&args, qg, qsg, k, v, scores, og),
+                _ => {
+                    for r in 0..n_rep {
+                        let h = r * hd..(r + 1) * hd;
+                        attend_group::<1>(&args, &qg[h.clone()], &qsg[h.clone()], k, v, scores, &mut og[h]);
+                    }
                 }
             }
-            for r in 0..n_rep {
-                let sc = &mut scores[r * cap..r * cap + used];
-                ops::softmax(sc);
-                if f16 {
-                    ops::round_f16(sc);
+        };
+        let n = crate::backend::cpu::threads().min(n_kv);
+        if n > 1 && used * n_head * hd >= 1 << 15 {
+            crate::backend::cpu::par_for(n, &|i| {
+                for g in (i..n_kv).step_by(n) {
+                    run(g);
                 }
-            }
-            for s in 0..used {
-                let val = lc.v.row((g * cap + s) * hd, hd, row);
-                for (r, h) in heads.clone().enumerate() {
-                    ops::axpy(scores[r * cap + s], val, &mut out[h * hd..(h + 1) * hd]);
-                }
+            });
+        } else {
+            for g in 0..n_kv {
+                run(g);
             }
         }
     }

@@ -31,6 +31,18 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
+/// The threaded build's `initThreadPool(n)` (wasm-bindgen-rayon: n Web Workers on the shared memory).
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
+/// How many threads the matmuls split their rows across (after `initThreadPool`
+/// in the threaded build; always 1 in the single-thread builds).
+#[wasm_bindgen(js_name = setThreads)]
+pub fn set_threads(n: usize) -> usize {
+    crate::backend::cpu::set_threads(n);
+    crate::backend::cpu::threads()
+}
+
 /// Bytes of the wasm linear memory (grows, never shrinks).
 #[wasm_bindgen(js_name = wasmMemoryBytes)]
 pub fn wasm_memory_bytes() -> f64 {

@@ -25,6 +25,8 @@ export interface LoadOptions {
   cache?: boolean;
   /** Which wasm build runs: 'auto' (default) takes relaxed SIMD where the browser has it, 'baseline' plain simd128. */
   simd?: 'auto' | 'relaxed' | 'baseline';
+  /** Threads for the matmuls (threaded build). Default: up to 4 when the page is cross-origin isolated, else 1. */
+  threads?: number;
   onProgress?: (p: Progress) => void;
 }
 
@@ -69,6 +71,8 @@ export interface Stats {
   wasmMemoryBytes: number;
   /** The wasm build that runs. */
   simd: 'relaxed-simd' | 'simd128';
+  /** Threads the matmuls use. */
+  threads: number;
 }
 
 export interface ModelInfo {

@@ -50,10 +50,11 @@ export class KvChat {
    * @param {number} [options.kvWindow] KV cache capacity in tokens (default 2048).
    * @param {number} [options.kvSinks] attention-sink tokens never evicted (default 4).
    * @param {'auto'|'relaxed'|'baseline'} [options.simd] wasm build: relaxed SIMD where supported (default), or plain simd128.
+   * @param {number} [options.threads] threads for the matmuls; default: up to 4 on a cross-origin-isolated page, else 1.
    * @param {(p: {phase: 'download'|'cache'|'init', loaded: number, total: number}) => void} [options.onProgress]
    */
   static async load(options = {}) {
-    const { model = DEFAULT_MODEL, backend = 'auto', kvWindow, kvSinks, kvF16, onProgress, cache, simd } = options;
+    const { model = DEFAULT_MODEL, backend = 'auto', kvWindow, kvSinks, kvF16, onProgress, cache, simd, threads } = options;
     if (!['auto', 'cpu', 'webgpu'].includes(backend)) throw new KvChatError(`backend must be 'auto', 'cpu' or 'webgpu' (got ${backend})`, 'invalid-option');
     if (backend === 'webgpu') throw new KvChatError('the WebGPU backend is not available yet: use backend "cpu" or "auto"', 'unsupported');
     const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'kvchat-engine' });
@@ -63,7 +64,7 @@ export class KvChat {
     let fetchDone = 0;
     try {
       const transfer = model instanceof ArrayBuffer ? [model] : [];
-      const r = await llm.#call('load', { model: source, options: { kvWindow, kvSinks, kvF16, cache, simd } }, (m) => {
+      const r = await llm.#call('load', { model: source, options: { kvWindow, kvSinks, kvF16, cache, simd, threads } }, (m) => {
         if (m.type === 'progress') {
           if (m.phase === 'init' && !fetchDone) fetchDone = performance.now();
           onProgress?.({ phase: m.phase, loaded: m.loaded, total: m.total });

@@ -1,7 +1,9 @@
 // kvchat's engine worker: downloads and caches the model, owns the wasm
 // engine, and streams generated text back to the page. Every message from the
 // page has a `type` and an `id`; anything else is ignored.
-import init, { KvEngine, wasmMemoryBytes } from '../pkg/kvchat.js';
+// The engine module is imported once the load options are known (see initWasm).
+let KvEngine = null;
+let wasmMemoryBytes = () => 0;
 
 const CACHE_NAME = 'kvchat-models-v1';
 const MAX_MODEL_BYTES = 3 * 1024 ** 3; // wasm32 memory is 4 GiB, weights + cache must fit
@@ -22,17 +24,46 @@ const RELAXED_PROBE = new Uint8Array([
 ]);
 const relaxedSimd = (() => { try { return WebAssembly.validate(RELAXED_PROBE); } catch { return false; } })();
 let variant = null;
+let threads = 1;
 let ready = null;
-function initWasm(simd = 'auto') {
-  if (!['auto', 'relaxed', 'baseline'].includes(simd)) throw Object.assign(new Error(`simd must be 'auto', 'relaxed' or 'baseline' (got ${simd})`), { kind: 'invalid-option' });
-  if (simd === 'relaxed' && !relaxedSimd) throw Object.assign(new Error('this browser does not support WebAssembly relaxed SIMD'), { kind: 'unsupported' });
+const fail = (message, kind) => Object.assign(new Error(message), { kind });
+
+// Three builds: pkg/ (simd128, or relaxed SIMD with pkg/kvchat_relaxed_bg.wasm) and
+// pkg-threads/ (relaxed SIMD + shared memory + wasm-bindgen-rayon), the latter only
+// on a cross-origin-isolated page with more than one core: a plain static host
+// silently gets a single-thread build.
+async function loadWasm(simd, wantThreads) {
+  const isolated = self.crossOriginIsolated === true;
+  const cores = navigator.hardwareConcurrency || 1;
+  let n = wantThreads ?? (isolated ? Math.min(cores, 4) : 1);
+  if (!Number.isInteger(n) || n < 1 || n > 64) throw fail(`threads must be an integer from 1 to 64 (got ${wantThreads})`, 'invalid-option');
+  if (n > 1 && wantThreads !== undefined && !isolated) throw fail('threads need a cross-origin-isolated page (COOP/COEP headers)', 'unsupported');
+  if (n > 1 && (!relaxedSimd || simd === 'baseline')) n = 1;
+  if (n > 1) {
+    const mod = await import('../pkg-threads/kvchat.js');
+    await mod.default();
+    await mod.initThreadPool(n);
+    threads = mod.setThreads(n);
+    variant = 'relaxed-simd';
+    return mod;
+  }
+  const mod = await import('../pkg/kvchat.js');
+  variant = simd !== 'baseline' && relaxedSimd ? 'relaxed-simd' : 'simd128';
+  await mod.default(variant === 'relaxed-simd' ? { module_or_path: new URL('../pkg/kvchat_relaxed_bg.wasm', import.meta.url) } : undefined);
+  threads = 1;
+  return mod;
+}
+
+function initWasm(simd = 'auto', wantThreads) {
+  if (!['auto', 'relaxed', 'baseline'].includes(simd)) throw fail(`simd must be 'auto', 'relaxed' or 'baseline' (got ${simd})`, 'invalid-option');
+  if (simd === 'relaxed' && !relaxedSimd) throw fail('this browser does not support WebAssembly relaxed SIMD', 'unsupported');
   if (!ready) {
-    variant = simd !== 'baseline' && relaxedSimd ? 'relaxed-simd' : 'simd128';
-    ready = init(variant === 'relaxed-simd' ? { module_or_path: new URL('../pkg/kvchat_relaxed_bg.wasm', import.meta.url) } : undefined);
+    ready = loadWasm(simd, wantThreads).then((mod) => { ({ KvEngine, wasmMemoryBytes } = mod); });
+    ready.catch(() => { ready = null; });
   }
   return ready;
 }
-const statsOf = () => ({ ...(engine ? engine.stats() : { backend: 'cpu', wasmMemoryBytes: wasmMemoryBytes() }), simd: variant });
+const statsOf = () => ({ ...(engine ? engine.stats() : { backend: 'cpu', wasmMemoryBytes: wasmMemoryBytes() }), simd: variant, threads });
 
 const post = (msg, transfer) => self.postMessage(msg, transfer || []);
 const errorOf = (e) => ({
@@ -113,7 +144,7 @@ function checkGguf(bytes, what) {
 
 async function load(msg) {
   const { id, model, options = {} } = msg;
-  await initWasm(options.simd);
+  await initWasm(options.simd, options.threads);
   let bytes;
   let fromCache = false;
   if (typeof model === 'string') {

@@ -10,6 +10,7 @@ fn main() {
     // another thread. One thread unless CANDLE_NUM_THREADS says otherwise.
     let threads = std::env::var("CANDLE_NUM_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build_global();
+    kvchat::backend::cpu::set_threads(threads);
     if let Err(e) = cli::run() {
         eprintln!("kvchat: {e}");
         std::process::exit(1);

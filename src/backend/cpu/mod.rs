@@ -1,8 +1,40 @@
 //! The CPU backend: quantized linear layers and the element-wise kernels of
-//! the forward pass, over plain slices.
+//! the forward pass, over plain slices; matmul rows split across threads
+//! where a thread pool exists (natively, and in the threaded wasm build).
 
 pub mod linear;
 pub mod ops;
 pub mod quant;
+#[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
+mod team;
 
 pub use linear::Linear;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static THREADS: AtomicUsize = AtomicUsize::new(1);
+
+/// How many threads the matmuls split their rows across (default 1). Natively
+/// they run on rayon's current pool; in wasm only the threaded build (feature
+/// `threads`, after `initThreadPool`) can use more than one.
+pub fn set_threads(n: usize) {
+    let n = if cfg!(any(not(target_arch = "wasm32"), feature = "threads")) { n.max(1) } else { 1 };
+    THREADS.store(n, Ordering::Relaxed);
+}
+
+pub fn threads() -> usize {
+    THREADS.load(Ordering::Relaxed)
+}
+
+/// Runs `f(0..n)` on `n` threads, the calling thread included (see [`team`]).
+#[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
+pub(crate) fn par_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    team::run(n, f);
+}
+
+#[cfg(not(any(not(target_arch = "wasm32"), feature = "threads")))]
+pub(crate) fn par_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    for i in 0..n {
+        f(i);
+    }
+}

@@ -22,10 +22,30 @@ pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
+/// `e^x` for f32 without a libm call, so loops over it vectorize (wasm has no
+/// exp instruction; a libm `expf` per element dominated softmax and SiLU).
+/// Cephes' expf: `x = n ln2 + r`, a degree-6 polynomial for `e^r`, `2^n` put
+/// in the exponent bits; relative error below 2e-7 (ggml uses a vectorized
+/// approximation of the same accuracy for its softmax and SiLU).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.33654, 88.72283);
+    // Round to nearest with the 1.5 * 2^23 trick: plain adds, so it vectorizes on SSE2 too.
+    const MAGIC: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    // 2^n for n in -126..=128: split so both factors are normal floats.
+    let n = n as i32;
+    let h = n >> 1;
+    e * f32::from_bits(((h + 127) as u32) << 23) * f32::from_bits(((n - h + 127) as u32) << 23)
+}
+
 /// `g = silu(g) * u`.
 pub fn silu_mul(g: &mut [f32], u: &[f32]) {
     for (a, &b) in g.iter_mut().zip(u) {
-        *a = *a / (1.0 + (-*a).exp()) * b;
+        *a = *a / (1.0 + exp(-*a)) * b;
     }
 }
 
@@ -62,14 +82,39 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// The largest value (eight lanes, so it vectorizes).
+pub fn max(x: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let c = x.chunks_exact(8);
+    let rest = c.remainder().iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    for ch in c {
+        for i in 0..8 {
+            m[i] = if ch[i] > m[i] { ch[i] } else { m[i] };
+        }
+    }
+    m.iter().fold(rest, |a, &v| a.max(v))
+}
+
+/// Σ x with eight partial sums.
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let c = x.chunks_exact(8);
+    let rest: f32 = c.remainder().iter().sum();
+    for ch in c {
+        for i in 0..8 {
+            acc[i] += ch[i];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + rest
+}
+
 /// In-place softmax.
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f32;
+    let max = max(x);
     for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
+        *v = exp(*v - max);
     }
+    let sum = sum(x);
     let inv = 1.0 / sum;
     for v in x.iter_mut() {
         *v *= inv;
@@ -87,5 +132,23 @@ pub fn log_softmax_at(x: &[f32], target: usize) -> f64 {
 pub fn round_f16(x: &mut [f32]) {
     for v in x.iter_mut() {
         *v = half::f16::from_f32(*v).to_f32();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_is_accurate_over_the_range_softmax_and_silu_use() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let got = super::exp(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.001_3;
+        }
+        assert!(worst < 3e-7, "relative error {worst}");
+        assert_eq!(super::exp(-1000.0), super::exp(-87.33654));
+        assert!(super::exp(f32::NEG_INFINITY) < 1e-37);
     }
 }

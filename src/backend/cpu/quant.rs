@@ -6,6 +6,7 @@
 //! The loops are written so LLVM vectorizes them (SSE/AVX natively, simd128 in wasm).
 
 use half::f16;
+use std::ops::Range;
 
 pub const QK: usize = 32;
 
@@ -102,6 +103,20 @@ fn interleave4(v: &[f32], rows: usize, nb: usize) -> Vec<f32> {
     out
 }
 
+/// The output of a matmul, shared by the threads that each write their own rows.
+struct Out(*mut f32);
+// SAFETY: threads write disjoint indices (their own rows) of a buffer that outlives them.
+unsafe impl Sync for Out {}
+unsafe impl Send for Out {}
+
+impl Out {
+    /// SAFETY: `i` is inside the output buffer and no other thread writes it.
+    #[inline(always)]
+    unsafe fn set(&self, i: usize, v: f32) {
+        *self.0.add(i) = v;
+    }
+}
+
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
@@ -173,85 +188,118 @@ impl QMatrix {
     }
 
     /// `out[t * rows + r] = dot(row r, x row t)` for `x` of `t_rows` rows of `cols`.
+    /// With [`set_threads`](super::set_threads) above one, the rows are split
+    /// among that many rayon threads (each writes its own rows: no reduction).
     pub fn matmul(&self, x: &[f32], t_rows: usize, act: &mut QActivations, out: &mut [f32]) {
         debug_assert_eq!(x.len(), t_rows * self.cols);
-        debug_assert_eq!(out.len(), t_rows * self.rows);
+        assert_eq!(out.len(), t_rows * self.rows);
         act.quantize(x, t_rows, self.cols);
+        let o = Out(out.as_mut_ptr());
+        let n = super::threads();
+        if n > 1 && self.rows * self.cols * t_rows >= 1 << 16 {
+            // Contiguous ranges of whole groups of four rows, one per thread.
+            let groups = self.rows.div_ceil(4);
+            let per = groups.div_ceil(n);
+            let act = &*act;
+            super::par_for(n, &|i| {
+                let lo = (i * per * 4).min(self.rows);
+                let hi = ((i + 1) * per * 4).min(self.rows);
+                if lo < hi {
+                    self.kernel(lo..hi, t_rows, act, &o);
+                }
+            });
+        } else {
+            self.kernel(0..self.rows, t_rows, act, &o);
+        }
+    }
+
+    /// Rows `rows` of the product (`rows.start` a multiple of four).
+    fn kernel(&self, rows: Range<usize>, t_rows: usize, act: &QActivations, out: &Out) {
         #[cfg(target_arch = "x86_64")]
         {
             if self.layout == Q4Layout::Ggml && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU supports the features the function is compiled for.
-                unsafe { self.dots_avx2(t_rows, act, out) };
+                unsafe { self.dots_avx2(rows, t_rows, act, out) };
                 return;
             }
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         {
             if self.layout == Q4Layout::Lanes {
-                simd128::matmul(self, t_rows, act, out);
+                simd128::matmul(self, rows, t_rows, act, out);
                 return;
             }
         }
         #[allow(unreachable_code)]
-        self.dots(t_rows, act, out);
+        self.dots(rows, t_rows, act, out);
     }
 
     /// The portable kernels (the reference the SIMD ones are tested against).
     pub fn matmul_portable(&self, x: &[f32], t_rows: usize, act: &mut QActivations, out: &mut [f32]) {
+        assert_eq!(out.len(), t_rows * self.rows);
         act.quantize(x, t_rows, self.cols);
-        self.dots(t_rows, act, out);
+        self.dots(0..self.rows, t_rows, act, &Out(out.as_mut_ptr()));
     }
 
     /// AVX2 kernels, lane for lane the same arithmetic as ggml's x86 `vec_dot`s.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dots_avx2(&self, t_rows: usize, act: &QActivations, out: &mut [f32]) {
+    unsafe fn dots_avx2(&self, rows: Range<usize>, t_rows: usize, act: &QActivations, out: &Out) {
         let nb = self.cols / QK;
-        for r in 0..self.rows {
+        for r in rows {
             let d = &self.d[r * nb..(r + 1) * nb];
             for t in 0..t_rows {
                 let y = act.row(t);
-                out[t * self.rows + r] = match self.format {
+                out.set(t * self.rows + r, match self.format {
                     QFormat::Q4_0 => avx2::dot_q4_0(d, &self.qs[r * nb * 16..(r + 1) * nb * 16], &y),
                     QFormat::Q4_1 => avx2::dot_q4_1(d, &self.m[r * nb..(r + 1) * nb], &self.qs[r * nb * 16..(r + 1) * nb * 16], &y),
                     QFormat::Q8_0 => avx2::dot_q8_0(d, &self.qs[r * nb * 32..(r + 1) * nb * 32], &y),
-                };
+                });
             }
         }
     }
 
-    fn dots(&self, t_rows: usize, act: &QActivations, out: &mut [f32]) {
-        let nb = self.cols / QK;
-        let (mut d, mut m) = (vec![0f32; nb], vec![0f32; nb]);
-        for r in 0..self.rows {
-            for b in 0..nb {
-                d[b] = self.d[self.sidx(r, b)];
-                if !self.m.is_empty() {
-                    m[b] = self.m[self.sidx(r, b)];
-                }
-            }
+    fn dots(&self, rows: Range<usize>, t_rows: usize, act: &QActivations, out: &Out) {
+        for r in rows {
             for t in 0..t_rows {
-                let y = act.row(t);
-                out[t * self.rows + r] = match self.format {
-                    QFormat::Q4_0 | QFormat::Q4_1 => dot_q4(&d, &m, &self.qs[r * nb * 16..(r + 1) * nb * 16], self.layout, self.format, y),
-                    QFormat::Q8_0 => dot_q8_0(&d, &self.qs[r * nb * 32..(r + 1) * nb * 32], y),
-                };
+                // SAFETY: r < self.rows and t < t_rows index the caller's output.
+                unsafe { out.set(t * self.rows + r, self.dot_row_portable(r, act.row(t))) };
             }
         }
     }
 
-    /// Row `r` against one activation row with the portable kernel (tails of the SIMD tiles).
-    #[allow(dead_code)]
+    /// Row `r` against one activation row with the portable kernel: Q4 values
+    /// unsigned 0..16 times the activations plus the offset term (Q4_1's
+    /// minimum against the rounded `s`, Q4_0's `-8d` against the exact sum).
     fn dot_row_portable(&self, r: usize, y: QRow) -> f32 {
         let nb = self.cols / QK;
-        let d: Vec<f32> = (0..nb).map(|b| self.d[self.sidx(r, b)]).collect();
-        match self.format {
-            QFormat::Q8_0 => dot_q8_0(&d, &self.qs[r * nb * 32..(r + 1) * nb * 32], y),
-            _ => {
-                let m: Vec<f32> = (0..nb).map(|b| self.m[self.sidx(r, b)]).collect();
-                dot_q4(&d, &m, &self.qs[r * nb * 16..(r + 1) * nb * 16], self.layout, self.format, y)
+        let mut acc = 0f32;
+        for b in 0..nb {
+            let i = self.sidx(r, b);
+            let yb = &y.q[b * 32..b * 32 + 32];
+            let blk = r * nb + b;
+            let mut sumi = 0i32;
+            match self.format {
+                QFormat::Q8_0 => {
+                    for (&w, &v) in self.qs[blk * 32..blk * 32 + 32].iter().zip(yb) {
+                        sumi += w as i8 as i32 * v as i32;
+                    }
+                }
+                QFormat::Q4_0 | QFormat::Q4_1 => {
+                    let qb = &self.qs[blk * 16..blk * 16 + 16];
+                    for (j, &v) in yb.iter().enumerate() {
+                        sumi += self.layout.get(qb, j) as i32 * v as i32;
+                    }
+                }
+            }
+            acc += sumi as f32 * self.d[i] * y.d[b];
+            match self.format {
+                QFormat::Q4_1 => acc += self.m[i] * y.s[b],
+                QFormat::Q4_0 => acc += self.m[i] * y.sx[b],
+                QFormat::Q8_0 => {}
             }
         }
+        acc
     }
 
     /// Dequantizes row `r` into `out` (embedding lookups).
@@ -316,9 +364,10 @@ impl QActivations {
             let qs = &mut self.q[b * QK..(b + 1) * QK];
             let mut sum = 0i32;
             for (q, &v) in qs.iter_mut().zip(xs) {
-                // roundf: half away from zero, as C's roundf.
-                *q = (v * id).round() as i8;
-                sum += *q as i32;
+                *q = round_half_away(v * id) as i8;
+            }
+            for &q in qs.iter() {
+                sum += q as i32;
             }
             let dh = f16::from_f32(d).to_f32();
             self.d[b] = dh;
@@ -357,6 +406,15 @@ impl QActivations {
     }
 }
 
+/// C's `roundf` (half away from zero) for |x| <= 127, without a libm call
+/// so the quantization loop vectorizes (truncate, then step by the fraction).
+#[inline(always)]
+fn round_half_away(x: f32) -> i32 {
+    let t = x as i32;
+    let f = x - t as f32;
+    t + (f >= 0.5) as i32 - (f <= -0.5) as i32
+}
+
 #[derive(Clone, Copy)]
 struct QRow<'a> {
     d: &'a [f32],
@@ -365,40 +423,6 @@ struct QRow<'a> {
     q: &'a [i8],
     #[allow(dead_code)]
     q16: &'a [i16],
-}
-
-/// Q4_0 or Q4_1: unsigned values 0..16 times the activations, plus the
-/// offset term (Q4_1's minimum against the rounded `s`, Q4_0's `-8d` against the exact sum).
-#[inline(always)]
-fn dot_q4(d: &[f32], m: &[f32], q: &[u8], layout: Q4Layout, format: QFormat, y: QRow) -> f32 {
-    let s = if format == QFormat::Q4_1 { y.s } else { y.sx };
-    let mut acc = 0f32;
-    for b in 0..d.len() {
-        let qb = &q[b * 16..b * 16 + 16];
-        let yb = &y.q[b * 32..b * 32 + 32];
-        let mut sumi = 0i32;
-        for (j, &yv) in yb.iter().enumerate() {
-            sumi += layout.get(qb, j) as i32 * yv as i32;
-        }
-        acc += sumi as f32 * d[b] * y.d[b];
-        acc += m[b] * s[b];
-    }
-    acc
-}
-
-#[inline(always)]
-fn dot_q8_0(d: &[f32], q: &[u8], y: QRow) -> f32 {
-    let mut acc = 0f32;
-    for b in 0..d.len() {
-        let qb = &q[b * 32..b * 32 + 32];
-        let yb = &y.q[b * 32..b * 32 + 32];
-        let mut sumi = 0i32;
-        for j in 0..32 {
-            sumi += qb[j] as i8 as i32 * yb[j] as i32;
-        }
-        acc += sumi as f32 * d[b] * y.d[b];
-    }
-    acc
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -484,8 +508,9 @@ mod avx2 {
 /// pmaddubsw on x86, sdot on ARM) and need no widening at all.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128 {
-    use super::{QActivations, QFormat, QMatrix, QK};
+    use super::{Out, QActivations, QFormat, QMatrix, QK};
     use core::arch::wasm32::*;
+    use std::ops::Range;
 
     #[inline(always)]
     unsafe fn ld<T>(p: *const T) -> v128 {
@@ -526,8 +551,10 @@ mod simd128 {
     unsafe fn dot_q4(w: &Q4, act: &QActivations, at: usize) -> v128 {
         #[cfg(target_feature = "relaxed-simd")]
         {
+            // Pair products summed to i16 (|sum| <= 2 * 15 * 128, so the two halves add
+            // without overflow), then one widening pairwise add: pmaddubsw, pmaddubsw, paddw, pmaddwd.
             let y = act.qr.as_ptr().add(at);
-            i32x4_relaxed_dot_i8x16_i7x16_add(ld(y), w[0], i32x4_relaxed_dot_i8x16_i7x16_add(ld(y.add(16)), w[1], i32x4_splat(0)))
+            i32x4_extadd_pairwise_i16x8(i16x8_add(i16x8_relaxed_dot_i8x16_i7x16(ld(y), w[0]), i16x8_relaxed_dot_i8x16_i7x16(ld(y.add(16)), w[1])))
         }
         #[cfg(not(target_feature = "relaxed-simd"))]
         {
@@ -550,26 +577,25 @@ mod simd128 {
         )
     }
 
-    pub fn matmul(m: &QMatrix, t_rows: usize, act: &QActivations, out: &mut [f32]) {
-        let groups = m.rows / 4;
+    pub fn matmul(m: &QMatrix, rows: Range<usize>, t_rows: usize, act: &QActivations, out: &Out) {
         let mut t = 0;
         while t + 4 <= t_rows {
-            for r in 0..m.rows {
+            for r in rows.clone() {
                 // SAFETY: r < rows, t + 4 <= t_rows: every pointer stays inside the buffers.
                 unsafe { row_x4(m, r, t, t_rows, act, out) };
             }
             t += 4;
         }
         while t < t_rows {
-            for g in 0..groups {
-                // SAFETY: 4g + 3 < rows, t < t_rows.
-                unsafe { rows4_x1(m, g, t, act, out) };
+            let mut r = rows.start;
+            while r + 4 <= rows.end && r % 4 == 0 {
+                // SAFETY: r + 3 < rows, t < t_rows.
+                unsafe { rows4_x1(m, r / 4, t, act, out) };
+                r += 4;
             }
-            if groups * 4 < m.rows {
-                let y = act.row(t);
-                for r in groups * 4..m.rows {
-                    out[t * m.rows + r] = m.dot_row_portable(r, y);
-                }
+            for r in r..rows.end {
+                // SAFETY: as above.
+                unsafe { out.set(t * m.rows + r, m.dot_row_portable(r, act.row(t))) };
             }
             t += 1;
         }
@@ -577,7 +603,7 @@ mod simd128 {
 
     /// Rows `4g..4g+4` against token `t`.
     #[inline(always)]
-    unsafe fn rows4_x1(m: &QMatrix, g: usize, t: usize, act: &QActivations, out: &mut [f32]) {
+    unsafe fn rows4_x1(m: &QMatrix, g: usize, t: usize, act: &QActivations, out: &Out) {
         let nb = m.cols / QK;
         let q8 = m.format == QFormat::Q8_0;
         let bw = if q8 { 32 } else { 16 };
@@ -609,13 +635,12 @@ mod simd128 {
             }
         }
         let r = f32x4_add(acc, macc);
-        let o = out.as_mut_ptr().add(t * m.rows + 4 * g);
-        v128_store(o as *mut v128, r);
+        v128_store(out.0.add(t * m.rows + 4 * g) as *mut v128, r);
     }
 
     /// Row `r` against tokens `t0..t0+4` (of `t_rows`).
     #[inline(always)]
-    unsafe fn row_x4(m: &QMatrix, r: usize, t0: usize, t_rows: usize, act: &QActivations, out: &mut [f32]) {
+    unsafe fn row_x4(m: &QMatrix, r: usize, t0: usize, t_rows: usize, act: &QActivations, out: &Out) {
         let nb = m.cols / QK;
         let q8 = m.format == QFormat::Q8_0;
         let bw = if q8 { 32 } else { 16 };
@@ -641,10 +666,28 @@ mod simd128 {
             }
         }
         let res = f32x4_add(acc, macc);
-        let o = out.as_mut_ptr();
-        *o.add(t0 * m.rows + r) = f32x4_extract_lane::<0>(res);
-        *o.add((t0 + 1) * m.rows + r) = f32x4_extract_lane::<1>(res);
-        *o.add((t0 + 2) * m.rows + r) = f32x4_extract_lane::<2>(res);
-        *o.add((t0 + 3) * m.rows + r) = f32x4_extract_lane::<3>(res);
+        out.set(t0 * m.rows + r, f32x4_extract_lane::<0>(res));
+        out.set((t0 + 1) * m.rows + r, f32x4_extract_lane::<1>(res));
+        out.set((t0 + 2) * m.rows + r, f32x4_extract_lane::<2>(res));
+        out.set((t0 + 3) * m.rows + r, f32x4_extract_lane::<3>(res));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn round_half_away_is_c_roundf_on_the_quantization_range() {
+        let mut x = -127.0f32;
+        while x <= 127.0 {
+            for v in [x, x.next_up(), x.next_down()] {
+                if v.abs() <= 127.0 {
+                    assert_eq!(super::round_half_away(v), v.round() as i32, "{v}");
+                }
+            }
+            x += 0.25;
+        }
+        for v in [0.49999997f32, -0.49999997, 0.5, -0.5, 1.5, -2.5, 126.5, -126.5, 0.0, -0.0] {
+            assert_eq!(super::round_half_away(v), v.round() as i32, "{v}");
+        }
     }
 }

@@ -1,0 +1,45 @@
+//! Rows of a matmul split across threads give exactly the one-thread result
+//! (each row is computed by the same kernel, whoever runs it). Its own test
+//! binary: the thread count is process-wide.
+
+mod common;
+use common::*;
+use kvchat::backend::cpu::{quant::QActivations, quant::QFormat, quant::QMatrix, set_threads};
+use kvchat::{Engine, EngineOptions, GenerateOptions, Prompt, SamplerConfig};
+
+#[test]
+fn split_rows_equal_one_thread_and_generation_is_unchanged() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let mut rng = kvchat::sampler::Rng::new(5);
+    for (dt, f) in [(GgmlDType::Q4_0, QFormat::Q4_0), (GgmlDType::Q4_1, QFormat::Q4_1), (GgmlDType::Q8_0, QFormat::Q8_0)] {
+        for rows in [256, 258] {
+            let cols = 256;
+            let w: Vec<f32> = (0..rows * cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
+            let qt = QTensor::quantize(&candle_core::Tensor::from_vec(w, (rows, cols), &candle_core::Device::Cpu).unwrap(), dt).unwrap();
+            let m = QMatrix::from_blocks(f, rows, cols, &qt.data().unwrap()).unwrap();
+            for t in [1, 5] {
+                let x: Vec<f32> = (0..t * cols).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect();
+                let mut one = vec![0f32; t * rows];
+                set_threads(1);
+                m.matmul(&x, t, &mut QActivations::default(), &mut one);
+                for n in [2, 3] {
+                    set_threads(n);
+                    let mut many = vec![f32::NAN; t * rows];
+                    m.matmul(&x, t, &mut QActivations::default(), &mut many);
+                    assert_eq!(one, many, "{f:?} rows {rows} t {t} threads {n}");
+                }
+            }
+        }
+    }
+    // A whole generation on the tiny model (every weight type) with two threads; the
+    // 600-token prompt is long enough for attention to split its kv heads too.
+    let bytes = kvchat::testing::tiny_llama_gguf(3);
+    let run = |n: usize| {
+        set_threads(n);
+        let mut e = Engine::load(&bytes, EngineOptions::default()).unwrap();
+        let opts = GenerateOptions { max_tokens: 40, sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
+        e.generate(Prompt::Ids(&ids(600, 1, e.config().vocab_size)), &opts, |_| true).unwrap().generated_ids
+    };
+    assert_eq!(run(1), run(2));
+    set_threads(1);
+}
