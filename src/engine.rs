@@ -177,6 +177,10 @@ impl Engine {
     pub fn config(&self) -> &LlamaConfig {
         self.model.config()
     }
+    pub(crate) fn model_mut(&mut self) -> &mut Llama {
+        &mut self.model
+    }
+
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
@@ -230,6 +234,27 @@ impl Engine {
         }
     }
 
+    /// The ids of a prompt on its own (no reuse of the cached conversation).
+    pub(crate) fn standalone_prompt_ids(&self, prompt: Prompt) -> Result<Vec<u32>> {
+        let ids = match prompt {
+            Prompt::Raw(text) => self.tokenize(text)?,
+            Prompt::Chat(messages) => self.tokenize(&self.render_chat(messages)?)?,
+            Prompt::Ids(ids) => ids.to_vec(),
+        };
+        self.check_ids(ids)
+    }
+
+    fn check_ids(&self, ids: Vec<u32>) -> Result<Vec<u32>> {
+        if ids.is_empty() {
+            return Err(Error::InvalidPrompt("the prompt is empty".into()));
+        }
+        let vocab = self.config().vocab_size;
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(Error::InvalidPrompt(format!("token id {bad} is outside the vocabulary ({vocab})")));
+        }
+        Ok(ids)
+    }
+
     pub fn prompt_ids(&mut self, prompt: Prompt) -> Result<Vec<u32>> {
         let ids = match prompt {
             Prompt::Raw(text) => self.tokenize(text)?,
@@ -242,14 +267,7 @@ impl Engine {
             }
             Prompt::Ids(ids) => ids.to_vec(),
         };
-        if ids.is_empty() {
-            return Err(Error::InvalidPrompt("the prompt is empty".into()));
-        }
-        let vocab = self.config().vocab_size;
-        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-            return Err(Error::InvalidPrompt(format!("token id {bad} is outside the vocabulary ({vocab})")));
-        }
-        Ok(ids)
+        self.check_ids(ids)
     }
 
     /// When the rendered chat text extends the text of the cached tokens (the next
@@ -418,23 +436,7 @@ impl Engine {
             self.cache.reset();
         }
         let reused = self.cache.reuse_prefix(&prompt_ids);
-        let stats = GenerationStats { prompt_tokens: prompt_ids.len(), reused_tokens: reused, ..Default::default() };
-        Ok(Session {
-            opts: opts.clone(),
-            sampler,
-            history: prompt_ids.clone(),
-            prompt_ids,
-            fed: reused,
-            logits: None,
-            generated: Vec::new(),
-            text: String::new(),
-            emitted: 0,
-            decoder: StreamDecoder::new(),
-            stats,
-            started,
-            decode_started: None,
-            done: false,
-        })
+        Ok(Session::new(prompt_ids, reused, sampler, opts, started))
     }
 
     /// Advances `session` by one prefill chunk or one generated token.
@@ -468,47 +470,30 @@ impl Engine {
         // Decode: sample from the pending logits, emit, feed the token.
         let mut logits = s.logits.take().unwrap_or_default();
         let t0 = Instant::now();
-        let tok = s.sampler.sample(&mut logits, &s.history);
+        let advanced = s.advance(&self.tokenizer, &mut logits);
         self.model.profile_add(Op::Sampling, t0.elapsed().as_secs_f64());
-        if s.generated.is_empty() {
-            s.stats.time_to_first_token_ms = ms(s.started);
-        }
-        let mut reason = None;
-        if self.tokenizer.is_eog(tok) && !s.opts.ignore_eos {
-            reason = Some(StopReason::Eos);
-        } else {
-            s.generated.push(tok);
-            s.history.push(tok);
-            s.text.push_str(&s.decoder.push(&self.tokenizer, tok));
-            if let Some(pos) = find_stop(&s.text, &s.opts.stop) {
-                s.text.truncate(pos);
-                reason = Some(StopReason::StopString);
-            } else if s.generated.len() >= s.opts.max_tokens {
-                let rest = s.decoder.finish();
-                s.text.push_str(&rest);
-                reason = Some(StopReason::Length);
-            }
-        }
-        if reason.is_some() {
-            return Ok(self.finish(s, reason));
-        }
-        // Release what can no longer turn into a stop string.
-        let safe = safe_prefix(&s.text, &s.opts.stop);
-        let piece = if safe > s.emitted {
-            let p = s.text[s.emitted..safe].to_string();
-            s.emitted = safe;
-            Some(p)
-        } else {
-            None
+        let (tok, piece) = match advanced {
+            Advance::Finished(reason) => return Ok(self.finish(s, reason)),
+            Advance::Token { token, piece } => (token, piece),
         };
-        let next = if s.opts.no_cache {
+        if s.opts.no_cache {
             self.cache.reset();
             let hist = s.history.clone();
-            self.feed(&hist, &mut || true)?
+            logits = self.feed(&hist, &mut || true)?;
         } else {
-            self.forward_chunk(&[tok])?
-        };
-        s.logits = Some(next);
+            // The logits buffer is reused: a decode step allocates nothing.
+            match self.model.forward(&[tok], &mut self.cache, false) {
+                Ok(l) => {
+                    logits.clear();
+                    logits.extend_from_slice(l);
+                }
+                Err(e) => {
+                    self.cache.reset();
+                    return Err(e);
+                }
+            }
+        }
+        s.logits = Some(logits);
         Ok(match piece {
             Some(p) => Step::Piece(p),
             None => Step::Working,
@@ -527,48 +512,116 @@ impl Engine {
     }
 
     fn finish(&mut self, s: &mut Session, reason: Option<StopReason>) -> Step {
-        s.done = true;
-        s.stats.generated_tokens = s.generated.len();
-        if let Some(t) = s.decode_started {
-            s.stats.decode_ms = ms(t);
-        }
-        s.stats.decode_tokens_per_sec = per_sec(s.generated.len().saturating_sub(1), s.stats.decode_ms);
-        self.last = s.stats.clone();
-        let final_piece = s.text[s.emitted.min(s.text.len())..].to_string();
-        s.emitted = s.text.len();
-        Step::Done(Box::new(Generation {
-            prompt_ids: s.prompt_ids.clone(),
-            generated_ids: s.generated.clone(),
-            text: s.text.clone(),
-            final_piece,
-            stop_reason: reason,
-            stats: s.stats.clone(),
-            kv: self.cache.stats(),
-        }))
+        let g = s.finish(reason, self.cache.stats());
+        self.last = g.stats.clone();
+        Step::Done(Box::new(g))
     }
+}
+
+/// What [`Session::advance`] did with one sampled token.
+pub(crate) enum Advance {
+    /// The token continues the text (feed it); `piece` is text that can be released.
+    Token { token: u32, piece: Option<String> },
+    /// The generation ended (the token, if any, is not fed).
+    Finished(Option<StopReason>),
 }
 
 /// A generation in progress (see [`Engine::start`]).
 pub struct Session {
-    opts: GenerateOptions,
-    sampler: Sampler,
-    prompt_ids: Vec<u32>,
+    pub(crate) opts: GenerateOptions,
+    pub(crate) sampler: Sampler,
+    pub(crate) prompt_ids: Vec<u32>,
     /// Prompt tokens fed so far.
-    fed: usize,
+    pub(crate) fed: usize,
     /// The prompt and the generated tokens; during decode the cache holds exactly these.
-    history: Vec<u32>,
-    logits: Option<Vec<f32>>,
-    generated: Vec<u32>,
-    text: String,
-    emitted: usize,
-    decoder: StreamDecoder,
-    stats: GenerationStats,
-    started: Instant,
-    decode_started: Option<Instant>,
-    done: bool,
+    pub(crate) history: Vec<u32>,
+    pub(crate) logits: Option<Vec<f32>>,
+    pub(crate) generated: Vec<u32>,
+    pub(crate) text: String,
+    pub(crate) emitted: usize,
+    pub(crate) decoder: StreamDecoder,
+    pub(crate) stats: GenerationStats,
+    pub(crate) started: Instant,
+    pub(crate) decode_started: Option<Instant>,
+    pub(crate) done: bool,
 }
 
 impl Session {
+    pub(crate) fn new(prompt_ids: Vec<u32>, reused: usize, sampler: Sampler, opts: &GenerateOptions, started: Instant) -> Self {
+        let stats = GenerationStats { prompt_tokens: prompt_ids.len(), reused_tokens: reused, ..Default::default() };
+        Session {
+            opts: opts.clone(),
+            sampler,
+            history: prompt_ids.clone(),
+            prompt_ids,
+            fed: reused,
+            logits: None,
+            generated: Vec::new(),
+            text: String::new(),
+            emitted: 0,
+            decoder: StreamDecoder::new(),
+            stats,
+            started,
+            decode_started: None,
+            done: false,
+        }
+    }
+
+    /// Samples the next token from `logits` and applies the stop rules
+    /// (end-of-generation token, stop strings, `max_tokens`).
+    pub(crate) fn advance(&mut self, tokenizer: &Tokenizer, logits: &mut [f32]) -> Advance {
+        let tok = self.sampler.sample(logits, &self.history);
+        if self.generated.is_empty() {
+            self.stats.time_to_first_token_ms = ms(self.started);
+        }
+        if tokenizer.is_eog(tok) && !self.opts.ignore_eos {
+            return Advance::Finished(Some(StopReason::Eos));
+        }
+        self.generated.push(tok);
+        self.history.push(tok);
+        self.text.push_str(&self.decoder.push(tokenizer, tok));
+        if let Some(pos) = find_stop(&self.text, &self.opts.stop) {
+            self.text.truncate(pos);
+            return Advance::Finished(Some(StopReason::StopString));
+        }
+        if self.generated.len() >= self.opts.max_tokens {
+            let rest = self.decoder.finish();
+            self.text.push_str(&rest);
+            return Advance::Finished(Some(StopReason::Length));
+        }
+        // Release what can no longer turn into a stop string.
+        let safe = safe_prefix(&self.text, &self.opts.stop);
+        let piece = if safe > self.emitted {
+            let p = self.text[self.emitted..safe].to_string();
+            self.emitted = safe;
+            Some(p)
+        } else {
+            None
+        };
+        Advance::Token { token: tok, piece }
+    }
+
+    /// Ends the session: the generation with its stats (`kv`: its cache's occupancy).
+    pub(crate) fn finish(&mut self, reason: Option<StopReason>, kv: KvStats) -> Generation {
+        self.done = true;
+        self.stats.generated_tokens = self.generated.len();
+        if let Some(t) = self.decode_started {
+            self.stats.decode_ms = ms(t);
+        }
+        self.stats.decode_tokens_per_sec = per_sec(self.generated.len().saturating_sub(1), self.stats.decode_ms);
+        let final_piece = self.text[self.emitted.min(self.text.len())..].to_string();
+        self.emitted = self.text.len();
+        Generation {
+            prompt_ids: self.prompt_ids.clone(),
+            generated_ids: self.generated.clone(),
+            text: self.text.clone(),
+            final_piece,
+            stop_reason: reason,
+            stats: self.stats.clone(),
+            kv,
+        }
+    }
+
     pub fn is_done(&self) -> bool {
         self.done
     }

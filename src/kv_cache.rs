@@ -111,6 +111,14 @@ impl Store {
         }
     }
 
+    fn copy_span(&mut self, src: &Store, span: std::ops::Range<usize>) {
+        match (self, src) {
+            (Store::F32(d), Store::F32(s)) => d[span.clone()].copy_from_slice(&s[span]),
+            (Store::F16(d), Store::F16(s)) => d[span.clone()].copy_from_slice(&s[span]),
+            _ => {} // impossible: copy_from checks that the configurations (and so the types) match
+        }
+    }
+
     /// The values in `span` as f32 (converted into `tmp` for f16 storage).
     fn rows<'a>(&'a self, span: std::ops::Range<usize>, tmp: &'a mut Vec<f32>) -> &'a [f32] {
         match self {
@@ -312,6 +320,29 @@ impl KvCache {
         } else {
             s + (p - s) % self.ring()
         }
+    }
+
+    /// Makes this cache a copy of `other` (same configuration, nothing evicted
+    /// yet): its tokens and the keys and values of the slots in use. Batches
+    /// prefill a shared prompt prefix once and start each sequence from a copy.
+    pub fn copy_from(&mut self, other: &KvCache) -> Result<()> {
+        if other.cfg != self.cfg || other.layers.len() != self.layers.len() || other.n_kv != self.n_kv || other.head_dim != self.head_dim {
+            return Err(Error::Backend("copy between caches of different shapes".into()));
+        }
+        if other.evicted() > 0 {
+            return Err(Error::Backend("cannot copy a cache that has evicted tokens".into()));
+        }
+        let (used, cap, hd) = (other.used(), self.cfg.window, self.head_dim);
+        for (dst, src) in self.layers.iter_mut().zip(&other.layers) {
+            for g in 0..self.n_kv {
+                let span = g * cap * hd..(g * cap + used) * hd;
+                dst.k.copy_span(&src.k, span.clone());
+                dst.v.copy_span(&src.v, span);
+            }
+        }
+        self.tokens.clear();
+        self.tokens.extend_from_slice(&other.tokens);
+        Ok(())
     }
 
     /// Forgets everything (the storage stays allocated).

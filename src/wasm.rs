@@ -3,6 +3,7 @@
 //! whose `name` is `KvChatError` and whose `kind` is [`Error::kind`].
 
 use crate::chat_template::Message;
+use crate::batch::{Batch, BatchEvent, BatchOptions};
 use crate::engine::{Engine, EngineOptions, GenerateOptions, Prompt, Session, Step};
 use crate::error::Error;
 use crate::kv_cache::{KvCacheConfig, KvDType};
@@ -91,6 +92,83 @@ fn float(v: Option<f64>, name: &str, default: f32) -> Result<f32, JsValue> {
     }
 }
 
+impl GenOptions {
+    /// `self`'s values where set, else `base`'s.
+    fn or(self, base: &GenOptions) -> GenOptions {
+        GenOptions {
+            max_tokens: self.max_tokens.or(base.max_tokens),
+            temperature: self.temperature.or(base.temperature),
+            top_k: self.top_k.or(base.top_k),
+            top_p: self.top_p.or(base.top_p),
+            min_p: self.min_p.or(base.min_p),
+            repeat_penalty: self.repeat_penalty.or(base.repeat_penalty),
+            seed: self.seed.or(base.seed),
+            stop: self.stop.or_else(|| base.stop.clone()),
+            ignore_eos: self.ignore_eos.or(base.ignore_eos),
+            no_cache: self.no_cache.or(base.no_cache),
+        }
+    }
+}
+
+fn gen_options(o: GenOptions) -> Result<GenerateOptions, JsValue> {
+    let d = SamplerConfig::default();
+    let sampler = SamplerConfig {
+        temperature: float(o.temperature, "temperature", d.temperature)?,
+        top_k: count(o.top_k, "topK", d.top_k, 0, 1 << 24)?,
+        top_p: float(o.top_p, "topP", d.top_p)?,
+        min_p: float(o.min_p, "minP", d.min_p)?,
+        repeat_penalty: float(o.repeat_penalty, "repeatPenalty", d.repeat_penalty)?,
+        repeat_last_n: d.repeat_last_n,
+        seed: match o.seed {
+            None => None,
+            Some(s) if s.is_finite() && s >= 0.0 => Some(s as u64),
+            Some(s) => return Err(bad_option(format!("seed must be a number >= 0 (got {s})"))),
+        },
+    };
+    Ok(GenerateOptions {
+        max_tokens: count(o.max_tokens, "maxTokens", 256, 0, 1 << 24)?,
+        sampler,
+        stop: o.stop.unwrap_or_default(),
+        ignore_eos: o.ignore_eos.unwrap_or(false),
+        no_cache: o.no_cache.unwrap_or(false),
+    })
+}
+
+enum Input {
+    Raw(String),
+    Chat(Vec<Message>),
+}
+
+fn parse_input(input: JsValue) -> Result<Input, JsValue> {
+    if let Some(text) = input.as_string() {
+        Ok(Input::Raw(text))
+    } else if js_sys::Array::is_array(&input) {
+        let messages: Vec<Message> = serde_wasm_bindgen::from_value(input)
+            .map_err(|e| to_js(Error::InvalidPrompt(format!("messages must be [{{role, content}}]: {e}"))))?;
+        Ok(Input::Chat(messages))
+    } else {
+        Err(to_js(Error::InvalidPrompt("input must be a string or an array of {role, content} messages".into())))
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct BatchJsOptions {
+    batch_size: Option<f64>,
+    kv_window: Option<f64>,
+    kv_sinks: Option<f64>,
+    share_prefix: Option<bool>,
+}
+
+fn generation_json(g: &crate::engine::Generation) -> serde_json::Value {
+    // Counts, not the prompt's ids: a long chat's ids would make this message
+    // (and the wasm heap needed to build it) grow every turn.
+    serde_json::json!({
+        "text": g.text, "generatedIds": g.generated_ids, "promptTokens": g.prompt_ids.len(),
+        "stopReason": g.stop_reason, "stats": g.stats, "kv": g.kv,
+    })
+}
+
 fn from_js<T: for<'de> Deserialize<'de> + Default>(v: JsValue, what: &str) -> Result<T, JsValue> {
     if v.is_undefined() || v.is_null() {
         return Ok(T::default());
@@ -103,6 +181,7 @@ fn from_js<T: for<'de> Deserialize<'de> + Default>(v: JsValue, what: &str) -> Re
 pub struct KvEngine {
     engine: Engine,
     session: Option<Session>,
+    batch: Option<Batch>,
 }
 
 #[wasm_bindgen]
@@ -125,7 +204,7 @@ impl KvEngine {
             ..Default::default()
         };
         let engine = Engine::load(bytes, opts).map_err(to_js)?;
-        Ok(KvEngine { engine, session: None })
+        Ok(KvEngine { engine, session: None, batch: None })
     }
 
     /// The model's shape and the cache's settings.
@@ -152,36 +231,10 @@ impl KvEngine {
     pub fn start(&mut self, input: JsValue, options: JsValue) -> Result<(), JsValue> {
         self.session = None;
         let o: GenOptions = from_js(options, "generate options")?;
-        let d = SamplerConfig::default();
-        let temperature = float(o.temperature, "temperature", d.temperature)?;
-        let sampler = SamplerConfig {
-            temperature,
-            top_k: count(o.top_k, "topK", d.top_k, 0, 1 << 24)?,
-            top_p: float(o.top_p, "topP", d.top_p)?,
-            min_p: float(o.min_p, "minP", d.min_p)?,
-            repeat_penalty: float(o.repeat_penalty, "repeatPenalty", d.repeat_penalty)?,
-            repeat_last_n: d.repeat_last_n,
-            seed: match o.seed {
-                None => None,
-                Some(s) if s.is_finite() && s >= 0.0 => Some(s as u64),
-                Some(s) => return Err(bad_option(format!("seed must be a number >= 0 (got {s})"))),
-            },
-        };
-        let opts = GenerateOptions {
-            max_tokens: count(o.max_tokens, "maxTokens", 256, 0, 1 << 24)?,
-            sampler,
-            stop: o.stop.unwrap_or_default(),
-            ignore_eos: o.ignore_eos.unwrap_or(false),
-            no_cache: o.no_cache.unwrap_or(false),
-        };
-        let session = if let Some(text) = input.as_string() {
-            self.engine.start(Prompt::Raw(&text), &opts)
-        } else if js_sys::Array::is_array(&input) {
-            let messages: Vec<Message> = serde_wasm_bindgen::from_value(input)
-                .map_err(|e| to_js(Error::InvalidPrompt(format!("messages must be [{{role, content}}]: {e}"))))?;
-            self.engine.start(Prompt::Chat(&messages), &opts)
-        } else {
-            Err(Error::InvalidPrompt("input must be a string or an array of {role, content} messages".into()))
+        let opts = gen_options(o)?;
+        let session = match parse_input(input)? {
+            Input::Raw(text) => self.engine.start(Prompt::Raw(&text), &opts),
+            Input::Chat(messages) => self.engine.start(Prompt::Chat(&messages), &opts),
         }
         .map_err(to_js)?;
         self.session = Some(session);
@@ -199,12 +252,7 @@ impl KvEngine {
             Ok(Step::Piece(p)) => serde_json::json!({ "piece": p }),
             Ok(Step::Done(g)) => {
                 self.session = None;
-                // Counts, not the prompt's ids: a long chat's ids would make this
-                // message (and the wasm heap needed to build it) grow every turn.
-                serde_json::json!({ "done": true, "piece": g.final_piece, "result": {
-                    "text": g.text, "generatedIds": g.generated_ids, "promptTokens": g.prompt_ids.len(),
-                    "stopReason": g.stop_reason, "stats": g.stats, "kv": g.kv,
-                } })
+                serde_json::json!({ "done": true, "piece": g.final_piece, "result": generation_json(&g) })
             }
             Err(e) => {
                 self.session = None;
@@ -214,9 +262,87 @@ impl KvEngine {
         Ok(to_value(&r))
     }
 
-    /// Drops the current generation; the cache keeps what was computed.
+    /// Drops the current generation (or batch); the cache keeps what was computed.
     pub fn abort(&mut self) {
         self.session = None;
+        self.batch = None;
+    }
+
+    /// Starts a batch. `inputs`: an array whose items are a prompt string, a
+    /// messages array, or `{ input, ...generate options }` (per-input
+    /// overrides). `options`: generate options shared by every input, plus
+    /// `batchSize` (default 8), `kvWindow` (each sequence's cache, default
+    /// min(512, the engine's)), `kvSinks`, `sharePrefix` (default true).
+    #[wasm_bindgen(js_name = batchStart)]
+    pub fn batch_start(&mut self, inputs: JsValue, options: JsValue) -> Result<JsValue, JsValue> {
+        self.batch = None;
+        self.session = None;
+        let base: GenOptions = from_js(options.clone(), "batch options")?;
+        let bo: BatchJsOptions = from_js(options, "batch options")?;
+        if !js_sys::Array::is_array(&inputs) {
+            return Err(to_js(Error::InvalidPrompt("generateBatch takes an array of inputs".into())));
+        }
+        let arr: js_sys::Array = inputs.unchecked_into();
+        let mut parsed = Vec::with_capacity(arr.length() as usize);
+        for (i, item) in arr.iter().enumerate() {
+            let is_wrapped = item.is_object() && !js_sys::Array::is_array(&item) && js_sys::Reflect::has(&item, &"input".into()).unwrap_or(false);
+            let (input, own) = if is_wrapped {
+                let own: GenOptions = from_js(item.clone(), "input options")?;
+                (js_sys::Reflect::get(&item, &"input".into())?, own)
+            } else {
+                (item, GenOptions::default())
+            };
+            let input = parse_input(input).map_err(|e| {
+                let _ = js_sys::Reflect::set(&e, &"message".into(), &format!("input {i}: {}", js_sys::Error::from(e.clone()).message()).into());
+                e
+            })?;
+            parsed.push((input, gen_options(own.or(&base))?));
+        }
+        let prompts: Vec<(Prompt, GenerateOptions)> = parsed
+            .iter()
+            .map(|(inp, o)| match inp {
+                Input::Raw(t) => (Prompt::Raw(t), o.clone()),
+                Input::Chat(m) => (Prompt::Chat(m), o.clone()),
+            })
+            .collect();
+        let d = self.engine.options().kv;
+        let window = count(bo.kv_window, "kvWindow", d.window.min(512), 1, 1 << 20)?;
+        let kv = KvCacheConfig { window, sinks: count(bo.kv_sinks, "kvSinks", d.sinks.min(window.saturating_sub(1)), 0, 1 << 20)?, dtype: d.dtype };
+        let opts = BatchOptions { batch_size: count(bo.batch_size, "batchSize", 8, 1, 64)?, kv: Some(kv), share_prefix: bo.share_prefix.unwrap_or(true) };
+        let b = self.engine.start_batch(&prompts, opts).map_err(to_js)?;
+        let stats = to_value(&b.stats());
+        self.batch = Some(b);
+        Ok(stats)
+    }
+
+    /// Advances the batch one step: `{ events: [{ index, piece } | { index, done: true, piece, result }], done, stats }`.
+    #[wasm_bindgen(js_name = batchStep)]
+    pub fn batch_step(&mut self) -> Result<JsValue, JsValue> {
+        let Some(b) = self.batch.as_mut() else {
+            return Err(bad_option("no batch in progress"));
+        };
+        let events = match self.engine.step_batch(b) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.batch = None;
+                return Err(to_js(e));
+            }
+        };
+        let events: Vec<serde_json::Value> = events
+            .into_iter()
+            .map(|ev| match ev {
+                BatchEvent::Piece { index, piece } => serde_json::json!({ "index": index, "piece": piece }),
+                BatchEvent::Done { index, generation: g } => {
+                    serde_json::json!({ "index": index, "done": true, "piece": g.final_piece, "result": generation_json(&g) })
+                }
+            })
+            .collect();
+        let done = b.is_done();
+        let stats = b.stats();
+        if done {
+            self.batch = None;
+        }
+        Ok(to_value(&serde_json::json!({ "events": events, "done": done, "stats": stats })))
     }
 
     /// Prompt tokens of the current generation still to prefill.
@@ -261,6 +387,7 @@ impl KvEngine {
     /// Empties the cache and the history.
     pub fn reset(&mut self) {
         self.session = None;
+        self.batch = None;
         self.engine.reset();
     }
 }

@@ -12,6 +12,83 @@ const el = {
   stat: (name) => $(`[data-stat=${name}]`),
 };
 
+// The batch tab: the same instruction over many lines, decoded together.
+const batchUi = {
+  view: $('[data-testid=batch]'), form: $('.batch-form'), run: $('[data-testid=batch-run]'),
+  stop: $('[data-testid=batch-stop]'), results: $('[data-testid=batch-results]'), summary: $('[data-testid=batch-summary]'),
+};
+let batchRunning = false;
+let batchController = null;
+
+function showTab(name) {
+  for (const b of document.querySelectorAll('.tabs [data-tab]')) b.setAttribute('aria-selected', String(b.dataset.tab === name));
+  batchUi.view.hidden = name !== 'batch';
+  el.log.hidden = name === 'batch';
+  el.composer.hidden = name === 'batch';
+}
+for (const b of document.querySelectorAll('.tabs [data-tab]')) b.addEventListener('click', () => showTab(b.dataset.tab));
+
+async function runBatch() {
+  const f = new FormData(batchUi.form);
+  const instruction = String(f.get('instruction') || '').trim();
+  const items = String(f.get('items') || '').split('\n').map((l) => l.trim()).filter(Boolean);
+  if (!items.length || !llm) return;
+  const { gen } = settings();
+  const inputs = items.map((item) => [
+    ...(instruction ? [{ role: 'system', content: instruction }] : []),
+    { role: 'user', content: item },
+  ]);
+  batchUi.results.replaceChildren();
+  const answers = items.map((item) => {
+    const li = document.createElement('li');
+    li.className = 'queued';
+    const q = document.createElement('div');
+    q.className = 'item';
+    q.textContent = item;
+    const a = document.createElement('div');
+    a.className = 'answer';
+    li.append(q, a);
+    batchUi.results.append(li);
+    return { li, a };
+  });
+  batchController = new AbortController();
+  batchRunning = true;
+  setBusy(true);
+  const t0 = performance.now();
+  let tokens = 0;
+  let finished = 0;
+  try {
+    const opts = { ...gen, noCache: undefined, batchSize: Number(f.get('batchSize')) || 8, signal: batchController.signal };
+    for await (const ev of llm.generateBatch(inputs, opts)) {
+      const { li, a } = answers[ev.index];
+      if (ev.done) {
+        li.className = 'done';
+        a.textContent = ev.text;
+        tokens += ev.generatedTokens;
+        finished += 1;
+      } else {
+        li.className = 'running';
+        a.textContent += ev.piece;
+      }
+      const secs = (performance.now() - t0) / 1000;
+      const s = llm.lastBatchStats;
+      batchUi.summary.textContent = `${finished} / ${items.length} done · ${(s ? s.generatedTokens : tokens)} tokens in ${secs.toFixed(1)} s · `
+        + `${fmt(s ? s.tokensPerSec : tokens / secs, ' tok/s')} overall`
+        + (s ? ` · ${fmt(s.decodeTokensPerSec, ' tok/s')} batched decode · batch ${s.batchSize} · ${s.sharedPrefixTokens} shared prefix tokens · ${mib(s.kvBytesPerSequence)} KV per sequence` : '');
+    }
+  } catch (e) {
+    if (e.name !== 'AbortError') showBanner(`Batch failed: ${e.message}`);
+    else batchUi.summary.textContent += ' · stopped';
+  } finally {
+    batchRunning = false;
+    batchController = null;
+    setBusy(false);
+    updateStats();
+  }
+}
+batchUi.form.addEventListener('submit', (e) => { e.preventDefault(); runBatch(); });
+batchUi.stop.addEventListener('click', () => batchController?.abort());
+
 const params = new URLSearchParams(location.search);
 const modelUrl = params.get('model') || DEFAULT_MODEL;
 let llm = null;
@@ -41,6 +118,8 @@ function showBanner(text, action) {
 }
 
 function setBusy(busy) {
+  batchUi.run.disabled = busy || !llm;
+  batchUi.stop.disabled = !batchRunning;
   el.send.disabled = busy || !llm;
   el.prompt.disabled = !llm;
   el.stop.disabled = !busy;

@@ -51,6 +51,34 @@ export interface GenerateOptions {
   signal?: AbortSignal;
 }
 
+export interface BatchOptions extends GenerateOptions {
+  /** Sequences decoded together (default 8). */
+  batchSize?: number;
+  /** Each sequence's KV window in tokens (default 512). */
+  kvWindow?: number;
+  kvSinks?: number;
+  /** Prefill the prefix every input shares once (default true). */
+  sharePrefix?: boolean;
+}
+
+export type BatchEvent =
+  | { index: number; piece: string; done?: undefined }
+  | { index: number; done: true; text: string; stats: Record<string, number>; stopReason: string | null; generatedTokens: number };
+
+export interface BatchStats {
+  sequences: number;
+  finished: number;
+  batchSize: number;
+  promptTokens: number;
+  sharedPrefixTokens: number;
+  generatedTokens: number;
+  elapsedMs: number;
+  tokensPerSec: number;
+  decodeMs: number;
+  decodeTokensPerSec: number;
+  kvBytesPerSequence: number;
+}
+
 export interface KvStats {
   capacity: number;
   used: number;
@@ -102,6 +130,10 @@ export declare class KvChat {
   onCrash: ((error: KvChatError) => void) | null;
   /** Streams text pieces; the next call reuses the cached prefix. Aborting throws an AbortError. */
   generate(input: string | Message[], opts?: GenerateOptions): AsyncGenerator<string, void, undefined>;
+  /** Many inputs as a batch: `{ index, piece }` events as text arrives, a `done` event per input. */
+  generateBatch(inputs: Array<string | Message[] | ({ input: string | Message[] } & GenerateOptions)>, opts?: BatchOptions): AsyncGenerator<BatchEvent, void, undefined>;
+  /** Aggregate numbers of the last batch. */
+  lastBatchStats?: BatchStats;
   tokenize(text: string): Promise<number[]>;
   detokenize(ids: ArrayLike<number>): Promise<string>;
   stats(): Promise<Stats>;

@@ -133,6 +133,67 @@ export class KvChat {
     }
   }
 
+  /**
+   * Runs many inputs as a batch (continuous batching, one bounded KV cache per sequence,
+   * the prefix every input shares prefilled once). Yields `{ index, piece }` as text arrives
+   * and `{ index, done: true, text, stats, stopReason, generatedTokens }` as each input ends;
+   * `lastBatchStats` holds the aggregate numbers afterwards.
+   * @param {Array<string|object[]|{input: string|object[]}>} inputs prompts, message lists, or `{ input, ...options }` per-input overrides
+   * @param {object} [opts] generate options for every input, plus `batchSize` (default 8),
+   *   `kvWindow` (each sequence's cache, default 512), `kvSinks`, `sharePrefix` (default true), `signal` (aborts all)
+   */
+  async *generateBatch(inputs, opts = {}) {
+    const { signal, ...options } = opts;
+    if (signal?.aborted) throw abortError();
+    if (!Array.isArray(inputs)) throw new KvChatError('generateBatch takes an array of inputs', 'invalid-prompt');
+    if (this.#busy) throw new KvChatError('a generation is already running: wait for it or abort it', 'busy');
+    this.#busy = true;
+    const queue = [];
+    let wake = null;
+    let finished = false;
+    let failure = null;
+    const push = (item) => { queue.push(item); wake?.(); wake = null; };
+    const id = this.#nextId;
+    const texts = new Map();
+    const done = this.#call('generateBatch', { inputs, options }, (m) => {
+      if (m.type === 'batch') {
+        this.lastBatchStats = m.stats;
+        for (const ev of m.events) {
+          if (ev.done) {
+            const text = (texts.get(ev.index) || '') + ev.piece;
+            if (ev.piece) push({ index: ev.index, piece: ev.piece });
+            push({ index: ev.index, done: true, text: ev.result.text ?? text, stats: ev.result.stats, stopReason: ev.result.stopReason, generatedTokens: ev.result.generatedIds.length });
+          } else if (ev.piece) {
+            texts.set(ev.index, (texts.get(ev.index) || '') + ev.piece);
+            push({ index: ev.index, piece: ev.piece });
+          }
+        }
+      } else if (m.type === 'done') { this.lastBatchStats = m.result; this.lastStats = m.stats; finished = true; push(null); }
+      else if (m.type === 'aborted') { failure = abortError(); push(null); }
+    });
+    done.catch((e) => { failure = e; push(null); });
+    const onAbort = () => this.#send('abort', { target: id });
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      for (;;) {
+        if (!queue.length) await new Promise((r) => { wake = r; });
+        const item = queue.shift();
+        if (item === null) {
+          if (failure) throw failure;
+          return;
+        }
+        yield item;
+      }
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      if (!finished && !failure && !this.#crashed) {
+        this.#send('abort', { target: id });
+        await done.catch(() => {});
+      }
+      this.#busy = false;
+    }
+  }
+
   /** Token ids of `text`, special tokens parsed as llama.cpp does. */
   tokenize(text) { return this.#call('tokenize', { text }); }
   /** Text of token ids. */

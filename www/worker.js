@@ -193,9 +193,36 @@ async function generate(msg) {
   }
 }
 
+async function generateBatch(msg) {
+  const { id, inputs, options } = msg;
+  if (!engine) throw fail('no model is loaded', 'invalid-option');
+  if (current) throw fail('a generation is already running: wait for it or abort it', 'busy');
+  current = { id, aborted: false };
+  try {
+    engine.batchStart(inputs, options);
+    for (;;) {
+      await yieldNow();
+      if (current.aborted || !engine) {
+        engine?.abort();
+        post({ type: 'aborted', id });
+        return;
+      }
+      const r = engine.batchStep();
+      if (r.events.length) post({ type: 'batch', id, events: r.events, stats: r.stats });
+      if (r.done) {
+        post({ type: 'done', id, result: r.stats, stats: statsOf() });
+        return;
+      }
+    }
+  } finally {
+    current = null;
+  }
+}
+
 const handlers = {
   load,
   generate,
+  generateBatch,
   abort: async ({ target }) => { if (current && current.id === target) current.aborted = true; return true; },
   tokenize: async ({ text }) => Array.from(engine.tokenize(String(text))),
   detokenize: async ({ ids }) => engine.detokenize(Uint32Array.from(ids)),
@@ -210,7 +237,7 @@ self.onmessage = async (event) => {
   if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string' || !Object.hasOwn(handlers, msg.type)) return;
   try {
     const value = await handlers[msg.type](msg);
-    if (msg.type !== 'generate') post({ type: 'result', id: msg.id, value });
+    if (msg.type !== 'generate' && msg.type !== 'generateBatch') post({ type: 'result', id: msg.id, value });
   } catch (e) {
     const error = errorOf(e);
     post({ type: 'error', id: msg.id, error });

@@ -117,6 +117,32 @@ mod cli {
             #[arg(long)]
             json: bool,
         },
+        /// Run many prompts as a batch. FILE.jsonl: one JSON object per line, {"prompt": "..."}
+        /// (raw text) or {"messages": [{"role": ..., "content": ...}]}, optionally with its own
+        /// "max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "ignore_eos".
+        Batch {
+            #[command(flatten)]
+            m: ModelArgs,
+            #[arg(long)]
+            prompts_file: PathBuf,
+            /// Sequences decoded together.
+            #[arg(long, default_value_t = 8)]
+            batch: usize,
+            /// KV window of each sequence (default: min(--kv-window, 512)).
+            #[arg(long)]
+            seq_window: Option<usize>,
+            #[arg(long, default_value_t = 256)]
+            max_tokens: usize,
+            #[arg(long, default_value_t = 0.0)]
+            temperature: f32,
+            #[arg(long)]
+            ignore_eos: bool,
+            /// Do not prefill the prefix shared by every prompt once.
+            #[arg(long)]
+            no_share_prefix: bool,
+            #[arg(long)]
+            json: bool,
+        },
         /// Prefill and decode speed, median of several runs after a warm-up.
         Bench {
             #[command(flatten)]
@@ -282,6 +308,82 @@ mod cli {
                 } else {
                     eprintln!();
                     println!("tokens {n}  mean_nll {mean:.5}  ppl {:.4}", mean.exp());
+                }
+            }
+            Cmd::Batch { m, prompts_file, batch, seq_window, max_tokens, temperature, ignore_eos, no_share_prefix, json } => {
+                let text = std::fs::read_to_string(&prompts_file).map_err(|e| format!("cannot read {}: {e}", prompts_file.display()))?;
+                let mut engine = load(&m)?;
+                let lines: Vec<serde_json::Value> = text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                    .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", prompts_file.display(), i + 1)))
+                    .collect::<Result<_, _>>()?;
+                let mut messages: Vec<Option<Vec<Message>>> = Vec::new();
+                let mut inputs_opts = Vec::new();
+                for (i, v) in lines.iter().enumerate() {
+                    let msgs = match v.get("messages") {
+                        Some(m) => Some(serde_json::from_value::<Vec<Message>>(m.clone()).map_err(|e| format!("line {}: messages: {e}", i + 1))?),
+                        None if v.get("prompt").and_then(|p| p.as_str()).is_some() => None,
+                        None => return Err(format!("line {}: needs \"prompt\" (a string) or \"messages\"", i + 1).into()),
+                    };
+                    messages.push(msgs);
+                    let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
+                    let sampler = SamplerConfig {
+                        temperature: f("temperature").map(|x| x as f32).unwrap_or(temperature),
+                        top_k: f("top_k").map(|x| x as usize).unwrap_or(0),
+                        top_p: f("top_p").map(|x| x as f32).unwrap_or(1.0),
+                        seed: v.get("seed").and_then(|x| x.as_u64()),
+                        ..Default::default()
+                    };
+                    let stop = v.get("stop").and_then(|s| serde_json::from_value::<Vec<String>>(s.clone()).ok()).unwrap_or_default();
+                    inputs_opts.push(GenerateOptions {
+                        max_tokens: f("max_tokens").map(|x| x as usize).unwrap_or(max_tokens),
+                        sampler,
+                        stop,
+                        ignore_eos: v.get("ignore_eos").and_then(|x| x.as_bool()).unwrap_or(ignore_eos),
+                        no_cache: false,
+                    });
+                }
+                let inputs: Vec<(Prompt, GenerateOptions)> = lines
+                    .iter()
+                    .zip(&messages)
+                    .zip(inputs_opts)
+                    .map(|((v, msgs), o)| match msgs {
+                        Some(m) => (Prompt::Chat(m), o),
+                        None => (Prompt::Raw(v["prompt"].as_str().unwrap_or("")), o),
+                    })
+                    .collect();
+                let kv = KvCacheConfig {
+                    window: seq_window.unwrap_or(m.kv_window.min(512)),
+                    sinks: m.kv_sinks,
+                    dtype: if m.kv_f16 { KvDType::F16 } else { KvDType::F32 },
+                };
+                let bopts = kvchat::BatchOptions { batch_size: batch, kv: Some(kv), share_prefix: !no_share_prefix };
+                let mut b = engine.start_batch(&inputs, bopts)?;
+                while !b.is_done() {
+                    for ev in engine.step_batch(&mut b)? {
+                        if let kvchat::BatchEvent::Done { index, generation: g } = ev {
+                            if json {
+                                println!("{}", serde_json::json!({
+                                    "index": index, "text": g.text, "generated_tokens": g.stats.generated_tokens,
+                                    "stop_reason": g.stop_reason, "time_to_first_token_ms": g.stats.time_to_first_token_ms,
+                                }));
+                            } else {
+                                println!("[{index}] {}\n", g.text.trim());
+                            }
+                        }
+                    }
+                }
+                let st = b.stats();
+                if json {
+                    println!("{}", serde_json::json!({ "batch_stats": st }));
+                } else {
+                    eprintln!(
+                        "{} sequences, batch {}, {} tokens in {:.2} s: {:.1} tok/s overall, {:.1} tok/s in batched decode; {} shared prefix tokens; {:.1} MiB of KV cache per sequence",
+                        st.sequences, st.batch_size, st.generated_tokens, st.elapsed_ms / 1e3, st.tokens_per_sec, st.decode_tokens_per_sec,
+                        st.shared_prefix_tokens, st.kv_bytes_per_sequence as f64 / (1 << 20) as f64
+                    );
                 }
             }
             Cmd::Bench { m, prompt_file, gen, runs, json, profile } => {

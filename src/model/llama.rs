@@ -69,6 +69,7 @@ struct Workspace {
     sink_cos: Vec<f32>,
     sink_sin: Vec<f32>,
     logits: Vec<f32>,
+    positions: Vec<usize>,
     act: QActivations,
     scratch: AttnScratch,
     profile: Option<Profile>,
@@ -183,14 +184,36 @@ impl Llama {
         if t == 0 || t != cache.next_chunk(t) {
             return Err(Error::Backend(format!("chunk of {t} tokens does not fit the cache plan")));
         }
+        self.run(ids, &mut [cache], false, all_logits)
+    }
+
+    /// One decode step for a batch of sequences: token `ids[j]` is the next
+    /// token of the sequence whose cache is `caches[j]`. The matmuls take all
+    /// rows at once (the weights are read once per step for the whole batch);
+    /// each row attends over its own cache. Returns one row of logits per sequence.
+    pub fn forward_batch(&mut self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<&[f32]> {
+        if ids.is_empty() || ids.len() != caches.len() {
+            return Err(Error::Backend(format!("{} tokens for {} sequences", ids.len(), caches.len())));
+        }
+        self.run(ids, caches, true, true)
+    }
+
+    /// The forward pass over `ids`: a chunk of one sequence (`batch` false:
+    /// `caches[0]`, consecutive positions) or one token per sequence (`batch` true).
+    fn run(&mut self, ids: &[u32], caches: &mut [&mut KvCache], batch: bool, all_logits: bool) -> Result<&[f32]> {
+        let t = ids.len();
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
             return Err(Error::InvalidPrompt(format!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size)));
         }
+        let row_cache = |j: usize| if batch { j } else { 0 };
+        let n0 = caches[0].len();
+        let mut positions = std::mem::take(&mut self.ws.positions);
+        positions.clear();
+        positions.extend((0..t).map(|j| if batch { caches[j].len() } else { n0 + j }));
         let c = &self.cfg;
         let (hd, eps, e) = (c.head_dim, c.rms_eps, c.n_embd);
         let (qd, kvd, ff) = (c.n_head * hd, c.n_head_kv * hd, c.n_ff);
         let half = hd / 2;
-        let n0 = cache.len();
         let ws = &mut self.ws;
         for (v, n) in [(&mut ws.x, t * e), (&mut ws.h, t * e), (&mut ws.o, t * e), (&mut ws.q, t * qd), (&mut ws.q_sink, qd), (&mut ws.attn, t * qd)] {
             grow(v, n);
@@ -210,11 +233,11 @@ impl Llama {
                     row.copy_from_slice(&q.embedding(&ids_t)?.flatten_all()?.to_vec1::<f32>()?);
                 }
             }
-            self.rope.angles(n0 + j, &mut ws.cos[j * half..(j + 1) * half], &mut ws.sin[j * half..(j + 1) * half]);
+            self.rope.angles(positions[j], &mut ws.cos[j * half..(j + 1) * half], &mut ws.sin[j * half..(j + 1) * half]);
         }
         grow(&mut ws.sink_cos, half);
         grow(&mut ws.sink_sin, half);
-        self.rope.angles(cache.sink_query_position(), &mut ws.sink_cos[..half], &mut ws.sink_sin[..half]);
+        self.rope.angles(caches[0].sink_query_position(), &mut ws.sink_cos[..half], &mut ws.sink_sin[..half]);
         clock.lap(&mut ws.profile, Op::Other);
 
         for (i, b) in self.blocks.iter().enumerate() {
@@ -227,7 +250,8 @@ impl Llama {
             b.wv.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.v[..t * kvd])?;
             clock.lap(&mut ws.profile, Op::MatmulQkv);
             for j in 0..t {
-                let p = n0 + j;
+                let p = positions[j];
+                let cache = &mut *caches[row_cache(j)];
                 let (cos, sin) = (&ws.cos[j * half..(j + 1) * half], &ws.sin[j * half..(j + 1) * half]);
                 let q = &mut ws.q[j * qd..(j + 1) * qd];
                 let shifted = p >= cache.capacity() && cache.sinks() > 0;
@@ -273,7 +297,13 @@ impl Llama {
             clock.lap(&mut ws.profile, Op::MatmulDown);
             ops::add_assign(&mut ws.x[..t * e], &ws.o[..t * e]);
         }
-        cache.commit(ids);
+        if batch {
+            for (cache, id) in caches.iter_mut().zip(ids) {
+                cache.commit(std::slice::from_ref(id));
+            }
+        } else {
+            caches[0].commit(ids);
+        }
         let first = if all_logits { 0 } else { t - 1 };
         let rows = t - first;
         for j in first..t {
@@ -288,6 +318,7 @@ impl Llama {
         if let Some(p) = &mut ws.profile {
             p.tokens += t;
         }
+        ws.positions = positions;
         Ok(&ws.logits[..rows * vocab])
     }
 }
