@@ -52,6 +52,7 @@ bench: model build-native build-wasm
 	./target/release/kvchat bench --model $(MODEL) --prompt-file $(BENCH_PROMPT) --gen 128 --runs 3 --json --profile
 	CANDLE_NUM_THREADS=2 ./target/release/kvchat bench --model $(MODEL) --prompt-file $(BENCH_PROMPT) --gen 128 --runs 3 --json
 	node scripts/bench-browser.mjs 3
+	node scripts/bench-batch.mjs 1,4,8,16
 	./scripts/bench-wllama.sh
 	@echo "cache vs --no-cache, 256 generated tokens:"
 	@for flag in "" "--no-cache"; do \

@@ -188,7 +188,7 @@ async function updateStats() {
   if (!llm) return;
   let s;
   try { s = await llm.stats(); } catch { return; }
-  el.backend.textContent = s.backend;
+  el.backend.textContent = [s.backend, s.simd, s.threads ? `${s.threads} thread${s.threads > 1 ? 's' : ''}` : null].filter(Boolean).join(' · ');
   el.stat('ttft').textContent = fmt(s.timeToFirstTokenMs, ' ms');
   el.stat('prefill').textContent = fmt(s.prefillTokensPerSec, ' tok/s');
   el.stat('decode').textContent = fmt(s.decodeTokensPerSec, ' tok/s');

@@ -248,7 +248,19 @@ impl QMatrix {
         let nb = self.cols / QK;
         for r in rows {
             let d = &self.d[r * nb..(r + 1) * nb];
-            for t in 0..t_rows {
+            // Four tokens per pass over the row: each weight block is unpacked once.
+            let mut t0 = 0;
+            while t0 + 4 <= t_rows {
+                let ys = [act.row(t0), act.row(t0 + 1), act.row(t0 + 2), act.row(t0 + 3)];
+                let m = if self.format == QFormat::Q4_1 { &self.m[r * nb..(r + 1) * nb] } else { &[][..] };
+                let bw = if self.format == QFormat::Q8_0 { 32 } else { 16 };
+                let v = avx2::dot_x4(self.format, d, m, &self.qs[r * nb * bw..(r + 1) * nb * bw], &ys);
+                for (i, x) in v.into_iter().enumerate() {
+                    out.set((t0 + i) * self.rows + r, x);
+                }
+                t0 += 4;
+            }
+            for t in t0..t_rows {
                 let y = act.row(t);
                 out.set(t * self.rows + r, match self.format {
                     QFormat::Q4_0 => avx2::dot_q4_0(d, &self.qs[r * nb * 16..(r + 1) * nb * 16], &y),
@@ -427,7 +439,7 @@ struct QRow<'a> {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::QRow;
+    use super::{QFormat, QRow};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -484,6 +496,33 @@ mod avx2 {
             acc = _mm256_fmadd_ps(s, us8_pairs(qx, qy), acc);
         }
         hsum(acc) + summs
+    }
+
+    /// One weight row against four activation rows, each block unpacked once;
+    /// per token exactly the arithmetic of `dot_q4_0` / `dot_q4_1` / `dot_q8_0`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_x4(format: QFormat, d: &[f32], m: &[f32], q: &[u8], ys: &[QRow; 4]) -> [f32; 4] {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut summs = [0f32; 4];
+        for b in 0..d.len() {
+            let qx = match format {
+                QFormat::Q4_0 => _mm256_sub_epi8(nibbles(q.as_ptr().add(b * 16)), _mm256_set1_epi8(8)),
+                QFormat::Q4_1 => nibbles(q.as_ptr().add(b * 16)),
+                QFormat::Q8_0 => _mm256_loadu_si256(q.as_ptr().add(b * 32) as *const __m256i),
+            };
+            for (i, y) in ys.iter().enumerate() {
+                let s = _mm256_set1_ps(d[b] * y.d[b]);
+                let qy = _mm256_loadu_si256(y.q.as_ptr().add(b * 32) as *const __m256i);
+                let p = if format == QFormat::Q4_1 {
+                    summs[i] += m[b] * y.s[b];
+                    us8_pairs(qx, qy)
+                } else {
+                    i8_pairs(qx, qy)
+                };
+                acc[i] = _mm256_fmadd_ps(s, p, acc[i]);
+            }
+        }
+        [hsum(acc[0]) + summs[0], hsum(acc[1]) + summs[1], hsum(acc[2]) + summs[2], hsum(acc[3]) + summs[3]]
     }
 
     #[target_feature(enable = "avx2,fma")]
