@@ -182,6 +182,14 @@ fn attend_group<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f
     let (hd, cap) = (a.hd, a.cap);
     for (s, key) in k.chunks_exact(hd).enumerate() {
         let qq = if s < a.sink_until { q_sink } else { q };
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        let d = if hd % 4 == 0 {
+            // SAFETY: qq holds N heads of hd, key one row of hd.
+            unsafe { simd::dot_n::<N>(qq.as_ptr(), key.as_ptr(), hd) }
+        } else {
+            dot_n::<N>(qq, key, hd)
+        };
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
         let d = dot_n::<N>(qq, key, hd);
         for n in 0..N {
             scores[n * cap + s] = d[n] * a.scale;
@@ -195,9 +203,85 @@ fn attend_group<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f
         }
     }
     out.fill(0.0);
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if hd % 4 == 0 {
+        // SAFETY: v holds `used` rows of hd, out N rows of hd, scores N rows of cap >= used.
+        unsafe { simd::weighted_sum::<N>(scores, cap, a.used, v, hd, out) };
+        return;
+    }
     for (s, val) in v.chunks_exact(hd).enumerate() {
         for n in 0..N {
             ops::axpy(scores[n * cap + s], val, &mut out[n * hd..(n + 1) * hd]);
+        }
+    }
+}
+
+/// wasm simd128 attention loops: raw pointers (no bounds checks in the
+/// innermost loops), one f32x4 accumulator per head, four value rows per pass.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd {
+    use core::arch::wasm32::*;
+
+    #[inline(always)]
+    fn hsum(v: v128) -> f32 {
+        (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v)) + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
+    }
+
+    /// The dot products of `N` contiguous query heads with one key; `hd % 4 == 0`.
+    #[inline(always)]
+    pub unsafe fn dot_n<const N: usize>(q: *const f32, key: *const f32, hd: usize) -> [f32; N] {
+        let mut acc = [f32x4_splat(0.0); N];
+        let mut c = 0;
+        while c < hd {
+            let k = v128_load(key.add(c) as *const v128);
+            for n in 0..N {
+                acc[n] = f32x4_add(acc[n], f32x4_mul(v128_load(q.add(n * hd + c) as *const v128), k));
+            }
+            c += 4;
+        }
+        let mut out = [0f32; N];
+        for n in 0..N {
+            out[n] = hsum(acc[n]);
+        }
+        out
+    }
+
+    /// `out[n] = Σ_s p[n][s] · v[s]` over `used` value rows of `hd`.
+    #[inline(always)]
+    pub unsafe fn weighted_sum<const N: usize>(p: &[f32], cap: usize, used: usize, v: &[f32], hd: usize, out: &mut [f32]) {
+        let (pp, vp, op) = (p.as_ptr(), v.as_ptr(), out.as_mut_ptr());
+        let mut s = 0;
+        while s + 4 <= used {
+            for n in 0..N {
+                let w = pp.add(n * cap + s);
+                let (w0, w1, w2, w3) = (f32x4_splat(*w), f32x4_splat(*w.add(1)), f32x4_splat(*w.add(2)), f32x4_splat(*w.add(3)));
+                let o = op.add(n * hd);
+                let mut c = 0;
+                while c < hd {
+                    let r = vp.add(s * hd + c);
+                    let mut acc = v128_load(o.add(c) as *const v128);
+                    acc = f32x4_add(acc, f32x4_mul(w0, v128_load(r as *const v128)));
+                    acc = f32x4_add(acc, f32x4_mul(w1, v128_load(r.add(hd) as *const v128)));
+                    acc = f32x4_add(acc, f32x4_mul(w2, v128_load(r.add(2 * hd) as *const v128)));
+                    acc = f32x4_add(acc, f32x4_mul(w3, v128_load(r.add(3 * hd) as *const v128)));
+                    v128_store(o.add(c) as *mut v128, acc);
+                    c += 4;
+                }
+            }
+            s += 4;
+        }
+        while s < used {
+            for n in 0..N {
+                let w = f32x4_splat(*pp.add(n * cap + s));
+                let o = op.add(n * hd);
+                let mut c = 0;
+                while c < hd {
+                    let acc = f32x4_add(v128_load(o.add(c) as *const v128), f32x4_mul(w, v128_load(vp.add(s * hd + c) as *const v128)));
+                    v128_store(o.add(c) as *mut v128, acc);
+                    c += 4;
+                }
+            }
+            s += 1;
         }
     }
 }
