@@ -95,42 +95,10 @@ export class KvChat {
    */
   async *generate(input, opts = {}) {
     const { signal, ...options } = opts;
-    if (signal?.aborted) throw abortError();
-    if (this.#busy) throw new KvChatError('a generation is already running: wait for it or abort it', 'busy');
-    this.#busy = true;
-    const queue = [];
-    let wake = null;
-    let finished = false;
-    let failure = null;
-    const push = (item) => { queue.push(item); wake?.(); wake = null; };
-    const id = this.#nextId;
-    const done = this.#call('generate', { input, options }, (m) => {
+    yield* this.#stream('generate', { input, options }, signal, (m, push) => {
       if (m.type === 'piece') push(m.piece);
-      else if (m.type === 'done') { this.lastResult = m.result; this.lastStats = m.stats; finished = true; push(null); }
-      else if (m.type === 'aborted') { failure = abortError(); push(null); }
+      else if (m.type === 'done') { this.lastResult = m.result; this.lastStats = m.stats; }
     });
-    done.catch((e) => { failure = e; push(null); });
-    const onAbort = () => this.#send('abort', { target: id });
-    signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      for (;;) {
-        if (!queue.length) await new Promise((r) => { wake = r; });
-        const item = queue.shift();
-        if (item === null) {
-          if (failure) throw failure;
-          return;
-        }
-        yield item;
-      }
-    } finally {
-      signal?.removeEventListener('abort', onAbort);
-      if (!finished && !failure && !this.#crashed) {
-        // The consumer left the loop early: stop the worker too.
-        this.#send('abort', { target: id });
-        await done.catch(() => {});
-      }
-      this.#busy = false;
-    }
   }
 
   /**
@@ -144,41 +112,47 @@ export class KvChat {
    */
   async *generateBatch(inputs, opts = {}) {
     const { signal, ...options } = opts;
-    if (signal?.aborted) throw abortError();
     if (!Array.isArray(inputs)) throw new KvChatError('generateBatch takes an array of inputs', 'invalid-prompt');
+    yield* this.#stream('generateBatch', { inputs, options }, signal, (m, push) => {
+      if (m.type === 'batch') {
+        this.lastBatchStats = m.stats;
+        for (const ev of m.events) {
+          if (ev.piece) push({ index: ev.index, piece: ev.piece });
+          if (ev.done) push({ index: ev.index, done: true, text: ev.result.text, stats: ev.result.stats, stopReason: ev.result.stopReason, generatedTokens: ev.result.generatedIds.length });
+        }
+      } else if (m.type === 'done') { this.lastBatchStats = m.result; this.lastStats = m.stats; }
+    });
+  }
+
+  /**
+   * One streamed request to the worker: `onMessage(m, push)` turns its messages
+   * into yielded items; 'done' ends the stream, 'aborted' throws an AbortError.
+   * Leaving the loop early (or aborting `signal`) stops the worker within one token.
+   */
+  async *#stream(type, payload, signal, onMessage) {
+    if (signal?.aborted) throw abortError();
     if (this.#busy) throw new KvChatError('a generation is already running: wait for it or abort it', 'busy');
     this.#busy = true;
     const queue = [];
     let wake = null;
     let finished = false;
     let failure = null;
+    const END = Symbol('end');
     const push = (item) => { queue.push(item); wake?.(); wake = null; };
     const id = this.#nextId;
-    const texts = new Map();
-    const done = this.#call('generateBatch', { inputs, options }, (m) => {
-      if (m.type === 'batch') {
-        this.lastBatchStats = m.stats;
-        for (const ev of m.events) {
-          if (ev.done) {
-            const text = (texts.get(ev.index) || '') + ev.piece;
-            if (ev.piece) push({ index: ev.index, piece: ev.piece });
-            push({ index: ev.index, done: true, text: ev.result.text ?? text, stats: ev.result.stats, stopReason: ev.result.stopReason, generatedTokens: ev.result.generatedIds.length });
-          } else if (ev.piece) {
-            texts.set(ev.index, (texts.get(ev.index) || '') + ev.piece);
-            push({ index: ev.index, piece: ev.piece });
-          }
-        }
-      } else if (m.type === 'done') { this.lastBatchStats = m.result; this.lastStats = m.stats; finished = true; push(null); }
-      else if (m.type === 'aborted') { failure = abortError(); push(null); }
+    const done = this.#call(type, payload, (m) => {
+      onMessage(m, push);
+      if (m.type === 'done') { finished = true; push(END); }
+      else if (m.type === 'aborted') { failure = abortError(); push(END); }
     });
-    done.catch((e) => { failure = e; push(null); });
+    done.catch((e) => { failure = e; push(END); });
     const onAbort = () => this.#send('abort', { target: id });
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
       for (;;) {
         if (!queue.length) await new Promise((r) => { wake = r; });
         const item = queue.shift();
-        if (item === null) {
+        if (item === END) {
           if (failure) throw failure;
           return;
         }
@@ -187,6 +161,7 @@ export class KvChat {
     } finally {
       signal?.removeEventListener('abort', onAbort);
       if (!finished && !failure && !this.#crashed) {
+        // The consumer left the loop early: stop the worker too.
         this.#send('abort', { target: id });
         await done.catch(() => {});
       }

@@ -167,13 +167,15 @@ async function load(msg) {
   return { info: engine.info(), fromCache, initMs: performance.now() - t0 };
 }
 
-async function generate(msg) {
-  const { id, input, options } = msg;
-  if (!engine) throw Object.assign(new Error('no model is loaded'), { kind: 'invalid-option' });
-  if (current) throw Object.assign(new Error('a generation is already running: wait for it or abort it'), { kind: 'busy' });
+// Runs a generation step by step, yielding to the event loop between steps so
+// an abort message is seen within one token. `step()` posts what it produced
+// and returns true when the generation is over.
+async function drive(id, start, step) {
+  if (!engine) throw fail('no model is loaded', 'invalid-option');
+  if (current) throw fail('a generation is already running: wait for it or abort it', 'busy');
   current = { id, aborted: false };
   try {
-    engine.start(input, options);
+    start();
     for (;;) {
       await yieldNow();
       if (current.aborted || !engine) {
@@ -181,43 +183,26 @@ async function generate(msg) {
         post({ type: 'aborted', id });
         return;
       }
-      const r = engine.step();
-      if (r.piece) post({ type: 'piece', id, piece: r.piece });
-      if (r.done) {
-        post({ type: 'done', id, result: r.result, stats: statsOf() });
-        return;
-      }
+      if (step()) return;
     }
   } finally {
     current = null;
   }
 }
 
-async function generateBatch(msg) {
-  const { id, inputs, options } = msg;
-  if (!engine) throw fail('no model is loaded', 'invalid-option');
-  if (current) throw fail('a generation is already running: wait for it or abort it', 'busy');
-  current = { id, aborted: false };
-  try {
-    engine.batchStart(inputs, options);
-    for (;;) {
-      await yieldNow();
-      if (current.aborted || !engine) {
-        engine?.abort();
-        post({ type: 'aborted', id });
-        return;
-      }
-      const r = engine.batchStep();
-      if (r.events.length) post({ type: 'batch', id, events: r.events, stats: r.stats });
-      if (r.done) {
-        post({ type: 'done', id, result: r.stats, stats: statsOf() });
-        return;
-      }
-    }
-  } finally {
-    current = null;
-  }
-}
+const generate = ({ id, input, options }) => drive(id, () => engine.start(input, options), () => {
+  const r = engine.step();
+  if (r.piece) post({ type: 'piece', id, piece: r.piece });
+  if (r.done) post({ type: 'done', id, result: r.result, stats: statsOf() });
+  return r.done;
+});
+
+const generateBatch = ({ id, inputs, options }) => drive(id, () => engine.batchStart(inputs, options), () => {
+  const r = engine.batchStep();
+  if (r.events.length) post({ type: 'batch', id, events: r.events, stats: r.stats });
+  if (r.done) post({ type: 'done', id, result: r.stats, stats: statsOf() });
+  return r.done;
+});
 
 const handlers = {
   load,
