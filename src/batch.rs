@@ -178,7 +178,7 @@ impl Engine {
             let mut i = 0;
             while i < ids.len() {
                 let n = c.next_chunk(self.options().prefill_chunk.min(ids.len() - i));
-                self.model_mut().forward(&ids[i..i + n], &mut c, false)?;
+                self.model_mut()?.forward(&ids[i..i + n], &mut c, false)?;
                 i += n;
             }
             shared_prefix_tokens = shared;
@@ -234,7 +234,7 @@ impl Engine {
             }
             let total = s.prompt_ids.len();
             let n = cache.next_chunk(chunk.min(total - s.fed));
-            let logits = self.model_mut().forward(&s.prompt_ids[s.fed..s.fed + n], cache, false)?;
+            let logits = self.model_mut()?.forward(&s.prompt_ids[s.fed..s.fed + n], cache, false)?;
             s.fed += n;
             if s.fed == total {
                 s.logits = Some(logits.to_vec());
@@ -278,7 +278,7 @@ impl Engine {
             let t0 = Instant::now();
             let ids: Vec<u32> = rows.iter().map(|r| r.1).collect();
             let mut caches: Vec<&mut KvCache> = b.caches.iter_mut().enumerate().filter(|(i, _)| rows.iter().any(|r| r.0 == *i)).map(|(_, c)| c).collect();
-            let logits = self.model_mut().forward_batch(&ids, &mut caches)?;
+            let logits = self.model_mut()?.forward_batch(&ids, &mut caches)?;
             let vocab = logits.len() / rows.len();
             for (j, &(i, _)) in rows.iter().enumerate() {
                 if let Some(run) = &mut b.slots[i] {

@@ -11,7 +11,9 @@ use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::kv_cache::{KvCache, KvCacheConfig, KvDType, KvStats};
 use crate::model::profile::Op;
-use crate::model::{Llama, LlamaConfig, Profile};
+use crate::backend::webgpu::{AdapterInfo, GpuContext};
+use crate::model::gpu::{GpuOutput, Readback, GPU_MAX_CHUNK};
+use crate::model::{GpuLlama, Llama, LlamaConfig, Profile};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::{IncrementalEncoder, StreamDecoder, Tokenizer};
 use crate::backend::cpu::ops;
@@ -112,8 +114,18 @@ pub struct Generation {
     pub kv: KvStats,
 }
 
+/// The forward pass the engine runs on.
+enum Net {
+    Cpu(Llama),
+    /// The GPU model, and the file's bytes so the engine can move to the CPU
+    /// when the device is lost.
+    Gpu(Box<GpuLlama>, std::sync::Arc<Vec<u8>>),
+}
+
 pub struct Engine {
-    model: Llama,
+    net: Net,
+    /// Why the engine left the GPU, once it has.
+    fallback: Option<String>,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     cache: KvCache,
@@ -125,13 +137,24 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("config", self.model.config()).field("kv", &self.cache.stats()).finish()
+        f.debug_struct("Engine").field("backend", &self.backend()).field("config", self.config()).field("kv", &self.cache.stats()).finish()
     }
 }
 
 impl Engine {
     /// Loads a model from the bytes of a GGUF file.
     pub fn load(bytes: &[u8], opts: EngineOptions) -> Result<Self> {
+        Self::load_on(bytes, opts, None)
+    }
+
+    /// Loads a model onto the GPU of `ctx` (WebGPU kernels for the whole forward
+    /// pass). The engine keeps the file's bytes: if the device is lost it moves
+    /// to the CPU and rebuilds the cache from the token history.
+    pub fn load_gpu(bytes: &[u8], opts: EngineOptions, ctx: &GpuContext) -> Result<Self> {
+        Self::load_on(bytes, opts, Some(ctx))
+    }
+
+    fn load_on(bytes: &[u8], opts: EngineOptions, gpu: Option<&GpuContext>) -> Result<Self> {
         let mut opts = opts;
         if opts.prefill_chunk == 0 {
             return Err(Error::InvalidOption("prefill_chunk must be at least 1".into()));
@@ -168,17 +191,137 @@ impl Engine {
             }
             None => None,
         };
-        let device = Device::Cpu;
-        let model = Llama::load(&g, cfg.clone(), &device)?;
-        let cache = KvCache::new(opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim)?;
-        Ok(Self { model, tokenizer, template, cache, opts, last: GenerationStats::default(), encoder: IncrementalEncoder::default() })
+        let (net, cache) = match gpu {
+            None => (Net::Cpu(Llama::load(&g, cfg.clone(), &Device::Cpu)?), KvCache::new(opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim)?),
+            Some(ctx) => (
+                Net::Gpu(Box::new(GpuLlama::load(&g, cfg.clone(), opts.kv, ctx)?), std::sync::Arc::new(bytes.to_vec())),
+                KvCache::without_storage(opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim)?,
+            ),
+        };
+        Ok(Self { net, fallback: None, tokenizer, template, cache, opts, last: GenerationStats::default(), encoder: IncrementalEncoder::default() })
     }
 
     pub fn config(&self) -> &LlamaConfig {
-        self.model.config()
+        match &self.net {
+            Net::Cpu(m) => m.config(),
+            Net::Gpu(m, _) => m.config(),
+        }
     }
-    pub(crate) fn model_mut(&mut self) -> &mut Llama {
-        &mut self.model
+    /// The CPU model (batches and profiles run on it).
+    pub(crate) fn model_mut(&mut self) -> Result<&mut Llama> {
+        match &mut self.net {
+            Net::Cpu(m) => Ok(m),
+            Net::Gpu(..) => Err(Error::Unsupported("batches run on the CPU backend; load with backend 'cpu'".into())),
+        }
+    }
+
+    /// `"webgpu"` or `"cpu"`.
+    pub fn backend(&self) -> &'static str {
+        match &self.net {
+            Net::Cpu(_) => "cpu",
+            Net::Gpu(..) => "webgpu",
+        }
+    }
+    /// The GPU adapter, while the engine runs on one.
+    pub fn adapter(&self) -> Option<&AdapterInfo> {
+        match &self.net {
+            Net::Gpu(m, _) => Some(&m.context().info),
+            Net::Cpu(_) => None,
+        }
+    }
+    /// Why the engine moved from the GPU to the CPU, if it did.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+    /// Dispatches and bytes read back by the GPU's last step.
+    pub fn gpu_step_costs(&self) -> Option<(usize, usize)> {
+        match &self.net {
+            Net::Gpu(m, _) => Some((m.last_dispatches, m.last_readback_bytes)),
+            Net::Cpu(_) => None,
+        }
+    }
+    /// Destroys the GPU device (tests of the device-lost fallback).
+    pub fn lose_gpu_device(&self) {
+        if let Net::Gpu(m, _) = &self.net {
+            m.context().destroy();
+        }
+    }
+    /// True when a GPU step's result can be collected without waiting (always
+    /// on the CPU). The browser awaits this between [`step`](Self::step)s that
+    /// returned [`Step::Waiting`].
+    pub fn gpu_ready(&self) -> bool {
+        match &self.net {
+            Net::Gpu(m, _) => {
+                m.poll();
+                m.ready()
+            }
+            Net::Cpu(_) => true,
+        }
+    }
+
+    /// Moves to the CPU backend (the GPU device was lost): loads the weights
+    /// from the kept bytes and rebuilds the cache by feeding its token history
+    /// (the bounded cache evicts exactly as before). Returns the last token's logits.
+    fn fall_back_to_cpu(&mut self, why: &Error) -> Result<Option<Vec<f32>>> {
+        let Net::Gpu(_, bytes) = &self.net else { return Ok(None) };
+        let bytes = bytes.clone();
+        let g = Gguf::parse(&bytes)?;
+        let cfg = self.config().clone();
+        let model = Llama::load(&g, cfg.clone(), &Device::Cpu)?;
+        let history = self.cache.tokens().to_vec();
+        self.cache = KvCache::new(self.opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim)?;
+        self.net = Net::Cpu(model);
+        self.fallback = Some(format!("{why}; continuing on the CPU"));
+        if history.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.feed(&history, &mut || true)?))
+    }
+
+    /// The largest chunk the backend runs at once.
+    fn chunk_limit(&self) -> usize {
+        match &self.net {
+            Net::Cpu(_) => self.opts.prefill_chunk,
+            Net::Gpu(..) => self.opts.prefill_chunk.min(GPU_MAX_CHUNK),
+        }
+    }
+
+    /// Runs one planned chunk and returns its logits (every row or the last),
+    /// blocking on the GPU. A lost device moves the engine to the CPU and the
+    /// chunk is recomputed there.
+    fn forward(&mut self, ids: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        match &mut self.net {
+            Net::Cpu(m) => Ok(m.forward(ids, &mut self.cache, all_logits)?.to_vec()),
+            Net::Gpu(m, _) => {
+                let rb = if all_logits { Readback::AllLogits } else { Readback::LastLogits };
+                let before = self.cache.len();
+                let r = m.submit(ids, &mut self.cache, rb).and_then(|_| {
+                    m.wait()?;
+                    m.take()
+                });
+                match r {
+                    Ok(GpuOutput::Logits(l)) => Ok(l),
+                    Ok(GpuOutput::Token(_)) => Err(Error::Backend("the GPU returned a token for a logits request".into())),
+                    Err(e @ Error::DeviceLost(_)) => {
+                        let keep = self.cache.tokens()[..before.min(self.cache.len())].to_vec();
+                        self.fall_back_to_cpu_with(&e, &keep)?;
+                        self.forward(ids, all_logits)
+                    }
+                    Err(e) => {
+                        m.discard();
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`fall_back_to_cpu`](Self::fall_back_to_cpu) with the history cut to `keep`.
+    fn fall_back_to_cpu_with(&mut self, why: &Error, keep: &[u32]) -> Result<()> {
+        self.cache.reset();
+        self.cache.commit(keep);
+        self.fall_back_to_cpu(why)?;
+        Ok(())
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -202,15 +345,23 @@ impl Engine {
     }
     /// Switches the forward pass's per-operation timing on (fresh) or off.
     pub fn set_profiling(&mut self, on: bool) {
-        self.model.set_profiling(on);
+        if let Net::Cpu(m) = &mut self.net {
+            m.set_profiling(on);
+        }
     }
-    /// Where the forward pass's time went since profiling was switched on.
+    /// Where the forward pass's time went since profiling was switched on (CPU backend).
     pub fn profile(&self) -> Option<&Profile> {
-        self.model.profile()
+        match &self.net {
+            Net::Cpu(m) => m.profile(),
+            Net::Gpu(..) => None,
+        }
     }
 
     pub fn weight_bytes(&self) -> usize {
-        self.model.weight_bytes()
+        match &self.net {
+            Net::Cpu(m) => m.weight_bytes(),
+            Net::Gpu(m, _) => m.weight_bytes(),
+        }
     }
 
     /// Empties the cache and the history.
@@ -309,10 +460,10 @@ impl Engine {
             if !keep_going() {
                 return Err(Error::Aborted);
             }
-            let n = self.cache.next_chunk(self.opts.prefill_chunk.min(ids.len() - i));
-            let logits = self.model.forward(&ids[i..i + n], &mut self.cache, false);
+            let n = self.cache.next_chunk(self.chunk_limit().min(ids.len() - i));
+            let logits = self.forward(&ids[i..i + n], false);
             match logits {
-                Ok(l) if i + n == ids.len() => last = Some(l.to_vec()),
+                Ok(l) if i + n == ids.len() => last = Some(l),
                 Ok(_) => {}
                 Err(e) => {
                     self.cache.reset();
@@ -341,8 +492,8 @@ impl Engine {
         self.cache.reset();
         let mut i = 0;
         while i < ids.len() {
-            let n = self.cache.next_chunk(self.opts.prefill_chunk.min(ids.len() - i));
-            match self.model.forward(&ids[i..i + n], &mut self.cache, true) {
+            let n = self.cache.next_chunk(self.chunk_limit().min(ids.len() - i));
+            match self.forward(&ids[i..i + n], true) {
                 Ok(l) => on_chunk(i, &l)?,
                 Err(e) => {
                     self.cache.reset();
@@ -357,7 +508,7 @@ impl Engine {
     /// The logits after every token of `ids`, fed through the bounded cache from empty.
     pub fn logits_all(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(ids.len());
-        let vocab = self.model.config().vocab_size;
+        let vocab = self.config().vocab_size;
         self.feed_all(ids, &mut |_, l| {
             out.extend(l.chunks_exact(vocab).map(<[f32]>::to_vec));
             Ok(())
@@ -374,7 +525,7 @@ impl Engine {
         let mut nll = 0.0f64;
         let mut scored = 0usize;
         let inputs = &ids[..ids.len() - 1];
-        let vocab = self.model.config().vocab_size;
+        let vocab = self.config().vocab_size;
         self.feed_all(inputs, &mut |start, logits| {
             let n = logits.len() / vocab;
             for (j, row) in logits.chunks_exact(vocab).enumerate() {
@@ -401,7 +552,7 @@ impl Engine {
         let mut session = self.start(prompt, opts)?;
         loop {
             match self.step(&mut session)? {
-                Step::Working => {
+                Step::Working | Step::Waiting => {
                     if !on_piece("") {
                         return Err(Error::Aborted);
                     }
@@ -439,24 +590,52 @@ impl Engine {
         Ok(Session::new(prompt_ids, reused, sampler, opts, started))
     }
 
-    /// Advances `session` by one prefill chunk or one generated token.
+    /// Advances `session` by one prefill chunk or one generated token. On the
+    /// GPU a step submits work and the next step collects it: in the browser a
+    /// step may return [`Step::Waiting`] (await [`gpu_ready`](Self::gpu_ready),
+    /// then step again); native code blocks instead.
     pub fn step(&mut self, s: &mut Session) -> Result<Step> {
         if s.done {
             return Err(Error::InvalidOption("this generation has finished".into()));
         }
         // The session must still own the cache: another request in between would have changed it.
-        let owned = if s.logits.is_some() { &s.history[..] } else { &s.prompt_ids[..s.fed] };
+        let owned = if s.decoding { &s.history[..] } else { &s.prompt_ids[..s.fed] };
         if self.cache.tokens() != owned {
             s.done = true;
             return Err(Error::InvalidOption("another request used the engine during this generation".into()));
         }
+        if s.opts.no_cache && matches!(self.net, Net::Gpu(..)) {
+            s.done = true;
+            return Err(Error::InvalidOption("no_cache runs on the CPU backend only".into()));
+        }
+        // The GPU step in flight, if any.
+        if let Some(out) = self.collect_gpu(s)? {
+            if s.wants_result {
+                s.wants_result = false;
+                match out {
+                    GpuOutput::Token(t) => {
+                        s.next_token = Some(t);
+                        s.logits = Some(Vec::new());
+                    }
+                    GpuOutput::Logits(l) => s.logits = Some(l),
+                }
+            }
+        } else if s.wants_result {
+            return Ok(Step::Waiting);
+        }
         // Prefill, one chunk per step.
-        if s.logits.is_none() {
+        if !s.decoding {
             let total = s.prompt_ids.len();
-            let n = self.cache.next_chunk(self.opts.prefill_chunk.min(total - s.fed));
-            let logits = self.forward_chunk(&s.prompt_ids[s.fed..s.fed + n])?;
-            s.fed += n;
             if s.fed < total {
+                let n = self.cache.next_chunk(self.chunk_limit().min(total - s.fed));
+                let last = s.fed + n == total;
+                let chunk = s.prompt_ids[s.fed..s.fed + n].to_vec();
+                self.feed_step(s, &chunk, last)?;
+                s.fed += n;
+                if !last || s.logits.is_none() {
+                    return Ok(Step::Working);
+                }
+            } else if s.logits.is_none() {
                 return Ok(Step::Working);
             }
             s.stats.prefill_ms = ms(s.started);
@@ -464,14 +643,19 @@ impl Engine {
             if s.opts.max_tokens == 0 {
                 return Ok(self.finish(s, Some(StopReason::Length)));
             }
-            s.logits = Some(logits);
+            s.decoding = true;
             s.decode_started = Some(Instant::now());
         }
-        // Decode: sample from the pending logits, emit, feed the token.
-        let mut logits = s.logits.take().unwrap_or_default();
+        // Decode: sample from the pending logits (or take the GPU's greedy token), emit, feed the token.
+        let Some(mut logits) = s.logits.take() else { return Ok(Step::Working) };
         let t0 = Instant::now();
-        let advanced = s.advance(&self.tokenizer, &mut logits);
-        self.model.profile_add(Op::Sampling, t0.elapsed().as_secs_f64());
+        let advanced = match s.next_token.take() {
+            Some(tok) => s.accept(&self.tokenizer, tok),
+            None => s.advance(&self.tokenizer, &mut logits),
+        };
+        if let Net::Cpu(m) = &mut self.net {
+            m.profile_add(Op::Sampling, t0.elapsed().as_secs_f64());
+        }
         let (tok, piece) = match advanced {
             Advance::Finished(reason) => return Ok(self.finish(s, reason)),
             Advance::Token { token, piece } => (token, piece),
@@ -479,31 +663,111 @@ impl Engine {
         if s.opts.no_cache {
             self.cache.reset();
             let hist = s.history.clone();
-            logits = self.feed(&hist, &mut || true)?;
+            s.logits = Some(self.feed(&hist, &mut || true)?);
         } else {
-            // The logits buffer is reused: a decode step allocates nothing.
-            match self.model.forward(&[tok], &mut self.cache, false) {
-                Ok(l) => {
-                    logits.clear();
-                    logits.extend_from_slice(l);
-                }
-                Err(e) => {
-                    self.cache.reset();
-                    return Err(e);
-                }
+            match &mut self.net {
+                // The logits buffer is reused: a decode step allocates nothing.
+                Net::Cpu(m) => match m.forward(&[tok], &mut self.cache, false) {
+                    Ok(l) => {
+                        logits.clear();
+                        logits.extend_from_slice(l);
+                        s.logits = Some(logits);
+                    }
+                    Err(e) => {
+                        self.cache.reset();
+                        return Err(e);
+                    }
+                },
+                Net::Gpu(..) => self.feed_step(s, &[tok], true)?,
             }
         }
-        s.logits = Some(logits);
         Ok(match piece {
             Some(p) => Step::Piece(p),
             None => Step::Working,
         })
     }
 
+    /// What the GPU should read back for this session's next token: 8 bytes
+    /// when the choice is greedy, the last row of logits otherwise.
+    fn readback_for(s: &Session) -> Readback {
+        let c = &s.opts.sampler;
+        if c.temperature == 0.0 && (c.repeat_penalty == 1.0 || c.repeat_last_n == 0) {
+            Readback::Argmax
+        } else {
+            Readback::LastLogits
+        }
+    }
+
+    /// Feeds one planned chunk for `s`: on the CPU the logits (if `wanted`)
+    /// are in `s.logits` on return; on the GPU the work is submitted and the
+    /// result collected by the next step.
+    fn feed_step(&mut self, s: &mut Session, ids: &[u32], wanted: bool) -> Result<()> {
+        match &mut self.net {
+            Net::Cpu(_) => {
+                let l = self.forward_chunk(ids)?;
+                if wanted {
+                    s.logits = Some(l);
+                }
+                Ok(())
+            }
+            Net::Gpu(m, _) => {
+                let rb = if wanted { Self::readback_for(s) } else { Readback::Argmax };
+                match m.submit(ids, &mut self.cache, rb) {
+                    Ok(()) => {
+                        s.wants_result = wanted;
+                        Ok(())
+                    }
+                    Err(e @ Error::DeviceLost(_)) => {
+                        let keep = self.cache.tokens().to_vec();
+                        self.fall_back_to_cpu_with(&e, &keep)?;
+                        self.feed_step(s, ids, wanted)
+                    }
+                    Err(e) => {
+                        self.cache.reset();
+                        s.done = true;
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Collects the GPU step in flight: `None` when there is none, or (in the
+    /// browser) when it has not finished yet. A lost device moves the engine to
+    /// the CPU, which recomputes the result from the cache's history.
+    fn collect_gpu(&mut self, s: &mut Session) -> Result<Option<GpuOutput>> {
+        let Net::Gpu(m, _) = &mut self.net else { return Ok(None) };
+        if !m.in_flight() {
+            return Ok(None);
+        }
+        if !m.ready() {
+            m.wait()?;
+            m.poll();
+            if !m.ready() {
+                return Ok(None);
+            }
+        }
+        match m.take() {
+            Ok(out) => Ok(Some(out)),
+            Err(e @ Error::DeviceLost(_)) => {
+                let keep = self.cache.tokens().to_vec();
+                self.cache.reset();
+                self.cache.commit(&keep);
+                let logits = self.fall_back_to_cpu(&e)?.unwrap_or_default();
+                Ok(Some(GpuOutput::Logits(logits)))
+            }
+            Err(e) => {
+                self.cache.reset();
+                s.done = true;
+                Err(e)
+            }
+        }
+    }
+
     /// Runs one planned chunk, returning the last token's logits; on failure the cache is emptied.
     fn forward_chunk(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
-        match self.model.forward(ids, &mut self.cache, false) {
-            Ok(l) => Ok(l.to_vec()),
+        match self.forward(ids, false) {
+            Ok(l) => Ok(l),
             Err(e) => {
                 self.cache.reset();
                 Err(e)
@@ -544,6 +808,12 @@ pub struct Session {
     pub(crate) started: Instant,
     pub(crate) decode_started: Option<Instant>,
     pub(crate) done: bool,
+    /// The prompt is in the cache and tokens are being generated.
+    pub(crate) decoding: bool,
+    /// The GPU's greedy choice for the next token (instead of logits).
+    pub(crate) next_token: Option<u32>,
+    /// A GPU step in flight will produce this session's next logits.
+    pub(crate) wants_result: bool,
 }
 
 impl Session {
@@ -564,6 +834,9 @@ impl Session {
             started,
             decode_started: None,
             done: false,
+            decoding: false,
+            next_token: None,
+            wants_result: false,
         }
     }
 
@@ -571,6 +844,11 @@ impl Session {
     /// (end-of-generation token, stop strings, `max_tokens`).
     pub(crate) fn advance(&mut self, tokenizer: &Tokenizer, logits: &mut [f32]) -> Advance {
         let tok = self.sampler.sample(logits, &self.history);
+        self.accept(tokenizer, tok)
+    }
+
+    /// Applies the stop rules to a chosen token (see [`advance`](Self::advance)).
+    pub(crate) fn accept(&mut self, tokenizer: &Tokenizer, tok: u32) -> Advance {
         if self.generated.is_empty() {
             self.stats.time_to_first_token_ms = ms(self.started);
         }
@@ -636,6 +914,9 @@ impl Session {
 pub enum Step {
     /// A prefill chunk ran, or a token was held back (it may start a stop string).
     Working,
+    /// The GPU has not finished the step in flight (browser only): await
+    /// [`Engine::gpu_ready`] and step again.
+    Waiting,
     /// New text.
     Piece(String),
     /// The generation ended; `final_piece` holds any text not yet streamed.

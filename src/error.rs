@@ -34,6 +34,12 @@ pub enum Error {
     /// The caller cancelled the generation.
     #[error("generation aborted")]
     Aborted,
+    /// The WebGPU backend could not start or run (no adapter, too small, a failed step).
+    #[error("WebGPU: {0}")]
+    Gpu(String),
+    /// The GPU device was lost mid-conversation (the engine can continue on the CPU).
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
     /// An error inside the tensor library: a bug in kvchat if it ever reaches a user.
     #[error("tensor backend: {0}")]
     Backend(String),
@@ -53,6 +59,8 @@ impl Error {
             Error::InvalidOption(_) => "invalid-option",
             Error::InvalidPrompt(_) => "invalid-prompt",
             Error::Aborted => "aborted",
+            Error::Gpu(_) => "gpu",
+            Error::DeviceLost(_) => "device-lost",
             Error::Backend(_) => "backend",
         }
     }

@@ -342,6 +342,7 @@ pub struct KvCache {
     tokens: Vec<u32>,
     n_kv: usize,
     head_dim: usize,
+    n_layer: usize,
 }
 
 impl KvCache {
@@ -349,7 +350,14 @@ impl KvCache {
         cfg.validate()?;
         let n = n_kv * cfg.window * head_dim;
         let layers = (0..n_layer).map(|_| LayerCache { k: Store::new(cfg.dtype, n), v: Store::new(cfg.dtype, n) }).collect();
-        Ok(Self { cfg, layers, tokens: Vec::new(), n_kv, head_dim })
+        Ok(Self { cfg, layers, tokens: Vec::new(), n_kv, head_dim, n_layer })
+    }
+
+    /// The policy alone (slots, sinks, eviction, prefix reuse) for a cache whose
+    /// keys and values live elsewhere (the GPU backend's buffers).
+    pub fn without_storage(cfg: KvCacheConfig, n_layer: usize, n_kv: usize, head_dim: usize) -> Result<Self> {
+        cfg.validate()?;
+        Ok(Self { cfg, layers: Vec::new(), tokens: Vec::new(), n_kv, head_dim, n_layer })
     }
 
     pub fn config(&self) -> KvCacheConfig {
@@ -384,7 +392,7 @@ impl KvCache {
     }
     /// Bytes held by the preallocated K/V storage.
     pub fn bytes(&self) -> usize {
-        self.layers.len() * 2 * self.n_kv * self.cfg.window * self.head_dim * self.cfg.dtype.size()
+        self.n_layer * 2 * self.n_kv * self.cfg.window * self.head_dim * self.cfg.dtype.size()
     }
     pub fn stats(&self) -> KvStats {
         KvStats {
@@ -410,7 +418,7 @@ impl KvCache {
     /// yet): its tokens and the keys and values of the slots in use. Batches
     /// prefill a shared prompt prefix once and start each sequence from a copy.
     pub fn copy_from(&mut self, other: &KvCache) -> Result<()> {
-        if other.cfg != self.cfg || other.layers.len() != self.layers.len() || other.n_kv != self.n_kv || other.head_dim != self.head_dim {
+        if other.cfg != self.cfg || other.layers.len() != self.layers.len() || self.layers.len() != self.n_layer || other.n_kv != self.n_kv || other.head_dim != self.head_dim {
             return Err(Error::Backend("copy between caches of different shapes".into()));
         }
         if other.evicted() > 0 {

@@ -45,6 +45,9 @@ mod cli {
         /// Store K/V as f16 instead of f32.
         #[arg(long)]
         kv_f16: bool,
+        /// `cpu`, `webgpu` (wgpu: Vulkan/Metal/DX12) or `auto` (the GPU when one is found).
+        #[arg(long, default_value = "cpu")]
+        backend: String,
     }
 
     #[derive(Subcommand)]
@@ -173,7 +176,21 @@ mod cli {
             },
             ..Default::default()
         };
-        Ok(Engine::load(&bytes, opts)?)
+        match m.backend.as_str() {
+            "cpu" => Ok(Engine::load(&bytes, opts)?),
+            "webgpu" | "auto" => match kvchat::backend::webgpu::GpuContext::new_blocking().and_then(|ctx| Engine::load_gpu(&bytes, opts.clone(), &ctx)) {
+                Ok(e) => {
+                    eprintln!("backend: webgpu on {}", e.adapter().map(|a| a.name.as_str()).unwrap_or("?"));
+                    Ok(e)
+                }
+                Err(err) if m.backend == "auto" => {
+                    eprintln!("backend: cpu (no usable GPU: {err})");
+                    Ok(Engine::load(&bytes, opts)?)
+                }
+                Err(err) => Err(err.into()),
+            },
+            other => Err(format!("--backend must be cpu, webgpu or auto (got `{other}`)").into()),
+        }
     }
 
     fn text_arg(text: Option<String>, file: Option<PathBuf>, what: &str) -> R<String> {

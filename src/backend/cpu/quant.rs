@@ -11,7 +11,7 @@ use std::ops::Range;
 pub const QK: usize = 32;
 
 /// Weight formats with a kernel here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QFormat {
     Q4_0,
     Q4_1,
@@ -362,6 +362,12 @@ pub struct QActivations {
 }
 
 impl QActivations {
+    /// The last quantized activations: bytes, scales `d` (f16-rounded), `s`
+    /// (f16-rounded `d * Σq`) and `sx` (`Σq * d`), one of each per block.
+    pub fn quantized(&self) -> (&[i8], &[f32], &[f32], &[f32]) {
+        (&self.q, &self.d, &self.s, &self.sx)
+    }
+
     fn quantize(&mut self, x: &[f32], t_rows: usize, cols: usize) {
         let nb = cols / QK;
         self.cols = cols;

@@ -1,0 +1,86 @@
+//! Single kernels run on their own, for the tests that hold every kernel to
+//! the CPU reference (`tests/webgpu.rs`). Not used by the forward pass.
+
+use super::kernels::QuantMode;
+use super::{GpuContext, GpuMatrix, Kernels};
+use crate::backend::cpu::quant::QK;
+use crate::error::{Error, Result};
+use wgpu::util::DeviceExt;
+
+fn buf(ctx: &GpuContext, data: &[u8], extra: wgpu::BufferUsages) -> wgpu::Buffer {
+    let mut v = data.to_vec();
+    v.resize(v.len().max(16), 0);
+    ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: &v, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | extra })
+}
+
+fn uni(ctx: &GpuContext, w: &[u32]) -> wgpu::Buffer {
+    let mut v = w.to_vec();
+    v.resize(8, 0);
+    ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytemuck::cast_slice(&v), usage: wgpu::BufferUsages::UNIFORM })
+}
+
+fn read(ctx: &GpuContext, b: &wgpu::Buffer, bytes: usize) -> Result<Vec<u8>> {
+    let rb = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: bytes as u64, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(b, 0, &rb, 0, bytes as u64);
+    ctx.queue.submit([enc.finish()]);
+    rb.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+    #[cfg(not(target_arch = "wasm32"))]
+    ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(e.to_string()))?;
+    let v = rb.slice(..).get_mapped_range().map_err(|e| Error::Gpu(e.to_string()))?.to_vec();
+    Ok(v)
+}
+
+/// How the activations reach the matmul.
+pub enum Input<'a> {
+    /// `x` as it is (`[t, cols]`).
+    Plain,
+    /// RMSNorm with these weights and epsilon first.
+    Norm(&'a [f32], f32),
+    /// `x` is `[t, 2 cols]`, gate then up: SiLU(gate) * up.
+    Silu,
+}
+
+/// `t` rows of `x` prepared as `input` says, quantized to Q8 and multiplied
+/// by `m`: `[t, m.rows]`. Also returns the quantized activations (bytes, then
+/// d, s, sx per block).
+pub fn matmul(ctx: &GpuContext, m: &GpuMatrix, x: &[f32], t: usize, input: Input) -> Result<(Vec<f32>, Vec<i8>, Vec<f32>)> {
+    let mut k = Kernels::new(ctx, false);
+    let cols = m.cols;
+    let nb = cols / QK;
+    let step = uni(ctx, &[t as u32, 0, t as u32, 0]);
+    let xb = buf(ctx, bytemuck::cast_slice(x), wgpu::BufferUsages::empty());
+    let ones = vec![1f32; cols];
+    let (w, eps, mode, stride) = match input {
+        Input::Norm(w, eps) => (w, eps, QuantMode::Norm, cols),
+        Input::Plain => (&ones[..], 0.0, QuantMode::Plain, cols),
+        Input::Silu => (&ones[..], 0.0, QuantMode::Silu, 2 * cols),
+    };
+    let wb = buf(ctx, bytemuck::cast_slice(w), wgpu::BufferUsages::empty());
+    let aq = buf(ctx, &vec![0u8; t * cols], wgpu::BufferUsages::empty());
+    let asc = buf(ctx, &vec![0u8; t * nb * 12], wgpu::BufferUsages::empty());
+    let out = buf(ctx, &vec![0u8; t * m.rows * 4], wgpu::BufferUsages::empty());
+    let qp = uni(ctx, &[cols as u32, stride as u32, cols as u32, 0, eps.to_bits()]);
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut cp = enc.begin_compute_pass(&Default::default());
+        let kq = k.quant(mode);
+        let g = kq.bind(ctx, &[&qp, &step, &xb, &wb, &aq, &asc]);
+        cp.set_pipeline(&kq.pipeline);
+        cp.set_bind_group(0, &g, &[]);
+        cp.dispatch_workgroups(t as u32, 1, 1);
+        for part in &m.parts {
+            let mp = uni(ctx, &[part.rows as u32, nb as u32, m.rows as u32, part.row_start as u32, 0]);
+            let km = k.matmul(m.format, false);
+            let g = km.bind(ctx, &[&mp, &step, &part.qs, &part.ws, &aq, &asc, &out]);
+            cp.set_pipeline(&km.pipeline);
+            cp.set_bind_group(0, &g, &[]);
+            cp.dispatch_workgroups(part.rows.div_ceil(64) as u32, t.div_ceil(4) as u32, 1);
+        }
+    }
+    ctx.queue.submit([enc.finish()]);
+    let y: Vec<f32> = bytemuck::cast_slice(&read(ctx, &out, t * m.rows * 4)?).to_vec();
+    let q: Vec<i8> = bytemuck::cast_slice(&read(ctx, &aq, t * cols)?).to_vec();
+    let s: Vec<f32> = bytemuck::cast_slice(&read(ctx, &asc, t * nb * 12)?).to_vec();
+    Ok((y, q, s))
+}

@@ -1,0 +1,49 @@
+// Token embedding: dequantizes the rows of `ids` (those inside this part of the
+// matrix, rows row_start..row_start+rows) into x. One workgroup per token.
+
+override FORMAT: u32 = 0u;
+
+struct Params {
+    cols: u32,
+    row_start: u32,
+    rows: u32,
+    _p0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> ids: array<u32>;
+@group(0) @binding(3) var<storage, read> qs: array<u32>;
+@group(0) @binding(4) var<storage, read> ws: array<f32>;
+@group(0) @binding(5) var<storage, read_write> x: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let j = wg.x;
+    let id = ids[j];
+    if id < p.row_start || id >= p.row_start + p.rows {
+        return;
+    }
+    let r = id - p.row_start;
+    let nb = p.cols / 32u;
+    for (var i = lid; i < p.cols; i += 64u) {
+        let wi = r * nb + i / 32u;
+        let v = i % 32u;
+        let d = ws[2u * wi];
+        var y: f32;
+        if FORMAT == 2u {
+            let word = bitcast<i32>(qs[wi * 8u + v / 4u]);
+            y = f32(extractBits(word, 8u * (v % 4u), 8u)) * d;
+        } else {
+            let byte = v % 16u;
+            let word = qs[wi * 4u + byte / 4u];
+            let nib = (word >> (8u * (byte % 4u) + 4u * (v / 16u))) & 0xfu;
+            if FORMAT == 0u {
+                y = (f32(nib) - 8.0) * d;
+            } else {
+                y = f32(nib) * d + ws[2u * wi + 1u];
+            }
+        }
+        x[j * p.cols + i] = y;
+    }
+}
