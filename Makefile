@@ -36,7 +36,7 @@ serve: build
 test: setup test-native test-wasm test-e2e
 
 test-native: model
-	KVCHAT_REQUIRE_MODEL=1 cargo test --release
+	KVCHAT_REQUIRE_MODEL=1 KVCHAT_REQUIRE_GPU=1 cargo test --release
 
 test-wasm: model
 	./scripts/test-wasm.sh

@@ -35,6 +35,8 @@ need chromium || apt_pkgs+=(chromium)
 need chromedriver || apt_pkgs+=(chromium-driver)
 need node || apt_pkgs+=(nodejs npm)
 need curl || apt_pkgs+=(curl)
+# Mesa's lavapipe (CPU Vulkan): the WebGPU backend's native tests run on it.
+[ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || ls /usr/share/vulkan/icd.d/lvp_icd*.json > /dev/null 2>&1 || apt_pkgs+=(mesa-vulkan-drivers)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   say "installing ${apt_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

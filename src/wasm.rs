@@ -186,9 +186,46 @@ pub struct KvEngine {
 
 #[wasm_bindgen]
 impl KvEngine {
-    /// Loads a GGUF model from its bytes.
+    /// Loads a GGUF model from its bytes (CPU backend).
     #[wasm_bindgen(constructor)]
     pub fn new(bytes: &[u8], options: JsValue) -> Result<KvEngine, JsValue> {
+        let opts = engine_options(options)?;
+        let engine = Engine::load(bytes, opts).map_err(to_js)?;
+        Ok(KvEngine { engine, session: None, batch: None })
+    }
+
+    /// Loads a GGUF model onto WebGPU: rejects (kind `gpu`) when the browser
+    /// has no adapter or device with the limits the kernels need.
+    #[wasm_bindgen(js_name = loadGpu)]
+    pub async fn load_gpu(bytes: Vec<u8>, options: JsValue) -> Result<KvEngine, JsValue> {
+        let opts = engine_options(options)?;
+        let ctx = crate::backend::webgpu::GpuContext::new().await.map_err(to_js)?;
+        let engine = Engine::load_gpu(&bytes, opts, &ctx).map_err(to_js)?;
+        Ok(KvEngine { engine, session: None, batch: None })
+    }
+
+    /// True when the GPU step in flight has finished (always true on the CPU):
+    /// after a `step()` that returned `{ waiting: true }`, yield to the event
+    /// loop until this holds, then step again.
+    #[wasm_bindgen(js_name = gpuReady)]
+    pub fn gpu_ready(&self) -> bool {
+        self.engine.gpu_ready()
+    }
+
+    /// Destroys the GPU device (tests of the fallback to the CPU).
+    #[wasm_bindgen(js_name = loseGpuDevice)]
+    pub fn lose_gpu_device(&self) {
+        self.engine.lose_gpu_device();
+    }
+
+    /// `"webgpu"` or `"cpu"` (after a lost device, `"cpu"`).
+    pub fn backend(&self) -> String {
+        self.engine.backend().to_string()
+    }
+}
+
+fn engine_options(options: JsValue) -> Result<EngineOptions, JsValue> {
+    {
         let o: LoadOptions = from_js(options, "load options")?;
         let d = KvCacheConfig::default();
         let kv = KvCacheConfig {
@@ -203,9 +240,12 @@ impl KvEngine {
             prefill_chunk: count(o.prefill_chunk, "prefillChunk", 64, 1, 4096)?,
             ..Default::default()
         };
-        let engine = Engine::load(bytes, opts).map_err(to_js)?;
-        Ok(KvEngine { engine, session: None, batch: None })
+        Ok(opts)
     }
+}
+
+#[wasm_bindgen]
+impl KvEngine {
 
     /// The model's shape and the cache's settings.
     pub fn info(&self) -> JsValue {
@@ -214,6 +254,8 @@ impl KvEngine {
             "nLayer": c.n_layer, "nHead": c.n_head, "nHeadKv": c.n_head_kv, "nEmbd": c.n_embd,
             "vocabSize": c.vocab_size, "contextLength": c.context_length,
             "weightBytes": self.engine.weight_bytes(),
+            "backend": self.engine.backend(),
+            "adapter": self.engine.adapter(),
             "kv": self.engine.kv_stats(),
         }))
     }
@@ -249,6 +291,7 @@ impl KvEngine {
         };
         let r = match self.engine.step(s) {
             Ok(Step::Working) => serde_json::json!({ "piece": "" }),
+            Ok(Step::Waiting) => serde_json::json!({ "piece": "", "waiting": true }),
             Ok(Step::Piece(p)) => serde_json::json!({ "piece": p }),
             Ok(Step::Done(g)) => {
                 self.session = None;
@@ -355,7 +398,10 @@ impl KvEngine {
     pub fn stats(&self) -> JsValue {
         let s = self.engine.last_stats();
         to_value(&serde_json::json!({
-            "backend": "cpu",
+            "backend": self.engine.backend(),
+            "adapter": self.engine.adapter(),
+            "fallback": self.engine.fallback_reason(),
+            "gpuStep": self.engine.gpu_step_costs().map(|(d, b)| serde_json::json!({ "dispatches": d, "readbackBytes": b })),
             "promptTokens": s.prompt_tokens,
             "reusedTokens": s.reused_tokens,
             "generatedTokens": s.generated_tokens,

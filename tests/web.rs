@@ -212,3 +212,102 @@ fn q4_layouts_and_kernels_agree_with_the_dequantized_product() {
         }
     }
 }
+
+/// The WebGPU backend in the browser (SwiftShader in headless Chromium; webdriver.json enables it).
+#[cfg(target_arch = "wasm32")]
+mod webgpu_browser {
+    use super::*;
+    use wasm_bindgen::prelude::*;
+    use wasm_bindgen::JsCast;
+
+    #[wasm_bindgen(inline_js = "export async function fetch_bytes(url) { const r = await fetch(url); if (!r.ok) throw new Error(`HTTP ${r.status} for ${url}`); return new Uint8Array(await r.arrayBuffer()); }")]
+    extern "C" {
+        #[wasm_bindgen(catch)]
+        async fn fetch_bytes(url: &str) -> Result<JsValue, JsValue>;
+    }
+
+    const NOISE: f64 = 0.75;
+
+    #[wasm_bindgen(inline_js = "export function next_task() { return new Promise((r) => setTimeout(r, 0)); }")]
+    extern "C" {
+        async fn next_task() -> JsValue;
+    }
+
+    /// Runs a generation step by step as the worker does, yielding to the event
+    /// loop while the GPU works (the buffer's map callback runs from it).
+    async fn run(e: &mut Engine, prompt: &[u32], n: usize, lose_after: Option<usize>) -> kvchat::Generation {
+        let opts = GenerateOptions { max_tokens: n, sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
+        let mut s = e.start(Prompt::Ids(prompt), &opts).unwrap();
+        let mut steps = 0;
+        loop {
+            if Some(steps) == lose_after {
+                e.lose_gpu_device();
+            }
+            steps += 1;
+            match e.step(&mut s).unwrap() {
+                kvchat::Step::Done(g) => return *g,
+                kvchat::Step::Waiting => {
+                    next_task().await;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[wasm_bindgen_test]
+    async fn webgpu_greedy_equals_the_cpu_in_the_browser() {
+        let Some(url) = option_env!("KVCHAT_MODEL_URL") else {
+            web_sys::console::log_1(&"SKIPPED: KVCHAT_MODEL_URL was not set at build time (run `make test-wasm`)".into());
+            return;
+        };
+        let ctx = match kvchat::backend::webgpu::GpuContext::new().await {
+            Ok(c) => c,
+            Err(e) => panic!("no WebGPU adapter in this Chromium (webdriver.json passes --enable-unsafe-webgpu): {e}"),
+        };
+        web_sys::console::log_1(&format!("WebGPU adapter: {:?}", ctx.info).into());
+        let bytes: js_sys::Uint8Array = fetch_bytes(url).await.expect("the model server answers").unchecked_into();
+        let bytes = bytes.to_vec();
+        let opts = EngineOptions { kv: KvCacheConfig { window: 256, sinks: 4, dtype: KvDType::F16 }, ..Default::default() };
+        let mut cpu = Engine::load(&bytes, opts.clone()).unwrap();
+        let t0 = web_time::Instant::now();
+        let mut gpu = Engine::load_gpu(&bytes, opts, &ctx).unwrap();
+        web_sys::console::log_1(&format!("GPU load (pipelines, uploads) {:.0} ms", t0.elapsed().as_secs_f64() * 1e3).into());
+        drop(bytes);
+        let golden: Vec<serde_json::Value> = serde_json::from_str(include_str!("fixtures/golden-llamacpp.json")).unwrap();
+        let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+        for p in golden.iter().take(2) {
+            let prompt = ids(&p["prompt_ids"]);
+            let want = run(&mut cpu, &prompt, 12, None).await;
+            let got = run(&mut gpu, &prompt, 12, None).await;
+            let same = want.generated_ids.iter().zip(&got.generated_ids).take_while(|(a, b)| a == b).count();
+            let (d, rb) = gpu.gpu_step_costs().unwrap();
+            web_sys::console::log_1(
+                &format!(
+                    "prompt {}: {same}/12 greedy tokens equal; SwiftShader prefill {:.1} tok/s, decode {:.2} tok/s, {d} dispatches and {rb} bytes read back per decode step",
+                    p["id"], got.stats.prefill_tokens_per_sec, got.stats.decode_tokens_per_sec
+                )
+                .into(),
+            );
+            if same < 12 {
+                let mut seq = prompt.clone();
+                seq.extend(&want.generated_ids[..same]);
+                let l = cpu.logits(&seq).unwrap();
+                let mut top = [f32::NEG_INFINITY; 2];
+                for &v in &l {
+                    if v > top[0] { top = [v, top[0]]; } else if v > top[1] { top[1] = v; }
+                }
+                assert!(((top[0] - top[1]) as f64) < NOISE, "prompt {}: the GPU diverged at step {same} above the noise floor", p["id"]);
+            }
+        }
+        // device.destroy() mid-generation: the engine moves to the CPU and continues.
+        let prompt = ids(&golden[0]["prompt_ids"]);
+        let want = run(&mut cpu, &prompt, 12, None).await;
+        gpu.reset();
+        let got = run(&mut gpu, &prompt, 12, Some(5)).await;
+        assert_eq!(gpu.backend(), "cpu");
+        web_sys::console::log_1(&format!("after device.destroy(): {}", gpu.fallback_reason().unwrap_or("?")).into());
+        assert_eq!(got.generated_ids.len(), 12);
+        let same = want.generated_ids.iter().zip(&got.generated_ids).take_while(|(a, b)| a == b).count();
+        web_sys::console::log_1(&format!("{same}/12 tokens equal to the CPU-only run across the device loss").into());
+    }
+}

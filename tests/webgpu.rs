@@ -1,3 +1,4 @@
+#![cfg(not(target_arch = "wasm32"))]
 //! The WebGPU backend against the CPU backend, natively on whatever adapter
 //! wgpu finds (Mesa's lavapipe in CI: `apt-get install mesa-vulkan-drivers`).
 //! Every test says why when it skips; CI sets KVCHAT_REQUIRE_GPU so they never do.

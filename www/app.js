@@ -184,11 +184,19 @@ async function load() {
   updateStats();
 }
 
+let shownFallback = false;
 async function updateStats() {
   if (!llm) return;
   let s;
   try { s = await llm.stats(); } catch { return; }
-  el.backend.textContent = [s.backend, s.simd, s.threads ? `${s.threads} thread${s.threads > 1 ? 's' : ''}` : null].filter(Boolean).join(' · ');
+  el.backend.textContent = s.backend === 'webgpu'
+    ? `webgpu · ${s.adapter?.name ?? 'GPU'}`
+    : [s.backend, s.simd, s.threads ? `${s.threads} thread${s.threads > 1 ? 's' : ''}` : null].filter(Boolean).join(' · ');
+  el.backend.title = s.fallback ?? s.gpuError ?? '';
+  if (s.fallback && !shownFallback) {
+    shownFallback = true;
+    showBanner(`The GPU device was lost; the conversation continues on the CPU (${s.fallback}).`);
+  }
   el.stat('ttft').textContent = fmt(s.timeToFirstTokenMs, ' ms');
   el.stat('prefill').textContent = fmt(s.prefillTokensPerSec, ' tok/s');
   el.stat('decode').textContent = fmt(s.decodeTokensPerSec, ' tok/s');

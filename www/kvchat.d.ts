@@ -13,7 +13,7 @@ export interface Progress {
 export interface LoadOptions {
   /** URL string (relative or absolute), Blob or ArrayBuffer. Default: the bundled models/ path. */
   model?: string | Blob | ArrayBuffer;
-  /** Default 'auto'. 'webgpu' rejects until the WebGPU backend exists. */
+  /** Default 'auto': WebGPU when an adapter with the needed limits exists, else the CPU. 'webgpu' rejects (kind 'gpu') without one. */
   backend?: Backend;
   /** KV cache capacity in tokens (default 2048). */
   kvWindow?: number;
@@ -89,6 +89,14 @@ export interface KvStats {
 
 export interface Stats {
   backend: 'cpu' | 'webgpu';
+  /** The GPU adapter while the WebGPU backend runs. */
+  adapter?: { name: string; backend: string; deviceType: string; maxStorageBinding: number; maxBuffer: number } | null;
+  /** Set once a lost GPU device moved the engine to the CPU (the conversation continued). */
+  fallback?: string | null;
+  /** Why 'auto' did not use WebGPU. */
+  gpuError?: string | null;
+  /** WebGPU: dispatches and bytes read back by the last step (8 bytes for a greedy token). */
+  gpuStep?: { dispatches: number; readbackBytes: number } | null;
   promptTokens: number;
   reusedTokens: number;
   generatedTokens: number;

@@ -56,7 +56,6 @@ export class KvChat {
   static async load(options = {}) {
     const { model = DEFAULT_MODEL, backend = 'auto', kvWindow, kvSinks, kvF16, onProgress, cache, simd, threads } = options;
     if (!['auto', 'cpu', 'webgpu'].includes(backend)) throw new KvChatError(`backend must be 'auto', 'cpu' or 'webgpu' (got ${backend})`, 'invalid-option');
-    if (backend === 'webgpu') throw new KvChatError('the WebGPU backend is not available yet: use backend "cpu" or "auto"', 'unsupported');
     const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'kvchat-engine' });
     const llm = new KvChat(worker);
     const source = typeof model === 'string' ? new URL(model, globalThis.document?.baseURI ?? location.href).href : model;
@@ -64,13 +63,14 @@ export class KvChat {
     let fetchDone = 0;
     try {
       const transfer = model instanceof ArrayBuffer ? [model] : [];
-      const r = await llm.#call('load', { model: source, options: { kvWindow, kvSinks, kvF16, cache, simd, threads } }, (m) => {
+      const r = await llm.#call('load', { model: source, options: { kvWindow, kvSinks, kvF16, cache, simd, threads, backend } }, (m) => {
         if (m.type === 'progress') {
           if (m.phase === 'init' && !fetchDone) fetchDone = performance.now();
           onProgress?.({ phase: m.phase, loaded: m.loaded, total: m.total });
         }
       }, transfer);
       llm.info = r.info;
+      llm.#backend = r.info.backend ?? 'cpu';
       llm.fromCache = r.fromCache;
       llm.timings = { fetchMs: (fetchDone || performance.now()) - t0, initMs: r.initMs };
       return llm;
@@ -80,7 +80,7 @@ export class KvChat {
     }
   }
 
-  /** The backend that runs: 'cpu' (wasm SIMD). */
+  /** The backend that runs: 'webgpu' or 'cpu' (wasm SIMD); 'cpu' after a lost GPU device. */
   get backend() { return this.#backend; }
   /** Set when the worker crashed: load the model again. */
   get crashed() { return this.#crashed; }
@@ -97,7 +97,7 @@ export class KvChat {
     const { signal, ...options } = opts;
     yield* this.#stream('generate', { input, options }, signal, (m, push) => {
       if (m.type === 'piece') push(m.piece);
-      else if (m.type === 'done') { this.lastResult = m.result; this.lastStats = m.stats; }
+      else if (m.type === 'done') { this.lastResult = m.result; this.lastStats = m.stats; if (m.stats?.backend) this.#backend = m.stats.backend; }
     });
   }
 
@@ -180,7 +180,14 @@ export class KvChat {
    */
   async profile(on) { return this.#call('profile', { on }); }
 
-  async stats() { return { ...(await this.#call('stats', {})), backend: this.#backend }; }
+  async stats() {
+    const s = await this.#call('stats', {});
+    if (s.backend) this.#backend = s.backend;
+    return s;
+  }
+
+  /** Destroys the GPU device (to test the fallback: generation continues on the CPU). */
+  async loseGpuDevice() { await this.#call('loseGpuDevice', {}); }
   /** Empties the cache and the history. */
   reset() { return this.#call('reset', {}); }
   /** Ends the worker and frees its memory. */

@@ -63,7 +63,8 @@ function initWasm(simd = 'auto', wantThreads) {
   }
   return ready;
 }
-const statsOf = () => ({ ...(engine ? engine.stats() : { backend: 'cpu', wasmMemoryBytes: wasmMemoryBytes() }), simd: variant, threads });
+let gpuError = null;
+const statsOf = () => ({ ...(engine ? engine.stats() : { backend: 'cpu', wasmMemoryBytes: wasmMemoryBytes() }), simd: variant, threads, gpuError });
 
 const post = (msg, transfer) => self.postMessage(msg, transfer || []);
 const errorOf = (e) => ({
@@ -161,7 +162,26 @@ async function load(msg) {
   const t0 = performance.now();
   engine?.free();
   engine = null;
-  engine = new KvEngine(bytes, options);
+  // backend 'auto': WebGPU when the browser has an adapter with the limits the
+  // kernels need, else the CPU; 'webgpu' fails clearly instead of falling back.
+  const backend = options.backend ?? 'auto';
+  gpuError = null;
+  if (backend !== 'cpu') {
+    const adapter = self.navigator?.gpu ? await self.navigator.gpu.requestAdapter().catch(() => null) : null;
+    if (!self.navigator?.gpu) gpuError = 'this browser has no WebGPU (navigator.gpu is missing)';
+    else if (!adapter) gpuError = 'the browser offers no WebGPU adapter';
+    // A software adapter (SwiftShader) is slower than the wasm CPU backend: 'auto' skips it.
+    else if (backend === 'auto' && adapter.info?.isFallbackAdapter) gpuError = `only a software adapter (${adapter.info?.description || adapter.info?.architecture || 'fallback'}) is available`;
+    else {
+      try {
+        engine = await KvEngine.loadGpu(bytes, options);
+      } catch (e) {
+        gpuError = e?.message ?? String(e);
+      }
+    }
+    if (!engine && backend === 'webgpu') throw Object.assign(new Error(`backend 'webgpu' is not available: ${gpuError}`), { kind: 'gpu' });
+  }
+  if (!engine) engine = new KvEngine(bytes, options);
   bytes = null;
   post({ type: 'progress', id, phase: 'init', loaded: 1, total: 1 });
   return { info: engine.info(), fromCache, initMs: performance.now() - t0 };
@@ -191,7 +211,11 @@ async function drive(id, start, step) {
 }
 
 const generate = ({ id, input, options }) => drive(id, () => engine.start(input, options), () => {
+  // On WebGPU a step submits work and returns { waiting: true } until the GPU
+  // has finished: the loop yields to the event loop (which runs the buffer's
+  // map callback) and steps again.
   const r = engine.step();
+  if (r.waiting) return false;
   if (r.piece) post({ type: 'piece', id, piece: r.piece });
   if (r.done) post({ type: 'done', id, result: r.result, stats: statsOf() });
   return r.done;
@@ -212,6 +236,7 @@ const handlers = {
   tokenize: async ({ text }) => Array.from(engine.tokenize(String(text))),
   detokenize: async ({ ids }) => engine.detokenize(Uint32Array.from(ids)),
   stats: async () => statsOf(),
+  loseGpuDevice: async () => { engine?.loseGpuDevice(); return true; },
   profile: async ({ on }) => { if (on !== undefined) engine?.setProfiling(Boolean(on)); return engine ? engine.profile() : null; },
   reset: async () => { if (current) current.aborted = true; engine?.reset(); return true; },
   dispose: async () => { if (current) current.aborted = true; engine?.free(); engine = null; return true; },

@@ -178,7 +178,16 @@ mod cli {
         };
         match m.backend.as_str() {
             "cpu" => Ok(Engine::load(&bytes, opts)?),
-            "webgpu" | "auto" => match kvchat::backend::webgpu::GpuContext::new_blocking().and_then(|ctx| Engine::load_gpu(&bytes, opts.clone(), &ctx)) {
+            "webgpu" | "auto" => match kvchat::backend::webgpu::GpuContext::new_blocking()
+                .and_then(|ctx| {
+                    // A software adapter (lavapipe) is slower than the CPU backend: 'auto' skips it.
+                    if m.backend == "auto" && ctx.info.device_type == "Cpu" {
+                        return Err(kvchat::Error::Gpu(format!("only a software adapter ({})", ctx.info.name)));
+                    }
+                    Ok(ctx)
+                })
+                .and_then(|ctx| Engine::load_gpu(&bytes, opts.clone(), &ctx))
+            {
                 Ok(e) => {
                     eprintln!("backend: webgpu on {}", e.adapter().map(|a| a.name.as_str()).unwrap_or("?"));
                     Ok(e)

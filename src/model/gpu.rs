@@ -452,7 +452,8 @@ impl GpuLlama {
             0 => return Err(Error::Gpu("the GPU step has not finished yet".into())),
             2 => {
                 self.pending = None;
-                return Err(if self.ctx.is_lost() { self.ctx.lost_error() } else { Error::Gpu("reading the GPU result failed".into()) });
+                // Mapping fails when the device is gone (its lost callback may come later).
+                return Err(if self.ctx.is_lost() { self.ctx.lost_error() } else { Error::DeviceLost("reading the GPU result failed".into()) });
             }
             _ => {}
         }

@@ -24,10 +24,11 @@ export async function serve(env = {}) {
   return { url: `http://127.0.0.1:${port}`, close: () => child.kill() };
 }
 
-export async function browser() {
+/** Headless Chromium; `{ webgpu: true }` exposes SwiftShader's WebGPU adapter instead of disabling the GPU. */
+export async function browser({ webgpu = false } = {}) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--headless=new', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-sync', '--disable-gpu'],
+    args: ['--no-sandbox', '--headless=new', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-sync', webgpu ? '--enable-unsafe-webgpu' : '--disable-gpu'],
   });
 }
 

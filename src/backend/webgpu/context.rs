@@ -82,6 +82,19 @@ impl GpuContext {
                 lost.store(true, Ordering::SeqCst);
             });
         }
+        {
+            // An uncaptured error (validation, out of memory) must not panic the
+            // wasm instance: it is recorded and the engine treats the device as lost.
+            let (lost, why) = (lost.clone(), lost_reason.clone());
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                if let Ok(mut w) = why.lock() {
+                    if w.is_empty() {
+                        *w = format!("GPU error: {e}");
+                    }
+                }
+                lost.store(true, Ordering::SeqCst);
+            }));
+        }
         let info = AdapterInfo {
             name: if ai.name.is_empty() { format!("{:?} adapter", ai.backend) } else { ai.name.clone() },
             backend: format!("{:?}", ai.backend),

@@ -1,0 +1,49 @@
+// The WebGPU backend through the public API in headless Chromium on SwiftShader
+// (a software adapter: for correctness, not speed): the same greedy text as the
+// CPU backend, the adapter shown, 'auto' skipping a software adapter, and a
+// lost device moving the conversation to the CPU.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { serve, browser, watch } from './harness.mjs';
+
+let srv, b;
+before(async () => { srv = await serve(); b = await browser({ webgpu: true }); });
+after(async () => { await b?.close(); srv?.close(); });
+
+test('webgpu backend: same greedy text as the cpu, then a lost device falls back to the cpu', async () => {
+  const page = await b.newPage();
+  const errors = watch(page);
+  await page.goto(`${srv.url}/index.html`);
+  const r = await page.evaluate(async () => {
+    const { KvChat } = await import('/www/kvchat.js');
+    const messages = [{ role: 'user', content: 'What is the capital of France?' }];
+    const opts = { maxTokens: 8, temperature: 0, ignoreEos: true };
+    const run = async (llm) => { let t = ''; for await (const p of llm.generate(messages, opts)) t += p; return t; };
+    const cpu = await KvChat.load({ cache: false, backend: 'cpu', kvWindow: 256 });
+    const cpuText = await run(cpu);
+    await cpu.dispose();
+    const auto = await KvChat.load({ cache: false, kvWindow: 256 });
+    const autoStats = await auto.stats();
+    await auto.dispose();
+    const gpu = await KvChat.load({ cache: false, backend: 'webgpu', kvWindow: 256 });
+    const gpuText = await run(gpu);
+    const s1 = await gpu.stats();
+    await gpu.loseGpuDevice();
+    let more = '';
+    for await (const p of gpu.generate([...messages, { role: 'assistant', content: gpuText }, { role: 'user', content: 'And of Italy?' }], opts)) more += p;
+    const s2 = await gpu.stats();
+    await gpu.dispose();
+    return { cpuText, gpuText, more, autoBackend: autoStats.backend, autoWhy: autoStats.gpuError, s1, s2 };
+  });
+  console.log(JSON.stringify({ ...r, s1: { backend: r.s1.backend, adapter: r.s1.adapter, gpuStep: r.s1.gpuStep, decode: r.s1.decodeTokensPerSec, prefill: r.s1.prefillTokensPerSec }, s2: { backend: r.s2.backend, fallback: r.s2.fallback } }));
+  assert.equal(r.autoBackend, 'cpu', "'auto' does not pick a software adapter");
+  assert.equal(r.s1.backend, 'webgpu');
+  assert.ok(r.s1.adapter?.name, 'the adapter has a name');
+  assert.equal(r.s1.gpuStep.readbackBytes, 8, 'a greedy decode step reads back 8 bytes');
+  assert.equal(r.gpuText, r.cpuText);
+  assert.equal(r.s2.backend, 'cpu');
+  assert.match(r.s2.fallback, /lost|GPU/);
+  assert.ok(r.more.length > 0, 'the conversation continued on the cpu');
+  assert.equal(r.s2.reusedTokens > 0, true, 'the rebuilt cache is reused');
+  assert.deepEqual(errors.filter((e) => !/WebGPU|GPU|Device|destroy/i.test(e)), []);
+});
