@@ -25,7 +25,7 @@ fn main() {
         let n = cc.next_chunk(16.min(ids.len() - i));
         let a = cpu.forward(&ids[i..i + n], &mut cc, true).unwrap().to_vec();
         let t0 = std::time::Instant::now();
-        let GpuOutput::Logits(b) = gpu.run(&ids[i..i + n], &mut gc, Readback::AllLogits).unwrap() else { panic!() };
+        let GpuOutput::Logits(b) = gpu.run(&ids[i..i + n], &mut gc, Readback::AllLogits, None).unwrap() else { panic!() };
         let dt = t0.elapsed();
         let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         let mean = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
@@ -36,7 +36,7 @@ fn main() {
         i += n;
     }
     let t0 = std::time::Instant::now();
-    let r = gpu.run(&[5], &mut gc, Readback::Argmax).unwrap();
+    let r = gpu.run(&[5], &mut gc, Readback::Argmax, None).unwrap();
     let a = cpu.forward(&[5], &mut cc, false).unwrap().to_vec();
     println!("argmax gpu {:?} cpu {} ({:?})", r, kvchat::sampler::argmax(&a), t0.elapsed());
 }

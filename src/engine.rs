@@ -12,7 +12,7 @@ use crate::gguf::Gguf;
 use crate::kv_cache::{KvCache, KvCacheConfig, KvDType, KvStats};
 use crate::model::profile::Op;
 use crate::backend::webgpu::{AdapterInfo, GpuContext};
-use crate::model::gpu::{GpuOutput, Readback, GPU_MAX_CHUNK};
+use crate::model::gpu::{GpuOutput, Readback, GPU_MAX_CHUNK, GPU_MAX_PENALTY_IDS, GPU_TOP_K};
 use crate::model::{GpuLlama, Llama, LlamaConfig, Profile};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::{IncrementalEncoder, StreamDecoder, Tokenizer};
@@ -295,13 +295,10 @@ impl Engine {
             Net::Gpu(m, _) => {
                 let rb = if all_logits { Readback::AllLogits } else { Readback::LastLogits };
                 let before = self.cache.len();
-                let r = m.submit(ids, &mut self.cache, rb).and_then(|_| {
-                    m.wait()?;
-                    m.take()
-                });
+                let r = m.run(ids, &mut self.cache, rb, None);
                 match r {
                     Ok(GpuOutput::Logits(l)) => Ok(l),
-                    Ok(GpuOutput::Token(_)) => Err(Error::Backend("the GPU returned a token for a logits request".into())),
+                    Ok(_) => Err(Error::Backend("the GPU returned another kind of result than asked".into())),
                     Err(e @ Error::DeviceLost(_)) => {
                         let keep = self.cache.tokens()[..before.min(self.cache.len())].to_vec();
                         self.fall_back_to_cpu_with(&e, &keep)?;
@@ -617,6 +614,14 @@ impl Engine {
                         s.next_token = Some(t);
                         s.logits = Some(Vec::new());
                     }
+                    GpuOutput::Candidates(c) => {
+                        s.next_token = Some(s.sampler.sample_candidates(&c));
+                        s.logits = Some(Vec::new());
+                    }
+                    GpuOutput::PenalizedLogits(l) => {
+                        s.next_token = Some(s.sampler.sample_penalized(&l));
+                        s.logits = Some(Vec::new());
+                    }
                     GpuOutput::Logits(l) => s.logits = Some(l),
                 }
             }
@@ -687,14 +692,20 @@ impl Engine {
         })
     }
 
-    /// What the GPU should read back for this session's next token: 8 bytes
-    /// when the choice is greedy, the last row of logits otherwise.
-    fn readback_for(s: &Session) -> Readback {
+    /// What the GPU should read back for this session's next token (the
+    /// repetition penalty, if any, applied on the GPU first): 8 bytes when the
+    /// choice is greedy, the 64 best logits for a top-k of at most 64, else
+    /// the whole row.
+    fn readback_for(s: &Session) -> (Readback, Option<(Vec<u32>, f32)>) {
         let c = &s.opts.sampler;
-        if c.temperature == 0.0 && (c.repeat_penalty == 1.0 || c.repeat_last_n == 0) {
-            Readback::Argmax
+        let penalty = s.sampler.penalty_ids(&s.history).filter(|(ids, _)| ids.len() <= GPU_MAX_PENALTY_IDS);
+        let penalty_ok = penalty.is_some() || s.sampler.penalty_ids(&s.history).is_none();
+        if penalty_ok && c.temperature == 0.0 {
+            (Readback::Argmax, penalty)
+        } else if penalty_ok && c.top_k > 0 && c.top_k <= GPU_TOP_K {
+            (Readback::TopK, penalty)
         } else {
-            Readback::LastLogits
+            (Readback::LastLogits, None)
         }
     }
 
@@ -711,8 +722,8 @@ impl Engine {
                 Ok(())
             }
             Net::Gpu(m, _) => {
-                let rb = if wanted { Self::readback_for(s) } else { Readback::Argmax };
-                match m.submit(ids, &mut self.cache, rb) {
+                let (rb, penalty) = if wanted { Self::readback_for(s) } else { (Readback::Argmax, None) };
+                match m.submit(ids, &mut self.cache, rb, penalty.as_ref().map(|(i, p)| (&i[..], *p))) {
                     Ok(()) => {
                         s.wants_result = wanted;
                         Ok(())
@@ -747,7 +758,21 @@ impl Engine {
                 return Ok(None);
             }
         }
-        match m.take() {
+        let r = loop {
+            match m.take() {
+                Ok(Some(out)) => break Ok(out),
+                // The top-k was not provably complete: the whole row is on its way.
+                Ok(None) => {
+                    m.wait()?;
+                    m.poll();
+                    if !m.ready() {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match r {
             Ok(out) => Ok(Some(out)),
             Err(e @ Error::DeviceLost(_)) => {
                 let keep = self.cache.tokens().to_vec();

@@ -119,24 +119,60 @@ impl Sampler {
 
     /// Chooses the next token. `history` is the sequence so far (for the penalty).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        let cfg = self.cfg;
-        if cfg.repeat_penalty != 1.0 && cfg.repeat_last_n > 0 {
-            let start = history.len().saturating_sub(cfg.repeat_last_n);
-            let mut seen: Vec<u32> = history[start..].to_vec();
-            seen.sort_unstable();
-            seen.dedup();
-            for id in seen {
+        if let Some((ids, penalty)) = self.penalty_ids(history) {
+            for id in ids {
                 if let Some(l) = logits.get_mut(id as usize) {
-                    *l = if *l > 0.0 { *l / cfg.repeat_penalty } else { *l * cfg.repeat_penalty };
+                    *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
                 }
             }
         }
-        if cfg.temperature == 0.0 {
+        self.sample_penalized(logits)
+    }
+
+    /// The distinct recent ids the repetition penalty applies to, and the
+    /// penalty (None when it is off). The GPU applies it with these.
+    pub fn penalty_ids(&self, history: &[u32]) -> Option<(Vec<u32>, f32)> {
+        let cfg = self.cfg;
+        if cfg.repeat_penalty == 1.0 || cfg.repeat_last_n == 0 {
+            return None;
+        }
+        let start = history.len().saturating_sub(cfg.repeat_last_n);
+        let mut seen: Vec<u32> = history[start..].to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        Some((seen, cfg.repeat_penalty))
+    }
+
+    /// [`sample`](Self::sample) for logits the penalty was already applied to.
+    pub fn sample_penalized(&mut self, logits: &[f32]) -> u32 {
+        if self.cfg.temperature == 0.0 {
             return argmax(logits);
         }
+        self.candidates.clear();
+        self.candidates.extend(logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l)));
+        self.pick()
+    }
+
+    /// Samples from the best `(id, logit)` pairs of penalized logits: exactly
+    /// what [`sample`](Self::sample) picks when they include its top-k (the
+    /// GPU reads back the top 64 for a top-k of at most 64).
+    pub fn sample_candidates(&mut self, candidates: &[(u32, f32)]) -> u32 {
+        self.candidates.clear();
+        self.candidates.extend(candidates.iter().filter(|(_, l)| !l.is_nan()));
+        if self.cfg.temperature == 0.0 {
+            let best = self.candidates.iter().fold(None::<(u32, f32)>, |b, &c| match b {
+                Some(b) if b.1 > c.1 || (b.1 == c.1 && b.0 < c.0) => Some(b),
+                _ => Some(c),
+            });
+            return best.map(|b| b.0).unwrap_or(0);
+        }
+        self.pick()
+    }
+
+    /// Temperature, top-k, min-p and top-p over `self.candidates`, then a draw.
+    fn pick(&mut self) -> u32 {
+        let cfg = self.cfg;
         let c = &mut self.candidates;
-        c.clear();
-        c.extend(logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l)));
         if c.is_empty() {
             return 0;
         }

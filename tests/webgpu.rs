@@ -265,3 +265,51 @@ fn a_lost_device_moves_the_conversation_to_the_cpu() {
     let more = gpu.generate(Prompt::Ids(&[&prompt[..], &text.generated_ids[..]].concat()), &opts, |_| true).unwrap();
     assert!(more.stats.reused_tokens > prompt.len());
 }
+
+#[test]
+fn top_k_readback_with_the_penalty_equals_the_cpu_sampler_on_the_same_logits() {
+    use kvchat::gguf::Gguf;
+    use kvchat::kv_cache::KvCache;
+    use kvchat::model::gpu::{GpuOutput, Readback};
+    use kvchat::model::{GpuLlama, LlamaConfig};
+    let Some(bytes) = real_model() else { return };
+    let Some(ctx) = gpu() else { return };
+    let g = Gguf::parse(&bytes).unwrap();
+    let cfg = LlamaConfig::from_gguf(&g).unwrap();
+    let kv = KvCacheConfig { window: 128, sinks: 4, dtype: KvDType::F32 };
+    let mut m = GpuLlama::load(&g, cfg.clone(), kv, &ctx).unwrap();
+    let prompt = ids(40, 5, cfg.vocab_size);
+    let mut recent = prompt[20..].to_vec();
+    recent.sort_unstable();
+    recent.dedup();
+    let fresh = || KvCache::without_storage(kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim).unwrap();
+    let GpuOutput::Logits(mut full) = m.run(&prompt, &mut fresh(), Readback::LastLogits, None).unwrap() else { panic!() };
+    for &id in &recent {
+        let l = &mut full[id as usize];
+        *l = if *l > 0.0 { *l / 1.3 } else { *l * 1.3 };
+    }
+    let mut want: Vec<(u32, f32)> = full.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    want.truncate(64);
+    let got = match m.run(&prompt, &mut fresh(), Readback::TopK, Some((&recent, 1.3))).unwrap() {
+        GpuOutput::Candidates(c) => c,
+        GpuOutput::PenalizedLogits(_) => panic!("the top-k overflowed on this input; pick another seed"),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(got, want, "the GPU's 64 best (id, penalized logit) pairs");
+    assert_eq!(m.last_readback_bytes, 520);
+    let GpuOutput::Token(t) = m.run(&prompt, &mut fresh(), Readback::Argmax, Some((&recent, 1.3))).unwrap() else { panic!() };
+    assert_eq!(t, want[0].0, "greedy with the penalty");
+    // The engine samples from the candidates exactly as from the whole row.
+    for seed in 0..20 {
+        let sc = SamplerConfig { temperature: 0.9, top_k: 40, top_p: 0.95, min_p: 0.02, repeat_penalty: 1.0, repeat_last_n: 0, seed: Some(seed) };
+        let mut a = kvchat::sampler::Sampler::new(sc).unwrap();
+        let mut b = kvchat::sampler::Sampler::new(sc).unwrap();
+        assert_eq!(a.sample_penalized(&full), b.sample_candidates(&got), "seed {seed}");
+    }
+    // A sampled generation through the engine reads back 520 bytes per step.
+    let (_, mut e) = engines(&bytes, &ctx, 256, 4, KvDType::F32);
+    let opts = GenerateOptions { max_tokens: 6, sampler: SamplerConfig { seed: Some(3), ..Default::default() }, ..Default::default() };
+    e.generate(Prompt::Raw("Once upon a time"), &opts, |_| true).unwrap();
+    assert_eq!(e.gpu_step_costs().unwrap().1, 520);
+}

@@ -64,7 +64,13 @@ function initWasm(simd = 'auto', wantThreads) {
   return ready;
 }
 let gpuError = null;
-const statsOf = () => ({ ...(engine ? engine.stats() : { backend: 'cpu', wasmMemoryBytes: wasmMemoryBytes() }), simd: variant, threads, gpuError });
+let adapterName = null;
+const statsOf = () => {
+  const s = engine ? engine.stats() : { backend: 'cpu', wasmMemoryBytes: wasmMemoryBytes() };
+  // wgpu cannot see the browser adapter's name: the worker asked navigator.gpu for it.
+  if (s.adapter && adapterName) s.adapter = { ...s.adapter, name: adapterName };
+  return { ...s, simd: variant, threads, gpuError };
+};
 
 const post = (msg, transfer) => self.postMessage(msg, transfer || []);
 const errorOf = (e) => ({
@@ -168,6 +174,8 @@ async function load(msg) {
   gpuError = null;
   if (backend !== 'cpu') {
     const adapter = self.navigator?.gpu ? await self.navigator.gpu.requestAdapter().catch(() => null) : null;
+    const i = adapter?.info;
+    adapterName = i ? (i.description || [i.vendor, i.architecture].filter(Boolean).join(' ') || 'WebGPU adapter') + (i.isFallbackAdapter ? ' (software)' : '') : null;
     if (!self.navigator?.gpu) gpuError = 'this browser has no WebGPU (navigator.gpu is missing)';
     else if (!adapter) gpuError = 'the browser offers no WebGPU adapter';
     // A software adapter (SwiftShader) is slower than the wasm CPU backend: 'auto' skips it.

@@ -26,12 +26,18 @@ use wgpu::util::DeviceExt;
 
 /// Largest chunk of tokens one submission runs (activation buffers are sized for it).
 pub const GPU_MAX_CHUNK: usize = 64;
+/// How many best logits a sampled step reads back (a top-k up to this is exact).
+pub const GPU_TOP_K: usize = 64;
+/// Most distinct recent ids the GPU applies the repetition penalty to.
+pub const GPU_MAX_PENALTY_IDS: usize = 1024;
 
 /// What a step reads back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Readback {
     /// The greedy token of the last row (8 bytes).
     Argmax,
+    /// The [`GPU_TOP_K`] best logits of the last row with their ids (520 bytes).
+    TopK,
     /// The logits of the last token.
     LastLogits,
     /// The logits of every token of the chunk.
@@ -43,6 +49,11 @@ pub enum Readback {
 pub enum GpuOutput {
     Token(u32),
     Logits(Vec<f32>),
+    /// The best `(id, logit)` pairs, penalty applied.
+    Candidates(Vec<(u32, f32)>),
+    /// The last row of logits with the penalty already applied (the top-k
+    /// selection could not prove it had every candidate).
+    PenalizedLogits(Vec<f32>),
 }
 
 /// How a dispatch's workgroup grid follows the chunk.
@@ -56,7 +67,15 @@ enum Grid {
     Matmul { groups: u32, out: bool },
     /// One workgroup per (head, token).
     Heads(u32),
-    Single,
+    /// After the output projection, only for some readbacks.
+    Tail(Tail),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    Penalty,
+    Argmax,
+    TopK,
 }
 
 struct Pass {
@@ -70,6 +89,8 @@ struct Pending {
     state: Arc<AtomicU8>,
     readback: Readback,
     rows: usize,
+    /// The logits read back had the penalty applied on the GPU.
+    penalized: bool,
 }
 
 struct Buffers {
@@ -88,6 +109,8 @@ struct Buffers {
     scores: wgpu::Buffer,
     logits: wgpu::Buffer,
     result: wgpu::Buffer,
+    penalty_ids: wgpu::Buffer,
+    penalty: wgpu::Buffer,
     readback: wgpu::Buffer,
 }
 
@@ -172,7 +195,9 @@ impl GpuLlama {
             asc: storage(ctx, "act_scales", tmax * e.max(ff).max(qd) / QK * 12),
             scores: storage(ctx, "scores", scores_bytes),
             logits: storage(ctx, "logits", tmax * vocab * 4),
-            result: storage(ctx, "argmax", 16),
+            result: storage(ctx, "result", (2 + 2 * GPU_TOP_K) * 4),
+            penalty_ids: storage(ctx, "penalty_ids", GPU_MAX_PENALTY_IDS * 4),
+            penalty: ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("penalty"), size: 16, usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false }),
             readback: ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),
                 size: (tmax * vocab * 4) as u64,
@@ -270,7 +295,9 @@ impl GpuLlama {
         };
         passes.extend(matmul(&mut k, &[(&output, 0)], vocab, false, true, &b.logits));
         let amp = uniform(ctx, &[vocab as u32, 0, 0, 0]);
-        passes.push(pass(&k.argmax, ctx, &[&amp, step, &b.logits, &b.result], Grid::Single));
+        passes.push(pass(&k.penalty, ctx, &[&b.penalty, step, &b.penalty_ids, &b.logits], Grid::Tail(Tail::Penalty)));
+        passes.push(pass(&k.argmax, ctx, &[&amp, step, &b.logits, &b.result], Grid::Tail(Tail::Argmax)));
+        passes.push(pass(&k.topk, ctx, &[&amp, step, &b.logits, &b.result], Grid::Tail(Tail::TopK)));
         let kv_bytes = 2 * c.n_layer * kv_layer_bytes;
         Ok(Self {
             rope: Rope::new(hd, c.rope_freq_base),
@@ -313,7 +340,9 @@ impl GpuLlama {
     /// Runs `ids` (a chunk planned with [`KvCache::next_chunk`], at most
     /// [`GPU_MAX_CHUNK`] tokens) and appends them to `cache`'s policy; the
     /// result is collected with [`ready`](Self::ready) / [`take`](Self::take).
-    pub fn submit(&mut self, ids: &[u32], cache: &mut KvCache, readback: Readback) -> Result<()> {
+    /// `penalty`: the distinct recent ids and the repetition penalty, applied
+    /// on the GPU before [`Readback::Argmax`] / [`Readback::TopK`] (ignored otherwise).
+    pub fn submit(&mut self, ids: &[u32], cache: &mut KvCache, readback: Readback, penalty: Option<(&[u32], f32)>) -> Result<()> {
         let t = ids.len();
         if self.ctx.is_lost() {
             return Err(self.ctx.lost_error());
@@ -353,6 +382,18 @@ impl GpuLlama {
             Readback::AllLogits => t,
             _ => 1,
         };
+        let gpu_tail = matches!(readback, Readback::Argmax | Readback::TopK);
+        let n_pen = match penalty {
+            Some((pids, value)) if gpu_tail => {
+                if pids.len() > GPU_MAX_PENALTY_IDS {
+                    return Err(Error::InvalidOption(format!("the GPU applies the repetition penalty to at most {GPU_MAX_PENALTY_IDS} ids")));
+                }
+                self.ctx.queue.write_buffer(&self.b.penalty_ids, 0, bytemuck::cast_slice(pids));
+                self.ctx.queue.write_buffer(&self.b.penalty, 0, bytemuck::cast_slice(&[vocab as u32, pids.len() as u32, value.to_bits(), 0]));
+                pids.len()
+            }
+            _ => 0,
+        };
         let mut dispatches = 0;
         for (gi, &(j0, n)) in groups.iter().enumerate() {
             let last = gi + 1 == groups.len();
@@ -369,15 +410,15 @@ impl GpuLlama {
             {
                 let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
                 for p in &self.passes {
-                    if matches!(p.grid, Grid::Single) && readback != Readback::Argmax {
-                        continue;
-                    }
                     let (x, y) = match p.grid {
                         Grid::Tokens => (n as u32, 1),
                         Grid::OutRows => (n_out as u32, 1),
                         Grid::Matmul { groups, out } => (groups, (if out { n_out } else { n }).div_ceil(4) as u32),
                         Grid::Heads(h) => (h, n as u32),
-                        Grid::Single => (1, 1),
+                        Grid::Tail(Tail::Penalty) if last && n_pen > 0 => (n_pen.div_ceil(64) as u32, 1),
+                        Grid::Tail(Tail::Argmax) if last && readback == Readback::Argmax => (1, 1),
+                        Grid::Tail(Tail::TopK) if last && readback == Readback::TopK => (1, 1),
+                        Grid::Tail(_) => continue,
                     };
                     cp.set_pipeline(&p.pipeline);
                     cp.set_bind_group(0, &p.group, &[]);
@@ -389,6 +430,11 @@ impl GpuLlama {
                 Readback::Argmax => {
                     if last {
                         enc.copy_buffer_to_buffer(&self.b.result, 0, &self.b.readback, 0, 8);
+                    }
+                }
+                Readback::TopK => {
+                    if last {
+                        enc.copy_buffer_to_buffer(&self.b.result, 0, &self.b.readback, 0, ((2 + 2 * GPU_TOP_K) * 4) as u64);
                     }
                 }
                 Readback::LastLogits => {
@@ -403,17 +449,27 @@ impl GpuLlama {
             self.ctx.queue.submit([enc.finish()]);
         }
         cache.commit(ids);
-        let bytes = match readback {
-            Readback::Argmax => 8,
-            _ => rows * vocab * 4,
-        };
         self.last_dispatches = dispatches;
+        self.map(readback, rows, n_pen > 0);
+        Ok(())
+    }
+
+    fn readback_bytes(&self, readback: Readback, rows: usize) -> usize {
+        match readback {
+            Readback::Argmax => 8,
+            Readback::TopK => (2 + 2 * GPU_TOP_K) * 4,
+            _ => rows * self.cfg.vocab_size * 4,
+        }
+    }
+
+    /// Starts mapping the readback buffer for a step's result.
+    fn map(&mut self, readback: Readback, rows: usize, penalized: bool) {
+        let bytes = self.readback_bytes(readback, rows);
         self.last_readback_bytes = bytes;
         let state = Arc::new(AtomicU8::new(0));
         let st = state.clone();
         self.b.readback.slice(..bytes as u64).map_async(wgpu::MapMode::Read, move |r| st.store(if r.is_ok() { 1 } else { 2 }, Ordering::SeqCst));
-        self.pending = Some(Pending { state, readback, rows });
-        Ok(())
+        self.pending = Some(Pending { state, readback, rows, penalized });
     }
 
     /// True once the submitted step's result can be taken without waiting.
@@ -440,7 +496,9 @@ impl GpuLlama {
     }
 
     /// The submitted step's result; [`Error::Gpu`] if it is not ready yet.
-    pub fn take(&mut self) -> Result<GpuOutput> {
+    /// `None` when the top-k selection could not prove it was complete: the
+    /// whole row is being read back instead (wait for it and take again).
+    pub fn take(&mut self) -> Result<Option<GpuOutput>> {
         let Some(p) = self.pending.as_ref() else {
             return Err(Error::Backend("no GPU step was submitted".into()));
         };
@@ -458,28 +516,41 @@ impl GpuLlama {
             _ => {}
         }
         let p = self.pending.take().expect("checked above");
-        let vocab = self.cfg.vocab_size;
         let out = {
-            let bytes = match p.readback {
-                Readback::Argmax => 8,
-                _ => p.rows * vocab * 4,
-            };
+            let bytes = self.readback_bytes(p.readback, p.rows);
             let view = self.b.readback.slice(..bytes as u64).get_mapped_range().map_err(|e| Error::Gpu(format!("reading the GPU result: {e}")))?;
             let words: &[u32] = bytemuck::cast_slice(&view);
             match p.readback {
-                Readback::Argmax => GpuOutput::Token(words[0]),
-                _ => GpuOutput::Logits(bytemuck::cast_slice::<u32, f32>(words).to_vec()),
+                Readback::Argmax => Some(GpuOutput::Token(words[0])),
+                Readback::TopK if words[1] != 0 => None,
+                Readback::TopK => {
+                    let n = (words[0] as usize).min(GPU_TOP_K);
+                    Some(GpuOutput::Candidates((0..n).map(|k| (words[2 + 2 * k], f32::from_bits(words[3 + 2 * k]))).collect()))
+                }
+                _ if p.penalized => Some(GpuOutput::PenalizedLogits(bytemuck::cast_slice::<u32, f32>(words).to_vec())),
+                _ => Some(GpuOutput::Logits(bytemuck::cast_slice::<u32, f32>(words).to_vec())),
             }
         };
         self.b.readback.unmap();
+        if out.is_none() {
+            // The penalized row is still in the logits buffer: read all of it.
+            let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kvchat logits") });
+            enc.copy_buffer_to_buffer(&self.b.logits, 0, &self.b.readback, 0, (self.cfg.vocab_size * 4) as u64);
+            self.ctx.queue.submit([enc.finish()]);
+            self.map(Readback::LastLogits, 1, true);
+        }
         Ok(out)
     }
 
     /// Submit, wait and take in one call (native code and tests).
-    pub fn run(&mut self, ids: &[u32], cache: &mut KvCache, readback: Readback) -> Result<GpuOutput> {
-        self.submit(ids, cache, readback)?;
-        self.wait()?;
-        self.take()
+    pub fn run(&mut self, ids: &[u32], cache: &mut KvCache, readback: Readback, penalty: Option<(&[u32], f32)>) -> Result<GpuOutput> {
+        self.submit(ids, cache, readback, penalty)?;
+        loop {
+            self.wait()?;
+            if let Some(out) = self.take()? {
+                return Ok(out);
+            }
+        }
     }
 
     /// Forgets a step in flight (after an error, so the next one can start).

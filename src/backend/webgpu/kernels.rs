@@ -91,6 +91,8 @@ pub struct Kernels {
     pub rope_kv: Kernel,
     pub attention: Kernel,
     pub argmax: Kernel,
+    pub penalty: Kernel,
+    pub topk: Kernel,
 }
 
 impl Kernels {
@@ -105,6 +107,8 @@ impl Kernels {
             rope_kv: Kernel::new(ctx, "rope_kv", include_str!("shaders/rope_kv.wgsl"), &[U, U, R, R, R, W, W, W, W], &[("KV_F16", f)]),
             attention: Kernel::new(ctx, "attention", include_str!("shaders/attention.wgsl"), &[U, U, R, R, R, R, R, W, W], &[("KV_F16", f)]),
             argmax: Kernel::new(ctx, "argmax", include_str!("shaders/argmax.wgsl"), &[U, U, R, W], &[]),
+            penalty: Kernel::new(ctx, "penalty", include_str!("shaders/penalty.wgsl"), &[U, U, R, W], &[]),
+            topk: Kernel::new(ctx, "topk", include_str!("shaders/topk.wgsl"), &[U, U, R, W], &[]),
         }
     }
 
