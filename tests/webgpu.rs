@@ -77,6 +77,47 @@ fn matmul_kernels_equal_the_cpu_kernels() {
 }
 
 #[test]
+fn matrices_larger_than_a_binding_are_split_by_rows() {
+    let Some(ctx) = gpu() else { return };
+    // Pretend the device allows 4 KiB per binding: 200 rows of 18 Q4_1 blocks become 15 parts.
+    let mut small = ctx.clone();
+    small.info.max_storage_binding = 4096;
+    let (rows, cols, t) = (200, 576, 2);
+    let blocks = random_blocks(QFormat::Q4_1, rows, cols, 21);
+    let m = GpuMatrix::from_blocks(&small, "w", QFormat::Q4_1, rows, cols, &blocks).unwrap();
+    assert!(m.parts.len() > 1, "{} parts", m.parts.len());
+    let whole = GpuMatrix::from_blocks(&ctx, "w", QFormat::Q4_1, rows, cols, &blocks).unwrap();
+    assert_eq!(whole.parts.len(), 1);
+    let x = random_x(t * cols, 22);
+    let (a, _, _) = probe::matmul(&ctx, &m, &x, t, probe::Input::Plain).unwrap();
+    let (b, _, _) = probe::matmul(&ctx, &whole, &x, t, probe::Input::Plain).unwrap();
+    eprintln!("{} parts of at most {} rows", m.parts.len(), m.parts.iter().map(|p| p.rows).max().unwrap());
+    assert_eq!(a, b, "split and whole matrices give the same product");
+}
+
+#[test]
+fn matmul_kernels_on_the_real_weights_equal_the_cpu_kernels() {
+    let Some(bytes) = real_model() else { return };
+    let Some(ctx) = gpu() else { return };
+    let g = kvchat::gguf::Gguf::parse(&bytes).unwrap();
+    let dev = candle_core::Device::Cpu;
+    for (name, rows, cols) in [("blk.0.attn_q.weight", 576, 576), ("blk.3.ffn_down.weight", 576, 1536), ("blk.7.ffn_up.weight", 1536, 576), ("token_embd.weight", 49152, 576)] {
+        let w = g.tensor(name, &[rows, cols], &dev).unwrap();
+        let m = GpuMatrix::from_tensors(&ctx, name, &[&w]).unwrap();
+        let cpu = QMatrix::from_blocks(m.format, rows, cols, &w.data().unwrap()).unwrap();
+        let x = random_x(3 * cols, 31);
+        let mut act = QActivations::default();
+        let mut want = vec![0f32; 3 * rows];
+        cpu.matmul(&x, 3, &mut act, &mut want);
+        let (got, _, _) = probe::matmul(&ctx, &m, &x, 3, probe::Input::Plain).unwrap();
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let err = max_abs_diff(&got, &want);
+        eprintln!("{name} ({:?}, {rows}x{cols}): max |gpu - cpu| = {err:.2e} (max |y| {scale:.1})", m.format);
+        assert!(err <= 1e-5 * scale.max(1.0), "{name}: {err}");
+    }
+}
+
+#[test]
 fn rms_norm_then_matmul_equals_the_cpu() {
     let Some(ctx) = gpu() else { return };
     let (rows, cols, t) = (96, 576, 3);

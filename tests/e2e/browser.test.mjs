@@ -184,7 +184,9 @@ test('the JS API: tokenize, options, errors, abort, one generation at a time, di
   assert.match(r.missing.message, /404/);
   assert.equal(r.notGguf.kind, 'gguf');
   assert.match(r.notGguf.message, /not a GGUF.*HTML/);
-  assert.equal(r.webgpu.kind, 'unsupported');
+  // This browser runs with --disable-gpu: 'webgpu' rejects clearly instead of falling back.
+  assert.equal(r.webgpu.kind, 'gpu');
+  assert.match(r.webgpu.message, /webgpu.*not available/i);
   assert.equal(r.smallWindow.kind, 'invalid-option');
   assert.deepEqual(r.ids, [1, 4093, 198, 26843]);
   assert.equal(r.greedy1, r.greedy2);
