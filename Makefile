@@ -51,6 +51,8 @@ BENCH_PROMPT := $(firstword $(wildcard ../shared/reference/bench-prompt.txt) tes
 bench: model build-native build-wasm
 	./target/release/kvchat bench --model $(MODEL) --prompt-file $(BENCH_PROMPT) --gen 128 --runs 3 --json --profile
 	CANDLE_NUM_THREADS=2 ./target/release/kvchat bench --model $(MODEL) --prompt-file $(BENCH_PROMPT) --gen 128 --runs 3 --json
+	@echo "WebGPU backend natively (on lavapipe here: a software adapter, for regressions only):"
+	-./target/release/kvchat bench --model $(MODEL) --prompt-file $(BENCH_PROMPT) --gen 32 --runs 1 --json --backend webgpu
 	node scripts/bench-browser.mjs 3
 	node scripts/bench-batch.mjs 1,4,8,16
 	./scripts/bench-wllama.sh

@@ -433,7 +433,8 @@ mod cli {
                 }
                 let threads = rayon::current_num_threads();
                 let v = serde_json::json!({
-                    "engine": "kvchat-native", "prompt_tokens": prompt_tokens, "gen_tokens": gen,
+                    "engine": "kvchat-native", "backend": engine.backend(), "adapter": engine.adapter().map(|a| a.name.clone()),
+                    "prompt_tokens": prompt_tokens, "gen_tokens": gen,
                     "runs": pre.len(), "threads": threads,
                     "prefill_tokens_per_sec": median(pre), "decode_tokens_per_sec": median(dec),
                     "time_to_first_token_ms": median(ttft),
