@@ -1,7 +1,8 @@
 //! Weight matrices on the GPU: GGUF blocks repacked at load into a `u32` array
 //! of quants (bytes as in the file, so 4-byte aligned for WGSL) and an `f32`
-//! array of (scale, offset) per block; split by rows into parts when a matrix
-//! is larger than the device's largest storage binding.
+//! array of (scale, offset) per block, both in block-major order (block `b` of
+//! row `r` at `b * rows + r`); split by rows into parts when a matrix is larger
+//! than the device's largest storage binding.
 
 use super::GpuContext;
 use crate::backend::cpu::quant::{QFormat, QK};
@@ -88,7 +89,11 @@ impl GpuMatrix {
             let blocks = &data[row_start * nb * bb..(row_start + n) * nb * bb];
             let mut qs = Vec::with_capacity(n * nb * qb);
             let mut ws = Vec::with_capacity(n * nb * 2);
-            for blk in blocks.chunks_exact(bb) {
+            // Block-major order ([block][row]): the threads of a workgroup, one per
+            // row, read adjacent memory for the same block (coalesced loads).
+            let order = (0..nb).flat_map(|b| (0..n).map(move |r| (r * nb + b) * bb));
+            for at in order {
+                let blk = &blocks[at..at + bb];
                 let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
                 match format {
                     QFormat::Q4_0 => {

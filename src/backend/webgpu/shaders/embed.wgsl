@@ -25,9 +25,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         return;
     }
     let r = id - p.row_start;
-    let nb = p.cols / 32u;
     for (var i = lid; i < p.cols; i += 64u) {
-        let wi = r * nb + i / 32u;
+        let wi = (i / 32u) * p.rows + r;
         let v = i % 32u;
         let d = ws[2u * wi];
         var y: f32;

@@ -1,7 +1,9 @@
 // out[t][r] (+)= dot(weight row r, activation row t) for GGUF blocks of 32:
 // FORMAT 0 Q4_0, 1 Q4_1, 2 Q8_0. Weights: `qs` holds each block's quants as in
 // the file (Q4: 16 bytes, byte j = values j | j+16 << 4; Q8: 32 signed bytes),
-// `ws` its scale d and offset m (Q4_0: -8 d; Q4_1: the minimum) as f32.
+// `ws` its scale d and offset m (Q4_0: -8 d; Q4_1: the minimum) as f32; both
+// block-major (block b of row r at b * rows + r) so neighbouring threads (rows)
+// read neighbouring memory.
 // Activations: Q8 blocks from quantize.wgsl. Integer dot products per block,
 // then acc += isum * (d_w * d_a) and the offset through the activations' sums,
 // as llama.cpp's vec_dot_q4_1_q8_1 does. One thread per weight row and four
@@ -46,7 +48,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     var macc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     for (var b = 0u; b < nb; b++) {
-        let wi = r * nb + b;
+        let wi = b * p.rows + r;
         let dw = ws[2u * wi];
         let mw = ws[2u * wi + 1u];
         var w: array<u32, 8>;
