@@ -126,6 +126,8 @@ pub struct Engine {
     net: Net,
     /// Why the engine left the GPU, once it has.
     fallback: Option<String>,
+    /// On the GPU: the CPU weights batches run on, loaded on first use.
+    batch_cpu: Option<Llama>,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     cache: KvCache,
@@ -198,7 +200,7 @@ impl Engine {
                 KvCache::without_storage(opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim)?,
             ),
         };
-        Ok(Self { net, fallback: None, tokenizer, template, cache, opts, last: GenerationStats::default(), encoder: IncrementalEncoder::default() })
+        Ok(Self { net, fallback: None, batch_cpu: None, tokenizer, template, cache, opts, last: GenerationStats::default(), encoder: IncrementalEncoder::default() })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -207,11 +209,18 @@ impl Engine {
             Net::Gpu(m, _) => m.config(),
         }
     }
-    /// The CPU model (batches and profiles run on it).
+    /// The CPU model batches run on. An engine on the GPU loads one from the
+    /// kept bytes the first time a batch runs (batches have no GPU kernels yet).
     pub(crate) fn model_mut(&mut self) -> Result<&mut Llama> {
         match &mut self.net {
             Net::Cpu(m) => Ok(m),
-            Net::Gpu(..) => Err(Error::Unsupported("batches run on the CPU backend; load with backend 'cpu'".into())),
+            Net::Gpu(gpu, bytes) => {
+                if self.batch_cpu.is_none() {
+                    let g = Gguf::parse(bytes)?;
+                    self.batch_cpu = Some(Llama::load(&g, gpu.config().clone(), &Device::Cpu)?);
+                }
+                Ok(self.batch_cpu.as_mut().expect("loaded above"))
+            }
         }
     }
 
@@ -265,9 +274,11 @@ impl Engine {
     fn fall_back_to_cpu(&mut self, why: &Error) -> Result<Option<Vec<f32>>> {
         let Net::Gpu(_, bytes) = &self.net else { return Ok(None) };
         let bytes = bytes.clone();
-        let g = Gguf::parse(&bytes)?;
         let cfg = self.config().clone();
-        let model = Llama::load(&g, cfg.clone(), &Device::Cpu)?;
+        let model = match self.batch_cpu.take() {
+            Some(m) => m,
+            None => Llama::load(&Gguf::parse(&bytes)?, cfg.clone(), &Device::Cpu)?,
+        };
         let history = self.cache.tokens().to_vec();
         self.cache = KvCache::new(self.opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim)?;
         self.net = Net::Cpu(model);

@@ -354,3 +354,26 @@ fn top_k_readback_with_the_penalty_equals_the_cpu_sampler_on_the_same_logits() {
     e.generate(Prompt::Raw("Once upon a time"), &opts, |_| true).unwrap();
     assert_eq!(e.gpu_step_costs().unwrap().1, 520);
 }
+
+#[test]
+fn an_engine_on_the_gpu_still_runs_batches() {
+    let Some(bytes) = real_model() else { return };
+    let Some(ctx) = gpu() else { return };
+    let (mut cpu, mut gpu) = engines(&bytes, &ctx, 256, 4, KvDType::F32);
+    let run = |e: &mut Engine| -> Vec<Vec<u32>> {
+        let opts = GenerateOptions { max_tokens: 6, sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
+        let inputs = [(Prompt::Raw("The capital of France is"), opts.clone()), (Prompt::Raw("Water boils at"), opts)];
+        let mut b = e.start_batch(&inputs, kvchat::BatchOptions::default()).unwrap();
+        let mut ids = vec![Vec::new(); 2];
+        while !b.is_done() {
+            for ev in e.step_batch(&mut b).unwrap() {
+                if let kvchat::BatchEvent::Done { index, generation } = ev {
+                    ids[index] = generation.generated_ids;
+                }
+            }
+        }
+        ids
+    };
+    assert_eq!(run(&mut gpu), run(&mut cpu), "batches on a GPU engine run the CPU kernels");
+    assert_eq!(gpu.backend(), "webgpu", "the single-sequence path stays on the GPU");
+}
