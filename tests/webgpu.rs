@@ -70,7 +70,8 @@ fn matmul_kernels_equal_the_cpu_kernels() {
             }
             let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
             let err = max_abs_diff(&got, &want);
-            eprintln!("{format:?} {rows}x{cols} t={t}: max |gpu - cpu| = {err:.2e} (max |y| {scale:.1})");
+            let exact = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+            eprintln!("{format:?} {rows}x{cols} t={t}: max |gpu - cpu| = {err:.2e} (max |y| {scale:.1}), {exact}/{} bit-identical", got.len());
             assert!(err <= 1e-5 * scale.max(1.0), "{format:?} {rows}x{cols}: {err}");
         }
     }
