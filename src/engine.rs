@@ -114,6 +114,27 @@ pub struct Generation {
     pub kv: KvStats,
 }
 
+/// A model file's bytes, borrowed or handed over.
+enum Bytes<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl Bytes<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Borrowed(b) => b,
+            Bytes::Owned(v) => v,
+        }
+    }
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Bytes::Borrowed(b) => b.to_vec(),
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 /// The forward pass the engine runs on.
 enum Net {
     Cpu(Llama),
@@ -146,22 +167,30 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Loads a model from the bytes of a GGUF file.
     pub fn load(bytes: &[u8], opts: EngineOptions) -> Result<Self> {
-        Self::load_on(bytes, opts, None)
+        Self::load_on(Bytes::Borrowed(bytes), opts, None)
+    }
+
+    /// [`load`](Self::load) taking the bytes: they are freed before the KV
+    /// cache is allocated, so the peak memory of loading is the file plus the
+    /// weights, not the file plus the weights plus the cache (the wasm boundary
+    /// uses this: wasm memory never shrinks, so its high-water mark is what counts).
+    pub fn load_owned(bytes: Vec<u8>, opts: EngineOptions) -> Result<Self> {
+        Self::load_on(Bytes::Owned(bytes), opts, None)
     }
 
     /// Loads a model onto the GPU of `ctx` (WebGPU kernels for the whole forward
     /// pass). The engine keeps the file's bytes: if the device is lost it moves
     /// to the CPU and rebuilds the cache from the token history.
-    pub fn load_gpu(bytes: &[u8], opts: EngineOptions, ctx: &GpuContext) -> Result<Self> {
-        Self::load_on(bytes, opts, Some(ctx))
+    pub fn load_gpu(bytes: Vec<u8>, opts: EngineOptions, ctx: &GpuContext) -> Result<Self> {
+        Self::load_on(Bytes::Owned(bytes), opts, Some(ctx))
     }
 
-    fn load_on(bytes: &[u8], opts: EngineOptions, gpu: Option<&GpuContext>) -> Result<Self> {
+    fn load_on(bytes: Bytes, opts: EngineOptions, gpu: Option<&GpuContext>) -> Result<Self> {
         let mut opts = opts;
         if opts.prefill_chunk == 0 {
             return Err(Error::InvalidOption("prefill_chunk must be at least 1".into()));
         }
-        let g = Gguf::parse(bytes)?;
+        let g = Gguf::parse(bytes.as_slice())?;
         let cfg = LlamaConfig::from_gguf(&g)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         if tokenizer.vocab_size() != cfg.vocab_size {
@@ -194,11 +223,18 @@ impl Engine {
             None => None,
         };
         let (net, cache) = match gpu {
-            None => (Net::Cpu(Llama::load(&g, cfg.clone(), &Device::Cpu)?), KvCache::new(opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim)?),
-            Some(ctx) => (
-                Net::Gpu(Box::new(GpuLlama::load(&g, cfg.clone(), opts.kv, ctx)?), std::sync::Arc::new(bytes.to_vec())),
-                KvCache::without_storage(opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim)?,
-            ),
+            None => {
+                let model = Llama::load(&g, cfg.clone(), &Device::Cpu)?;
+                // The file's bytes go before the cache comes (see `load_owned`).
+                drop(g);
+                drop(bytes);
+                (Net::Cpu(model), KvCache::new(opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim)?)
+            }
+            Some(ctx) => {
+                let model = GpuLlama::load(&g, cfg.clone(), opts.kv, ctx)?;
+                drop(g);
+                (Net::Gpu(Box::new(model), std::sync::Arc::new(bytes.into_vec())), KvCache::without_storage(opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim)?)
+            }
         };
         Ok(Self { net, fallback: None, batch_cpu: None, tokenizer, template, cache, opts, last: GenerationStats::default(), encoder: IncrementalEncoder::default() })
     }

@@ -188,9 +188,10 @@ pub struct KvEngine {
 impl KvEngine {
     /// Loads a GGUF model from its bytes (CPU backend).
     #[wasm_bindgen(constructor)]
-    pub fn new(bytes: &[u8], options: JsValue) -> Result<KvEngine, JsValue> {
+    pub fn new(bytes: Vec<u8>, options: JsValue) -> Result<KvEngine, JsValue> {
         let opts = engine_options(options)?;
-        let engine = Engine::load(bytes, opts).map_err(to_js)?;
+        // Owned: the bytes are freed before the KV cache is allocated (a lower peak).
+        let engine = Engine::load_owned(bytes, opts).map_err(to_js)?;
         Ok(KvEngine { engine, session: None, batch: None })
     }
 
@@ -200,7 +201,7 @@ impl KvEngine {
     pub async fn load_gpu(bytes: Vec<u8>, options: JsValue) -> Result<KvEngine, JsValue> {
         let opts = engine_options(options)?;
         let ctx = crate::backend::webgpu::GpuContext::new().await.map_err(to_js)?;
-        let engine = Engine::load_gpu(&bytes, opts, &ctx).map_err(to_js)?;
+        let engine = Engine::load_gpu(bytes, opts, &ctx).map_err(to_js)?;
         Ok(KvEngine { engine, session: None, batch: None })
     }
 

@@ -270,7 +270,7 @@ mod webgpu_browser {
         let opts = EngineOptions { kv: KvCacheConfig { window: 256, sinks: 4, dtype: KvDType::F16 }, ..Default::default() };
         let mut cpu = Engine::load(&bytes, opts.clone()).unwrap();
         let t0 = web_time::Instant::now();
-        let mut gpu = Engine::load_gpu(&bytes, opts, &ctx).unwrap();
+        let mut gpu = Engine::load_gpu(bytes.clone(), opts, &ctx).unwrap();
         web_sys::console::log_1(&format!("GPU load (pipelines, uploads) {:.0} ms", t0.elapsed().as_secs_f64() * 1e3).into());
         drop(bytes);
         let golden: Vec<serde_json::Value> = serde_json::from_str(include_str!("fixtures/golden-llamacpp.json")).unwrap();

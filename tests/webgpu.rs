@@ -198,7 +198,7 @@ fn margin(l: &[f32]) -> f32 {
 
 fn engines(bytes: &[u8], ctx: &GpuContext, window: usize, sinks: usize, dtype: KvDType) -> (Engine, Engine) {
     let opts = EngineOptions { kv: KvCacheConfig { window, sinks, dtype }, ..Default::default() };
-    (Engine::load(bytes, opts.clone()).unwrap(), Engine::load_gpu(bytes, opts, ctx).unwrap())
+    (Engine::load(bytes, opts.clone()).unwrap(), Engine::load_gpu(bytes.to_vec(), opts, ctx).unwrap())
 }
 
 #[test]

@@ -186,7 +186,7 @@ mod cli {
                     }
                     Ok(ctx)
                 })
-                .and_then(|ctx| Engine::load_gpu(&bytes, opts.clone(), &ctx))
+                .and_then(|ctx| Engine::load_gpu(bytes.clone(), opts.clone(), &ctx))
             {
                 Ok(e) => {
                     eprintln!("backend: webgpu on {}", e.adapter().map(|a| a.name.as_str()).unwrap_or("?"));
