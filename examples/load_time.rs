@@ -10,6 +10,12 @@ fn main() {
     let t_tok = t.elapsed();
     drop(tok);
     let t = std::time::Instant::now();
+    let cfg = kvchat::model::LlamaConfig::from_gguf(&g).expect("config");
+    let m = kvchat::model::Llama::load(&g, cfg, &candle_core::Device::Cpu).expect("weights");
+    let t_w = t.elapsed();
+    drop(m);
+    println!("weights {:.0} ms", t_w.as_secs_f64() * 1e3);
+    let t = std::time::Instant::now();
     let e = kvchat::Engine::load(&bytes, kvchat::EngineOptions::default()).expect("load");
     let t_all = t.elapsed();
     println!(

@@ -86,6 +86,28 @@ impl<'a> Gguf<'a> {
             .map_err(|e| Error::Tensor { name: name.into(), reason: e.to_string() })
     }
 
+    /// The raw block bytes of one tensor, in place in the file (no copy), with
+    /// its type; the shape is checked against `expected` (candle order) and the
+    /// byte range against the file.
+    pub fn tensor_data(&self, name: &str, expected: &[usize]) -> Result<(&'a [u8], GgmlDType)> {
+        let bad = |reason: String| Error::Tensor { name: name.into(), reason };
+        let info = self.content.tensor_infos.get(name).ok_or_else(|| bad("missing from the file".into()))?;
+        let dims = info.shape.dims();
+        if dims != expected {
+            return Err(bad(format!("shape {dims:?} disagrees with the hyper-parameters {expected:?}")));
+        }
+        let dt = info.ggml_dtype;
+        let elems = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("too many elements".into()))?;
+        if elems % dt.block_size() != 0 {
+            return Err(bad("not a whole number of blocks".into()));
+        }
+        let len = (elems / dt.block_size()).checked_mul(dt.type_size()).ok_or_else(|| bad("too large".into()))?;
+        let start = self.content.tensor_data_offset.checked_add(info.offset).ok_or_else(|| bad("offset overflows".into()))?;
+        let start = usize::try_from(start).map_err(|_| bad("offset beyond the file".into()))?;
+        let end = start.checked_add(len).filter(|&e| e <= self.bytes.len()).ok_or_else(|| bad(format!("data ({len} bytes at {start}) runs past the end of the file")))?;
+        Ok((&self.bytes[start..end], dt))
+    }
+
     // ---- typed metadata getters -------------------------------------------------
 
     pub fn get_str(&self, key: &str) -> Result<&str> {
