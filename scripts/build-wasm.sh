@@ -29,9 +29,11 @@ RELAXED=target/relaxed
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" \
   cargo build --release --lib --target wasm32-unknown-unknown --target-dir "$RELAXED"
 wasm-bindgen --target web --out-dir "$RELAXED/pkg" --out-name kvchat "$RELAXED/wasm32-unknown-unknown/release/kvchat.wasm"
-if ! cmp -s "$RELAXED/pkg/kvchat.js" pkg/kvchat.js; then
+# Comments may differ (wasm-bindgen numbers closure shims in them); the code must not.
+code() { grep -v '^[[:space:]]*//' "$1"; }
+if ! cmp -s <(code "$RELAXED/pkg/kvchat.js") <(code pkg/kvchat.js); then
   echo "build-wasm: the relaxed-SIMD build's JS glue differs from pkg/kvchat.js; they cannot share it" >&2
-  diff "$RELAXED/pkg/kvchat.js" pkg/kvchat.js | head -20 >&2
+  diff <(code "$RELAXED/pkg/kvchat.js") <(code pkg/kvchat.js) | head -20 >&2
   exit 1
 fi
 $OPT --enable-relaxed-simd "$RELAXED/pkg/kvchat_bg.wasm" -o pkg/kvchat_relaxed_bg.wasm
