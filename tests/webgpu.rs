@@ -118,37 +118,40 @@ fn matmul_kernels_on_the_real_weights_equal_the_cpu_kernels() {
     }
 }
 
+/// The GPU's fused preparation (`input` on `x`) then a Q4_1 matmul, against
+/// the CPU's matmul of `h` (the same preparation done by the CPU's ops).
+fn fused_input_equals_the_cpu(ctx: &GpuContext, what: &str, rows: usize, cols: usize, t: usize, x: &[f32], h: &[f32], input: probe::Input) {
+    let blocks = random_blocks(QFormat::Q4_1, rows, cols, rows as u64);
+    let cpu = QMatrix::from_blocks(QFormat::Q4_1, rows, cols, &blocks).unwrap();
+    let m = GpuMatrix::from_blocks(ctx, "w", QFormat::Q4_1, rows, cols, &blocks).unwrap();
+    let mut act = QActivations::default();
+    let mut want = vec![0f32; t * rows];
+    cpu.matmul(h, t, &mut act, &mut want);
+    let (got, q, _) = probe::matmul(ctx, &m, x, t, input).unwrap();
+    let flips = q.iter().zip(act.quantized().0).filter(|(a, b)| a != b).count();
+    let err = max_abs_diff(&got, &want);
+    eprintln!("{what}+Q4_1: {flips} of {} quantized activations differ, max |gpu - cpu| = {err:.2e}", q.len());
+    assert!(flips <= q.len() / 500, "{what}: {flips} flips");
+    assert!(err < 0.05, "{what}: {err}");
+}
+
 #[test]
 fn rms_norm_then_matmul_equals_the_cpu() {
     let Some(ctx) = gpu() else { return };
-    let (rows, cols, t) = (96, 576, 3);
-    let blocks = random_blocks(QFormat::Q4_1, rows, cols, 5);
-    let cpu = QMatrix::from_blocks(QFormat::Q4_1, rows, cols, &blocks).unwrap();
-    let m = GpuMatrix::from_blocks(&ctx, "w", QFormat::Q4_1, rows, cols, &blocks).unwrap();
+    let (cols, t) = (576, 3);
     let x = random_x(t * cols, 11);
     let w = random_x(cols, 12);
     let mut h = vec![0f32; t * cols];
     for j in 0..t {
         kvchat::backend::cpu::ops::rms_norm(&x[j * cols..(j + 1) * cols], &w, 1e-5, &mut h[j * cols..(j + 1) * cols]);
     }
-    let mut act = QActivations::default();
-    let mut want = vec![0f32; t * rows];
-    cpu.matmul(&h, t, &mut act, &mut want);
-    let (got, q, _) = probe::matmul(&ctx, &m, &x, t, probe::Input::Norm(&w, 1e-5)).unwrap();
-    let flips = q.iter().zip(act.quantized().0).filter(|(a, b)| a != b).count();
-    let err = max_abs_diff(&got, &want);
-    eprintln!("norm+Q4_1: {flips} of {} quantized activations differ, max |gpu - cpu| = {err:.2e}", q.len());
-    assert!(flips <= q.len() / 500, "{flips} flips");
-    assert!(err < 0.05, "{err}");
+    fused_input_equals_the_cpu(&ctx, "norm", 96, cols, t, &x, &h, probe::Input::Norm(&w, 1e-5));
 }
 
 #[test]
 fn silu_then_matmul_equals_the_cpu() {
     let Some(ctx) = gpu() else { return };
-    let (rows, cols, t) = (64, 1536, 2);
-    let blocks = random_blocks(QFormat::Q4_1, rows, cols, 6);
-    let cpu = QMatrix::from_blocks(QFormat::Q4_1, rows, cols, &blocks).unwrap();
-    let m = GpuMatrix::from_blocks(&ctx, "w", QFormat::Q4_1, rows, cols, &blocks).unwrap();
+    let (cols, t) = (1536, 2);
     let x = random_x(t * 2 * cols, 13);
     let mut h = Vec::new();
     for j in 0..t {
@@ -156,15 +159,7 @@ fn silu_then_matmul_equals_the_cpu() {
         kvchat::backend::cpu::ops::silu_mul(&mut g, &x[j * 2 * cols + cols..(j + 1) * 2 * cols]);
         h.extend(g);
     }
-    let mut act = QActivations::default();
-    let mut want = vec![0f32; t * rows];
-    cpu.matmul(&h, t, &mut act, &mut want);
-    let (got, q, _) = probe::matmul(&ctx, &m, &x, t, probe::Input::Silu).unwrap();
-    let flips = q.iter().zip(act.quantized().0).filter(|(a, b)| a != b).count();
-    let err = max_abs_diff(&got, &want);
-    eprintln!("silu+Q4_1: {flips} of {} quantized activations differ, max |gpu - cpu| = {err:.2e}", q.len());
-    assert!(flips <= q.len() / 500, "{flips} flips");
-    assert!(err < 0.05, "{err}");
+    fused_input_equals_the_cpu(&ctx, "silu", 64, cols, t, &x, &h, probe::Input::Silu);
 }
 
 // ---- The whole model on the real weights (skips, saying why, without `make model`). ----
