@@ -253,8 +253,8 @@ impl GpuLlama {
                 Ok(v)
             }
         };
-        let rp = uniform(ctx, &[c.n_head as u32, c.n_head_kv as u32, hd as u32, cap as u32, (qd + 2 * kvd) as u32, 0, 0, 0]);
-        let ap = uniform(ctx, &[c.n_head as u32, c.n_head_kv as u32, hd as u32, cap as u32, (1.0 / (hd as f32).sqrt()).to_bits(), 0, 0, 0]);
+        // kv.wgsl's KvParams, shared by rope_kv and attention.
+        let kvp = uniform(ctx, &[c.n_head as u32, c.n_head_kv as u32, hd as u32, cap as u32, (qd + 2 * kvd) as u32, (1.0 / (hd as f32).sqrt()).to_bits(), 0, 0]);
         let mut kv_buffers = Vec::new();
         let mut norms = Vec::new();
         for i in 0..c.n_layer {
@@ -272,8 +272,8 @@ impl GpuLlama {
             passes.push(quant(&mut k, QuantMode::Norm, e, e, 0, false, &b.x, &attn_norm));
             let refs: Vec<_> = qkv.iter().map(|(m, o)| (m, *o)).collect();
             passes.extend(matmul(&mut k, &refs, qd + 2 * kvd, false, false, &b.qkv));
-            passes.push(pass(&k.rope_kv, ctx, &[&rp, step, &b.qkv, &b.tok, &b.cs, &b.q, &b.q_sink, &kc, &vc], Grid::Tokens));
-            passes.push(pass(&k.attention, ctx, &[&ap, step, &b.tok, &b.q, &b.q_sink, &kc, &vc, &b.scores, &b.attn], Grid::Heads(c.n_head as u32)));
+            passes.push(pass(&k.rope_kv, ctx, &[&kvp, step, &b.qkv, &b.tok, &b.cs, &b.q, &b.q_sink, &kc, &vc], Grid::Tokens));
+            passes.push(pass(&k.attention, ctx, &[&kvp, step, &b.tok, &b.q, &b.q_sink, &kc, &vc, &b.scores, &b.attn], Grid::Heads(c.n_head as u32)));
             passes.push(quant(&mut k, QuantMode::Plain, qd, qd, 0, false, &b.attn, &attn_norm));
             passes.extend(matmul(&mut k, &[(&wo, 0)], e, true, false, &b.x));
             passes.push(quant(&mut k, QuantMode::Norm, e, e, 0, false, &b.x, &ffn_norm));

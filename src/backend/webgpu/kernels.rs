@@ -7,6 +7,8 @@ use crate::backend::cpu::quant::QFormat;
 use std::collections::HashMap;
 
 const COMMON: &str = include_str!("shaders/common.wgsl");
+/// Prefixed to the kernels that touch the KV cache.
+const KV: &str = include_str!("shaders/kv.wgsl");
 
 /// How a binding is used.
 #[derive(Clone, Copy)]
@@ -104,8 +106,8 @@ impl Kernels {
             quant: HashMap::new(),
             matmul: HashMap::new(),
             embed: HashMap::new(),
-            rope_kv: Kernel::new(ctx, "rope_kv", include_str!("shaders/rope_kv.wgsl"), &[U, U, R, R, R, W, W, W, W], &[("KV_F16", f)]),
-            attention: Kernel::new(ctx, "attention", include_str!("shaders/attention.wgsl"), &[U, U, R, R, R, R, R, W, W], &[("KV_F16", f)]),
+            rope_kv: Kernel::new(ctx, "rope_kv", &format!("{KV}\n{}", include_str!("shaders/rope_kv.wgsl")), &[U, U, R, R, R, W, W, W, W], &[("KV_F16", f)]),
+            attention: Kernel::new(ctx, "attention", &format!("{KV}\n{}", include_str!("shaders/attention.wgsl")), &[U, U, R, R, R, R, R, W, W], &[("KV_F16", f)]),
             argmax: Kernel::new(ctx, "argmax", include_str!("shaders/argmax.wgsl"), &[U, U, R, W], &[]),
             penalty: Kernel::new(ctx, "penalty", include_str!("shaders/penalty.wgsl"), &[U, U, R, W], &[]),
             topk: Kernel::new(ctx, "topk", include_str!("shaders/topk.wgsl"), &[U, U, R, W], &[]),

@@ -6,20 +6,7 @@
 // the CPU cache (and llama.cpp) do. One workgroup per (head, token); the
 // scores go through a storage scratch row of `cap`.
 
-override KV_F16: bool = false;
-
-struct Params {
-    n_head: u32,
-    n_kv: u32,
-    hd: u32,
-    cap: u32,
-    scale: f32,
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(0) var<uniform> p: KvParams;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> tok: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> q: array<f32>;

@@ -6,20 +6,7 @@
 // Angles: `cs` row 0 is the sink query position, row 1 + j token j; each row is
 // `half` cosines then `half` sines. One workgroup per token.
 
-override KV_F16: bool = false;
-
-struct Params {
-    n_head: u32,
-    n_kv: u32,
-    hd: u32,
-    cap: u32,
-    qkv_stride: u32,
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(0) var<uniform> p: KvParams;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;
 // Per token: absolute position, cache slot, slots in use, sink_until.
