@@ -12,3 +12,8 @@ export KVCHAT_MODEL_URL="http://127.0.0.1:$PORT/models/SmolLM2-135M-Instruct.Q4_
 export CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver}
 export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-900}
 wasm-pack test --headless --chrome --release -- --test web
+# The relaxed-SIMD build (what Chromium runs) has its own Q4 kernels: run the kernel
+# tests once more compiled with relaxed SIMD (the relaxed build's target dir, as in build-wasm.sh: other rustflags).
+CARGO_TARGET_DIR=target/relaxed \
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" \
+  wasm-pack test --headless --chrome --release -- --test web -- kernels

@@ -149,8 +149,8 @@ fn simd_kernels_equal_the_portable_kernels() {
     use candle_core::quantized::{GgmlDType, QTensor};
     use kvchat::backend::cpu::quant::{QActivations, QFormat, QMatrix};
     let mut rng = kvchat::sampler::Rng::new(9);
-    let (rows, cols) = (37, 256);
-    for (dt, f) in [(GgmlDType::Q4_0, QFormat::Q4_0), (GgmlDType::Q4_1, QFormat::Q4_1), (GgmlDType::Q8_0, QFormat::Q8_0)] {
+    // The second shape is large enough that prefill passes go over it in several row blocks.
+    for (rows, cols, dt, f) in [(37, 256, GgmlDType::Q4_0, QFormat::Q4_0), (37, 256, GgmlDType::Q4_1, QFormat::Q4_1), (37, 256, GgmlDType::Q8_0, QFormat::Q8_0), (1001, 512, GgmlDType::Q4_1, QFormat::Q4_1), (1001, 512, GgmlDType::Q8_0, QFormat::Q8_0)] {
         let w: Vec<f32> = (0..rows * cols).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect();
         let qt = QTensor::quantize(&candle_core::Tensor::from_vec(w, (rows, cols), &candle_core::Device::Cpu).unwrap(), dt).unwrap();
         let m = QMatrix::from_blocks(f, rows, cols, &qt.data().unwrap()).unwrap();
@@ -179,9 +179,10 @@ fn q4_layouts_and_kernels_agree_with_the_dequantized_product() {
         let data = qt.data().unwrap();
         let ggml = QMatrix::from_blocks_with_layout(f, rows, cols, &data, Q4Layout::Ggml).unwrap();
         let lanes = QMatrix::from_blocks_with_layout(f, rows, cols, &data, Q4Layout::Lanes).unwrap();
-        // Both layouts dequantize to candle's values.
+        let rows4 = QMatrix::from_blocks_with_layout(f, rows, cols, &data, Q4Layout::Rows4).unwrap();
+        // Every layout dequantizes to candle's values.
         let mut row = vec![0f32; cols];
-        for m in [&ggml, &lanes] {
+        for m in [&ggml, &lanes, &rows4] {
             for r in 0..rows {
                 m.dequantize_row(r, &mut row);
                 assert_eq!(row[..], deq[r * cols..(r + 1) * cols], "{f:?} {:?} row {r}", m.layout);
@@ -192,12 +193,25 @@ fn q4_layouts_and_kernels_agree_with_the_dequantized_product() {
         for t in [1, 3, 5] {
             let x: Vec<f32> = (0..t * cols).map(|_| rng.next_f64() as f32 * 4.0 - 2.0).collect();
             let mut outs = Vec::new();
-            for m in [&ggml, &lanes] {
+            for m in [&ggml, &lanes, &rows4] {
                 let (mut a, mut b) = (vec![0f32; t * rows], vec![0f32; t * rows]);
                 m.matmul(&x, t, &mut QActivations::default(), &mut a);
                 m.matmul_portable(&x, t, &mut QActivations::default(), &mut b);
                 outs.push(a);
                 outs.push(b);
+            }
+            // Lanes and Rows4 kernels do the same float operations in the same order
+            // (except on the last, partial group of rows, which Lanes computes with the
+            // portable kernel), where both have one: relaxed-SIMD wasm builds, and natively
+            // where both take the portable kernel (plain simd128 has no Rows4 kernel).
+            let full = rows / 4 * 4;
+            let both_simd_or_both_portable = cfg!(target_feature = "relaxed-simd") || !cfg!(target_arch = "wasm32");
+            for j in 0..t {
+                let at = j * rows..j * rows + full;
+                if both_simd_or_both_portable {
+                    assert_eq!(outs[2][at.clone()], outs[4][at.clone()], "{f:?} t={t}: Lanes and Rows4 kernels differ");
+                }
+                assert_eq!(outs[3][at.clone()], outs[5][at], "{f:?} t={t}: Lanes and Rows4 portable kernels differ");
             }
             for j in 0..t {
                 for r in 0..rows {

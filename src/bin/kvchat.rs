@@ -145,6 +145,9 @@ mod cli {
             no_share_prefix: bool,
             #[arg(long)]
             json: bool,
+            /// Also print where the forward passes' time went (ms per token, prefill and decode together).
+            #[arg(long)]
+            profile: bool,
         },
         /// Prefill and decode speed, median of several runs after a warm-up.
         Bench {
@@ -336,7 +339,7 @@ mod cli {
                     println!("tokens {n}  mean_nll {mean:.5}  ppl {:.4}", mean.exp());
                 }
             }
-            Cmd::Batch { m, prompts_file, batch, seq_window, max_tokens, temperature, ignore_eos, no_share_prefix, json } => {
+            Cmd::Batch { m, prompts_file, batch, seq_window, max_tokens, temperature, ignore_eos, no_share_prefix, json, profile } => {
                 let text = std::fs::read_to_string(&prompts_file).map_err(|e| format!("cannot read {}: {e}", prompts_file.display()))?;
                 let mut engine = load(&m)?;
                 let lines: Vec<serde_json::Value> = text
@@ -387,6 +390,7 @@ mod cli {
                 };
                 let bopts = kvchat::BatchOptions { batch_size: batch, kv: Some(kv), share_prefix: !no_share_prefix };
                 let mut b = engine.start_batch(&inputs, bopts)?;
+                engine.set_profiling(profile);
                 while !b.is_done() {
                     for ev in engine.step_batch(&mut b)? {
                         if let kvchat::BatchEvent::Done { index, generation: g } = ev {
@@ -402,6 +406,11 @@ mod cli {
                     }
                 }
                 let st = b.stats();
+                if let Some(p) = engine.profile().filter(|_| profile) {
+                    let ops: serde_json::Map<String, serde_json::Value> =
+                        p.per_token_ms().into_iter().map(|(name, ms)| (name.to_string(), serde_json::json!((ms * 1000.0).round() / 1000.0))).collect();
+                    eprintln!("{}", serde_json::json!({ "profile": "batch", "tokens": p.tokens, "ops_ms_per_token": ops }));
+                }
                 if json {
                     println!("{}", serde_json::json!({ "batch_stats": st }));
                 } else {

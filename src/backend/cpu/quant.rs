@@ -41,23 +41,33 @@ pub enum Q4Layout {
     /// scales (of every format) are interleaved by groups of four rows, so one
     /// load gives the scales of four rows for the same block.
     Lanes,
+    /// Four rows interleaved per block (relaxed SIMD): the 64 bytes of rows
+    /// `4g..4g+4`, block `b` are four vectors; in vector `k`, byte `4j + i`
+    /// holds row `4g+j`'s values `8k+i` (low nibble) and `8k+4+i` (high
+    /// nibble). One relaxed dot against four activation bytes splatted to
+    /// every lane then yields each row's partial sum in its own lane: no
+    /// horizontal reduction per block. Q8 blocks and the scales are stored as
+    /// in [`Lanes`](Self::Lanes).
+    Rows4,
 }
 
 impl Q4Layout {
     /// The layout this target's fastest kernel reads.
     pub fn native() -> Self {
-        if cfg!(target_arch = "wasm32") {
+        if cfg!(all(target_arch = "wasm32", target_feature = "relaxed-simd")) {
+            Q4Layout::Rows4
+        } else if cfg!(target_arch = "wasm32") {
             Q4Layout::Lanes
         } else {
             Q4Layout::Ggml
         }
     }
 
-    /// Value `j` (0..32) of a block's 16 bytes.
+    /// Value `j` (0..32) of a block's 16 bytes (layouts that keep a block's bytes together).
     #[inline(always)]
     fn get(self, q: &[u8], j: usize) -> u8 {
         match self {
-            Q4Layout::Ggml => {
+            Q4Layout::Ggml | Q4Layout::Rows4 => {
                 if j < 16 {
                     q[j] & 0x0F
                 } else {
@@ -85,7 +95,8 @@ pub struct QMatrix {
     /// Per-block offset term: Q4_1's minimum, Q4_0's `-8 d` (values are stored
     /// unsigned 0..16 and the offset applied through the activations' sums).
     m: Vec<f32>,
-    /// Q4: 16 bytes of nibbles per block in `layout`. Q8: 32 signed bytes per block.
+    /// Q4: 16 bytes of nibbles per block in `layout` (for [`Q4Layout::Rows4`],
+    /// rows padded to a multiple of four). Q8: 32 signed bytes per block.
     qs: Vec<u8>,
 }
 
@@ -148,7 +159,10 @@ impl QMatrix {
         let qlen = if format == QFormat::Q8_0 { 32 } else { 16 };
         let mut d = vec![0f32; nb];
         let mut m = vec![0f32; if format == QFormat::Q8_0 { 0 } else { nb }];
-        let mut qs = vec![0u8; nb * qlen];
+        let rows4 = layout == Q4Layout::Rows4 && format != QFormat::Q8_0;
+        let mut qs = vec![0u8; if rows4 { rows.div_ceil(4) * 4 * cols / QK } else { nb } * qlen];
+        let mut grouped = if rows4 { vec![0u8; qs.len()] } else { Vec::new() };
+        let nbr = cols / QK;
         for (i, (blk, q)) in data.chunks_exact(bb).zip(qs.chunks_exact_mut(qlen)).enumerate() {
             let scale = f16_at(blk, 0);
             d[i] = scale;
@@ -168,6 +182,15 @@ impl QMatrix {
             };
             match layout {
                 Q4Layout::Ggml => q.copy_from_slice(nibbles),
+                Q4Layout::Rows4 => {
+                    let (r, b) = (i / nbr, i % nbr);
+                    let base = ((r / 4) * nbr + b) * 64 + 4 * (r % 4);
+                    for v in 0..32 {
+                        let n = if v < 16 { nibbles[v] & 0x0F } else { nibbles[v - 16] >> 4 };
+                        let (k, p) = (v / 8, v % 8);
+                        grouped[base + 16 * k + p % 4] |= if p < 4 { n } else { n << 4 };
+                    }
+                }
                 Q4Layout::Lanes => {
                     // Lane l: values l, l+8 (low nibbles of bytes l, l+8), l+16, l+24 (their high nibbles).
                     for l in 0..8 {
@@ -178,9 +201,10 @@ impl QMatrix {
                 }
             }
         }
+        let qs = if rows4 { grouped } else { qs };
         let (d, m) = match layout {
             Q4Layout::Ggml => (d, m),
-            Q4Layout::Lanes => (interleave4(&d, rows, cols / QK), interleave4(&m, rows, cols / QK)),
+            Q4Layout::Lanes | Q4Layout::Rows4 => (interleave4(&d, rows, cols / QK), interleave4(&m, rows, cols / QK)),
         };
         Some(Self { format, rows, cols, layout, d, m, qs })
     }
@@ -191,7 +215,25 @@ impl QMatrix {
         let nb = self.cols / QK;
         match self.layout {
             Q4Layout::Ggml => r * nb + b,
-            Q4Layout::Lanes => ((r / 4) * nb + b) * 4 + r % 4,
+            Q4Layout::Lanes | Q4Layout::Rows4 => ((r / 4) * nb + b) * 4 + r % 4,
+        }
+    }
+
+    /// Four-bit value `j` (0..32) of row `r`, block `b`.
+    #[inline(always)]
+    fn nibble(&self, r: usize, b: usize, j: usize) -> u8 {
+        let nb = self.cols / QK;
+        match self.layout {
+            Q4Layout::Rows4 => {
+                let (k, p) = (j / 8, j % 8);
+                let byte = self.qs[((r / 4) * nb + b) * 64 + 4 * (r % 4) + 16 * k + p % 4];
+                if p < 4 {
+                    byte & 0x0F
+                } else {
+                    byte >> 4
+                }
+            }
+            layout => layout.get(&self.qs[(r * nb + b) * 16..(r * nb + b + 1) * 16], j),
         }
     }
 
@@ -233,7 +275,14 @@ impl QMatrix {
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         {
-            if self.layout == Q4Layout::Lanes {
+            #[cfg(target_feature = "relaxed-simd")]
+            if self.layout == Q4Layout::Rows4 && self.format != QFormat::Q8_0 {
+                simd128::matmul_rows4(self, rows, t_rows, act, out);
+                return;
+            }
+            // Q8 blocks are stored alike in both layouts (Rows4 Q4 blocks without
+            // relaxed SIMD, which only tests build, take the portable kernel).
+            if self.layout == Q4Layout::Lanes || (self.layout == Q4Layout::Rows4 && self.format == QFormat::Q8_0) {
                 simd128::matmul(self, rows, t_rows, act, out);
                 return;
             }
@@ -306,9 +355,8 @@ impl QMatrix {
                     }
                 }
                 QFormat::Q4_0 | QFormat::Q4_1 => {
-                    let qb = &self.qs[blk * 16..blk * 16 + 16];
                     for (j, &v) in yb.iter().enumerate() {
-                        sumi += self.layout.get(qb, j) as i32 * v as i32;
+                        sumi += self.nibble(r, b, j) as i32 * v as i32;
                     }
                 }
             }
@@ -336,9 +384,8 @@ impl QMatrix {
                     }
                 }
                 QFormat::Q4_0 | QFormat::Q4_1 => {
-                    let q = &self.qs[i * 16..i * 16 + 16];
                     for (j, v) in o.iter_mut().enumerate() {
-                        let n = self.layout.get(q, j);
+                        let n = self.nibble(r, b, j);
                         *v = if self.format == QFormat::Q4_0 { (n as f32 - 8.0) * d } else { n as f32 * d + self.m[self.sidx(r, b)] };
                     }
                 }
@@ -363,10 +410,6 @@ pub struct QActivations {
     dt: Vec<f32>,
     st: Vec<f32>,
     sxt: Vec<f32>,
-    /// The bytes of each block reordered for the relaxed-SIMD Q4 kernel:
-    /// `[y0, y16, y1, y17, …, y7, y23]` then `[y8, y24, …, y15, y31]`, the order
-    /// in which [`Q4Layout::Lanes`] yields low and high nibbles.
-    qr: Vec<i8>,
 }
 
 impl QActivations {
@@ -409,17 +452,6 @@ impl QActivations {
                     for b in 0..nb {
                         dst[b * t_rows + t] = src[t * nb + b];
                     }
-                }
-            }
-        }
-        if cfg!(target_feature = "relaxed-simd") {
-            self.qr.resize(self.q.len(), 0);
-            for (src, dst) in self.q.chunks_exact(QK).zip(self.qr.chunks_exact_mut(QK)) {
-                for l in 0..8 {
-                    dst[2 * l] = src[l];
-                    dst[2 * l + 1] = src[l + 16];
-                    dst[16 + 2 * l] = src[l + 8];
-                    dst[16 + 2 * l + 1] = src[l + 24];
                 }
             }
         }
@@ -552,13 +584,14 @@ mod avx2 {
     }
 }
 
-/// wasm simd128 kernels over the [`Q4Layout::Lanes`] layout. Decode passes
-/// take four weight rows against one token, prefill passes one weight row
-/// against four tokens, so every unpacked weight vector or loaded activation
-/// vector is used four times; the four integer block sums are reduced into one
-/// vector and scaled with one multiply. With relaxed SIMD, Q4 blocks use
-/// `i32x4.relaxed_dot_i8x16_i7x16_add_s` (the nibbles are the 7-bit operand:
-/// pmaddubsw on x86, sdot on ARM) and need no widening at all.
+/// wasm simd128 kernels. Over the [`Q4Layout::Lanes`] layout (and Q8 blocks):
+/// decode passes take four weight rows against one token, prefill passes one
+/// weight row against four tokens, so every unpacked weight vector or loaded
+/// activation vector is used four times; the four integer block sums are
+/// reduced into one vector and scaled with one multiply. With relaxed SIMD, Q4
+/// blocks in the [`Q4Layout::Rows4`] layout use `i16x8.relaxed_dot_i8x16_i7x16_s`
+/// (the nibbles are the 7-bit operand: pmaddubsw on x86, sdot on ARM): no
+/// widening and no horizontal reduction, four rows per vector.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128 {
     use super::{Out, QActivations, QFormat, QMatrix, QK};
@@ -579,40 +612,20 @@ mod simd128 {
     }
 
     /// A Q4 block unpacked once, used against several activation rows.
-    #[cfg(target_feature = "relaxed-simd")]
-    type Q4 = [v128; 2];
-    #[cfg(not(target_feature = "relaxed-simd"))]
     type Q4 = [v128; 4];
 
+    /// The eight u16 lanes of a [`Q4Layout::Lanes`](super::Q4Layout::Lanes) block → 32 values as i16.
     #[inline(always)]
     unsafe fn unpack_q4(w: *const u8) -> Q4 {
         let v = ld(w);
-        #[cfg(target_feature = "relaxed-simd")]
-        {
-            let mask = u8x16_splat(0x0F);
-            [v128_and(v, mask), v128_and(u16x8_shr(v, 4), mask)]
-        }
-        #[cfg(not(target_feature = "relaxed-simd"))]
-        {
-            let mask = u16x8_splat(0x0F);
-            [v128_and(v, mask), v128_and(u16x8_shr(v, 4), mask), v128_and(u16x8_shr(v, 8), mask), u16x8_shr(v, 12)]
-        }
+        let mask = u16x8_splat(0x0F);
+        [v128_and(v, mask), v128_and(u16x8_shr(v, 4), mask), v128_and(u16x8_shr(v, 8), mask), u16x8_shr(v, 12)]
     }
 
     /// Integer dot of an unpacked Q4 block with activation row `t`, block `b` (4 partial lanes).
     #[inline(always)]
     unsafe fn dot_q4(w: &Q4, act: &QActivations, at: usize) -> v128 {
-        #[cfg(target_feature = "relaxed-simd")]
-        {
-            // Pair products summed to i16 (|sum| <= 2 * 15 * 128, so the two halves add
-            // without overflow), then one widening pairwise add: pmaddubsw, pmaddubsw, paddw, pmaddwd.
-            let y = act.qr.as_ptr().add(at);
-            i32x4_extadd_pairwise_i16x8(i16x8_add(i16x8_relaxed_dot_i8x16_i7x16(ld(y), w[0]), i16x8_relaxed_dot_i8x16_i7x16(ld(y.add(16)), w[1])))
-        }
-        #[cfg(not(target_feature = "relaxed-simd"))]
-        {
-            dot16(w, act.q16.as_ptr().add(at))
-        }
+        dot16(w, act.q16.as_ptr().add(at))
     }
 
     #[inline(always)]
@@ -630,7 +643,24 @@ mod simd128 {
         )
     }
 
+    /// `rows` cut into blocks of whole groups of four rows of about 64 KiB of
+    /// weights, so that with more than four tokens (prefill, batched decode)
+    /// each block is read from memory once and stays in cache for every token
+    /// pass (the 28 MiB output projection was otherwise streamed once per four tokens).
+    fn row_blocks(m: &QMatrix, rows: Range<usize>, t_rows: usize) -> impl Iterator<Item = Range<usize>> {
+        let nb = m.cols / QK;
+        let row_bytes = nb * (if m.format == QFormat::Q8_0 { 36 } else { 24 });
+        let step = if t_rows <= 4 { rows.len().max(1) } else { ((64 << 10) / row_bytes.max(1)).max(4) / 4 * 4 };
+        (rows.start..rows.end).step_by(step).map(move |r0| r0..(r0 + step).min(rows.end))
+    }
+
     pub fn matmul(m: &QMatrix, rows: Range<usize>, t_rows: usize, act: &QActivations, out: &Out) {
+        for block in row_blocks(m, rows, t_rows) {
+            matmul_block(m, block, t_rows, act, out);
+        }
+    }
+
+    fn matmul_block(m: &QMatrix, rows: Range<usize>, t_rows: usize, act: &QActivations, out: &Out) {
         let mut t = 0;
         while t + 4 <= t_rows {
             for r in rows.clone() {
@@ -651,6 +681,130 @@ mod simd128 {
                 unsafe { out.set(t * m.rows + r, m.dot_row_portable(r, act.row(t))) };
             }
             t += 1;
+        }
+    }
+
+    /// Q4 rows in the [`Q4Layout::Rows4`](super::Q4Layout::Rows4) layout: groups
+    /// of four rows against four tokens at a time, then one token at a time.
+    #[cfg(target_feature = "relaxed-simd")]
+    pub fn matmul_rows4(m: &QMatrix, rows: Range<usize>, t_rows: usize, act: &QActivations, out: &Out) {
+        for block in row_blocks(m, rows, t_rows) {
+            rows4_block_pass(m, block, t_rows, act, out);
+        }
+    }
+
+    #[cfg(target_feature = "relaxed-simd")]
+    fn rows4_block_pass(m: &QMatrix, rows: Range<usize>, t_rows: usize, act: &QActivations, out: &Out) {
+        let groups = rows.start / 4..rows.end.div_ceil(4);
+        let mut t = 0;
+        while t + 4 <= t_rows {
+            for g in groups.clone() {
+                // SAFETY: g < rows.div_ceil(4) (the layout pads to whole groups), t + 4 <= t_rows.
+                unsafe { g4_x4(m, g, t, act, out) };
+            }
+            t += 4;
+        }
+        for t in t..t_rows {
+            for g in groups.clone() {
+                // SAFETY: as above, t < t_rows.
+                unsafe { g4_x1(m, g, t, act, out) };
+            }
+        }
+    }
+
+    /// Σ over one Rows4 block: lane `j` = row `4g+j`'s integer dot with the 32
+    /// activation bytes at `y`. The 16 pair sums per i16 lane stay below
+    /// 16 · 15 · 127 < 2^15: no overflow.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    unsafe fn rows4_block(w: &[v128; 8], y: *const i8) -> v128 {
+        let sp = |o: usize| v128_load32_splat(y.add(o) as *const u32);
+        let a = i16x8_add(i16x8_relaxed_dot_i8x16_i7x16(sp(0), w[0]), i16x8_relaxed_dot_i8x16_i7x16(sp(4), w[1]));
+        let b = i16x8_add(i16x8_relaxed_dot_i8x16_i7x16(sp(8), w[2]), i16x8_relaxed_dot_i8x16_i7x16(sp(12), w[3]));
+        let c = i16x8_add(i16x8_relaxed_dot_i8x16_i7x16(sp(16), w[4]), i16x8_relaxed_dot_i8x16_i7x16(sp(20), w[5]));
+        let d = i16x8_add(i16x8_relaxed_dot_i8x16_i7x16(sp(24), w[6]), i16x8_relaxed_dot_i8x16_i7x16(sp(28), w[7]));
+        i32x4_extadd_pairwise_i16x8(i16x8_add(i16x8_add(a, b), i16x8_add(c, d)))
+    }
+
+    /// The four vectors of a Rows4 block → eight vectors of values 0..16 (low, high nibbles).
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    unsafe fn rows4_unpack(w: *const u8) -> [v128; 8] {
+        let mask = u8x16_splat(0x0F);
+        let nib = |k: usize| {
+            let v = ld(w.add(16 * k));
+            (v128_and(v, mask), v128_and(u16x8_shr(v, 4), mask))
+        };
+        let ((a, b), (c, d), (e, f), (g, h)) = (nib(0), nib(1), nib(2), nib(3));
+        [a, b, c, d, e, f, g, h]
+    }
+
+    /// Stores rows `4g..4g+4` of token `t` (fewer past the last row).
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    unsafe fn store4(m: &QMatrix, g: usize, t: usize, v: v128, out: &Out) {
+        let at = t * m.rows + 4 * g;
+        if 4 * g + 4 <= m.rows {
+            v128_store(out.0.add(at) as *mut v128, v);
+        } else {
+            let lanes: [f32; 4] = core::mem::transmute(v);
+            for (j, x) in lanes.into_iter().enumerate().take(m.rows - 4 * g) {
+                out.set(at + j, x);
+            }
+        }
+    }
+
+    /// The offset term of rows `4g..4g+4` for token `t`: Σ_b m · s (Q4_1's
+    /// rounded `s`, Q4_0's exact `Σq·d`), summed in block order as the other kernels do.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    unsafe fn rows4_offset(m: &QMatrix, g: usize, t: usize, act: &QActivations) -> v128 {
+        let nb = m.cols / QK;
+        let m4 = m.m.as_ptr().add(g * nb * 4);
+        let ys = if m.format == QFormat::Q4_1 { act.s.as_ptr() } else { act.sx.as_ptr() }.add(t * nb);
+        let mut macc = f32x4_splat(0.0);
+        for b in 0..nb {
+            macc = f32x4_add(macc, f32x4_mul(ld(m4.add(b * 4)), f32x4_splat(*ys.add(b))));
+        }
+        macc
+    }
+
+    /// Rows `4g..4g+4` (Rows4 layout) against token `t`.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    unsafe fn g4_x1(m: &QMatrix, g: usize, t: usize, act: &QActivations, out: &Out) {
+        let nb = m.cols / QK;
+        let w = m.qs.as_ptr().add(g * nb * 64);
+        let d4 = m.d.as_ptr().add(g * nb * 4);
+        let (y, yd) = (act.q.as_ptr().add(t * m.cols), act.d.as_ptr().add(t * nb));
+        let mut acc = f32x4_splat(0.0);
+        for b in 0..nb {
+            let v = rows4_block(&rows4_unpack(w.add(b * 64)), y.add(b * QK));
+            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(v), f32x4_mul(ld(d4.add(b * 4)), f32x4_splat(*yd.add(b)))));
+        }
+        store4(m, g, t, f32x4_add(acc, rows4_offset(m, g, t, act)), out);
+    }
+
+    /// Rows `4g..4g+4` (Rows4 layout) against tokens `t0..t0+4`: each block unpacked once.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    unsafe fn g4_x4(m: &QMatrix, g: usize, t0: usize, act: &QActivations, out: &Out) {
+        let nb = m.cols / QK;
+        let w = m.qs.as_ptr().add(g * nb * 64);
+        let d4 = m.d.as_ptr().add(g * nb * 4);
+        let y = act.q.as_ptr().add(t0 * m.cols);
+        let yd = act.d.as_ptr().add(t0 * nb);
+        let mut acc = [f32x4_splat(0.0); 4];
+        for b in 0..nb {
+            let wv = rows4_unpack(w.add(b * 64));
+            let dw = ld(d4.add(b * 4));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let v = rows4_block(&wv, y.add(i * m.cols + b * QK));
+                *a = f32x4_add(*a, f32x4_mul(f32x4_convert_i32x4(v), f32x4_mul(dw, f32x4_splat(*yd.add(i * nb + b)))));
+            }
+        }
+        for (i, a) in acc.into_iter().enumerate() {
+            store4(m, g, t0 + i, f32x4_add(a, rows4_offset(m, g, t0 + i, act)), out);
         }
     }
 
