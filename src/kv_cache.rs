@@ -180,7 +180,37 @@ struct GroupArgs {
 #[inline(always)]
 fn attend_group<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32]) {
     let (hd, cap) = (a.hd, a.cap);
-    for (s, key) in k.chunks_exact(hd).enumerate() {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if hd % 4 == 0 {
+        // Two keys per pass: twice the independent accumulators (the loop was bound by
+        // the latency of one add chain per head), each key's sums in the same order.
+        let mut s = 0;
+        while s < a.used {
+            let qq = if s < a.sink_until { q_sink } else { q };
+            let pair = s + 1 < a.used && (s + 1 < a.sink_until) == (s < a.sink_until);
+            if pair {
+                // SAFETY: qq holds N heads of hd; keys s and s + 1 are rows of k.
+                let (d0, d1) = unsafe { simd::dot_n2::<N>(qq.as_ptr(), k.as_ptr().add(s * hd), hd) };
+                for n in 0..N {
+                    scores[n * cap + s] = d0[n] * a.scale;
+                    scores[n * cap + s + 1] = d1[n] * a.scale;
+                }
+                s += 2;
+            } else {
+                // SAFETY: as above, key s only.
+                let d = unsafe { simd::dot_n::<N>(qq.as_ptr(), k.as_ptr().add(s * hd), hd) };
+                for n in 0..N {
+                    scores[n * cap + s] = d[n] * a.scale;
+                }
+                s += 1;
+            }
+        }
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    let keys = if hd % 4 == 0 { 0 } else { a.used };
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    let keys = a.used;
+    for (s, key) in k.chunks_exact(hd).take(keys).enumerate() {
         let qq = if s < a.sink_until { q_sink } else { q };
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         let d = if hd % 4 == 0 {
@@ -244,6 +274,30 @@ mod simd {
             out[n] = hsum(acc[n]);
         }
         out
+    }
+
+    /// [`dot_n`] for two consecutive keys at `key` (rows of `hd`).
+    #[inline(always)]
+    pub unsafe fn dot_n2<const N: usize>(q: *const f32, key: *const f32, hd: usize) -> ([f32; N], [f32; N]) {
+        let mut a0 = [f32x4_splat(0.0); N];
+        let mut a1 = [f32x4_splat(0.0); N];
+        let mut c = 0;
+        while c < hd {
+            let k0 = v128_load(key.add(c) as *const v128);
+            let k1 = v128_load(key.add(hd + c) as *const v128);
+            for n in 0..N {
+                let qv = v128_load(q.add(n * hd + c) as *const v128);
+                a0[n] = f32x4_add(a0[n], f32x4_mul(qv, k0));
+                a1[n] = f32x4_add(a1[n], f32x4_mul(qv, k1));
+            }
+            c += 4;
+        }
+        let (mut o0, mut o1) = ([0f32; N], [0f32; N]);
+        for n in 0..N {
+            o0[n] = hsum(a0[n]);
+            o1[n] = hsum(a1[n]);
+        }
+        (o0, o1)
     }
 
     /// `out[n] = Σ_s p[n][s] · v[s]` over `used` value rows of `hd`.

@@ -184,11 +184,15 @@ impl QMatrix {
                 Q4Layout::Ggml => q.copy_from_slice(nibbles),
                 Q4Layout::Rows4 => {
                     let (r, b) = (i / nbr, i % nbr);
+                    // Byte i of vector k: values 8k+i (low) and 8k+4+i (high); GGUF byte
+                    // l holds values l (low nibble) and l+16 (high nibble).
                     let base = ((r / 4) * nbr + b) * 64 + 4 * (r % 4);
-                    for v in 0..32 {
-                        let n = if v < 16 { nibbles[v] & 0x0F } else { nibbles[v - 16] >> 4 };
-                        let (k, p) = (v / 8, v % 8);
-                        grouped[base + 16 * k + p % 4] |= if p < 4 { n } else { n << 4 };
+                    let n = nibbles;
+                    for i in 0..4 {
+                        grouped[base + i] = (n[i] & 0x0F) | (n[4 + i] << 4);
+                        grouped[base + 16 + i] = (n[8 + i] & 0x0F) | (n[12 + i] << 4);
+                        grouped[base + 32 + i] = (n[i] >> 4) | (n[4 + i] & 0xF0);
+                        grouped[base + 48 + i] = (n[8 + i] >> 4) | (n[12 + i] & 0xF0);
                     }
                 }
                 Q4Layout::Lanes => {
