@@ -93,28 +93,36 @@ pub struct KvStats {
 /// Preallocated storage of one layer's keys or values, `[n_kv, capacity, head_dim]`.
 enum Store {
     F32(Vec<f32>),
-    F16(Vec<f16>),
+    /// `special`: some value ever written was inf or NaN (the fast conversion then is not exact).
+    F16 { data: Vec<f16>, special: bool },
 }
 
 impl Store {
     fn new(dtype: KvDType, n: usize) -> Self {
         match dtype {
             KvDType::F32 => Store::F32(vec![0.0; n]),
-            KvDType::F16 => Store::F16(vec![f16::ZERO; n]),
+            KvDType::F16 => Store::F16 { data: vec![f16::ZERO; n], special: false },
         }
     }
 
     fn write(&mut self, at: usize, x: &[f32]) {
         match self {
             Store::F32(s) => s[at..at + x.len()].copy_from_slice(x),
-            Store::F16(s) => s[at..at + x.len()].convert_from_f32_slice(x),
+            Store::F16 { data, special } => {
+                let d = &mut data[at..at + x.len()];
+                d.convert_from_f32_slice(x);
+                *special |= d.iter().any(|h| !h.is_finite());
+            }
         }
     }
 
     fn copy_span(&mut self, src: &Store, span: std::ops::Range<usize>) {
         match (self, src) {
             (Store::F32(d), Store::F32(s)) => d[span.clone()].copy_from_slice(&s[span]),
-            (Store::F16(d), Store::F16(s)) => d[span.clone()].copy_from_slice(&s[span]),
+            (Store::F16 { data: d, special: ds }, Store::F16 { data: s, special: ss }) => {
+                d[span.clone()].copy_from_slice(&s[span]);
+                *ds |= *ss;
+            }
             _ => {} // impossible: copy_from checks that the configurations (and so the types) match
         }
     }
@@ -123,9 +131,13 @@ impl Store {
     fn rows<'a>(&'a self, span: std::ops::Range<usize>, tmp: &'a mut Vec<f32>) -> &'a [f32] {
         match self {
             Store::F32(s) => &s[span],
-            Store::F16(s) => {
+            Store::F16 { data, special } => {
                 tmp.resize(span.len(), 0.0);
-                s[span].convert_to_f32_slice(tmp);
+                if *special {
+                    ops::f16_to_f32_slice(&data[span], tmp);
+                } else {
+                    ops::f16_to_f32_slice_finite(&data[span], tmp);
+                }
                 &tmp[..]
             }
         }
