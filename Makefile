@@ -55,6 +55,7 @@ bench: model build-native build-wasm
 	-./target/release/kvchat bench --model $(MODEL) --prompt-file $(BENCH_PROMPT) --gen 32 --runs 1 --json --backend webgpu
 	node scripts/bench-browser.mjs 3
 	node scripts/bench-batch.mjs 1,4,8,16
+	node scripts/bench-long-context.mjs
 	./scripts/bench-wllama.sh
 	@echo "cache vs --no-cache, 256 generated tokens:"
 	@for flag in "" "--no-cache"; do \

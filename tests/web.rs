@@ -162,6 +162,21 @@ fn f16_kernels_convert_every_value_exactly() {
 }
 
 #[wasm_bindgen_test(unsupported = test)]
+fn f16_kernels_round_like_the_half_crate() {
+    // Every 4099th f32 bit pattern (both signs, all exponents) and the edges of the f16 range.
+    let mut x: Vec<f32> = (0..=u32::MAX / 4099).map(|i| f32::from_bits(i * 4099)).collect();
+    for b in [0x3880_0000u32, 0x387F_FFFF, 0x477F_EFFF, 0x477F_F000, 0x477F_E000, 0x3300_0000, 0x3300_0001, 0x32FF_FFFF, 0x7F80_0000, 0x7FC0_0000, 0] {
+        x.push(f32::from_bits(b));
+        x.push(-f32::from_bits(b));
+    }
+    let want: Vec<f32> = x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+    kvchat::backend::cpu::ops::round_f16(&mut x);
+    for (g, w) in x.iter().zip(&want) {
+        assert!(if w.is_nan() { g.is_nan() } else { g.to_bits() == w.to_bits() }, "{g} vs {w} ({:#010x})", w.to_bits());
+    }
+}
+
+#[wasm_bindgen_test(unsupported = test)]
 fn simd_kernels_equal_the_portable_kernels() {
     use candle_core::quantized::{GgmlDType, QTensor};
     use kvchat::backend::cpu::quant::{QActivations, QFormat, QMatrix};

@@ -193,9 +193,42 @@ pub fn f16_to_f32_slice_finite(src: &[half::f16], dst: &mut [f32]) {
     }
 }
 
-/// Rounds every value to the nearest f16 (what an f16 KV cache stores).
+/// Rounds every value to the nearest f16 (what an f16 KV cache stores; the
+/// attention probabilities with an f16 cache). With simd128 four values at a
+/// time, bit for bit the `half` crate's rounding (ties to even); chunks with a
+/// value beyond the f16 range (inf after rounding) or NaN take the scalar path.
 pub fn round_f16(x: &mut [f32]) {
-    for v in x.iter_mut() {
+    #[allow(unused_mut)]
+    let mut done = 0;
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        use core::arch::wasm32::*;
+        let n = x.len() / 4 * 4;
+        while done < n {
+            // SAFETY: done + 4 <= x.len(); unaligned loads and stores are allowed.
+            unsafe {
+                let p = x.as_mut_ptr().add(done) as *mut v128;
+                let v = v128_load(p);
+                let a = v128_and(v, u32x4_splat(0x7FFF_FFFF));
+                // |x| >= 65520 rounds to inf (or is inf / NaN): scalar.
+                if !v128_any_true(i32x4_ge(a, i32x4_splat(0x477F_F000))) {
+                    // f16 normals (|x| >= 2^-14): drop 13 mantissa bits, ties to even.
+                    let lsb = v128_and(u32x4_shr(a, 13), u32x4_splat(1));
+                    let normal = v128_and(i32x4_add(i32x4_add(a, u32x4_splat(0x0FFF)), lsb), u32x4_splat(0xFFFF_E000));
+                    // f16 subnormals: multiples of 2^-24, rounded by the FPU at magnitude 0.5.
+                    let tiny = f32x4_sub(f32x4_add(a, f32x4_splat(0.5)), f32x4_splat(0.5));
+                    let r = v128_bitselect(normal, tiny, i32x4_ge(a, i32x4_splat(0x3880_0000)));
+                    v128_store(p, v128_or(r, v128_and(v, u32x4_splat(0x8000_0000))));
+                } else {
+                    for v in &mut x[done..done + 4] {
+                        *v = half::f16::from_f32(*v).to_f32();
+                    }
+                }
+            }
+            done += 4;
+        }
+    }
+    for v in x[done..].iter_mut() {
         *v = half::f16::from_f32(*v).to_f32();
     }
 }
