@@ -133,11 +133,7 @@ impl Store {
             Store::F32(s) => &s[span],
             Store::F16 { data, special } => {
                 tmp.resize(span.len(), 0.0);
-                if *special {
-                    ops::f16_to_f32_slice(&data[span], tmp);
-                } else {
-                    ops::f16_to_f32_slice_finite(&data[span], tmp);
-                }
+                ops::f16_to_f32_slice(&data[span], tmp, !*special);
                 &tmp[..]
             }
         }

@@ -149,13 +149,13 @@ fn f16_kernels_convert_every_value_exactly() {
     // The f16 KV cache's conversion (simd128 in the browser) against the half crate.
     let src: Vec<half::f16> = (0..=u16::MAX).map(half::f16::from_bits).collect();
     let mut dst = vec![0f32; src.len()];
-    kvchat::backend::cpu::ops::f16_to_f32_slice(&src, &mut dst);
+    kvchat::backend::cpu::ops::f16_to_f32_slice(&src, &mut dst, false);
     for (h, f) in src.iter().zip(&dst) {
         assert!(if h.is_nan() { f.is_nan() } else { f.to_bits() == h.to_f32().to_bits() }, "{:#06x} -> {f}", h.to_bits());
     }
     let finite: Vec<half::f16> = src.into_iter().filter(|h| h.is_finite()).collect();
     let mut dst = vec![0f32; finite.len()];
-    kvchat::backend::cpu::ops::f16_to_f32_slice_finite(&finite, &mut dst);
+    kvchat::backend::cpu::ops::f16_to_f32_slice(&finite, &mut dst, true);
     for (h, f) in finite.iter().zip(&dst) {
         assert_eq!(f.to_bits(), h.to_f32().to_bits(), "{:#06x}", h.to_bits());
     }
