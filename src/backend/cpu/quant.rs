@@ -704,14 +704,14 @@ mod simd128 {
         while t + 4 <= t_rows {
             for g in groups.clone() {
                 // SAFETY: g < rows.div_ceil(4) (the layout pads to whole groups), t + 4 <= t_rows.
-                unsafe { g4_x4(m, g, t, act, out) };
+                unsafe { g4_xn::<4>(m, g, t, act, out) };
             }
             t += 4;
         }
         for t in t..t_rows {
             for g in groups.clone() {
                 // SAFETY: as above, t < t_rows.
-                unsafe { g4_x1(m, g, t, act, out) };
+                unsafe { g4_xn::<1>(m, g, t, act, out) };
             }
         }
     }
@@ -773,32 +773,17 @@ mod simd128 {
         macc
     }
 
-    /// Rows `4g..4g+4` (Rows4 layout) against token `t`.
+    /// Rows `4g..4g+4` (Rows4 layout) against tokens `t0..t0+T` (T = 4 in prefill
+    /// and batched passes, 1 for the rest): each block unpacked once for all T.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
-    unsafe fn g4_x1(m: &QMatrix, g: usize, t: usize, act: &QActivations, out: &Out) {
-        let nb = m.cols / QK;
-        let w = m.qs.as_ptr().add(g * nb * 64);
-        let d4 = m.d.as_ptr().add(g * nb * 4);
-        let (y, yd) = (act.q.as_ptr().add(t * m.cols), act.d.as_ptr().add(t * nb));
-        let mut acc = f32x4_splat(0.0);
-        for b in 0..nb {
-            let v = rows4_block(&rows4_unpack(w.add(b * 64)), y.add(b * QK));
-            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(v), f32x4_mul(ld(d4.add(b * 4)), f32x4_splat(*yd.add(b)))));
-        }
-        store4(m, g, t, f32x4_add(acc, rows4_offset(m, g, t, act)), out);
-    }
-
-    /// Rows `4g..4g+4` (Rows4 layout) against tokens `t0..t0+4`: each block unpacked once.
-    #[cfg(target_feature = "relaxed-simd")]
-    #[inline(always)]
-    unsafe fn g4_x4(m: &QMatrix, g: usize, t0: usize, act: &QActivations, out: &Out) {
+    unsafe fn g4_xn<const T: usize>(m: &QMatrix, g: usize, t0: usize, act: &QActivations, out: &Out) {
         let nb = m.cols / QK;
         let w = m.qs.as_ptr().add(g * nb * 64);
         let d4 = m.d.as_ptr().add(g * nb * 4);
         let y = act.q.as_ptr().add(t0 * m.cols);
         let yd = act.d.as_ptr().add(t0 * nb);
-        let mut acc = [f32x4_splat(0.0); 4];
+        let mut acc = [f32x4_splat(0.0); T];
         for b in 0..nb {
             let wv = rows4_unpack(w.add(b * 64));
             let dw = ld(d4.add(b * 4));
