@@ -189,7 +189,7 @@ struct GroupArgs {
 fn attend_group<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32]) {
     let (hd, cap) = (a.hd, a.cap);
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    if hd % 4 == 0 {
+    if hd % 8 == 0 {
         // Two keys per pass: twice the independent accumulators (the loop was bound by
         // the latency of one add chain per head), each key's sums in the same order.
         let mut s = 0;
@@ -215,19 +215,11 @@ fn attend_group<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f
         }
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    let keys = if hd % 4 == 0 { 0 } else { a.used };
+    let keys = if hd % 8 == 0 { 0 } else { a.used };
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     let keys = a.used;
     for (s, key) in k.chunks_exact(hd).take(keys).enumerate() {
         let qq = if s < a.sink_until { q_sink } else { q };
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        let d = if hd % 4 == 0 {
-            // SAFETY: qq holds N heads of hd, key one row of hd.
-            unsafe { simd::dot_n::<N>(qq.as_ptr(), key.as_ptr(), hd) }
-        } else {
-            dot_n::<N>(qq, key, hd)
-        };
-        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
         let d = dot_n::<N>(qq, key, hd);
         for n in 0..N {
             scores[n * cap + s] = d[n] * a.scale;
@@ -265,21 +257,26 @@ mod simd {
         (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v)) + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
     }
 
-    /// The dot products of `N` contiguous query heads with one key; `hd % 4 == 0`.
+    /// The dot products of `N` contiguous query heads with one key; `hd % 8 == 0`.
+    /// Eight lanes (two vectors) per head, summed as the portable [`super::dot_n`]
+    /// (and the WebGPU kernel) sums them: the same bits on every backend.
     #[inline(always)]
     pub unsafe fn dot_n<const N: usize>(q: *const f32, key: *const f32, hd: usize) -> [f32; N] {
-        let mut acc = [f32x4_splat(0.0); N];
+        let mut lo = [f32x4_splat(0.0); N];
+        let mut hi = [f32x4_splat(0.0); N];
         let mut c = 0;
         while c < hd {
-            let k = v128_load(key.add(c) as *const v128);
+            let (k0, k1) = (v128_load(key.add(c) as *const v128), v128_load(key.add(c + 4) as *const v128));
             for n in 0..N {
-                acc[n] = f32x4_add(acc[n], f32x4_mul(v128_load(q.add(n * hd + c) as *const v128), k));
+                let qp = q.add(n * hd + c);
+                lo[n] = f32x4_add(lo[n], f32x4_mul(v128_load(qp as *const v128), k0));
+                hi[n] = f32x4_add(hi[n], f32x4_mul(v128_load(qp.add(4) as *const v128), k1));
             }
-            c += 4;
+            c += 8;
         }
         let mut out = [0f32; N];
         for n in 0..N {
-            out[n] = hsum(acc[n]);
+            out[n] = hsum(f32x4_add(lo[n], hi[n]));
         }
         out
     }
@@ -287,23 +284,26 @@ mod simd {
     /// [`dot_n`] for two consecutive keys at `key` (rows of `hd`).
     #[inline(always)]
     pub unsafe fn dot_n2<const N: usize>(q: *const f32, key: *const f32, hd: usize) -> ([f32; N], [f32; N]) {
-        let mut a0 = [f32x4_splat(0.0); N];
-        let mut a1 = [f32x4_splat(0.0); N];
+        let z = f32x4_splat(0.0);
+        let (mut a0, mut b0, mut a1, mut b1) = ([z; N], [z; N], [z; N], [z; N]);
         let mut c = 0;
         while c < hd {
-            let k0 = v128_load(key.add(c) as *const v128);
-            let k1 = v128_load(key.add(hd + c) as *const v128);
+            let (k0, k0h) = (v128_load(key.add(c) as *const v128), v128_load(key.add(c + 4) as *const v128));
+            let (k1, k1h) = (v128_load(key.add(hd + c) as *const v128), v128_load(key.add(hd + c + 4) as *const v128));
             for n in 0..N {
-                let qv = v128_load(q.add(n * hd + c) as *const v128);
-                a0[n] = f32x4_add(a0[n], f32x4_mul(qv, k0));
-                a1[n] = f32x4_add(a1[n], f32x4_mul(qv, k1));
+                let qp = q.add(n * hd + c);
+                let (ql, qh) = (v128_load(qp as *const v128), v128_load(qp.add(4) as *const v128));
+                a0[n] = f32x4_add(a0[n], f32x4_mul(ql, k0));
+                b0[n] = f32x4_add(b0[n], f32x4_mul(qh, k0h));
+                a1[n] = f32x4_add(a1[n], f32x4_mul(ql, k1));
+                b1[n] = f32x4_add(b1[n], f32x4_mul(qh, k1h));
             }
-            c += 4;
+            c += 8;
         }
         let (mut o0, mut o1) = ([0f32; N], [0f32; N]);
         for n in 0..N {
-            o0[n] = hsum(a0[n]);
-            o1[n] = hsum(a1[n]);
+            o0[n] = hsum(f32x4_add(a0[n], b0[n]));
+            o1[n] = hsum(f32x4_add(a1[n], b1[n]));
         }
         (o0, o1)
     }

@@ -3,13 +3,43 @@
 //! and the dot/axpy used by attention. Loops keep eight independent partial
 //! sums so LLVM turns them into SIMD (simd128 in wasm, SSE/AVX natively).
 
-/// `out = x / rms(x) * w`, the mean of squares summed in f64 as ggml does.
+/// `out = x / rms(x) * w`. The sum of squares is the WebGPU kernel's, step
+/// for step (64 strided compensated partial sums, then a compensated tree
+/// reduction: within an ulp or so of the exact sum, like ggml's f64 sum), so
+/// both backends compute the same scale to the bit.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
-    let scale = 1.0 / ((sum / x.len() as f64) as f32 + eps).sqrt();
+    let scale = 1.0 / (sum_of_squares(x) / x.len() as f32 + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = v * scale * g;
     }
+}
+
+/// Neumaier's compensated sum: `(hi, lo) += v`.
+#[inline(always)]
+fn two_sum((hi, lo): (f32, f32), v: f32) -> (f32, f32) {
+    let t = hi + v;
+    let e = if hi.abs() >= v.abs() { (hi - t) + v } else { (v - t) + hi };
+    (t, lo + e)
+}
+
+/// Σ x² as quantize.wgsl's 64-thread workgroup computes it.
+fn sum_of_squares(x: &[f32]) -> f32 {
+    let mut red = [(0f32, 0f32); 64];
+    for (lane, r) in red.iter_mut().enumerate() {
+        for &v in x.iter().skip(lane).step_by(64) {
+            *r = two_sum(*r, v * v);
+        }
+    }
+    let mut k = 32;
+    while k > 0 {
+        for lane in 0..k {
+            let o = red[lane + k];
+            let a = two_sum(red[lane], o.0);
+            red[lane] = (a.0, a.1 + o.1);
+        }
+        k >>= 1;
+    }
+    red[0].0 + red[0].1
 }
 
 /// Rotates the adjacent pairs `(x[2i], x[2i+1])` of one head by the angles
@@ -35,7 +65,9 @@ pub fn exp(x: f32) -> f32 {
     let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
-    let e = p * r * r + r + 1.0;
+    // `r + 1` grouped first: shader compilers regroup `(a + r) + 1.0` that way
+    // (Mesa's NIR does), and this keeps the WebGPU kernels' exp bit-identical.
+    let e = p * r * r + (r + 1.0);
     // 2^n for n in -126..=128: split so both factors are normal floats.
     let n = n as i32;
     let h = n >> 1;

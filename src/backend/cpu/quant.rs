@@ -271,7 +271,7 @@ impl QMatrix {
     fn kernel(&self, rows: Range<usize>, t_rows: usize, act: &QActivations, out: &Out) {
         #[cfg(target_arch = "x86_64")]
         {
-            if self.layout == Q4Layout::Ggml && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if self.layout == Q4Layout::Ggml && std::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU supports the features the function is compiled for.
                 unsafe { self.dots_avx2(rows, t_rows, act, out) };
                 return;
@@ -302,32 +302,29 @@ impl QMatrix {
         self.dots(0..self.rows, t_rows, act, &Out(out.as_mut_ptr()));
     }
 
-    /// AVX2 kernels, lane for lane the same arithmetic as ggml's x86 `vec_dot`s.
+    /// AVX2 kernels: four rows at a time against one to four tokens, each
+    /// block's integer sums reduced across the four rows into one vector, then
+    /// the float operations of [`dot_row_portable`](Self::dot_row_portable)
+    /// in its order (no fused multiply-adds), so native, wasm and WebGPU
+    /// products agree bit for bit.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2")]
     unsafe fn dots_avx2(&self, rows: Range<usize>, t_rows: usize, act: &QActivations, out: &Out) {
-        let nb = self.cols / QK;
-        for r in rows {
-            let d = &self.d[r * nb..(r + 1) * nb];
-            // Four tokens per pass over the row: each weight block is unpacked once.
-            let mut t0 = 0;
-            while t0 + 4 <= t_rows {
-                let ys = [act.row(t0), act.row(t0 + 1), act.row(t0 + 2), act.row(t0 + 3)];
-                let m = if self.format == QFormat::Q4_1 { &self.m[r * nb..(r + 1) * nb] } else { &[][..] };
-                let bw = if self.format == QFormat::Q8_0 { 32 } else { 16 };
-                let v = avx2::dot_x4(self.format, d, m, &self.qs[r * nb * bw..(r + 1) * nb * bw], &ys);
-                for (i, x) in v.into_iter().enumerate() {
-                    out.set((t0 + i) * self.rows + r, x);
-                }
-                t0 += 4;
+        let mut r = rows.start;
+        while r + 4 <= rows.end {
+            let mut t = 0;
+            while t + 4 <= t_rows {
+                avx2::rows4::<4>(self, r, t, act, out);
+                t += 4;
             }
-            for t in t0..t_rows {
-                let y = act.row(t);
-                out.set(t * self.rows + r, match self.format {
-                    QFormat::Q4_0 => avx2::dot_q4_0(d, &self.qs[r * nb * 16..(r + 1) * nb * 16], &y),
-                    QFormat::Q4_1 => avx2::dot_q4_1(d, &self.m[r * nb..(r + 1) * nb], &self.qs[r * nb * 16..(r + 1) * nb * 16], &y),
-                    QFormat::Q8_0 => avx2::dot_q8_0(d, &self.qs[r * nb * 32..(r + 1) * nb * 32], &y),
-                });
+            for t in t..t_rows {
+                avx2::rows4::<1>(self, r, t, act, out);
+            }
+            r += 4;
+        }
+        for r in r..rows.end {
+            for t in 0..t_rows {
+                out.set(t * self.rows + r, self.dot_row_portable(r, act.row(t)));
             }
         }
     }
@@ -344,9 +341,13 @@ impl QMatrix {
     /// Row `r` against one activation row with the portable kernel: Q4 values
     /// unsigned 0..16 times the activations plus the offset term (Q4_1's
     /// minimum against the rounded `s`, Q4_0's `-8d` against the exact sum).
+    /// The float operations are the SIMD kernels' (and the WebGPU kernel's),
+    /// in the same order: per block `acc += isum * (d_w * d_a)`, the offsets
+    /// summed apart and added last.
     fn dot_row_portable(&self, r: usize, y: QRow) -> f32 {
         let nb = self.cols / QK;
         let mut acc = 0f32;
+        let mut macc = 0f32;
         for b in 0..nb {
             let i = self.sidx(r, b);
             let yb = &y.q[b * 32..b * 32 + 32];
@@ -364,14 +365,14 @@ impl QMatrix {
                     }
                 }
             }
-            acc += sumi as f32 * self.d[i] * y.d[b];
+            acc += sumi as f32 * (self.d[i] * y.d[b]);
             match self.format {
-                QFormat::Q4_1 => acc += self.m[i] * y.s[b],
-                QFormat::Q4_0 => acc += self.m[i] * y.sx[b],
+                QFormat::Q4_1 => macc += self.m[i] * y.s[b],
+                QFormat::Q4_0 => macc += self.m[i] * y.sx[b],
                 QFormat::Q8_0 => {}
             }
         }
-        acc
+        acc + macc
     }
 
     /// Dequantizes row `r` into `out` (embedding lookups).
@@ -489,18 +490,10 @@ struct QRow<'a> {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{QFormat, QRow};
+    use super::{Out, QActivations, QFormat, QMatrix, QK};
     use std::arch::x86_64::*;
 
-    #[inline(always)]
-    unsafe fn hsum(x: __m256) -> f32 {
-        let mut r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
-        r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-        r = _mm_add_ss(r, _mm_movehdup_ps(r));
-        _mm_cvtss_f32(r)
-    }
-
-    /// 16 bytes of nibbles → 32 bytes: low nibbles first, then high nibbles.
+    /// 16 bytes of nibbles → 32 bytes: low nibbles first, then high nibbles (values 0..32 in order).
     #[inline(always)]
     unsafe fn nibbles(q: *const u8) -> __m256i {
         let b = _mm_loadu_si128(q as *const __m128i);
@@ -510,81 +503,55 @@ mod avx2 {
         _mm256_set_m128i(hi, lo)
     }
 
-    /// Sums of 4 adjacent u8×i8 products in 8 i32 lanes, as floats.
+    /// Σ x·y over 32 bytes in eight i32 lanes: `x` unsigned (Q4 values 0..16)
+    /// or, with `signed`, both signed (Q8; the sign moved onto `y`, as ggml does).
     #[inline(always)]
-    unsafe fn us8_pairs(ux: __m256i, sy: __m256i) -> __m256 {
-        let p16 = _mm256_maddubs_epi16(ux, sy);
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+    unsafe fn dot32(x: __m256i, y: __m256i, signed: bool) -> __m256i {
+        let (ux, sy) = if signed { (_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)) } else { (x, y) };
+        _mm256_madd_epi16(_mm256_maddubs_epi16(ux, sy), _mm256_set1_epi16(1))
     }
 
+    /// `[Σa, Σb, Σc, Σd]` of four vectors of eight i32 lanes (exact).
     #[inline(always)]
-    unsafe fn i8_pairs(x: __m256i, y: __m256i) -> __m256 {
-        us8_pairs(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+    unsafe fn reduce4(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m128i {
+        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+        _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q4_0(d: &[f32], q: &[u8], y: &QRow) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        for b in 0..d.len() {
-            let s = _mm256_set1_ps(d[b] * y.d[b]);
-            let qx = _mm256_sub_epi8(nibbles(q.as_ptr().add(b * 16)), _mm256_set1_epi8(8));
-            let qy = _mm256_loadu_si256(y.q.as_ptr().add(b * 32) as *const __m256i);
-            acc = _mm256_fmadd_ps(s, i8_pairs(qx, qy), acc);
-        }
-        hsum(acc)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q4_1(d: &[f32], m: &[f32], q: &[u8], y: &QRow) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut summs = 0f32;
-        for b in 0..d.len() {
-            summs += m[b] * y.s[b];
-            let s = _mm256_set1_ps(d[b] * y.d[b]);
-            let qx = nibbles(q.as_ptr().add(b * 16));
-            let qy = _mm256_loadu_si256(y.q.as_ptr().add(b * 32) as *const __m256i);
-            acc = _mm256_fmadd_ps(s, us8_pairs(qx, qy), acc);
-        }
-        hsum(acc) + summs
-    }
-
-    /// One weight row against four activation rows, each block unpacked once;
-    /// per token exactly the arithmetic of `dot_q4_0` / `dot_q4_1` / `dot_q8_0`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_x4(format: QFormat, d: &[f32], m: &[f32], q: &[u8], ys: &[QRow; 4]) -> [f32; 4] {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut summs = [0f32; 4];
-        for b in 0..d.len() {
-            let qx = match format {
-                QFormat::Q4_0 => _mm256_sub_epi8(nibbles(q.as_ptr().add(b * 16)), _mm256_set1_epi8(8)),
-                QFormat::Q4_1 => nibbles(q.as_ptr().add(b * 16)),
-                QFormat::Q8_0 => _mm256_loadu_si256(q.as_ptr().add(b * 32) as *const __m256i),
-            };
-            for (i, y) in ys.iter().enumerate() {
-                let s = _mm256_set1_ps(d[b] * y.d[b]);
-                let qy = _mm256_loadu_si256(y.q.as_ptr().add(b * 32) as *const __m256i);
-                let p = if format == QFormat::Q4_1 {
-                    summs[i] += m[b] * y.s[b];
-                    us8_pairs(qx, qy)
-                } else {
-                    i8_pairs(qx, qy)
-                };
-                acc[i] = _mm256_fmadd_ps(s, p, acc[i]);
+    /// Rows `r..r+4` (Ggml layout) against tokens `t0..t0+T`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn rows4<const T: usize>(m: &QMatrix, r: usize, t0: usize, act: &QActivations, out: &Out) {
+        let nb = m.cols / QK;
+        let q8 = m.format == QFormat::Q8_0;
+        let bw = if q8 { 32 } else { 16 };
+        let w = |i: usize| m.qs.as_ptr().add((r + i) * nb * bw);
+        let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
+        let sc = |v: &[f32], b: usize| _mm_set_ps(v[(r + 3) * nb + b], v[(r + 2) * nb + b], v[(r + 1) * nb + b], v[r * nb + b]);
+        let ys = if m.format == QFormat::Q4_1 { &act.s } else { &act.sx };
+        let mut acc = [_mm_setzero_ps(); T];
+        let mut macc = [_mm_setzero_ps(); T];
+        for b in 0..nb {
+            let load = |p: *const u8| if q8 { _mm256_loadu_si256(p.add(b * 32) as *const __m256i) } else { nibbles(p.add(b * 16)) };
+            let (x0, x1, x2, x3) = (load(w0), load(w1), load(w2), load(w3));
+            let dw = sc(&m.d, b);
+            for i in 0..T {
+                let t = t0 + i;
+                let y = _mm256_loadu_si256(act.q.as_ptr().add(t * m.cols + b * QK) as *const __m256i);
+                let s = reduce4(dot32(x0, y, q8), dot32(x1, y, q8), dot32(x2, y, q8), dot32(x3, y, q8));
+                let scale = _mm_mul_ps(dw, _mm_set1_ps(*act.d.get_unchecked(t * nb + b)));
+                acc[i] = _mm_add_ps(acc[i], _mm_mul_ps(_mm_cvtepi32_ps(s), scale));
+                if !q8 {
+                    macc[i] = _mm_add_ps(macc[i], _mm_mul_ps(sc(&m.m, b), _mm_set1_ps(*ys.get_unchecked(t * nb + b))));
+                }
             }
         }
-        [hsum(acc[0]) + summs[0], hsum(acc[1]) + summs[1], hsum(acc[2]) + summs[2], hsum(acc[3]) + summs[3]]
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q8_0(d: &[f32], q: &[u8], y: &QRow) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        for b in 0..d.len() {
-            let s = _mm256_set1_ps(d[b] * y.d[b]);
-            let qx = _mm256_loadu_si256(q.as_ptr().add(b * 32) as *const __m256i);
-            let qy = _mm256_loadu_si256(y.q.as_ptr().add(b * 32) as *const __m256i);
-            acc = _mm256_fmadd_ps(s, i8_pairs(qx, qy), acc);
+        for i in 0..T {
+            let mut v = [0f32; 4];
+            _mm_storeu_ps(v.as_mut_ptr(), _mm_add_ps(acc[i], macc[i]));
+            for (j, x) in v.into_iter().enumerate() {
+                out.set((t0 + i) * m.rows + r + j, x);
+            }
         }
-        hsum(acc)
     }
 }
 

@@ -25,7 +25,7 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    fn new(ctx: &GpuContext, name: &str, src: &str, binds: &[Bind], constants: &[(&str, f64)]) -> Self {
+    pub(super) fn new(ctx: &GpuContext, name: &str, src: &str, binds: &[Bind], constants: &[(&str, f64)]) -> Self {
         let device = &ctx.device;
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(name),

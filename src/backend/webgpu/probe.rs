@@ -84,3 +84,46 @@ pub fn matmul(ctx: &GpuContext, m: &GpuMatrix, x: &[f32], t: usize, input: Input
     let s: Vec<f32> = bytemuck::cast_slice(&read(ctx, &asc, t * nb * 12)?).to_vec();
     Ok((y, q, s))
 }
+
+/// The attention kernel alone for one token attending `used` cached slots
+/// (slots `0..used` of each kv head, `[n_kv, cap, hd]`, f32 cache, no sinks):
+/// `q` is `[n_head * hd]`; returns `[n_head * hd]`.
+pub fn attention(ctx: &GpuContext, n_head: usize, n_kv: usize, hd: usize, cap: usize, used: usize, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
+    let k_all = Kernels::new(ctx, false);
+    let kvp = uni(ctx, &[n_head as u32, n_kv as u32, hd as u32, cap as u32, 0, (1.0 / (hd as f32).sqrt()).to_bits(), 0, 0]);
+    let step = uni(ctx, &[1, 0, 1, 0]);
+    let tok = buf(ctx, bytemuck::cast_slice(&[(used - 1) as u32, (used - 1) as u32, used as u32, 0]), wgpu::BufferUsages::empty());
+    let qb = buf(ctx, bytemuck::cast_slice(q), wgpu::BufferUsages::empty());
+    let kb = buf(ctx, bytemuck::cast_slice(k), wgpu::BufferUsages::empty());
+    let vb = buf(ctx, bytemuck::cast_slice(v), wgpu::BufferUsages::empty());
+    let scores = buf(ctx, &vec![0u8; n_head * cap * 4], wgpu::BufferUsages::empty());
+    let out = buf(ctx, &vec![0u8; n_head * hd * 4], wgpu::BufferUsages::empty());
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut cp = enc.begin_compute_pass(&Default::default());
+        let g = k_all.attention.bind(ctx, &[&kvp, &step, &tok, &qb, &qb, &kb, &vb, &scores, &out]);
+        cp.set_pipeline(&k_all.attention.pipeline);
+        cp.set_bind_group(0, &g, &[]);
+        cp.dispatch_workgroups(n_head as u32, 1, 1);
+    }
+    ctx.queue.submit([enc.finish()]);
+    Ok(bytemuck::cast_slice(&read(ctx, &out, n_head * hd * 4)?).to_vec())
+}
+
+/// `kv_exp` (common.wgsl) of every element of `x`, on the GPU.
+pub fn exp(ctx: &GpuContext, x: &[f32]) -> Result<Vec<f32>> {
+    use super::kernels::{Bind, Kernel};
+    let k = Kernel::new(ctx, "probe_exp", include_str!("shaders/probe.wgsl"), &[Bind::Read, Bind::ReadWrite], &[]);
+    let xb = buf(ctx, bytemuck::cast_slice(x), wgpu::BufferUsages::empty());
+    let yb = buf(ctx, &vec![0u8; x.len() * 4], wgpu::BufferUsages::empty());
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut cp = enc.begin_compute_pass(&Default::default());
+        let g = k.bind(ctx, &[&xb, &yb]);
+        cp.set_pipeline(&k.pipeline);
+        cp.set_bind_group(0, &g, &[]);
+        cp.dispatch_workgroups(x.len().div_ceil(64) as u32, 1, 1);
+    }
+    ctx.queue.submit([enc.finish()]);
+    Ok(bytemuck::cast_slice(&read(ctx, &yb, x.len() * 4)?).to_vec())
+}

@@ -33,7 +33,9 @@ fn kv_exp(v: f32) -> f32 {
     let n = round(x * 1.442695041);
     let r = x - n * 0.6933594 - n * -2.1219444e-4;
     let p = ((((1.9875691e-4 * r + 1.3981999e-3) * r + 8.333452e-3) * r + 4.1665796e-2) * r + 1.6666665e-1) * r + 5.0000001e-1;
-    let e = p * r * r + r + 1.0;
+    // Grouped as compilers regroup it (Mesa's NIR turns (a + r) + 1.0 into
+    // a + (r + 1.0)), so the result does not depend on the optimizer.
+    let e = p * r * r + (r + 1.0);
     let ni = i32(n);
     let h = ni >> 1u;
     return e * bitcast<f32>(u32(h + 127) << 23u) * bitcast<f32>(u32(ni - h + 127) << 23u);
