@@ -1,6 +1,7 @@
 //! A tiny random-weight llama GGUF, written with candle's GGUF writer, so the
 //! whole pipeline (loading, tokenizer, chat template, forward, cache, sampler)
-//! is tested in seconds without the real model, natively and in the browser.
+//! is tested in seconds without the real model, natively and in the browser;
+//! and the random inputs the kernel tests share (quantized blocks, f16 edge cases).
 
 use crate::sampler::Rng;
 use candle_core::quantized::gguf_file::{self, Value};
@@ -241,4 +242,39 @@ pub mod fuzz {
         out.push_str(&d.finish());
         out
     }
+}
+
+/// `n` random GGUF blocks of `format` with realistic scales: the f16 scale
+/// (and Q4_1's f16 minimum), then the quants.
+pub fn random_q_blocks(format: crate::backend::cpu::quant::QFormat, n: usize, seed: u64) -> Vec<u8> {
+    use crate::backend::cpu::quant::QFormat;
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::with_capacity(n * format.block_bytes());
+    for _ in 0..n {
+        out.extend_from_slice(&half::f16::from_f32(0.001 + rng.next_f64() as f32 * 0.02).to_le_bytes());
+        if format == QFormat::Q4_1 {
+            out.extend_from_slice(&half::f16::from_f32(-(rng.next_f64() as f32) * 0.1).to_le_bytes());
+        }
+        let nq = if format == QFormat::Q8_0 { 32 } else { 16 };
+        out.extend((0..nq).map(|_| rng.next_u64() as u8));
+    }
+    out
+}
+
+/// f32 values whose rounding to f16 covers every case: each finite f16, the
+/// midpoints between neighbours (ties) and their f32 neighbours, both signs,
+/// subnormals, overflow to infinity.
+pub fn f16_cases() -> Vec<f32> {
+    use half::f16;
+    let mut x = Vec::new();
+    for h in 0u16..0x7c00 {
+        let v = f16::from_bits(h).to_f32();
+        let mid = ((v as f64 + f16::from_bits(h + 1).to_f32() as f64) / 2.0) as f32;
+        for c in [v, mid, f32::from_bits(mid.to_bits() + 1), f32::from_bits(mid.to_bits().saturating_sub(1))] {
+            x.push(c);
+            x.push(-c);
+        }
+    }
+    x.extend([65504.0, 65519.0, 65520.0, 1e6, f32::MAX, f32::INFINITY, 1e-30, 2.980_232_2e-8, 2.980_232_6e-8, f32::MIN_POSITIVE, 1e-45]);
+    x
 }

@@ -25,21 +25,7 @@ fn gpu() -> Option<GpuContext> {
 
 /// Random GGUF blocks of `format` with realistic scales.
 fn random_blocks(format: QFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-    let mut rng = kvchat::sampler::Rng::new(seed);
-    let mut out = Vec::new();
-    for _ in 0..rows * cols / 32 {
-        let d = f16::from_f32(0.001 + (rng.next_f64() as f32) * 0.02);
-        out.extend_from_slice(&d.to_le_bytes());
-        match format {
-            QFormat::Q4_0 => out.extend((0..16).map(|_| rng.next_u64() as u8)),
-            QFormat::Q4_1 => {
-                out.extend_from_slice(&f16::from_f32(-(rng.next_f64() as f32) * 0.1).to_le_bytes());
-                out.extend((0..16).map(|_| rng.next_u64() as u8));
-            }
-            QFormat::Q8_0 => out.extend((0..32).map(|_| rng.next_u64() as u8)),
-        }
-    }
-    out
+    kvchat::testing::random_q_blocks(format, rows * cols / 32, seed)
 }
 
 fn random_x(n: usize, seed: u64) -> Vec<f32> {
@@ -59,7 +45,7 @@ fn matmul_kernels_equal_the_cpu_kernels() {
             let mut act = QActivations::default();
             let mut want = vec![0f32; t * rows];
             cpu.matmul(&x, t, &mut act, &mut want);
-            let (got, q, sc) = probe::matmul(&ctx, &m, &x, t, probe::Input::Plain).unwrap();
+            let (got, q, sc) = pollster::block_on(probe::matmul(&ctx, &m, &x, t, probe::Input::Plain)).unwrap();
             let (cq, cd, cs, csx) = act.quantized();
             // The activation quantization is bit-exact with llama.cpp's.
             assert_eq!(&q[..], cq, "{format:?} quantized bytes");
@@ -74,6 +60,16 @@ fn matmul_kernels_equal_the_cpu_kernels() {
             eprintln!("{format:?} {rows}x{cols} t={t}: {exact}/{} bit-identical (max |gpu - cpu| = {err:.2e}, max |y| {scale:.1})", got.len());
             // The same float operations in the same order as the CPU kernels.
             assert_eq!(exact, got.len(), "{format:?} {rows}x{cols} t={t}");
+            // Activations that are Q8 values times an f16 scale (token embeddings are):
+            // v / d lands exactly on .5 often, so every rounding step must match.
+            let emb = QMatrix::from_blocks(QFormat::Q8_0, t, cols, &random_blocks(QFormat::Q8_0, t, cols, 77)).unwrap();
+            let mut xq = vec![0f32; t * cols];
+            for (j, row) in xq.chunks_exact_mut(cols).enumerate() {
+                emb.dequantize_row(j, row);
+            }
+            cpu.matmul(&xq, t, &mut act, &mut want);
+            let (got, _, _) = pollster::block_on(probe::matmul(&ctx, &m, &xq, t, probe::Input::Plain)).unwrap();
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{format:?} {rows}x{cols} t={t}: dequantized rows");
         }
     }
 }
@@ -91,8 +87,8 @@ fn matrices_larger_than_a_binding_are_split_by_rows() {
     let whole = GpuMatrix::from_blocks(&ctx, "w", QFormat::Q4_1, rows, cols, &blocks).unwrap();
     assert_eq!(whole.parts.len(), 1);
     let x = random_x(t * cols, 22);
-    let (a, _, _) = probe::matmul(&ctx, &m, &x, t, probe::Input::Plain).unwrap();
-    let (b, _, _) = probe::matmul(&ctx, &whole, &x, t, probe::Input::Plain).unwrap();
+    let (a, _, _) = pollster::block_on(probe::matmul(&ctx, &m, &x, t, probe::Input::Plain)).unwrap();
+    let (b, _, _) = pollster::block_on(probe::matmul(&ctx, &whole, &x, t, probe::Input::Plain)).unwrap();
     eprintln!("{} parts of at most {} rows", m.parts.len(), m.parts.iter().map(|p| p.rows).max().unwrap());
     assert_eq!(a, b, "split and whole matrices give the same product");
 }
@@ -111,7 +107,7 @@ fn matmul_kernels_on_the_real_weights_equal_the_cpu_kernels() {
         let mut act = QActivations::default();
         let mut want = vec![0f32; 3 * rows];
         cpu.matmul(&x, 3, &mut act, &mut want);
-        let (got, _, _) = probe::matmul(&ctx, &m, &x, 3, probe::Input::Plain).unwrap();
+        let (got, _, _) = pollster::block_on(probe::matmul(&ctx, &m, &x, 3, probe::Input::Plain)).unwrap();
         let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
         let err = max_abs_diff(&got, &want);
         let exact = got.iter().zip(&want).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
@@ -129,7 +125,7 @@ fn fused_input_equals_the_cpu(ctx: &GpuContext, what: &str, rows: usize, cols: u
     let mut act = QActivations::default();
     let mut want = vec![0f32; t * rows];
     cpu.matmul(h, t, &mut act, &mut want);
-    let (got, q, _) = probe::matmul(ctx, &m, x, t, input).unwrap();
+    let (got, q, _) = pollster::block_on(probe::matmul(ctx, &m, x, t, input)).unwrap();
     let flips = q.iter().zip(act.quantized().0).filter(|(a, b)| a != b).count();
     let err = max_abs_diff(&got, &want);
     eprintln!("{what}+Q4_1: {flips} of {} quantized activations differ, max |gpu - cpu| = {err:.2e}", q.len());
@@ -365,9 +361,19 @@ fn exp_kernel_equals_the_cpu_exp_bit_for_bit() {
     // compiler that regroups its additions would change 1 in 4 results by an ulp.
     let Some(ctx) = gpu() else { return };
     let x: Vec<f32> = (0..200_000).map(|i| -100.0 + i as f32 * 0.000_95).collect();
-    let y = probe::exp(&ctx, &x).unwrap();
+    let y = pollster::block_on(probe::exp(&ctx, &x)).unwrap();
     let bad: Vec<(f32, f32, f32)> = x.iter().zip(&y).filter(|(a, b)| kvchat::backend::cpu::ops::exp(**a).to_bits() != b.to_bits()).map(|(a, b)| (*a, *b, kvchat::backend::cpu::ops::exp(*a))).collect();
     eprintln!("exp on [-100, 90]: {} of {} differ from the CPU's", bad.len(), x.len());
+    assert!(bad.is_empty(), "x, gpu, cpu: {:?}", &bad[..bad.len().min(8)]);
+}
+
+#[test]
+fn f16_rounding_equals_the_half_crate_bit_for_bit() {
+    let Some(ctx) = gpu() else { return };
+    let x = kvchat::testing::f16_cases();
+    let y = pollster::block_on(probe::f16_round(&ctx, &x)).unwrap();
+    let bad: Vec<(f32, f32, f32)> = x.iter().zip(&y).filter(|(a, b)| f16::from_f32(**a).to_f32().to_bits() != b.to_bits()).map(|(a, b)| (*a, *b, f16::from_f32(*a).to_f32())).collect();
+    eprintln!("f16 rounding: {} of {} differ from the half crate", bad.len(), x.len());
     assert!(bad.is_empty(), "x, gpu, cpu: {:?}", &bad[..bad.len().min(8)]);
 }
 
@@ -394,7 +400,7 @@ fn attention_kernel_equals_the_cpu_cache_bit_for_bit() {
             }
             cache.attend_token(0, p, &q, &[], &k, &v, &mut scratch, &mut want);
         }
-        let got = probe::attention(&ctx, n_head, n_kv, hd, cap, used, &q, &kc, &vc).unwrap();
+        let got = pollster::block_on(probe::attention(&ctx, n_head, n_kv, hd, cap, used, &q, &kc, &vc)).unwrap();
         let differ = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         eprintln!("attention over {used} keys: {differ} of {} outputs differ from the CPU's (max |d| {:.1e})", got.len(), max_abs_diff(&got, &want));
         assert_eq!(differ, 0, "{used} keys");

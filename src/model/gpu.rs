@@ -221,7 +221,7 @@ impl GpuLlama {
             passes.push(pass(kern, ctx, &[&p, step, &b.ids, &part.qs, &part.ws, &b.x], Grid::Tokens));
         }
         let quant = |k: &mut Kernels, mode: QuantMode, cols: usize, stride: usize, up: usize, out_rows: bool, input: &wgpu::Buffer, w: &wgpu::Buffer| -> Pass {
-            let p = uniform(ctx, &[cols as u32, stride as u32, up as u32, out_rows as u32, c.rms_eps.to_bits(), 0, 0, 0]);
+            let p = uniform(ctx, &[cols as u32, stride as u32, up as u32, out_rows as u32, c.rms_eps.to_bits(), 127f32.to_bits(), 0, 0]);
             let grid = if out_rows { Grid::OutRows } else { Grid::Tokens };
             pass(k.quant(mode), ctx, &[&p, step, input, w, &b.aq, &b.asc], grid)
         };

@@ -22,14 +22,14 @@ var<workgroup> qsv: array<f32, 256>;
 
 fn kval(i: u32) -> f32 {
     if KV_F16 {
-        return unpack2x16float(kc[i / 2u])[i % 2u];
+        return f16_value(kc[i / 2u] >> (16u * (i % 2u)));
     }
     return bitcast<f32>(kc[i]);
 }
 
 fn vval(i: u32) -> f32 {
     if KV_F16 {
-        return unpack2x16float(vc[i / 2u])[i % 2u];
+        return f16_value(vc[i / 2u] >> (16u * (i % 2u)));
     }
     return bitcast<f32>(vc[i]);
 }

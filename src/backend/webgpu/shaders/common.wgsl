@@ -21,9 +21,57 @@ fn dot4(a: u32, b: u32) -> i32 {
          + extractBits(x, 24u, 8u) * extractBits(y, 24u, 8u);
 }
 
+// f32 -> f16 bits, rounded to nearest even, overflow to infinity: the `half`
+// crate's conversion, in integer operations. (pack2x16float leaves values
+// outside f16's range undefined and may flush f16 subnormals, which small
+// activation scales and cache entries are.)
+fn f16_bits(v: f32) -> u32 {
+    let x = bitcast<u32>(v);
+    let sign = (x >> 16u) & 0x8000u;
+    let a = x & 0x7fffffffu;
+    if a > 0x7f800000u {
+        return sign | 0x7e00u;
+    }
+    // 65520 and above round to infinity.
+    if a >= 0x477ff000u {
+        return sign | 0x7c00u;
+    }
+    // Normal f16 (2^-14 and above): drop 13 mantissa bits, ties to even.
+    if a >= 0x38800000u {
+        let r = a + 0xfffu + ((a >> 13u) & 1u);
+        return sign | ((r - 0x38000000u) >> 13u);
+    }
+    // 2^-25 and below round to zero.
+    if a <= 0x33000000u {
+        return sign;
+    }
+    // Subnormal f16: the value in units of 2^-24, ties to even.
+    let m = (a & 0x7fffffu) | 0x800000u;
+    let drop = 126u - (a >> 23u);
+    let q = m >> drop;
+    let rem = m & ((1u << drop) - 1u);
+    let half = 1u << (drop - 1u);
+    return sign | select(q, q + 1u, rem > half || (rem == half && (q & 1u) == 1u));
+}
+
+// f16 bits (the low 16 of `h`) -> f32, subnormals included.
+fn f16_value(h: u32) -> f32 {
+    let sign = (h & 0x8000u) << 16u;
+    let e = (h >> 10u) & 0x1fu;
+    let m = h & 0x3ffu;
+    if e == 0u {
+        // m * 2^-24, exact.
+        return bitcast<f32>(sign | bitcast<u32>(f32(m) * 5.9604644775390625e-8));
+    }
+    if e == 31u {
+        return bitcast<f32>(sign | 0x7f800000u | (m << 13u));
+    }
+    return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
+}
+
 // `v` rounded to the nearest f16 (how an f16 KV cache and llama.cpp's Q8 scales store it).
 fn f16r(v: f32) -> f32 {
-    return unpack2x16float(pack2x16float(vec2<f32>(v, 0.0))).x;
+    return f16_value(f16_bits(v));
 }
 
 // e^x exactly as the CPU backend computes it (Cephes' expf, ops::exp), so the

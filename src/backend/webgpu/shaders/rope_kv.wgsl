@@ -19,7 +19,7 @@
 
 fn store(i: u32, a: f32, b: f32, is_k: bool) {
     if KV_F16 {
-        let packed = pack2x16float(vec2<f32>(a, b));
+        let packed = f16_bits(a) | (f16_bits(b) << 16u);
         if is_k {
             kc[i / 2u] = packed;
         } else {
