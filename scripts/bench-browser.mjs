@@ -46,7 +46,7 @@ try {
     const med = (k) => { const v = results.map((s) => s[k]).sort((a, b) => a - b); return v[Math.floor(v.length / 2)]; };
     return {
       engine: 'kvchat-browser', backend: results[0].backend, simd: results[0].simd, threads: results[0].threads, prompt_tokens: results[0].promptTokens, gen_tokens: results[0].generatedTokens, runs,
-      load_ms: loadMs, fetch_ms: llm.timings.fetchMs, init_ms: llm.timings.initMs,
+      load_ms: loadMs, fetch_ms: llm.timings.fetchMs, init_ms: llm.timings.initMs, init_breakdown_ms: llm.info.load,
       prefill_tokens_per_sec: med('prefillTokensPerSec'), decode_tokens_per_sec: med('decodeTokensPerSec'),
       time_to_first_token_ms: med('timeToFirstTokenMs'), peak_wasm_memory_bytes: peak,
       profile_ms_per_token: { prefill: prefillProfile.msPerToken, decode: decodeProfile.msPerToken },

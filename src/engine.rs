@@ -86,6 +86,20 @@ pub enum StopReason {
     Length,
 }
 
+/// Where loading went (bytes in memory → ready), in milliseconds.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadTimings {
+    /// GGUF header, metadata and tensor index.
+    pub parse_ms: f64,
+    /// The tokenizer from the GGUF's vocabulary and merges, and the chat template.
+    pub tokenizer_ms: f64,
+    /// Weights repacked for the kernels (or uploaded to the GPU).
+    pub weights_ms: f64,
+    /// The KV cache allocated.
+    pub cache_ms: f64,
+}
+
 /// Numbers about the last request.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct GenerationStats {
@@ -156,6 +170,7 @@ pub struct Engine {
     last: GenerationStats,
     /// Chat prompts re-render the whole conversation; this re-tokenizes only the new part.
     encoder: IncrementalEncoder,
+    load: LoadTimings,
 }
 
 impl std::fmt::Debug for Engine {
@@ -190,8 +205,13 @@ impl Engine {
         if opts.prefill_chunk == 0 {
             return Err(Error::InvalidOption("prefill_chunk must be at least 1".into()));
         }
+        let ms = |t: web_time::Instant| t.elapsed().as_secs_f64() * 1e3;
+        let mut load = LoadTimings::default();
+        let t = web_time::Instant::now();
         let g = Gguf::parse(bytes.as_slice())?;
         let cfg = LlamaConfig::from_gguf(&g)?;
+        load.parse_ms = ms(t);
+        let t = web_time::Instant::now();
         let tokenizer = Tokenizer::from_gguf(&g)?;
         if tokenizer.vocab_size() != cfg.vocab_size {
             return Err(Error::Metadata {
@@ -222,21 +242,33 @@ impl Engine {
             }
             None => None,
         };
+        load.tokenizer_ms = ms(t);
+        let t = web_time::Instant::now();
         let (net, cache) = match gpu {
             None => {
                 let model = Llama::load(&g, cfg.clone(), &Device::Cpu)?;
                 // The file's bytes go before the cache comes (see `load_owned`).
                 drop(g);
                 drop(bytes);
-                (Net::Cpu(model), KvCache::new(opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim)?)
+                load.weights_ms = ms(t);
+                let t = web_time::Instant::now();
+                let cache = KvCache::new(opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim)?;
+                load.cache_ms = ms(t);
+                (Net::Cpu(model), cache)
             }
             Some(ctx) => {
                 let model = GpuLlama::load(&g, cfg.clone(), opts.kv, ctx)?;
                 drop(g);
+                load.weights_ms = ms(t);
                 (Net::Gpu(Box::new(model), std::sync::Arc::new(bytes.into_vec())), KvCache::without_storage(opts.kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim)?)
             }
         };
-        Ok(Self { net, fallback: None, batch_cpu: None, tokenizer, template, cache, opts, last: GenerationStats::default(), encoder: IncrementalEncoder::default() })
+        Ok(Self { net, fallback: None, batch_cpu: None, tokenizer, template, cache, opts, last: GenerationStats::default(), encoder: IncrementalEncoder::default(), load })
+    }
+
+    /// Where loading went.
+    pub fn load_timings(&self) -> LoadTimings {
+        self.load
     }
 
     pub fn config(&self) -> &LlamaConfig {

@@ -8,7 +8,6 @@
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use std::collections::HashMap;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -145,17 +144,20 @@ impl Tokenizer {
         for (i, t) in tokens.iter().enumerate() {
             vocab.entry(t.to_string()).or_insert(i as u32);
         }
-        // The tokenizers crate trusts its merges (a merge whose result is not in the
-        // vocabulary can make it index out of bounds): check them first.
-        for (a, b) in &merges {
-            if !vocab.contains_key(a) || !vocab.contains_key(b) || !vocab.contains_key(&format!("{a}{b}")) {
-                return Err(Error::Metadata {
-                    key: "tokenizer.ggml.merges".into(),
-                    reason: format!("merge `{a} {b}` uses or makes a token that is not in the vocabulary"),
-                });
-            }
+        // The tokenizers crate copies each merge's two parts into a buffer as long
+        // as the longest token (a longer pair would index out of bounds); it checks
+        // that both parts and their concatenation are in the vocabulary itself.
+        let longest = tokens.iter().map(|t| t.len()).max().unwrap_or(0);
+        if let Some((a, b)) = merges.iter().find(|(a, b)| a.len() + b.len() > longest) {
+            return Err(Error::Metadata {
+                key: "tokenizer.ggml.merges".into(),
+                reason: format!("merge `{a} {b}` makes a token longer than any in the vocabulary"),
+            });
         }
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| Error::Metadata {
+            key: "tokenizer.ggml.merges".into(),
+            reason: format!("{e} (a merge uses or makes a token that is not in the vocabulary)"),
+        })?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
         let specials: Vec<AddedToken> = tokens
@@ -166,10 +168,12 @@ impl Tokenizer {
             .collect();
         inner.add_special_tokens(specials).map_err(tok_err)?;
 
-        let table = byte_to_char();
-        let mut char_to_byte: HashMap<char, u8> = HashMap::new();
-        for (b, &c) in table.iter().enumerate() {
-            char_to_byte.insert(c, b as u8);
+        // GPT-2's byte-to-char map uses U+0021..U+0143: invert it into a table.
+        let mut char_to_byte = [None::<u8>; 0x144];
+        for (b, &c) in byte_to_char().iter().enumerate() {
+            if let Some(slot) = char_to_byte.get_mut(c as usize) {
+                *slot = Some(b as u8);
+            }
         }
         let special: Vec<bool> = types.iter().map(|&t| t == TOKEN_TYPE_CONTROL).collect();
         let bytes = tokens
@@ -181,8 +185,8 @@ impl Tokenizer {
                 _ => {
                     let mut out = Vec::with_capacity(t.len());
                     for c in t.chars() {
-                        match char_to_byte.get(&c) {
-                            Some(&b) => out.push(b),
+                        match char_to_byte.get(c as usize).copied().flatten() {
+                            Some(b) => out.push(b),
                             None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
                         }
                     }

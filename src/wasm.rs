@@ -258,6 +258,7 @@ impl KvEngine {
             "backend": self.engine.backend(),
             "adapter": self.engine.adapter(),
             "kv": self.engine.kv_stats(),
+            "load": self.engine.load_timings(),
         }))
     }
 

@@ -100,20 +100,6 @@ pub struct QMatrix {
     qs: Vec<u8>,
 }
 
-/// `[rows][nb]` → `[rows / 4][nb][4]` (rows padded to a multiple of four with zeros).
-fn interleave4(v: &[f32], rows: usize, nb: usize) -> Vec<f32> {
-    if v.is_empty() {
-        return Vec::new();
-    }
-    let mut out = vec![0f32; rows.div_ceil(4) * nb * 4];
-    for r in 0..rows {
-        for b in 0..nb {
-            out[((r / 4) * nb + b) * 4 + r % 4] = v[r * nb + b];
-        }
-    }
-    out
-}
-
 /// The output of a matmul, shared by the threads that each write their own rows.
 struct Out(*mut f32);
 // SAFETY: threads write disjoint indices (their own rows) of a buffer that outlives them.
@@ -157,42 +143,47 @@ impl QMatrix {
             return None;
         }
         let qlen = if format == QFormat::Q8_0 { 32 } else { 16 };
-        let mut d = vec![0f32; nb];
-        let mut m = vec![0f32; if format == QFormat::Q8_0 { 0 } else { nb }];
-        let rows4 = layout == Q4Layout::Rows4 && format != QFormat::Q8_0;
-        let mut qs = vec![0u8; if rows4 { rows.div_ceil(4) * 4 * cols / QK } else { nb } * qlen];
-        let mut grouped = if rows4 { vec![0u8; qs.len()] } else { Vec::new() };
         let nbr = cols / QK;
-        for (i, (blk, q)) in data.chunks_exact(bb).zip(qs.chunks_exact_mut(qlen)).enumerate() {
+        // Interleaved layouts pad the rows to whole groups of four (zero scales).
+        let interleaved = layout != Q4Layout::Ggml;
+        let slots = if interleaved { rows.div_ceil(4) * 4 * nbr } else { nb };
+        let mut d = vec![0f32; slots];
+        let mut m = vec![0f32; if format == QFormat::Q8_0 { 0 } else { slots }];
+        let rows4 = layout == Q4Layout::Rows4 && format != QFormat::Q8_0;
+        // One pass over the file's blocks, each written straight to its place.
+        let mut qs = vec![0u8; if rows4 { slots } else { nb } * qlen];
+        for (i, blk) in data.chunks_exact(bb).enumerate() {
+            let (r, b) = (i / nbr, i % nbr);
+            let at = if interleaved { ((r / 4) * nbr + b) * 4 + r % 4 } else { i };
             let scale = f16_at(blk, 0);
-            d[i] = scale;
+            d[at] = scale;
             let nibbles = match format {
                 QFormat::Q4_0 => {
-                    m[i] = -8.0 * scale;
+                    m[at] = -8.0 * scale;
                     &blk[2..18]
                 }
                 QFormat::Q4_1 => {
-                    m[i] = f16_at(blk, 2);
+                    m[at] = f16_at(blk, 2);
                     &blk[4..20]
                 }
                 QFormat::Q8_0 => {
-                    q.copy_from_slice(&blk[2..34]);
+                    qs[i * 32..i * 32 + 32].copy_from_slice(&blk[2..34]);
                     continue;
                 }
             };
+            let q = &mut qs[i * 16..i * 16 + 16];
             match layout {
                 Q4Layout::Ggml => q.copy_from_slice(nibbles),
                 Q4Layout::Rows4 => {
-                    let (r, b) = (i / nbr, i % nbr);
                     // Byte i of vector k: values 8k+i (low) and 8k+4+i (high); GGUF byte
                     // l holds values l (low nibble) and l+16 (high nibble).
                     let base = ((r / 4) * nbr + b) * 64 + 4 * (r % 4);
                     let n = nibbles;
                     for i in 0..4 {
-                        grouped[base + i] = (n[i] & 0x0F) | (n[4 + i] << 4);
-                        grouped[base + 16 + i] = (n[8 + i] & 0x0F) | (n[12 + i] << 4);
-                        grouped[base + 32 + i] = (n[i] >> 4) | (n[4 + i] & 0xF0);
-                        grouped[base + 48 + i] = (n[8 + i] >> 4) | (n[12 + i] & 0xF0);
+                        qs[base + i] = (n[i] & 0x0F) | (n[4 + i] << 4);
+                        qs[base + 16 + i] = (n[8 + i] & 0x0F) | (n[12 + i] << 4);
+                        qs[base + 32 + i] = (n[i] >> 4) | (n[4 + i] & 0xF0);
+                        qs[base + 48 + i] = (n[8 + i] >> 4) | (n[12 + i] & 0xF0);
                     }
                 }
                 Q4Layout::Lanes => {
@@ -205,11 +196,6 @@ impl QMatrix {
                 }
             }
         }
-        let qs = if rows4 { grouped } else { qs };
-        let (d, m) = match layout {
-            Q4Layout::Ggml => (d, m),
-            Q4Layout::Lanes | Q4Layout::Rows4 => (interleave4(&d, rows, cols / QK), interleave4(&m, rows, cols / QK)),
-        };
         Some(Self { format, rows, cols, layout, d, m, qs })
     }
 
