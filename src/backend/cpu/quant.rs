@@ -29,25 +29,26 @@ impl QFormat {
     }
 }
 
-/// How the 32 four-bit values of a block sit in its 16 bytes.
+/// How the 32 four-bit values of a block sit in its 16 bytes. In every
+/// layout the block scales (of every format) are interleaved by groups of four
+/// rows, so one load gives the scales of four rows for the same block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Q4Layout {
-    /// As in the GGUF file: byte `j` holds values `j` (low nibble) and `j + 16`.
+    /// As in the GGUF file: byte `j` holds values `j` (low nibble) and `j + 16`
+    /// (the native AVX2 kernels' layout).
     Ggml,
     /// Eight little-endian u16 lanes; lane `l` holds values `l`, `l + 8`,
     /// `l + 16`, `l + 24` in its four nibbles, so a 16-byte load, a shift and
     /// a mask give eight consecutive values as i16 lanes (wasm simd128's
-    /// `i32x4.dot_i16x8_s` then needs no widening of the weights). The block
-    /// scales (of every format) are interleaved by groups of four rows, so one
-    /// load gives the scales of four rows for the same block.
+    /// `i32x4.dot_i16x8_s` then needs no widening of the weights).
     Lanes,
     /// Four rows interleaved per block (relaxed SIMD): the 64 bytes of rows
     /// `4g..4g+4`, block `b` are four vectors; in vector `k`, byte `4j + i`
     /// holds row `4g+j`'s values `8k+i` (low nibble) and `8k+4+i` (high
     /// nibble). One relaxed dot against four activation bytes splatted to
     /// every lane then yields each row's partial sum in its own lane: no
-    /// horizontal reduction per block. Q8 blocks and the scales are stored as
-    /// in [`Lanes`](Self::Lanes).
+    /// horizontal reduction per block. Q8 blocks are stored as in
+    /// [`Lanes`](Self::Lanes).
     Rows4,
 }
 
@@ -90,7 +91,7 @@ pub struct QMatrix {
     pub rows: usize,
     pub cols: usize,
     pub layout: Q4Layout,
-    /// Per-block scale (f16 widened to f32).
+    /// Per-block scale (f16 widened to f32), `[rows / 4][block][4]`.
     d: Vec<f32>,
     /// Per-block offset term: Q4_1's minimum, Q4_0's `-8 d` (values are stored
     /// unsigned 0..16 and the offset applied through the activations' sums).
@@ -144,9 +145,9 @@ impl QMatrix {
         }
         let qlen = if format == QFormat::Q8_0 { 32 } else { 16 };
         let nbr = cols / QK;
-        // Interleaved layouts pad the rows to whole groups of four (zero scales).
-        let interleaved = layout != Q4Layout::Ggml;
-        let slots = if interleaved { rows.div_ceil(4) * 4 * nbr } else { nb };
+        // Every layout keeps the scales of four rows together (`[rows / 4][block][4]`,
+        // rows padded to whole groups with zero scales): the kernels take four rows per pass.
+        let slots = rows.div_ceil(4) * 4 * nbr;
         let mut d = vec![0f32; slots];
         let mut m = vec![0f32; if format == QFormat::Q8_0 { 0 } else { slots }];
         let rows4 = layout == Q4Layout::Rows4 && format != QFormat::Q8_0;
@@ -154,7 +155,7 @@ impl QMatrix {
         let mut qs = vec![0u8; if rows4 { slots } else { nb } * qlen];
         for (i, blk) in data.chunks_exact(bb).enumerate() {
             let (r, b) = (i / nbr, i % nbr);
-            let at = if interleaved { ((r / 4) * nbr + b) * 4 + r % 4 } else { i };
+            let at = ((r / 4) * nbr + b) * 4 + r % 4;
             let scale = f16_at(blk, 0);
             d[at] = scale;
             let nibbles = match format {
@@ -202,11 +203,7 @@ impl QMatrix {
     /// Index of row `r`, block `b` in `d` and `m`.
     #[inline(always)]
     fn sidx(&self, r: usize, b: usize) -> usize {
-        let nb = self.cols / QK;
-        match self.layout {
-            Q4Layout::Ggml => r * nb + b,
-            Q4Layout::Lanes | Q4Layout::Rows4 => ((r / 4) * nb + b) * 4 + r % 4,
-        }
+        ((r / 4) * (self.cols / QK) + b) * 4 + r % 4
     }
 
     /// Four-bit value `j` (0..32) of row `r`, block `b`.
@@ -512,7 +509,8 @@ mod avx2 {
         let bw = if q8 { 32 } else { 16 };
         let w = |i: usize| m.qs.as_ptr().add((r + i) * nb * bw);
         let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
-        let sc = |v: &[f32], b: usize| _mm_set_ps(v[(r + 3) * nb + b], v[(r + 2) * nb + b], v[(r + 1) * nb + b], v[r * nb + b]);
+        // The four rows' scales of a block are adjacent (see `sidx`); r is a multiple of four.
+        let sc = |v: &[f32], b: usize| _mm_loadu_ps(v.as_ptr().add(((r / 4) * nb + b) * 4));
         let ys = if m.format == QFormat::Q4_1 { &act.s } else { &act.sx };
         let mut acc = [_mm_setzero_ps(); T];
         let mut macc = [_mm_setzero_ps(); T];
