@@ -278,3 +278,35 @@ pub fn f16_cases() -> Vec<f32> {
     x.extend([65504.0, 65519.0, 65520.0, 1e6, f32::MAX, f32::INFINITY, 1e-30, 2.980_232_2e-8, 2.980_232_6e-8, f32::MIN_POSITIVE, 1e-45]);
     x
 }
+
+/// One token attending `used` cached positions through the CPU cache, with
+/// random queries, keys and values (SmolLM2-like magnitudes): the last
+/// token's queries `[n_head * hd]`, the cache's keys and values laid out as
+/// the GPU holds them (`[n_kv, cap, hd]`, f32) and the CPU's output.
+pub struct AttentionCase {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub out: Vec<f32>,
+}
+
+pub fn attention_case(n_head: usize, n_kv: usize, hd: usize, cap: usize, used: usize, seed: u64) -> AttentionCase {
+    use crate::kv_cache::{AttnScratch, KvCache, KvCacheConfig, KvDType};
+    let mut rng = Rng::new(seed);
+    let mut r = |s: f32| (rng.next_f64() as f32 - 0.5) * s;
+    let mut cache = KvCache::new(KvCacheConfig { window: cap, sinks: 0, dtype: KvDType::F32 }, 1, n_kv, hd).expect("a valid cache");
+    let mut scratch = AttnScratch::default();
+    let (mut kc, mut vc) = (vec![0f32; n_kv * cap * hd], vec![0f32; n_kv * cap * hd]);
+    let (mut out, mut q) = (vec![0f32; n_head * hd], Vec::new());
+    for p in 0..used {
+        q = (0..n_head * hd).map(|_| r(6.0)).collect();
+        let k: Vec<f32> = (0..n_kv * hd).map(|_| r(6.0)).collect();
+        let v: Vec<f32> = (0..n_kv * hd).map(|_| r(2.0)).collect();
+        for g in 0..n_kv {
+            kc[(g * cap + p) * hd..(g * cap + p + 1) * hd].copy_from_slice(&k[g * hd..(g + 1) * hd]);
+            vc[(g * cap + p) * hd..(g * cap + p + 1) * hd].copy_from_slice(&v[g * hd..(g + 1) * hd]);
+        }
+        cache.attend_token(0, p, &q, &[], &k, &v, &mut scratch, &mut out);
+    }
+    AttentionCase { q, k: kc, v: vc, out }
+}

@@ -385,21 +385,9 @@ mod webgpu_browser {
             report.push(("rope", d, want.len()));
         }
         for used in (1..=40).chain([61]) {
-            let mut cache = kvchat::kv_cache::KvCache::new(KvCacheConfig { window: cap, sinks: 0, dtype: KvDType::F32 }, 1, n_kv, hd).unwrap();
-            let mut scratch = kvchat::kv_cache::AttnScratch::default();
-            let (mut kc, mut vc) = (vec![0f32; n_kv * cap * hd], vec![0f32; n_kv * cap * hd]);
-            let (mut want, mut q) = (vec![0f32; n_head * hd], Vec::new());
-            for p in 0..used {
-                q = (0..n_head * hd).map(|_| r(6.0)).collect();
-                let k: Vec<f32> = (0..n_kv * hd).map(|_| r(6.0)).collect();
-                let v: Vec<f32> = (0..n_kv * hd).map(|_| r(2.0)).collect();
-                for g in 0..n_kv {
-                    kc[(g * cap + p) * hd..(g * cap + p + 1) * hd].copy_from_slice(&k[g * hd..(g + 1) * hd]);
-                    vc[(g * cap + p) * hd..(g * cap + p + 1) * hd].copy_from_slice(&v[g * hd..(g + 1) * hd]);
-                }
-                cache.attend_token(0, p, &q, &[], &k, &v, &mut scratch, &mut want);
-            }
-            let got = probe::attention(&ctx, n_head, n_kv, hd, cap, used, &q, &kc, &vc).await.unwrap();
+            let c = kvchat::testing::attention_case(n_head, n_kv, hd, cap, used, used as u64);
+            let got = probe::attention(&ctx, n_head, n_kv, hd, cap, used, &c.q, &c.k, &c.v).await.unwrap();
+            let want = c.out;
             let d = bits(&got, &want);
             if d > 0 { web_sys::console::log_1(&format!("attention over {used} keys: {d} differ").into()); }
             report.push(("attention", d, got.len()));
@@ -429,7 +417,7 @@ mod webgpu_browser {
         // the same order: greedy output is equal, not merely close.
         let mut engines = None;
         for dtype in [KvDType::F32, KvDType::F16] {
-            engines = None;
+            drop(engines.take()); // the previous pair goes before the next loads
             let opts = EngineOptions { kv: KvCacheConfig { window: 256, sinks: 4, dtype }, ..Default::default() };
             let mut cpu = Engine::load(&bytes, opts.clone()).unwrap();
             let t0 = web_time::Instant::now();

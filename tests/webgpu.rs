@@ -383,24 +383,9 @@ fn attention_kernel_equals_the_cpu_cache_bit_for_bit() {
     // SmolLM2's shape: 9 query heads over 3 kv heads of 64.
     let (n_head, n_kv, hd, cap) = (9, 3, 64, 128);
     for used in [1, 7, 8, 12, 61, 128] {
-        let mut rng = kvchat::sampler::Rng::new(used as u64);
-        let mut r = |s: f32| (rng.next_f64() as f32 - 0.5) * s;
-        let mut cache = kvchat::kv_cache::KvCache::new(KvCacheConfig { window: cap, sinks: 0, dtype: KvDType::F32 }, 1, n_kv, hd).unwrap();
-        let mut scratch = kvchat::kv_cache::AttnScratch::default();
-        let (mut kc, mut vc) = (vec![0f32; n_kv * cap * hd], vec![0f32; n_kv * cap * hd]);
-        let mut want = vec![0f32; n_head * hd];
-        let mut q = vec![0f32; n_head * hd];
-        for p in 0..used {
-            q = (0..n_head * hd).map(|_| r(6.0)).collect();
-            let k: Vec<f32> = (0..n_kv * hd).map(|_| r(6.0)).collect();
-            let v: Vec<f32> = (0..n_kv * hd).map(|_| r(2.0)).collect();
-            for g in 0..n_kv {
-                kc[(g * cap + p) * hd..(g * cap + p + 1) * hd].copy_from_slice(&k[g * hd..(g + 1) * hd]);
-                vc[(g * cap + p) * hd..(g * cap + p + 1) * hd].copy_from_slice(&v[g * hd..(g + 1) * hd]);
-            }
-            cache.attend_token(0, p, &q, &[], &k, &v, &mut scratch, &mut want);
-        }
-        let got = pollster::block_on(probe::attention(&ctx, n_head, n_kv, hd, cap, used, &q, &kc, &vc)).unwrap();
+        let c = kvchat::testing::attention_case(n_head, n_kv, hd, cap, used, used as u64);
+        let got = pollster::block_on(probe::attention(&ctx, n_head, n_kv, hd, cap, used, &c.q, &c.k, &c.v)).unwrap();
+        let want = c.out;
         let differ = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         eprintln!("attention over {used} keys: {differ} of {} outputs differ from the CPU's (max |d| {:.1e})", got.len(), max_abs_diff(&got, &want));
         assert_eq!(differ, 0, "{used} keys");

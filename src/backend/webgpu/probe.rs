@@ -55,6 +55,19 @@ async fn read(ctx: &GpuContext, b: &wgpu::Buffer, bytes: usize) -> Result<Vec<u8
     Ok(v)
 }
 
+/// Runs one kernel over `groups` workgroups with `buffers` bound in order.
+fn run_one(ctx: &GpuContext, kernel: &super::kernels::Kernel, buffers: &[&wgpu::Buffer], groups: (u32, u32)) {
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut cp = enc.begin_compute_pass(&Default::default());
+        let g = kernel.bind(ctx, buffers);
+        cp.set_pipeline(&kernel.pipeline);
+        cp.set_bind_group(0, &g, &[]);
+        cp.dispatch_workgroups(groups.0, groups.1, 1);
+    }
+    ctx.queue.submit([enc.finish()]);
+}
+
 /// How the activations reach the matmul.
 pub enum Input<'a> {
     /// `x` as it is (`[t, cols]`).
@@ -122,15 +135,7 @@ pub async fn attention(ctx: &GpuContext, n_head: usize, n_kv: usize, hd: usize, 
     let vb = buf(ctx, bytemuck::cast_slice(v), wgpu::BufferUsages::empty());
     let scores = buf(ctx, &vec![0u8; n_head * cap * 4], wgpu::BufferUsages::empty());
     let out = buf(ctx, &vec![0u8; n_head * hd * 4], wgpu::BufferUsages::empty());
-    let mut enc = ctx.device.create_command_encoder(&Default::default());
-    {
-        let mut cp = enc.begin_compute_pass(&Default::default());
-        let g = k_all.attention.bind(ctx, &[&kvp, &step, &tok, &qb, &qb, &kb, &vb, &scores, &out]);
-        cp.set_pipeline(&k_all.attention.pipeline);
-        cp.set_bind_group(0, &g, &[]);
-        cp.dispatch_workgroups(n_head as u32, 1, 1);
-    }
-    ctx.queue.submit([enc.finish()]);
+    run_one(ctx, &k_all.attention, &[&kvp, &step, &tok, &qb, &qb, &kb, &vb, &scores, &out], (n_head as u32, 1));
     Ok(bytemuck::cast_slice(&read(ctx, &out, n_head * hd * 4).await?).to_vec())
 }
 
@@ -149,16 +154,8 @@ async fn elementwise(ctx: &GpuContext, func: u32, x: &[f32]) -> Result<Vec<f32>>
     let k = Kernel::new(ctx, "probe", include_str!("shaders/probe.wgsl"), &[Bind::Read, Bind::ReadWrite], &[("FUNC", func as f64)]);
     let xb = buf(ctx, bytemuck::cast_slice(x), wgpu::BufferUsages::empty());
     let yb = buf(ctx, &vec![0u8; x.len() * 4], wgpu::BufferUsages::empty());
-    let mut enc = ctx.device.create_command_encoder(&Default::default());
-    {
-        let mut cp = enc.begin_compute_pass(&Default::default());
-        let g = k.bind(ctx, &[&xb, &yb]);
-        cp.set_pipeline(&k.pipeline);
-        cp.set_bind_group(0, &g, &[]);
-        let groups = x.len().div_ceil(64);
-        cp.dispatch_workgroups(groups.min(65535) as u32, groups.div_ceil(65535) as u32, 1);
-    }
-    ctx.queue.submit([enc.finish()]);
+    let groups = x.len().div_ceil(64);
+    run_one(ctx, &k, &[&xb, &yb], (groups.min(65535) as u32, groups.div_ceil(65535) as u32));
     Ok(bytemuck::cast_slice(&read(ctx, &yb, x.len() * 4).await?).to_vec())
 }
 
@@ -180,15 +177,7 @@ pub async fn rope(ctx: &GpuContext, n_head: usize, n_kv: usize, hd: usize, qkv: 
     let q_sink = buf(ctx, &vec![0u8; n_head * hd * 4], wgpu::BufferUsages::empty());
     let kc = buf(ctx, &vec![0u8; n_kv * hd * 4], wgpu::BufferUsages::empty());
     let vc = buf(ctx, &vec![0u8; n_kv * hd * 4], wgpu::BufferUsages::empty());
-    let mut enc = ctx.device.create_command_encoder(&Default::default());
-    {
-        let mut cp = enc.begin_compute_pass(&Default::default());
-        let g = k_all.rope_kv.bind(ctx, &[&kvp, &step, &qkvb, &tok, &csb, &q, &q_sink, &kc, &vc]);
-        cp.set_pipeline(&k_all.rope_kv.pipeline);
-        cp.set_bind_group(0, &g, &[]);
-        cp.dispatch_workgroups(1, 1, 1);
-    }
-    ctx.queue.submit([enc.finish()]);
+    run_one(ctx, &k_all.rope_kv, &[&kvp, &step, &qkvb, &tok, &csb, &q, &q_sink, &kc, &vc], (1, 1));
     let qr = bytemuck::cast_slice(&read(ctx, &q, n_head * hd * 4).await?).to_vec();
     let kr = bytemuck::cast_slice(&read(ctx, &kc, n_kv * hd * 4).await?).to_vec();
     Ok((qr, kr))
