@@ -12,10 +12,15 @@
 //!   document) is prefilled once and copied into each sequence's cache.
 //! * Every sequence's tokens are exactly those it would get alone: rows are
 //!   computed independently by the same kernels.
+//! * On the WebGPU backend every sequence's cache lives in one GPU buffer per
+//!   layer ([`GpuBatch`]); a step submits one GPU job (a prefill chunk of one
+//!   sequence, or one decode row per sequence through the batched passes) and
+//!   the next step collects it, so the browser never blocks on the GPU.
 
 use crate::engine::{Advance, Engine, GenerateOptions, Generation, Prompt, Session};
 use crate::error::{Error, Result};
 use crate::kv_cache::{KvCache, KvCacheConfig};
+use crate::model::gpu::{GpuBatch, GpuOutput, Readback, GPU_MAX_CHUNK};
 use crate::sampler::Sampler;
 use std::collections::VecDeque;
 use web_time::Instant;
@@ -67,6 +72,8 @@ pub struct BatchStats {
     pub decode_tokens_per_sec: f64,
     /// KV cache bytes per sequence.
     pub kv_bytes_per_sequence: usize,
+    /// Where the batched passes run: `"webgpu"` or `"cpu"`.
+    pub backend: &'static str,
 }
 
 struct Queued {
@@ -90,6 +97,22 @@ pub struct Batch {
     started: Instant,
     stats: BatchStats,
     failed: bool,
+    /// The GPU's storage and the job in flight (WebGPU engines).
+    gpu: Option<GpuRun>,
+}
+
+struct GpuRun {
+    storage: GpuBatch,
+    /// The shared prefix, prefilled into the last sequence region step by step.
+    prefix_ids: Vec<u32>,
+    work: Option<GpuWork>,
+}
+
+/// What the GPU job in flight computes.
+enum GpuWork {
+    Prefix,
+    Prefill { slot: usize, last: bool },
+    Decode { slots: Vec<usize>, started: Instant },
 }
 
 impl std::fmt::Debug for Batch {
@@ -101,7 +124,19 @@ impl std::fmt::Debug for Batch {
 impl Batch {
     /// True once every input has finished.
     pub fn is_done(&self) -> bool {
-        self.failed || (self.queue.is_empty() && self.slots.iter().all(Option::is_none))
+        self.failed || (self.queue.is_empty() && self.slots.iter().all(Option::is_none) && self.gpu.as_ref().is_none_or(|g| g.work.is_none()))
+    }
+    /// `"webgpu"` when the batch runs on the GPU's batched passes, else `"cpu"`.
+    pub fn backend(&self) -> &'static str {
+        if self.gpu.is_some() {
+            "webgpu"
+        } else {
+            "cpu"
+        }
+    }
+    /// True while a GPU job is in flight (the next step collects it).
+    pub fn waiting(&self) -> bool {
+        self.gpu.as_ref().is_some_and(|g| g.work.is_some())
     }
     pub fn stats(&self) -> BatchStats {
         let mut s = self.stats.clone();
@@ -168,11 +203,23 @@ impl Engine {
                 self.options().memory_budget >> 20
             )));
         }
-        let new_cache = || KvCache::new(kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim);
+        // Batches on the GPU keep their caches there (in the engine's storage type;
+        // another type runs on the CPU kernels).
+        self.discard_gpu_step();
+        let storage = match self.gpu_model_mut() {
+            Some(m) if m.kv_config().dtype == kv.dtype => Some(m.new_batch(kv, caches_needed)?),
+            _ => None,
+        };
+        let on_gpu = storage.is_some();
+        let new_cache = || if on_gpu { KvCache::without_storage(kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim) } else { KvCache::new(kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim) };
         let caches = (0..b).map(|_| new_cache()).collect::<Result<Vec<_>>>()?;
         let mut prefix = None;
         let mut shared_prefix_tokens = 0;
-        if use_prefix {
+        let gpu = storage.map(|storage| GpuRun { storage, prefix_ids: if use_prefix { queue[0].ids[..shared].to_vec() } else { Vec::new() }, work: None });
+        if use_prefix && on_gpu {
+            prefix = Some(new_cache()?);
+            shared_prefix_tokens = shared;
+        } else if use_prefix {
             let mut c = new_cache()?;
             let ids = queue[0].ids[..shared].to_vec();
             let mut i = 0;
@@ -190,9 +237,10 @@ impl Engine {
             prompt_tokens: queue.iter().map(|q| q.ids.len()).sum(),
             shared_prefix_tokens,
             kv_bytes_per_sequence: per_seq,
+            backend: if on_gpu { "webgpu" } else { "cpu" },
             ..Default::default()
         };
-        Ok(Batch { queue, slots: (0..b).map(|_| None).collect(), caches, prefix, started: Instant::now(), stats, failed: false })
+        Ok(Batch { queue, slots: (0..b).map(|_| None).collect(), caches, prefix, started: Instant::now(), stats, failed: false, gpu })
     }
 
     /// One step of a batch: queued inputs take free slots, every sequence still
@@ -202,11 +250,156 @@ impl Engine {
         if b.failed {
             return Err(Error::InvalidOption("this batch stopped after an error".into()));
         }
-        let r = self.step_batch_inner(b);
-        if r.is_err() {
+        let r = if b.gpu.is_some() { self.step_batch_gpu(b) } else { self.step_batch_inner(b) };
+        if let Err(e) = &r {
             b.failed = true;
+            if b.gpu.as_mut().is_some_and(|g| g.work.take().is_some()) {
+                self.discard_gpu_step();
+            }
+            if matches!(e, Error::DeviceLost(_)) {
+                // The engine goes on on the CPU (its own cache rebuilt); this batch ends here.
+                self.fall_back_to_cpu(e)?;
+            }
         }
         r
+    }
+
+    /// Forgets a batch before it is done (abort): a GPU job it left in flight is discarded.
+    pub fn end_batch(&mut self, b: &mut Batch) {
+        if b.gpu.as_mut().is_some_and(|g| g.work.take().is_some()) {
+            self.discard_gpu_step();
+        }
+        b.failed = true;
+    }
+
+    /// [`step_batch`](Self::step_batch) on the GPU: collect the job in flight,
+    /// then submit the next one (the shared prefix, a prefill chunk of one
+    /// sequence, or one decode row of every decoding sequence).
+    fn step_batch_gpu(&mut self, b: &mut Batch) -> Result<Vec<BatchEvent>> {
+        let mut events = Vec::new();
+        let chunk = self.options().prefill_chunk.min(GPU_MAX_CHUNK);
+        let no_gpu = || Error::Backend("the batch's GPU is gone".into());
+        let run = b.gpu.as_mut().expect("a GPU batch");
+        if let Some(work) = run.work.take() {
+            let m = self.gpu_model_mut().ok_or_else(no_gpu)?;
+            if !m.ready() {
+                m.wait()?;
+                m.poll();
+                if !m.ready() {
+                    run.work = Some(work);
+                    return Ok(events);
+                }
+            }
+            let out = m.take()?.ok_or_else(|| Error::Backend("the GPU returned no result".into()))?;
+            let logits = match out {
+                GpuOutput::Logits(l) => l,
+                GpuOutput::Token(_) => Vec::new(),
+                _ => return Err(Error::Backend("the GPU returned another kind of result than asked".into())),
+            };
+            match work {
+                GpuWork::Prefix => {}
+                GpuWork::Prefill { slot, last } => {
+                    if last {
+                        if let Some(r) = &mut b.slots[slot] {
+                            let s = &mut r.session;
+                            s.logits = Some(logits);
+                            s.stats.prefill_ms = s.started.elapsed().as_secs_f64() * 1e3;
+                            s.decode_started = Some(Instant::now());
+                            if s.opts.max_tokens == 0 {
+                                let g = s.finish(Some(crate::engine::StopReason::Length), b.caches[slot].stats());
+                                b.stats.finished += 1;
+                                events.push(BatchEvent::Done { index: r.index, generation: Box::new(g) });
+                                b.slots[slot] = None;
+                            }
+                        }
+                    }
+                }
+                GpuWork::Decode { slots, started } => {
+                    let vocab = self.config().vocab_size;
+                    for (j, slot) in slots.into_iter().enumerate() {
+                        if let Some(r) = &mut b.slots[slot] {
+                            r.session.logits = Some(logits[j * vocab..(j + 1) * vocab].to_vec());
+                        }
+                    }
+                    b.stats.decode_ms += started.elapsed().as_secs_f64() * 1e3;
+                }
+            }
+        }
+        // The shared prefix first, one chunk per step, into the last region.
+        let prefix_seq = b.slots.len();
+        if let Some(p) = &mut b.prefix {
+            if p.len() < run.prefix_ids.len() {
+                let n = p.next_chunk(chunk.min(run.prefix_ids.len() - p.len()));
+                let ids = run.prefix_ids[p.len()..p.len() + n].to_vec();
+                let m = self.gpu_model_mut().ok_or_else(no_gpu)?;
+                m.submit_in(&run.storage, prefix_seq, &ids, p, Readback::Argmax)?;
+                run.work = Some(GpuWork::Prefix);
+                return Ok(events);
+            }
+        }
+        // Free slots take queued inputs (starting from a copy of the prefix).
+        for (slot, (entry, cache)) in b.slots.iter_mut().zip(b.caches.iter_mut()).enumerate() {
+            if entry.is_some() {
+                continue;
+            }
+            let Some(q) = b.queue.pop_front() else { break };
+            cache.reset();
+            if let Some(p) = &b.prefix {
+                cache.copy_from(p)?;
+                self.gpu_model_mut().ok_or_else(no_gpu)?.copy_in_batch(&run.storage, prefix_seq, slot)?;
+            }
+            let reused = cache.reuse_prefix(&q.ids);
+            *entry = Some(Running { index: q.index, session: Session::new(q.ids, reused, q.sampler, &q.opts, Instant::now()) });
+        }
+        // A sequence still reading its prompt: its next chunk.
+        for (slot, (entry, cache)) in b.slots.iter_mut().zip(b.caches.iter_mut()).enumerate() {
+            let Some(r) = entry else { continue };
+            let s = &mut r.session;
+            if s.logits.is_some() {
+                continue;
+            }
+            let total = s.prompt_ids.len();
+            let n = cache.next_chunk(chunk.min(total - s.fed));
+            let last = s.fed + n == total;
+            let m = self.gpu_model_mut().ok_or_else(no_gpu)?;
+            m.submit_in(&run.storage, slot, &s.prompt_ids[s.fed..s.fed + n], cache, if last { Readback::LastLogits } else { Readback::Argmax })?;
+            s.fed += n;
+            run.work = Some(GpuWork::Prefill { slot, last });
+            return Ok(events);
+        }
+        // Decode: sample every sequence, then one row per sequence through the batched passes.
+        let mut rows: Vec<(usize, u32)> = Vec::new();
+        for (slot, (entry, cache)) in b.slots.iter_mut().zip(b.caches.iter()).enumerate() {
+            let Some(r) = entry else { continue };
+            let s = &mut r.session;
+            let Some(mut logits) = s.logits.take() else { continue };
+            match s.advance(self.tokenizer(), &mut logits) {
+                Advance::Token { token, piece } => {
+                    b.stats.generated_tokens += 1;
+                    if let Some(piece) = piece {
+                        events.push(BatchEvent::Piece { index: r.index, piece });
+                    }
+                    rows.push((slot, token));
+                }
+                Advance::Finished(reason) => {
+                    if reason != Some(crate::engine::StopReason::Eos) {
+                        b.stats.generated_tokens += 1;
+                    }
+                    let g = s.finish(reason, cache.stats());
+                    b.stats.finished += 1;
+                    events.push(BatchEvent::Done { index: r.index, generation: Box::new(g) });
+                    *entry = None;
+                }
+            }
+        }
+        if !rows.is_empty() {
+            let mut caches: Vec<&mut KvCache> = b.caches.iter_mut().enumerate().filter(|(i, _)| rows.iter().any(|r| r.0 == *i)).map(|(_, c)| c).collect();
+            let m = self.gpu_model_mut().ok_or_else(no_gpu)?;
+            let started = Instant::now();
+            m.submit_rows(&run.storage, &rows, &mut caches, Readback::AllLogits)?;
+            run.work = Some(GpuWork::Decode { slots: rows.iter().map(|r| r.0).collect(), started });
+        }
+        Ok(events)
     }
 
     fn step_batch_inner(&mut self, b: &mut Batch) -> Result<Vec<BatchEvent>> {

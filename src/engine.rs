@@ -292,6 +292,22 @@ impl Engine {
         }
     }
 
+    /// The GPU model, on the WebGPU backend.
+    pub(crate) fn gpu_model_mut(&mut self) -> Option<&mut GpuLlama> {
+        match &mut self.net {
+            Net::Gpu(m, _) => Some(m),
+            Net::Cpu(_) => None,
+        }
+    }
+
+    /// Forgets a GPU step whose result nobody will collect (an aborted
+    /// generation or batch): its work still lands in the cache it was for.
+    pub(crate) fn discard_gpu_step(&mut self) {
+        if let Net::Gpu(m, _) = &mut self.net {
+            m.discard();
+        }
+    }
+
     /// `"webgpu"` or `"cpu"`.
     pub fn backend(&self) -> &'static str {
         match &self.net {
@@ -339,7 +355,7 @@ impl Engine {
     /// Moves to the CPU backend (the GPU device was lost): loads the weights
     /// from the kept bytes and rebuilds the cache by feeding its token history
     /// (the bounded cache evicts exactly as before). Returns the last token's logits.
-    fn fall_back_to_cpu(&mut self, why: &Error) -> Result<Option<Vec<f32>>> {
+    pub(crate) fn fall_back_to_cpu(&mut self, why: &Error) -> Result<Option<Vec<f32>>> {
         let Net::Gpu(_, bytes) = &self.net else { return Ok(None) };
         let bytes = bytes.clone();
         let cfg = self.config().clone();
@@ -659,6 +675,8 @@ impl Engine {
         if opts.stop.iter().any(|s| s.is_empty()) {
             return Err(Error::InvalidOption("stop strings must not be empty".into()));
         }
+        // A step an aborted generation left in flight: its result is nobody's.
+        self.discard_gpu_step();
         if opts.no_cache {
             self.cache.reset();
         }

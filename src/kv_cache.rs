@@ -480,7 +480,9 @@ impl KvCache {
     /// yet): its tokens and the keys and values of the slots in use. Batches
     /// prefill a shared prompt prefix once and start each sequence from a copy.
     pub fn copy_from(&mut self, other: &KvCache) -> Result<()> {
-        if other.cfg != self.cfg || other.layers.len() != self.layers.len() || self.layers.len() != self.n_layer || other.n_kv != self.n_kv || other.head_dim != self.head_dim {
+        // Two caches without storage (the GPU's) copy the policy alone; the caller copies the storage.
+        let shaped = self.layers.len() == self.n_layer || self.layers.is_empty();
+        if other.cfg != self.cfg || other.layers.len() != self.layers.len() || !shaped || other.n_kv != self.n_kv || other.head_dim != self.head_dim {
             return Err(Error::Backend("copy between caches of different shapes".into()));
         }
         if other.evicted() > 0 {

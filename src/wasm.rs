@@ -184,6 +184,15 @@ pub struct KvEngine {
     batch: Option<Batch>,
 }
 
+impl KvEngine {
+    /// Ends the batch in progress, if any (a GPU job it left in flight is discarded).
+    fn drop_batch(&mut self) {
+        if let Some(mut b) = self.batch.take() {
+            self.engine.end_batch(&mut b);
+        }
+    }
+}
+
 #[wasm_bindgen]
 impl KvEngine {
     /// Loads a GGUF model from its bytes (CPU backend).
@@ -310,7 +319,7 @@ impl KvEngine {
     /// Drops the current generation (or batch); the cache keeps what was computed.
     pub fn abort(&mut self) {
         self.session = None;
-        self.batch = None;
+        self.drop_batch();
     }
 
     /// Starts a batch. `inputs`: an array whose items are a prompt string, a
@@ -320,7 +329,7 @@ impl KvEngine {
     /// min(512, the engine's)), `kvSinks`, `sharePrefix` (default true).
     #[wasm_bindgen(js_name = batchStart)]
     pub fn batch_start(&mut self, inputs: JsValue, options: JsValue) -> Result<JsValue, JsValue> {
-        self.batch = None;
+        self.drop_batch();
         self.session = None;
         let base: GenOptions = from_js(options.clone(), "batch options")?;
         let bo: BatchJsOptions = from_js(options, "batch options")?;
@@ -435,7 +444,7 @@ impl KvEngine {
     /// Empties the cache and the history.
     pub fn reset(&mut self) {
         self.session = None;
-        self.batch = None;
+        self.drop_batch();
         self.engine.reset();
     }
 }

@@ -332,27 +332,61 @@ fn top_k_readback_with_the_penalty_equals_the_cpu_sampler_on_the_same_logits() {
     assert_eq!(e.gpu_step_costs().unwrap().1, 520);
 }
 
-#[test]
-fn an_engine_on_the_gpu_still_runs_batches() {
-    let Some(bytes) = real_model() else { return };
-    let Some(ctx) = gpu() else { return };
-    let (mut cpu, mut gpu) = engines(&bytes, &ctx, 256, 4, KvDType::F32);
-    let run = |e: &mut Engine| -> Vec<Vec<u32>> {
-        let opts = GenerateOptions { max_tokens: 6, sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
-        let inputs = [(Prompt::Raw("The capital of France is"), opts.clone()), (Prompt::Raw("Water boils at"), opts)];
-        let mut b = e.start_batch(&inputs, kvchat::BatchOptions::default()).unwrap();
-        let mut ids = vec![Vec::new(); 2];
-        while !b.is_done() {
-            for ev in e.step_batch(&mut b).unwrap() {
-                if let kvchat::BatchEvent::Done { index, generation } = ev {
-                    ids[index] = generation.generated_ids;
-                }
+/// Runs a batch to the end: each input's generated ids, and the stats.
+fn run_batch(e: &mut Engine, inputs: &[(Prompt, GenerateOptions)], opts: kvchat::BatchOptions) -> (Vec<Vec<u32>>, kvchat::BatchStats) {
+    let mut b = e.start_batch(inputs, opts).unwrap();
+    let mut ids = vec![Vec::new(); inputs.len()];
+    while !b.is_done() {
+        for ev in e.step_batch(&mut b).unwrap() {
+            if let kvchat::BatchEvent::Done { index, generation } = ev {
+                ids[index] = generation.generated_ids;
             }
         }
-        ids
-    };
-    assert_eq!(run(&mut gpu), run(&mut cpu), "batches on a GPU engine run the CPU kernels");
+    }
+    (ids, b.stats())
+}
+
+#[test]
+fn batches_on_the_gpu_equal_each_sequence_alone() {
+    let Some(bytes) = real_model() else { return };
+    let Some(ctx) = gpu() else { return };
+    let (mut cpu, mut gpu) = engines(&bytes, &ctx, 512, 4, KvDType::F32);
+    // The golden prompts as one batch of four slots (two queued inputs take freed slots).
+    let g = golden();
+    let prompts: Vec<Vec<u32>> = g.iter().map(|p| ids_of(&p["prompt_ids"])).collect();
+    let opts = GenerateOptions { max_tokens: 24, sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
+    let inputs: Vec<(Prompt, GenerateOptions)> = prompts.iter().enumerate().map(|(i, p)| (Prompt::Ids(p), GenerateOptions { max_tokens: 12 + 4 * i, ..opts.clone() })).collect();
+    let t0 = std::time::Instant::now();
+    let (got, stats) = run_batch(&mut gpu, &inputs, kvchat::BatchOptions { batch_size: 4, ..Default::default() });
+    eprintln!(
+        "GPU batch of {} golden prompts, 4 slots: {} tokens in {:.0} ms, decode {:.1} tok/s on {}",
+        inputs.len(),
+        stats.generated_tokens,
+        t0.elapsed().as_secs_f64() * 1e3,
+        stats.decode_tokens_per_sec,
+        stats.backend
+    );
+    assert_eq!(stats.backend, "webgpu", "the batch runs on the GPU's batched passes");
+    for (i, (p, o)) in inputs.iter().enumerate() {
+        let alone = cpu.generate(*p, o, |_| true).unwrap().generated_ids;
+        assert_eq!(got[i], alone, "golden prompt {i}: batched on the GPU vs alone on the CPU");
+    }
+    // A shared prefix copied on the GPU, and caches that wrap a 40-token ring with sinks.
+    let kv = KvCacheConfig { window: 40, sinks: 4, dtype: KvDType::F32 };
+    let doc = ids(20, 5, 49152);
+    let prompts: Vec<Vec<u32>> = (0..3).map(|i| [doc.clone(), ids(3 + 2 * i, 40 + i as u64, 49152)].concat()).collect();
+    let inputs: Vec<(Prompt, GenerateOptions)> = prompts.iter().map(|p| (Prompt::Ids(p), GenerateOptions { max_tokens: 36, ..opts.clone() })).collect();
+    let bo = kvchat::BatchOptions { batch_size: 2, kv: Some(kv), share_prefix: true };
+    let (on_gpu, stats) = run_batch(&mut gpu, &inputs, bo);
+    assert_eq!((stats.backend, stats.shared_prefix_tokens), ("webgpu", 20));
+    let (on_cpu, _) = run_batch(&mut cpu, &inputs, bo);
+    assert_eq!(on_gpu, on_cpu, "a shared prefix and eviction: the GPU batch equals the CPU batch");
     assert_eq!(gpu.backend(), "webgpu", "the single-sequence path stays on the GPU");
+    // A batch whose caches use another storage type than the engine's runs on the CPU kernels.
+    let bo = kvchat::BatchOptions { batch_size: 2, kv: Some(KvCacheConfig { dtype: KvDType::F16, ..kv }), share_prefix: true };
+    let (f16_gpu, stats) = run_batch(&mut gpu, &inputs, bo);
+    assert_eq!(stats.backend, "cpu");
+    assert_eq!(f16_gpu, run_batch(&mut cpu, &inputs, bo).0);
 }
 
 #[test]

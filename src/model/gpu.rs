@@ -78,6 +78,7 @@ enum Tail {
     TopK,
 }
 
+#[derive(Clone)]
 struct Pass {
     pipeline: wgpu::ComputePipeline,
     group: wgpu::BindGroup,
@@ -125,6 +126,11 @@ pub struct GpuLlama {
     weight_bytes: usize,
     kv_bytes: usize,
     pending: Option<Pending>,
+    /// The two kernels that touch the cache, and where their passes sit in
+    /// `passes` for each layer (a batch records its own copies of them).
+    rope_kv: Kernel,
+    attention: Kernel,
+    kv_passes: Vec<(usize, usize)>,
     /// Dispatches and bytes read back by the last decode step (for the notes and stats).
     pub last_dispatches: usize,
     pub last_readback_bytes: usize,
@@ -257,6 +263,7 @@ impl GpuLlama {
         let kvp = uniform(ctx, &[c.n_head as u32, c.n_head_kv as u32, hd as u32, cap as u32, (qd + 2 * kvd) as u32, (1.0 / (hd as f32).sqrt()).to_bits(), 0, 0]);
         let mut kv_buffers = Vec::new();
         let mut norms = Vec::new();
+        let mut kv_passes = Vec::new();
         for i in 0..c.n_layer {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             let attn_norm = f32_buffer(ctx, "attn_norm", &vec(&n("attn_norm"))?);
@@ -272,6 +279,7 @@ impl GpuLlama {
             passes.push(quant(&mut k, QuantMode::Norm, e, e, 0, false, &b.x, &attn_norm));
             let refs: Vec<_> = qkv.iter().map(|(m, o)| (m, *o)).collect();
             passes.extend(matmul(&mut k, &refs, qd + 2 * kvd, false, false, &b.qkv));
+            kv_passes.push((passes.len(), passes.len() + 1));
             passes.push(pass(&k.rope_kv, ctx, &[&kvp, step, &b.qkv, &b.tok, &b.cs, &b.q, &b.q_sink, &kc, &vc], Grid::Tokens));
             passes.push(pass(&k.attention, ctx, &[&kvp, step, &b.tok, &b.q, &b.q_sink, &kc, &vc, &b.scores, &b.attn], Grid::Heads(c.n_head as u32)));
             passes.push(quant(&mut k, QuantMode::Plain, qd, qd, 0, false, &b.attn, &attn_norm));
@@ -309,6 +317,9 @@ impl GpuLlama {
             weight_bytes,
             kv_bytes,
             pending: None,
+            rope_kv: k.rope_kv.clone(),
+            attention: k.attention.clone(),
+            kv_passes,
             last_dispatches: 0,
             last_readback_bytes: 0,
         })
@@ -343,45 +354,87 @@ impl GpuLlama {
     /// `penalty`: the distinct recent ids and the repetition penalty, applied
     /// on the GPU before [`Readback::Argmax`] / [`Readback::TopK`] (ignored otherwise).
     pub fn submit(&mut self, ids: &[u32], cache: &mut KvCache, readback: Readback, penalty: Option<(&[u32], f32)>) -> Result<()> {
-        let t = ids.len();
+        self.submit_chunk(None, ids, cache, readback, penalty)
+    }
+
+    /// [`submit`](Self::submit) for sequence `seq` of a batch (its prefill chunks).
+    pub fn submit_in(&mut self, batch: &GpuBatch, seq: usize, ids: &[u32], cache: &mut KvCache, readback: Readback) -> Result<()> {
+        if seq >= batch.seqs || cache.config() != batch.kv {
+            return Err(Error::Backend("the cache does not belong to this GPU batch".into()));
+        }
+        self.submit_chunk(Some((batch, seq)), ids, cache, readback, None)
+    }
+
+    /// One decode step of a batch: `rows[i] = (sequence, token)` with distinct
+    /// sequences, `caches[i]` row i's cache. Every row runs through one pass
+    /// (the matmuls take the rows as one matrix; each row attends over its own
+    /// region of the batch's cache). [`Readback::AllLogits`] reads back every row.
+    pub fn submit_rows(&mut self, batch: &GpuBatch, rows: &[(usize, u32)], caches: &mut [&mut KvCache], readback: Readback) -> Result<()> {
+        self.check_submit()?;
+        let t = rows.len();
+        if t == 0 || t > GPU_MAX_CHUNK || caches.len() != t {
+            return Err(Error::Backend(format!("a batch step of {t} rows does not fit the GPU plan")));
+        }
+        for (i, &(seq, _)) in rows.iter().enumerate() {
+            if seq >= batch.seqs || rows[..i].iter().any(|r| r.0 == seq) || caches[i].config() != batch.kv {
+                return Err(Error::Backend("batch rows must be distinct sequences of this GPU batch".into()));
+            }
+        }
+        let ids: Vec<u32> = rows.iter().map(|r| r.1).collect();
+        self.check_ids(&ids)?;
+        let cap = batch.kv.window;
+        let mut tok = Vec::with_capacity(t * 4);
+        let mut positions = Vec::with_capacity(t);
+        for (&(seq, _), cache) in rows.iter().zip(caches.iter()) {
+            let p = cache.len();
+            let sink_until = if p >= cap { cache.sinks() } else { 0 };
+            tok.extend_from_slice(&[(seq * batch.seq_elems) as u32, cache.slot(p) as u32, (p + 1).min(cap) as u32, sink_until as u32]);
+            positions.push(p);
+        }
+        self.encode(Some(batch), &ids, &tok, &positions, cap - 1, true, readback, 0)?;
+        for (cache, id) in caches.iter_mut().zip(&ids) {
+            cache.commit(&[*id]);
+        }
+        Ok(())
+    }
+
+    fn check_submit(&self) -> Result<()> {
         if self.ctx.is_lost() {
             return Err(self.ctx.lost_error());
         }
         if self.pending.is_some() {
             return Err(Error::Backend("a GPU step is still in flight".into()));
         }
+        Ok(())
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        match ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            Some(bad) => Err(Error::InvalidPrompt(format!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size))),
+            None => Ok(()),
+        }
+    }
+
+    fn submit_chunk(&mut self, batch: Option<(&GpuBatch, usize)>, ids: &[u32], cache: &mut KvCache, readback: Readback, penalty: Option<(&[u32], f32)>) -> Result<()> {
+        let t = ids.len();
+        self.check_submit()?;
         if t == 0 || t > GPU_MAX_CHUNK || t != cache.next_chunk(t) {
             return Err(Error::Backend(format!("chunk of {t} tokens does not fit the GPU plan")));
         }
-        if cache.config() != self.kv {
+        if batch.is_none() && cache.config() != self.kv {
             return Err(Error::Backend("the cache was made for another configuration".into()));
         }
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            return Err(Error::InvalidPrompt(format!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size)));
-        }
+        self.check_ids(ids)?;
+        let base = batch.map_or(0, |(b, seq)| seq * b.seq_elems) as u32;
         let n0 = cache.len();
         let cap = cache.capacity();
-        let half = self.cfg.head_dim / 2;
         let vocab = self.cfg.vocab_size;
-        let mut cs = vec![0f32; (1 + t) * 2 * half];
-        let (c0, s0) = cs[..2 * half].split_at_mut(half);
-        self.rope.angles(cache.sink_query_position(), c0, s0);
         let mut tok = Vec::with_capacity(t * 4);
-        for j in 0..t {
-            let p = n0 + j;
-            let (c, s) = cs[(1 + j) * 2 * half..(2 + j) * 2 * half].split_at_mut(half);
-            self.rope.angles(p, c, s);
+        let positions: Vec<usize> = (n0..n0 + t).collect();
+        for &p in &positions {
             let sink_until = if p >= cap { cache.sinks() } else { 0 };
-            tok.extend_from_slice(&[p as u32, cache.slot(p) as u32, (p + 1).min(cap) as u32, sink_until as u32]);
+            tok.extend_from_slice(&[base, cache.slot(p) as u32, (p + 1).min(cap) as u32, sink_until as u32]);
         }
-        // A chunk that wraps the ring runs token by token (its later keys would
-        // overwrite slots its earlier tokens still attend to); others in one pass.
-        let one_pass = n0 + t <= cap;
-        let groups: Vec<(usize, usize)> = if one_pass { vec![(0, t)] } else { (0..t).map(|j| (j, 1)).collect() };
-        let rows = match readback {
-            Readback::AllLogits => t,
-            _ => 1,
-        };
         let gpu_tail = matches!(readback, Readback::Argmax | Readback::TopK);
         let n_pen = match penalty {
             Some((pids, value)) if gpu_tail => {
@@ -393,6 +446,37 @@ impl GpuLlama {
                 pids.len()
             }
             _ => 0,
+        };
+        // A chunk that wraps the ring runs token by token (its later keys would
+        // overwrite slots its earlier tokens still attend to); others in one pass.
+        let one_pass = n0 + t <= cap;
+        self.encode(batch.map(|b| b.0), ids, &tok, &positions, cache.sink_query_position(), one_pass, readback, n_pen)?;
+        cache.commit(ids);
+        Ok(())
+    }
+
+    /// Records and submits the passes (the batch's, or the model's own) for
+    /// rows `ids` with token infos `tok` (4 words each) at `positions`, in one
+    /// pass or (`one_pass` false) row by row, then starts mapping the result.
+    #[allow(clippy::too_many_arguments)]
+    fn encode(&mut self, batch: Option<&GpuBatch>, ids: &[u32], tok: &[u32], positions: &[usize], sink_pos: usize, one_pass: bool, readback: Readback, n_pen: usize) -> Result<()> {
+        let t = ids.len();
+        let half = self.cfg.head_dim / 2;
+        let vocab = self.cfg.vocab_size;
+        // Angles: row 0 the sink query position, row 1 + j token j's position.
+        let mut cs = vec![0f32; (1 + t) * 2 * half];
+        for (j, &p) in std::iter::once(&sink_pos).chain(positions).enumerate() {
+            let (c, s) = cs[j * 2 * half..(j + 1) * 2 * half].split_at_mut(half);
+            self.rope.angles(p, c, s);
+        }
+        let groups: Vec<(usize, usize)> = if one_pass { vec![(0, t)] } else { (0..t).map(|j| (j, 1)).collect() };
+        let rows = match readback {
+            Readback::AllLogits => t,
+            _ => 1,
+        };
+        let passes = match batch {
+            Some(b) => &b.passes,
+            None => &self.passes,
         };
         let mut dispatches = 0;
         for (gi, &(j0, n)) in groups.iter().enumerate() {
@@ -409,7 +493,7 @@ impl GpuLlama {
             let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kvchat step") });
             {
                 let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
-                for p in &self.passes {
+                for p in passes {
                     let (x, y) = match p.grid {
                         Grid::Tokens => (n as u32, 1),
                         Grid::OutRows => (n_out as u32, 1),
@@ -448,9 +532,71 @@ impl GpuLlama {
             }
             self.ctx.queue.submit([enc.finish()]);
         }
-        cache.commit(ids);
         self.last_dispatches = dispatches;
         self.map(readback, rows, n_pen > 0);
+        Ok(())
+    }
+
+    /// Cache storage for a batch of `seqs` sequences, each with a cache of
+    /// `kv` (the engine's storage type): one buffer per layer holding every
+    /// sequence's `[n_kv, window, head_dim]` block, and copies of the passes
+    /// whose cache kernels bind them.
+    pub fn new_batch(&self, kv: KvCacheConfig, seqs: usize) -> Result<GpuBatch> {
+        kv.validate()?;
+        let c = &self.cfg;
+        if kv.dtype != self.kv.dtype {
+            return Err(Error::Unsupported("a batch on the GPU keeps its caches in the engine's cache type".into()));
+        }
+        if seqs == 0 || seqs > GPU_MAX_CHUNK {
+            return Err(Error::InvalidOption(format!("a GPU batch holds 1 to {GPU_MAX_CHUNK} sequences")));
+        }
+        let ctx = &self.ctx;
+        let cap = kv.window;
+        let seq_elems = n_kv_elems(c, cap);
+        let elem = if kv.dtype == KvDType::F16 { 2 } else { 4 };
+        let layer_bytes = seqs * seq_elems * elem;
+        let scores_bytes = GPU_MAX_CHUNK * c.n_head * cap * 4;
+        if layer_bytes.max(scores_bytes) as u64 > ctx.info.max_storage_binding {
+            return Err(Error::Memory(format!(
+                "{seqs} sequences' {cap}-token caches ({} MiB per layer) exceed the GPU's largest buffer binding ({} MiB)",
+                layer_bytes >> 20,
+                ctx.info.max_storage_binding >> 20
+            )));
+        }
+        let (qd, kvd) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        let kvp = uniform(ctx, &[c.n_head as u32, c.n_head_kv as u32, c.head_dim as u32, cap as u32, (qd + 2 * kvd) as u32, (1.0 / (c.head_dim as f32).sqrt()).to_bits(), 0, 0]);
+        let scores = storage(ctx, "batch_scores", scores_bytes);
+        let b = &self.b;
+        let mut passes = self.passes.clone();
+        let mut kv_buffers = Vec::with_capacity(c.n_layer);
+        for &(ri, ai) in &self.kv_passes {
+            let kc = storage(ctx, "batch_k_cache", layer_bytes);
+            let vc = storage(ctx, "batch_v_cache", layer_bytes);
+            passes[ri] = pass(&self.rope_kv, ctx, &[&kvp, &b.step, &b.qkv, &b.tok, &b.cs, &b.q, &b.q_sink, &kc, &vc], Grid::Tokens);
+            passes[ai] = pass(&self.attention, ctx, &[&kvp, &b.step, &b.tok, &b.q, &b.q_sink, &kc, &vc, &scores, &b.attn], Grid::Heads(c.n_head as u32));
+            kv_buffers.push((kc, vc));
+        }
+        let staging = storage(ctx, "batch_copy", seq_elems * elem);
+        Ok(GpuBatch { kv, seqs, seq_elems, seq_bytes: seq_elems * elem, kv_buffers, staging, passes, bytes: 2 * c.n_layer * layer_bytes })
+    }
+
+    /// Copies sequence `from`'s keys and values to sequence `to` (a shared
+    /// prefix into a new sequence), through a staging buffer (WebGPU copies
+    /// never read and write one buffer).
+    pub fn copy_in_batch(&self, batch: &GpuBatch, from: usize, to: usize) -> Result<()> {
+        self.check_submit()?;
+        if from >= batch.seqs || to >= batch.seqs {
+            return Err(Error::Backend("no such sequence in the GPU batch".into()));
+        }
+        let n = batch.seq_bytes as u64;
+        let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kvchat batch copy") });
+        for (kc, vc) in &batch.kv_buffers {
+            for buf in [kc, vc] {
+                enc.copy_buffer_to_buffer(buf, from as u64 * n, &batch.staging, 0, n);
+                enc.copy_buffer_to_buffer(&batch.staging, 0, buf, to as u64 * n, n);
+            }
+        }
+        self.ctx.queue.submit([enc.finish()]);
         Ok(())
     }
 
@@ -558,6 +704,30 @@ impl GpuLlama {
         if self.pending.take().is_some() {
             self.b.readback.unmap();
         }
+    }
+}
+
+/// The GPU storage of a batch's caches (see [`GpuLlama::new_batch`]).
+pub struct GpuBatch {
+    kv: KvCacheConfig,
+    seqs: usize,
+    /// Elements (and bytes) of one sequence's block in a layer's buffer.
+    seq_elems: usize,
+    seq_bytes: usize,
+    kv_buffers: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    staging: wgpu::Buffer,
+    passes: Vec<Pass>,
+    bytes: usize,
+}
+
+impl GpuBatch {
+    /// Bytes of K/V storage on the GPU.
+    pub fn kv_bytes(&self) -> usize {
+        self.bytes
+    }
+    /// The cache configuration of every sequence.
+    pub fn kv_config(&self) -> KvCacheConfig {
+        self.kv
     }
 }
 

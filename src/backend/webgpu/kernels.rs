@@ -19,6 +19,7 @@ pub enum Bind {
 }
 
 /// One specialized kernel and the layout its bind groups follow.
+#[derive(Clone)]
 pub struct Kernel {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,

@@ -129,7 +129,7 @@ pub async fn attention(ctx: &GpuContext, n_head: usize, n_kv: usize, hd: usize, 
     let k_all = Kernels::new(ctx, false);
     let kvp = uni(ctx, &[n_head as u32, n_kv as u32, hd as u32, cap as u32, 0, (1.0 / (hd as f32).sqrt()).to_bits(), 0, 0]);
     let step = uni(ctx, &[1, 0, 1, 0]);
-    let tok = buf(ctx, bytemuck::cast_slice(&[(used - 1) as u32, (used - 1) as u32, used as u32, 0]), wgpu::BufferUsages::empty());
+    let tok = buf(ctx, bytemuck::cast_slice(&[0u32, (used - 1) as u32, used as u32, 0]), wgpu::BufferUsages::empty());
     let qb = buf(ctx, bytemuck::cast_slice(q), wgpu::BufferUsages::empty());
     let kb = buf(ctx, bytemuck::cast_slice(k), wgpu::BufferUsages::empty());
     let vb = buf(ctx, bytemuck::cast_slice(v), wgpu::BufferUsages::empty());

@@ -4,7 +4,8 @@
 // Slots below sink_until hold sinks and meet the sink-rotated query. With an
 // f16 cache the queries and the attention weights are rounded to f16 too, as
 // the CPU cache (and llama.cpp) do. One workgroup per (head, token); the
-// scores go through a storage scratch row of `cap`.
+// scores go through a storage scratch row of `cap`. Token info .x: where the
+// token's sequence starts in kc/vc (batches keep every sequence in one buffer).
 
 @group(0) @binding(0) var<uniform> p: KvParams;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -60,7 +61,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let sbase = (j * p.n_head + h) * p.cap;
     var m = -3.0e38;
     for (var s = lid; s < used; s += 64u) {
-        let kb = (g * p.cap + s) * p.hd;
+        let kb = info.x + (g * p.cap + s) * p.hd;
         // Eight partial sums combined as the CPU's dot product does.
         var l = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         let full = p.hd / 8u * 8u;
@@ -115,7 +116,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var d = lid; d < p.hd; d += 64u) {
         var o = 0.0;
         for (var s = 0u; s < used; s++) {
-            o += round_q(scores[sbase + s] * inv) * vval((g * p.cap + s) * p.hd + d);
+            o += round_q(scores[sbase + s] * inv) * vval(info.x + (g * p.cap + s) * p.hd + d);
         }
         out[j * qd + h * p.hd + d] = o;
     }

@@ -9,7 +9,8 @@
 @group(0) @binding(0) var<uniform> p: KvParams;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;
-// Per token: absolute position, cache slot, slots in use, sink_until.
+// Per token: where its sequence's cache starts in kc/vc (in elements; 0 but in
+// batches, whose sequences share one buffer), cache slot, slots in use, sink_until.
 @group(0) @binding(3) var<storage, read> tok: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> cs: array<f32>;
 @group(0) @binding(5) var<storage, read_write> q: array<f32>;
@@ -66,7 +67,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let g = i / half;
         let k = i % half;
         let at = g * p.hd + 2u * k;
-        let dst = (g * p.cap + info.y) * p.hd + 2u * k;
+        let dst = info.x + (g * p.cap + info.y) * p.hd + 2u * k;
         let a = qkv[row + qd + at];
         let b = qkv[row + qd + at + 1u];
         let c = cs[c0 + k];
