@@ -179,22 +179,29 @@ fn f16_kernels_round_like_the_half_crate() {
 #[wasm_bindgen_test(unsupported = test)]
 fn simd_kernels_equal_the_portable_kernels_bit_for_bit() {
     use candle_core::quantized::{GgmlDType, QTensor};
-    use kvchat::backend::cpu::quant::{QActivations, QFormat, QMatrix};
+    use kvchat::backend::cpu::quant::{Q4Layout, QActivations, QFormat, QMatrix};
     let mut rng = kvchat::sampler::Rng::new(9);
     // The second shape is large enough that prefill passes go over it in several row blocks.
     for (rows, cols, dt, f) in [(37, 256, GgmlDType::Q4_0, QFormat::Q4_0), (37, 256, GgmlDType::Q4_1, QFormat::Q4_1), (37, 256, GgmlDType::Q8_0, QFormat::Q8_0), (1001, 512, GgmlDType::Q4_1, QFormat::Q4_1), (1001, 512, GgmlDType::Q8_0, QFormat::Q8_0)] {
         let w: Vec<f32> = (0..rows * cols).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect();
         let qt = QTensor::quantize(&candle_core::Tensor::from_vec(w, (rows, cols), &candle_core::Device::Cpu).unwrap(), dt).unwrap();
-        let m = QMatrix::from_blocks(f, rows, cols, &qt.data().unwrap()).unwrap();
-        for t in 1..=6 {
-            let x: Vec<f32> = (0..t * cols).map(|_| rng.next_f64() as f32 * 4.0 - 2.0).collect();
-            let (mut a, mut b) = (vec![0f32; t * rows], vec![0f32; t * rows]);
-            m.matmul(&x, t, &mut QActivations::default(), &mut a);
-            m.matmul_portable(&x, t, &mut QActivations::default(), &mut b);
-            // The same float operations in the same order (native AVX2, wasm lanes and
-            // Rows4, portable): bit-identical results.
-            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
-                assert_eq!(p.to_bits(), q.to_bits(), "{f:?} t={t} [{i}]: {p} vs {q}");
+        // This target's layout, and natively also the AVX2 kernel's where AVX-512 VNNI took over.
+        let mut layouts = vec![Q4Layout::native()];
+        if !cfg!(target_arch = "wasm32") && Q4Layout::native() != Q4Layout::Ggml {
+            layouts.push(Q4Layout::Ggml);
+        }
+        for layout in layouts {
+            let m = QMatrix::from_blocks_with_layout(f, rows, cols, &qt.data().unwrap(), layout).unwrap();
+            for t in 1..=11 {
+                let x: Vec<f32> = (0..t * cols).map(|_| rng.next_f64() as f32 * 4.0 - 2.0).collect();
+                let (mut a, mut b) = (vec![0f32; t * rows], vec![0f32; t * rows]);
+                m.matmul(&x, t, &mut QActivations::default(), &mut a);
+                m.matmul_portable(&x, t, &mut QActivations::default(), &mut b);
+                // The same float operations in the same order (native AVX2 and AVX-512,
+                // wasm lanes and Rows4, portable): bit-identical results.
+                for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                    assert_eq!(p.to_bits(), q.to_bits(), "{f:?} {layout:?} t={t} [{i}]: {p} vs {q}");
+                }
             }
         }
     }
@@ -214,9 +221,10 @@ fn q4_layouts_and_kernels_agree_with_the_dequantized_product() {
         let ggml = QMatrix::from_blocks_with_layout(f, rows, cols, &data, Q4Layout::Ggml).unwrap();
         let lanes = QMatrix::from_blocks_with_layout(f, rows, cols, &data, Q4Layout::Lanes).unwrap();
         let rows4 = QMatrix::from_blocks_with_layout(f, rows, cols, &data, Q4Layout::Rows4).unwrap();
+        let rows16 = QMatrix::from_blocks_with_layout(f, rows, cols, &data, Q4Layout::Rows16).unwrap();
         // Every layout dequantizes to candle's values.
         let mut row = vec![0f32; cols];
-        for m in [&ggml, &lanes, &rows4] {
+        for m in [&ggml, &lanes, &rows4, &rows16] {
             for r in 0..rows {
                 m.dequantize_row(r, &mut row);
                 assert_eq!(row[..], deq[r * cols..(r + 1) * cols], "{f:?} {:?} row {r}", m.layout);
@@ -227,7 +235,7 @@ fn q4_layouts_and_kernels_agree_with_the_dequantized_product() {
         for t in [1, 3, 5] {
             let x: Vec<f32> = (0..t * cols).map(|_| rng.next_f64() as f32 * 4.0 - 2.0).collect();
             let mut outs = Vec::new();
-            for m in [&ggml, &lanes, &rows4] {
+            for m in [&ggml, &lanes, &rows4, &rows16] {
                 let (mut a, mut b) = (vec![0f32; t * rows], vec![0f32; t * rows]);
                 m.matmul(&x, t, &mut QActivations::default(), &mut a);
                 m.matmul_portable(&x, t, &mut QActivations::default(), &mut b);

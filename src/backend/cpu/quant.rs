@@ -50,11 +50,24 @@ pub enum Q4Layout {
     /// horizontal reduction per block. Q8 blocks are stored as in
     /// [`Lanes`](Self::Lanes).
     Rows4,
+    /// Sixteen rows interleaved per block (AVX-512 VNNI): [`Rows4`](Self::Rows4)'s
+    /// scheme over sixteen rows, so one `vpdpbusd` against four activation
+    /// bytes broadcast to every lane advances sixteen rows' sums at once. The
+    /// 256 bytes of rows `16g..16g+16`, block `b` are four 64-byte vectors; in
+    /// vector `k`, byte `4j + i` holds row `16g+j`'s values `8k+i` (low nibble)
+    /// and `8k+4+i` (high nibble). Q8 blocks: eight 64-byte vectors, byte
+    /// `4j + i` of vector `k` is row `16g+j`'s value `4k+i` plus 128 (unsigned,
+    /// as `vpdpbusd` wants; the kernel subtracts `128 Σy`).
+    Rows16,
 }
 
 impl Q4Layout {
     /// The layout this target's fastest kernel reads.
     pub fn native() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if avx512_vnni() {
+            return Q4Layout::Rows16;
+        }
         if cfg!(all(target_arch = "wasm32", target_feature = "relaxed-simd")) {
             Q4Layout::Rows4
         } else if cfg!(target_arch = "wasm32") {
@@ -64,11 +77,20 @@ impl Q4Layout {
         }
     }
 
+    /// Rows whose block scales (and, interleaved, quants) are stored together.
+    pub fn group_rows(self) -> usize {
+        if self == Q4Layout::Rows16 {
+            16
+        } else {
+            4
+        }
+    }
+
     /// Value `j` (0..32) of a block's 16 bytes (layouts that keep a block's bytes together).
     #[inline(always)]
     fn get(self, q: &[u8], j: usize) -> u8 {
         match self {
-            Q4Layout::Ggml | Q4Layout::Rows4 => {
+            Q4Layout::Ggml | Q4Layout::Rows4 | Q4Layout::Rows16 => {
                 if j < 16 {
                     q[j] & 0x0F
                 } else {
@@ -84,6 +106,19 @@ impl Q4Layout {
     }
 }
 
+/// The AVX-512 kernel's features (with `KVCHAT_NO_AVX512` set, the AVX2
+/// kernel is used instead: a switch for comparing the two).
+#[cfg(target_arch = "x86_64")]
+pub fn avx512_vnni() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+            && std::env::var_os("KVCHAT_NO_AVX512").is_none()
+    })
+}
+
 /// A weight matrix `[rows, cols]` repacked from GGUF blocks.
 #[derive(Debug, Clone)]
 pub struct QMatrix {
@@ -91,13 +126,15 @@ pub struct QMatrix {
     pub rows: usize,
     pub cols: usize,
     pub layout: Q4Layout,
-    /// Per-block scale (f16 widened to f32), `[rows / 4][block][4]`.
+    /// Per-block scale (f16 widened to f32), `[rows / G][block][G]` with `G`
+    /// the layout's [`group_rows`](Q4Layout::group_rows).
     d: Vec<f32>,
     /// Per-block offset term: Q4_1's minimum, Q4_0's `-8 d` (values are stored
     /// unsigned 0..16 and the offset applied through the activations' sums).
     m: Vec<f32>,
-    /// Q4: 16 bytes of nibbles per block in `layout` (for [`Q4Layout::Rows4`],
-    /// rows padded to a multiple of four). Q8: 32 signed bytes per block.
+    /// Q4: 16 bytes of nibbles per block in `layout` (interleaved layouts pad
+    /// the rows to whole groups). Q8: 32 signed bytes per block (Rows16: 32
+    /// offset bytes per block, interleaved).
     qs: Vec<u8>,
 }
 
@@ -145,17 +182,18 @@ impl QMatrix {
         }
         let qlen = if format == QFormat::Q8_0 { 32 } else { 16 };
         let nbr = cols / QK;
-        // Every layout keeps the scales of four rows together (`[rows / 4][block][4]`,
-        // rows padded to whole groups with zero scales): the kernels take four rows per pass.
-        let slots = rows.div_ceil(4) * 4 * nbr;
+        // Every layout keeps the scales of a group of rows together (`[rows / G][block][G]`,
+        // rows padded to whole groups with zero scales): the kernels take a group per pass.
+        let gr = layout.group_rows();
+        let slots = rows.div_ceil(gr) * gr * nbr;
         let mut d = vec![0f32; slots];
         let mut m = vec![0f32; if format == QFormat::Q8_0 { 0 } else { slots }];
-        let rows4 = layout == Q4Layout::Rows4 && format != QFormat::Q8_0;
+        let padded = layout == Q4Layout::Rows16 || (layout == Q4Layout::Rows4 && format != QFormat::Q8_0);
         // One pass over the file's blocks, each written straight to its place.
-        let mut qs = vec![0u8; if rows4 { slots } else { nb } * qlen];
+        let mut qs = vec![0u8; if padded { slots } else { nb } * qlen];
         for (i, blk) in data.chunks_exact(bb).enumerate() {
             let (r, b) = (i / nbr, i % nbr);
-            let at = ((r / 4) * nbr + b) * 4 + r % 4;
+            let at = ((r / gr) * nbr + b) * gr + r % gr;
             let scale = f16_at(blk, 0);
             d[at] = scale;
             let nibbles = match format {
@@ -167,6 +205,13 @@ impl QMatrix {
                     m[at] = f16_at(blk, 2);
                     &blk[4..20]
                 }
+                QFormat::Q8_0 if layout == Q4Layout::Rows16 => {
+                    let base = ((r / 16) * nbr + b) * 512 + 4 * (r % 16);
+                    for (j, &v) in blk[2..34].iter().enumerate() {
+                        qs[base + 64 * (j / 4) + j % 4] = v ^ 0x80;
+                    }
+                    continue;
+                }
                 QFormat::Q8_0 => {
                     qs[i * 32..i * 32 + 32].copy_from_slice(&blk[2..34]);
                     continue;
@@ -175,16 +220,18 @@ impl QMatrix {
             let q = &mut qs[i * 16..i * 16 + 16];
             match layout {
                 Q4Layout::Ggml => q.copy_from_slice(nibbles),
-                Q4Layout::Rows4 => {
+                Q4Layout::Rows4 | Q4Layout::Rows16 => {
                     // Byte i of vector k: values 8k+i (low) and 8k+4+i (high); GGUF byte
-                    // l holds values l (low nibble) and l+16 (high nibble).
-                    let base = ((r / 4) * nbr + b) * 64 + 4 * (r % 4);
+                    // l holds values l (low nibble) and l+16 (high nibble). Vectors are
+                    // `4 * gr` bytes.
+                    let v = 4 * gr;
+                    let base = ((r / gr) * nbr + b) * 16 * gr + 4 * (r % gr);
                     let n = nibbles;
                     for i in 0..4 {
                         qs[base + i] = (n[i] & 0x0F) | (n[4 + i] << 4);
-                        qs[base + 16 + i] = (n[8 + i] & 0x0F) | (n[12 + i] << 4);
-                        qs[base + 32 + i] = (n[i] >> 4) | (n[4 + i] & 0xF0);
-                        qs[base + 48 + i] = (n[8 + i] >> 4) | (n[12 + i] & 0xF0);
+                        qs[base + v + i] = (n[8 + i] & 0x0F) | (n[12 + i] << 4);
+                        qs[base + 2 * v + i] = (n[i] >> 4) | (n[4 + i] & 0xF0);
+                        qs[base + 3 * v + i] = (n[8 + i] >> 4) | (n[12 + i] & 0xF0);
                     }
                 }
                 Q4Layout::Lanes => {
@@ -203,7 +250,19 @@ impl QMatrix {
     /// Index of row `r`, block `b` in `d` and `m`.
     #[inline(always)]
     fn sidx(&self, r: usize, b: usize) -> usize {
-        ((r / 4) * (self.cols / QK) + b) * 4 + r % 4
+        let gr = self.layout.group_rows();
+        ((r / gr) * (self.cols / QK) + b) * gr + r % gr
+    }
+
+    /// Q8 value `j` (0..32) of row `r`, block `b`.
+    #[inline(always)]
+    fn q8(&self, r: usize, b: usize, j: usize) -> i8 {
+        let nb = self.cols / QK;
+        if self.layout == Q4Layout::Rows16 {
+            (self.qs[((r / 16) * nb + b) * 512 + 64 * (j / 4) + 4 * (r % 16) + j % 4] ^ 0x80) as i8
+        } else {
+            self.qs[(r * nb + b) * 32 + j] as i8
+        }
     }
 
     /// Four-bit value `j` (0..32) of row `r`, block `b`.
@@ -211,9 +270,10 @@ impl QMatrix {
     fn nibble(&self, r: usize, b: usize, j: usize) -> u8 {
         let nb = self.cols / QK;
         match self.layout {
-            Q4Layout::Rows4 => {
+            Q4Layout::Rows4 | Q4Layout::Rows16 => {
+                let gr = self.layout.group_rows();
                 let (k, p) = (j / 8, j % 8);
-                let byte = self.qs[((r / 4) * nb + b) * 64 + 4 * (r % 4) + 16 * k + p % 4];
+                let byte = self.qs[((r / gr) * nb + b) * 16 * gr + 4 * (r % gr) + 4 * gr * k + p % 4];
                 if p < 4 {
                     byte & 0x0F
                 } else {
@@ -234,13 +294,14 @@ impl QMatrix {
         let o = Out(out.as_mut_ptr());
         let n = super::threads();
         if n > 1 && self.rows * self.cols * t_rows >= 1 << 16 {
-            // Contiguous ranges of whole groups of four rows, one per thread.
-            let groups = self.rows.div_ceil(4);
+            // Contiguous ranges of whole groups of rows, one per thread.
+            let gr = self.layout.group_rows();
+            let groups = self.rows.div_ceil(gr);
             let per = groups.div_ceil(n);
             let act = &*act;
             super::par_for(n, &|i| {
-                let lo = (i * per * 4).min(self.rows);
-                let hi = ((i + 1) * per * 4).min(self.rows);
+                let lo = (i * per * gr).min(self.rows);
+                let hi = ((i + 1) * per * gr).min(self.rows);
                 if lo < hi {
                     self.kernel(lo..hi, t_rows, act, &o);
                 }
@@ -250,10 +311,15 @@ impl QMatrix {
         }
     }
 
-    /// Rows `rows` of the product (`rows.start` a multiple of four).
+    /// Rows `rows` of the product (`rows.start` a multiple of the layout's group).
     fn kernel(&self, rows: Range<usize>, t_rows: usize, act: &QActivations, out: &Out) {
         #[cfg(target_arch = "x86_64")]
         {
+            if self.layout == Q4Layout::Rows16 && avx512_vnni() {
+                // SAFETY: the CPU supports the features the function is compiled for.
+                unsafe { avx512::matmul(self, rows, t_rows, act, out) };
+                return;
+            }
             if self.layout == Q4Layout::Ggml && std::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU supports the features the function is compiled for.
                 unsafe { self.dots_avx2(rows, t_rows, act, out) };
@@ -337,6 +403,11 @@ impl QMatrix {
             let blk = r * nb + b;
             let mut sumi = 0i32;
             match self.format {
+                QFormat::Q8_0 if self.layout == Q4Layout::Rows16 => {
+                    for (j, &v) in yb.iter().enumerate() {
+                        sumi += self.q8(r, b, j) as i32 * v as i32;
+                    }
+                }
                 QFormat::Q8_0 => {
                     for (&w, &v) in self.qs[blk * 32..blk * 32 + 32].iter().zip(yb) {
                         sumi += w as i8 as i32 * v as i32;
@@ -362,13 +433,12 @@ impl QMatrix {
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let nb = self.cols / QK;
         for b in 0..nb {
-            let i = r * nb + b;
             let d = self.d[self.sidx(r, b)];
             let o = &mut out[b * QK..(b + 1) * QK];
             match self.format {
                 QFormat::Q8_0 => {
-                    for j in 0..QK {
-                        o[j] = self.qs[i * 32 + j] as i8 as f32 * d;
+                    for (j, v) in o.iter_mut().enumerate() {
+                        *v = self.q8(r, b, j) as f32 * d;
                     }
                 }
                 QFormat::Q4_0 | QFormat::Q4_1 => {
@@ -392,6 +462,8 @@ pub struct QActivations {
     d: Vec<f32>,
     s: Vec<f32>,
     sx: Vec<f32>,
+    /// `Σq` per block (the AVX-512 Q8 kernel's correction for its offset weights).
+    qsum: Vec<i32>,
     q: Vec<i8>,
     q16: Vec<i16>,
     /// `d`, `s`, `sx` transposed to `[block][row]` (wasm prefill reads four rows' scales at once).
@@ -413,6 +485,7 @@ impl QActivations {
         self.d.resize(t_rows * nb, 0.0);
         self.s.resize(t_rows * nb, 0.0);
         self.sx.resize(t_rows * nb, 0.0);
+        self.qsum.resize(t_rows * nb, 0);
         self.q.resize(t_rows * cols, 0);
         for (b, xs) in x.chunks_exact(QK).enumerate() {
             let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
@@ -430,6 +503,7 @@ impl QActivations {
             self.d[b] = dh;
             self.s[b] = f16::from_f32(sum as f32 * d).to_f32();
             self.sx[b] = sum as f32 * dh;
+            self.qsum[b] = sum;
         }
         if cfg!(target_arch = "wasm32") {
             self.q16.clear();
@@ -469,6 +543,99 @@ struct QRow<'a> {
     q: &'a [i8],
     #[allow(dead_code)]
     q16: &'a [i16],
+}
+
+/// AVX-512 VNNI kernels over the [`Q4Layout::Rows16`] layout: sixteen rows
+/// per pass, each lane one row, so a block needs eight `vpdpbusd` against
+/// broadcast activation bytes and no horizontal reduction; up to eight tokens
+/// share each unpacked block. The float operations are the other kernels', in
+/// their order, lane by lane.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Out, QActivations, QFormat, QMatrix, QK};
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn matmul(m: &QMatrix, rows: Range<usize>, t_rows: usize, act: &QActivations, out: &Out) {
+        for g in rows.start / 16..rows.end.div_ceil(16) {
+            let valid = (rows.end - 16 * g).min(16);
+            let mut t = 0;
+            while t + 8 <= t_rows {
+                group::<8>(m, g, t, valid, act, out);
+                t += 8;
+            }
+            if t + 4 <= t_rows {
+                group::<4>(m, g, t, valid, act, out);
+                t += 4;
+            }
+            if t + 2 <= t_rows {
+                group::<2>(m, g, t, valid, act, out);
+                t += 2;
+            }
+            if t < t_rows {
+                group::<1>(m, g, t, valid, act, out);
+            }
+        }
+    }
+
+    /// Σ over one block: lane `j` = row `16g+j`'s integer dot with the 32
+    /// activation bytes at `y` (the block's eight weight vectors in `w`).
+    #[inline(always)]
+    unsafe fn block(w: &[__m512i; 8], y: *const i8) -> __m512i {
+        let b = |k: usize| _mm512_set1_epi32(std::ptr::read_unaligned(y.add(4 * k) as *const i32));
+        let a = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], b(0)), w[2], b(2)), w[4], b(4)), w[6], b(6));
+        let c = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], b(1)), w[3], b(3)), w[5], b(5)), w[7], b(7));
+        _mm512_add_epi32(a, c)
+    }
+
+    /// Rows `16g..16g+valid` against tokens `t0..t0+T`.
+    #[inline(always)]
+    unsafe fn group<const T: usize>(m: &QMatrix, g: usize, t0: usize, valid: usize, act: &QActivations, out: &Out) {
+        let nb = m.cols / QK;
+        let q8 = m.format == QFormat::Q8_0;
+        let w = m.qs.as_ptr().add(g * nb * if q8 { 512 } else { 256 });
+        let d16 = m.d.as_ptr().add(g * nb * 16);
+        let mask = _mm512_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let wv: [__m512i; 8] = if q8 {
+                let wb = w.add(b * 512);
+                std::array::from_fn(|k| _mm512_loadu_si512(wb.add(64 * k) as *const _))
+            } else {
+                let wb = w.add(b * 256);
+                let v: [__m512i; 4] = std::array::from_fn(|k| _mm512_loadu_si512(wb.add(64 * k) as *const _));
+                std::array::from_fn(|k| if k % 2 == 0 { _mm512_and_si512(v[k / 2], mask) } else { _mm512_and_si512(_mm512_srli_epi16(v[k / 2], 4), mask) })
+            };
+            let dw = _mm512_loadu_ps(d16.add(b * 16));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let t = t0 + i;
+                let mut s = block(&wv, act.q.as_ptr().add(t * m.cols + b * QK));
+                if q8 {
+                    // The weights were stored plus 128.
+                    s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * *act.qsum.get_unchecked(t * nb + b)));
+                }
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*act.d.get_unchecked(t * nb + b)));
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(_mm512_cvtepi32_ps(s), scale));
+            }
+        }
+        let ys = if m.format == QFormat::Q4_1 { &act.s } else { &act.sx };
+        let m16 = m.m.as_ptr().add(g * nb * 16);
+        let keep: __mmask16 = if valid == 16 { 0xFFFF } else { (1u16 << valid) - 1 };
+        for (i, a) in acc.into_iter().enumerate() {
+            let t = t0 + i;
+            let r = if q8 {
+                a
+            } else {
+                let mut macc = _mm512_setzero_ps();
+                for b in 0..nb {
+                    macc = _mm512_add_ps(macc, _mm512_mul_ps(_mm512_loadu_ps(m16.add(b * 16)), _mm512_set1_ps(*ys.get_unchecked(t * nb + b))));
+                }
+                _mm512_add_ps(a, macc)
+            };
+            _mm512_mask_storeu_ps(out.0.add(t * m.rows + 16 * g), keep, r);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -674,11 +841,11 @@ mod simd128 {
     #[inline(always)]
     unsafe fn rows4_block(w: &[v128; 8], y: *const i8) -> v128 {
         let sp = |o: usize| v128_load32_splat(y.add(o) as *const u32);
-        let a = i16x8_add(i16x8_relaxed_dot_i8x16_i7x16(sp(0), w[0]), i16x8_relaxed_dot_i8x16_i7x16(sp(4), w[1]));
-        let b = i16x8_add(i16x8_relaxed_dot_i8x16_i7x16(sp(8), w[2]), i16x8_relaxed_dot_i8x16_i7x16(sp(12), w[3]));
-        let c = i16x8_add(i16x8_relaxed_dot_i8x16_i7x16(sp(16), w[4]), i16x8_relaxed_dot_i8x16_i7x16(sp(20), w[5]));
-        let d = i16x8_add(i16x8_relaxed_dot_i8x16_i7x16(sp(24), w[6]), i16x8_relaxed_dot_i8x16_i7x16(sp(28), w[7]));
-        i32x4_extadd_pairwise_i16x8(i16x8_add(i16x8_add(a, b), i16x8_add(c, d)))
+        let dot = |k: usize, acc: v128| i32x4_relaxed_dot_i8x16_i7x16_add(sp(4 * k), w[k], acc);
+        let z = i32x4_splat(0);
+        let a = dot(6, dot(4, dot(2, dot(0, z))));
+        let b = dot(7, dot(5, dot(3, dot(1, z))));
+        i32x4_add(a, b)
     }
 
     /// The four vectors of a Rows4 block → eight vectors of values 0..16 (low, high nibbles).
