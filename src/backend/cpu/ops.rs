@@ -115,6 +115,7 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 }
 
 /// The largest value (eight lanes, so it vectorizes).
+#[inline]
 pub fn max(x: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; 8];
     let c = x.chunks_exact(8);
@@ -128,6 +129,7 @@ pub fn max(x: &[f32]) -> f32 {
 }
 
 /// Σ x with eight partial sums.
+#[inline]
 pub fn sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let c = x.chunks_exact(8);
@@ -141,6 +143,7 @@ pub fn sum(x: &[f32]) -> f32 {
 }
 
 /// In-place softmax.
+#[inline]
 pub fn softmax(x: &mut [f32]) {
     let max = max(x);
     for v in x.iter_mut() {
@@ -213,6 +216,7 @@ pub fn f16_to_f32_slice(src: &[half::f16], dst: &mut [f32], finite: bool) {
 /// attention probabilities with an f16 cache). With simd128 four values at a
 /// time, bit for bit the `half` crate's rounding (ties to even); chunks with a
 /// value beyond the f16 range (inf after rounding) or NaN take the scalar path.
+#[inline]
 pub fn round_f16(x: &mut [f32]) {
     #[allow(unused_mut)]
     let mut done = 0;
