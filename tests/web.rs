@@ -177,6 +177,35 @@ fn f16_kernels_round_like_the_half_crate() {
 }
 
 #[wasm_bindgen_test(unsupported = test)]
+fn simd_quantization_equals_the_portable_quantization() {
+    use kvchat::backend::cpu::quant::QActivations;
+    let mut rng = kvchat::sampler::Rng::new(21);
+    let cols = 32 * 40;
+    for t in [1, 2, 7] {
+        let mut x: Vec<f32> = (0..t * cols).map(|_| (rng.next_f64() as f32 - 0.5) * 6.0).collect();
+        // Values that scale exactly onto halves, a zero block, embedding-like values, tiny values.
+        for (i, v) in x[..64].iter_mut().enumerate() {
+            *v = (i as f32 - 31.5) * 0.25;
+        }
+        x[64..96].fill(0.0);
+        for (i, v) in x[96..128].iter_mut().enumerate() {
+            *v = ((i * 37 % 255) as f32 - 127.0) * 0.0078125;
+        }
+        for (i, v) in x[128..160].iter_mut().enumerate() {
+            *v = (i as f32 - 16.0) * 1e-30;
+        }
+        let (mut a, mut b) = (QActivations::default(), QActivations::default());
+        a.quantize(&x, t, cols);
+        b.quantize_portable(&x, t, cols);
+        let (qa, da, sa, xa) = a.quantized();
+        let (qb, db, sb, xb) = b.quantized();
+        assert_eq!(qa, qb, "t={t}: bytes");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!((bits(da), bits(sa), bits(xa)), (bits(db), bits(sb), bits(xb)), "t={t}: scales");
+    }
+}
+
+#[wasm_bindgen_test(unsupported = test)]
 fn simd_kernels_equal_the_portable_kernels_bit_for_bit() {
     use candle_core::quantized::{GgmlDType, QTensor};
     use kvchat::backend::cpu::quant::{Q4Layout, QActivations, QFormat, QMatrix};

@@ -480,17 +480,62 @@ impl QActivations {
         (&self.q, &self.d, &self.s, &self.sx)
     }
 
-    fn quantize(&mut self, x: &[f32], t_rows: usize, cols: usize) {
+    /// Quantizes `t_rows` rows of `cols` (what every matmul does first), with
+    /// this target's SIMD where it has some: the bytes and scales of
+    /// [`quantize_portable`](Self::quantize_portable).
+    pub fn quantize(&mut self, x: &[f32], t_rows: usize, cols: usize) {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2.
             unsafe { self.quantize_avx2(x, t_rows, cols) };
             return;
         }
-        self.quantize_rows(x, t_rows, cols);
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        {
+            self.quantize_simd128(x, t_rows, cols);
+            self.widen(t_rows);
+            return;
+        }
+        #[allow(unreachable_code)]
+        self.quantize_portable(x, t_rows, cols);
     }
 
-    /// [`quantize_rows`](Self::quantize_rows) with AVX2: the same operations
+    /// [`quantize_portable`](Self::quantize_portable) with simd128, four values per
+    /// instruction (the same operations as [`quantize_avx2`](Self::quantize_avx2)).
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    fn quantize_simd128(&mut self, x: &[f32], t_rows: usize, cols: usize) {
+        use core::arch::wasm32::*;
+        self.resize(t_rows, cols);
+        let (half, nhalf) = (f32x4_splat(0.5), f32x4_splat(-0.5));
+        for (b, xs) in x.chunks_exact(QK).enumerate() {
+            // SAFETY: a chunk is 32 floats.
+            let v: [v128; 8] = std::array::from_fn(|i| unsafe { v128_load(xs.as_ptr().add(4 * i) as *const v128) });
+            // pmax is exact on magnitudes (no NaN in activations; abs(-0) is +0).
+            let a: [v128; 8] = std::array::from_fn(|i| f32x4_abs(v[i]));
+            let m = f32x4_pmax(f32x4_pmax(f32x4_pmax(a[0], a[1]), f32x4_pmax(a[2], a[3])), f32x4_pmax(f32x4_pmax(a[4], a[5]), f32x4_pmax(a[6], a[7])));
+            let amax = f32x4_extract_lane::<0>(m).max(f32x4_extract_lane::<1>(m)).max(f32x4_extract_lane::<2>(m).max(f32x4_extract_lane::<3>(m)));
+            let d = amax / 127.0;
+            let id = f32x4_splat(if d != 0.0 { 1.0 / d } else { 0.0 });
+            let q: [v128; 8] = std::array::from_fn(|i| {
+                let y = f32x4_mul(v[i], id);
+                let t = i32x4_trunc_sat_f32x4(y);
+                let f = f32x4_sub(y, f32x4_convert_i32x4(t));
+                i32x4_add(i32x4_sub(t, f32x4_ge(f, half)), f32x4_le(f, nhalf))
+            });
+            let lo = i8x16_narrow_i16x8(i16x8_narrow_i32x4(q[0], q[1]), i16x8_narrow_i32x4(q[2], q[3]));
+            let hi = i8x16_narrow_i16x8(i16x8_narrow_i32x4(q[4], q[5]), i16x8_narrow_i32x4(q[6], q[7]));
+            // SAFETY: the 32 bytes of block b are inside `q` (sized above).
+            unsafe {
+                v128_store(self.q.as_mut_ptr().add(b * QK) as *mut v128, lo);
+                v128_store(self.q.as_mut_ptr().add(b * QK + 16) as *mut v128, hi);
+            }
+            let s4 = i32x4_add(i32x4_add(i32x4_add(q[0], q[1]), i32x4_add(q[2], q[3])), i32x4_add(i32x4_add(q[4], q[5]), i32x4_add(q[6], q[7])));
+            let sum = i32x4_extract_lane::<0>(s4) + i32x4_extract_lane::<1>(s4) + i32x4_extract_lane::<2>(s4) + i32x4_extract_lane::<3>(s4);
+            self.set_scales(b, d, sum);
+        }
+    }
+
+    /// [`quantize_portable`](Self::quantize_portable) with AVX2: the same operations
     /// (the maximum of the magnitudes, `v * (1 / d)`, truncation and the
     /// half-away step, an integer sum), eight values per instruction: the same bytes.
     #[cfg(target_arch = "x86_64")]
@@ -553,8 +598,10 @@ impl QActivations {
         self.qsum[b] = sum;
     }
 
-    fn quantize_rows(&mut self, x: &[f32], t_rows: usize, cols: usize) {
-        let nb = self.resize(t_rows, cols);
+    /// The scalar quantization (the reference the SIMD ones are tested against):
+    /// llama.cpp's `quantize_row_q8_0` / `_q8_1` rounding.
+    pub fn quantize_portable(&mut self, x: &[f32], t_rows: usize, cols: usize) {
+        self.resize(t_rows, cols);
         for (b, xs) in x.chunks_exact(QK).enumerate() {
             let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
             let d = amax / 127.0;
@@ -569,6 +616,12 @@ impl QActivations {
             }
             self.set_scales(b, d, sum);
         }
+        self.widen(t_rows);
+    }
+
+    /// wasm: the bytes widened to i16 and the scales transposed (the simd128 kernels read them).
+    fn widen(&mut self, t_rows: usize) {
+        let nb = self.cols / QK;
         if cfg!(target_arch = "wasm32") {
             self.q16.clear();
             self.q16.extend(self.q.iter().map(|&v| v as i16));
@@ -1076,7 +1129,7 @@ mod tests {
             let (mut a, mut b) = (super::QActivations::default(), super::QActivations::default());
             // SAFETY: checked above.
             unsafe { a.quantize_avx2(&x, t, cols) };
-            b.quantize_rows(&x, t, cols);
+            b.quantize_portable(&x, t, cols);
             assert_eq!(a.q, b.q, "t={t}");
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&a.d), bits(&b.d));
