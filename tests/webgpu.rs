@@ -382,6 +382,15 @@ fn batches_on_the_gpu_equal_each_sequence_alone() {
     let (on_cpu, _) = run_batch(&mut cpu, &inputs, bo);
     assert_eq!(on_gpu, on_cpu, "a shared prefix and eviction: the GPU batch equals the CPU batch");
     assert_eq!(gpu.backend(), "webgpu", "the single-sequence path stays on the GPU");
+    // A batch abandoned with a GPU job in flight (an abort): the engine serves the next request.
+    let mut b = gpu.start_batch(&inputs, bo).unwrap();
+    while !b.waiting() {
+        gpu.step_batch(&mut b).unwrap();
+    }
+    gpu.end_batch(&mut b);
+    assert!(gpu.step_batch(&mut b).is_err(), "an ended batch does not step");
+    let (p, o) = &inputs[0];
+    assert_eq!(gpu.generate(*p, o, |_| true).unwrap().generated_ids, cpu.generate(*p, o, |_| true).unwrap().generated_ids);
     // A batch whose caches use another storage type than the engine's runs on the CPU kernels.
     let bo = kvchat::BatchOptions { batch_size: 2, kv: Some(KvCacheConfig { dtype: KvDType::F16, ..kv }), share_prefix: true };
     let (f16_gpu, stats) = run_batch(&mut gpu, &inputs, bo);
