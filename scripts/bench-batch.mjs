@@ -29,7 +29,7 @@ for (const b of sizes) {
   const s = JSON.parse(out.trim().split('\n').pop()).batch_stats;
   console.log(JSON.stringify({ engine: 'kvchat-native', batch: b, sequences: s.sequences, generated_tokens: s.generatedTokens,
     tokens_per_sec: s.tokensPerSec, decode_tokens_per_sec: s.decodeTokensPerSec, shared_prefix_tokens: s.sharedPrefixTokens,
-    kv_bytes_per_sequence: s.kvBytesPerSequence }));
+    kv_bytes_per_sequence: s.kvBytesPerSequence, backend: s.backend }));
 }
 
 const srv = await serve();
@@ -49,7 +49,7 @@ try {
       const st = await llm.stats();
       out.push({ engine: 'kvchat-browser', simd: st.simd, threads: st.threads, batch: b, sequences: s.sequences, generated_tokens: s.generatedTokens,
         tokens_per_sec: s.tokensPerSec, decode_tokens_per_sec: s.decodeTokensPerSec, shared_prefix_tokens: s.sharedPrefixTokens,
-        kv_bytes_per_sequence: s.kvBytesPerSequence, wasm_memory_bytes: st.wasmMemoryBytes });
+        kv_bytes_per_sequence: s.kvBytesPerSequence, backend: s.backend, wasm_memory_bytes: st.wasmMemoryBytes });
     }
     await llm.dispose();
     return out;

@@ -74,7 +74,7 @@ async function runBatch() {
       const s = llm.lastBatchStats;
       batchUi.summary.textContent = `${finished} / ${items.length} done · ${(s ? s.generatedTokens : tokens)} tokens in ${secs.toFixed(1)} s · `
         + `${fmt(s ? s.tokensPerSec : tokens / secs, ' tok/s')} overall`
-        + (s ? ` · ${fmt(s.decodeTokensPerSec, ' tok/s')} batched decode · batch ${s.batchSize} · ${s.sharedPrefixTokens} shared prefix tokens · ${mib(s.kvBytesPerSequence)} KV per sequence` : '');
+        + (s ? ` · ${fmt(s.decodeTokensPerSec, ' tok/s')} batched decode on ${s.backend} · batch ${s.batchSize} · ${s.sharedPrefixTokens} shared prefix tokens · ${mib(s.kvBytesPerSequence)} KV per sequence` : '');
     }
   } catch (e) {
     if (e.name !== 'AbortError') showBanner(`Batch failed: ${e.message}`);

@@ -77,6 +77,8 @@ export interface BatchStats {
   decodeMs: number;
   decodeTokensPerSec: number;
   kvBytesPerSequence: number;
+  /** Where the batched passes ran: 'webgpu' (every sequence's cache on the GPU) or 'cpu'. */
+  backend: 'cpu' | 'webgpu';
 }
 
 export interface KvStats {
