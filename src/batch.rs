@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::kv_cache::{KvCache, KvCacheConfig};
 use crate::model::gpu::{GpuBatch, GpuOutput, Readback, GPU_MAX_CHUNK};
 use crate::sampler::Sampler;
+use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use web_time::Instant;
 
@@ -368,30 +369,7 @@ impl Engine {
             return Ok(events);
         }
         // Decode: sample every sequence, then one row per sequence through the batched passes.
-        let mut rows: Vec<(usize, u32)> = Vec::new();
-        for (slot, (entry, cache)) in b.slots.iter_mut().zip(b.caches.iter()).enumerate() {
-            let Some(r) = entry else { continue };
-            let s = &mut r.session;
-            let Some(mut logits) = s.logits.take() else { continue };
-            match s.advance(self.tokenizer(), &mut logits) {
-                Advance::Token { token, piece } => {
-                    b.stats.generated_tokens += 1;
-                    if let Some(piece) = piece {
-                        events.push(BatchEvent::Piece { index: r.index, piece });
-                    }
-                    rows.push((slot, token));
-                }
-                Advance::Finished(reason) => {
-                    if reason != Some(crate::engine::StopReason::Eos) {
-                        b.stats.generated_tokens += 1;
-                    }
-                    let g = s.finish(reason, cache.stats());
-                    b.stats.finished += 1;
-                    events.push(BatchEvent::Done { index: r.index, generation: Box::new(g) });
-                    *entry = None;
-                }
-            }
-        }
+        let rows = sample_all(self.tokenizer(), &mut b.slots, &b.caches, &mut b.stats, &mut events, false);
         if !rows.is_empty() {
             let mut caches: Vec<&mut KvCache> = b.caches.iter_mut().enumerate().filter(|(i, _)| rows.iter().any(|r| r.0 == *i)).map(|(_, c)| c).collect();
             let m = self.gpu_model_mut().ok_or_else(no_gpu)?;
@@ -442,31 +420,7 @@ impl Engine {
             }
         }
         // Decode: sample every sequence that has logits, then feed the tokens together.
-        let mut rows: Vec<(usize, u32)> = Vec::new();
-        for (i, (slot, cache)) in b.slots.iter_mut().zip(b.caches.iter()).enumerate() {
-            let Some(run) = slot else { continue };
-            let s = &mut run.session;
-            let Some(mut logits) = s.logits.take() else { continue };
-            match s.advance(self.tokenizer(), &mut logits) {
-                Advance::Token { token, piece } => {
-                    b.stats.generated_tokens += 1;
-                    if let Some(piece) = piece {
-                        events.push(BatchEvent::Piece { index: run.index, piece });
-                    }
-                    s.logits = Some(logits);
-                    rows.push((i, token));
-                }
-                Advance::Finished(reason) => {
-                    if reason != Some(crate::engine::StopReason::Eos) {
-                        b.stats.generated_tokens += 1;
-                    }
-                    let g = s.finish(reason, cache.stats());
-                    b.stats.finished += 1;
-                    events.push(BatchEvent::Done { index: run.index, generation: Box::new(g) });
-                    *slot = None;
-                }
-            }
-        }
+        let rows = sample_all(self.tokenizer(), &mut b.slots, &b.caches, &mut b.stats, &mut events, true);
         if !rows.is_empty() {
             let t0 = Instant::now();
             let ids: Vec<u32> = rows.iter().map(|r| r.1).collect();
@@ -484,6 +438,42 @@ impl Engine {
         }
         Ok(events)
     }
+}
+
+/// Samples the next token of every sequence that has logits: pieces and
+/// finished sequences become events (a finished sequence frees its slot).
+/// Returns `(slot, token)` for each sequence to feed. `keep`: each sequence
+/// keeps its logits buffer (the CPU path refills it in place; the GPU's
+/// result arrives as a new buffer).
+fn sample_all(tokenizer: &Tokenizer, slots: &mut [Option<Running>], caches: &[KvCache], stats: &mut BatchStats, events: &mut Vec<BatchEvent>, keep: bool) -> Vec<(usize, u32)> {
+    let mut rows = Vec::new();
+    for (slot, (entry, cache)) in slots.iter_mut().zip(caches).enumerate() {
+        let Some(r) = entry else { continue };
+        let s = &mut r.session;
+        let Some(mut logits) = s.logits.take() else { continue };
+        match s.advance(tokenizer, &mut logits) {
+            Advance::Token { token, piece } => {
+                stats.generated_tokens += 1;
+                if let Some(piece) = piece {
+                    events.push(BatchEvent::Piece { index: r.index, piece });
+                }
+                if keep {
+                    s.logits = Some(logits);
+                }
+                rows.push((slot, token));
+            }
+            Advance::Finished(reason) => {
+                if reason != Some(crate::engine::StopReason::Eos) {
+                    stats.generated_tokens += 1;
+                }
+                let g = s.finish(reason, cache.stats());
+                stats.finished += 1;
+                events.push(BatchEvent::Done { index: r.index, generation: Box::new(g) });
+                *entry = None;
+            }
+        }
+    }
+    rows
 }
 
 /// Names the input an error is about.

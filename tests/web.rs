@@ -178,6 +178,7 @@ fn f16_kernels_round_like_the_half_crate() {
 
 #[wasm_bindgen_test(unsupported = test)]
 fn simd_quantization_equals_the_portable_quantization() {
+    // Natively the AVX2 quantization, in the browser the simd128 one.
     use kvchat::backend::cpu::quant::QActivations;
     let mut rng = kvchat::sampler::Rng::new(21);
     let cols = 32 * 40;

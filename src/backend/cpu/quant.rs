@@ -1137,39 +1137,6 @@ mod simd128 {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn avx2_quantization_gives_the_portable_bytes_and_scales() {
-        if !std::is_x86_feature_detected!("avx2") {
-            eprintln!("SKIPPED: this CPU has no AVX2");
-            return;
-        }
-        let mut rng = crate::sampler::Rng::new(5);
-        let cols = 32 * 24;
-        for t in [1, 3, 8] {
-            let mut x: Vec<f32> = (0..t * cols).map(|_| (rng.next_f64() as f32 - 0.5) * 8.0).collect();
-            // Blocks whose values land exactly on halves (k + 0.5) after scaling, zero blocks,
-            // and embedding-like values (small integers times one scale).
-            for (i, v) in x[..64].iter_mut().enumerate() {
-                *v = (i as f32 - 31.5) * 0.25;
-            }
-            x[64..96].fill(0.0);
-            for (i, v) in x[96..128].iter_mut().enumerate() {
-                *v = ((i * 37 % 255) as f32 - 127.0) * 0.0078125;
-            }
-            let (mut a, mut b) = (super::QActivations::default(), super::QActivations::default());
-            // SAFETY: checked above.
-            unsafe { a.quantize_avx2(&x, t, cols) };
-            b.quantize_portable(&x, t, cols);
-            assert_eq!(a.q, b.q, "t={t}");
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&a.d), bits(&b.d));
-            assert_eq!(bits(&a.s), bits(&b.s));
-            assert_eq!(bits(&a.sx), bits(&b.sx));
-            assert_eq!(a.qsum, b.qsum);
-        }
-    }
-
     #[test]
     fn round_half_away_is_c_roundf_on_the_quantization_range() {
         let mut x = -127.0f32;
