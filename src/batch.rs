@@ -339,18 +339,10 @@ impl Engine {
             }
         }
         // Free slots take queued inputs (starting from a copy of the prefix).
-        for (slot, (entry, cache)) in b.slots.iter_mut().zip(b.caches.iter_mut()).enumerate() {
-            if entry.is_some() {
-                continue;
-            }
-            let Some(q) = b.queue.pop_front() else { break };
-            cache.reset();
-            if let Some(p) = &b.prefix {
-                cache.copy_from(p)?;
+        for slot in fill_slots(&mut b.slots, &mut b.caches, &mut b.queue, b.prefix.as_ref())? {
+            if b.prefix.is_some() {
                 self.gpu_model_mut().ok_or_else(no_gpu)?.copy_in_batch(&run.storage, prefix_seq, slot)?;
             }
-            let reused = cache.reuse_prefix(&q.ids);
-            *entry = Some(Running { index: q.index, session: Session::new(q.ids, reused, q.sampler, &q.opts, Instant::now()) });
         }
         // A sequence still reading its prompt: its next chunk.
         for (slot, (entry, cache)) in b.slots.iter_mut().zip(b.caches.iter_mut()).enumerate() {
@@ -384,18 +376,7 @@ impl Engine {
         let mut events = Vec::new();
         let chunk = self.options().prefill_chunk;
         // Free slots take queued inputs.
-        for (slot, cache) in b.slots.iter_mut().zip(b.caches.iter_mut()) {
-            if slot.is_some() {
-                continue;
-            }
-            let Some(q) = b.queue.pop_front() else { break };
-            cache.reset();
-            if let Some(p) = &b.prefix {
-                cache.copy_from(p)?;
-            }
-            let reused = cache.reuse_prefix(&q.ids);
-            *slot = Some(Running { index: q.index, session: Session::new(q.ids, reused, q.sampler, &q.opts, Instant::now()) });
-        }
+        fill_slots(&mut b.slots, &mut b.caches, &mut b.queue, b.prefix.as_ref())?;
         // Prefill: one chunk per sequence still reading its prompt.
         for (slot, cache) in b.slots.iter_mut().zip(b.caches.iter_mut()) {
             let Some(run) = slot else { continue };
@@ -438,6 +419,26 @@ impl Engine {
         }
         Ok(events)
     }
+}
+
+/// Free slots take queued inputs, each cache starting from a copy of the
+/// shared prefix's policy (and, on the CPU, its storage). Returns the slots filled.
+fn fill_slots(slots: &mut [Option<Running>], caches: &mut [KvCache], queue: &mut VecDeque<Queued>, prefix: Option<&KvCache>) -> Result<Vec<usize>> {
+    let mut filled = Vec::new();
+    for (slot, (entry, cache)) in slots.iter_mut().zip(caches.iter_mut()).enumerate() {
+        if entry.is_some() {
+            continue;
+        }
+        let Some(q) = queue.pop_front() else { break };
+        cache.reset();
+        if let Some(p) = prefix {
+            cache.copy_from(p)?;
+        }
+        let reused = cache.reuse_prefix(&q.ids);
+        *entry = Some(Running { index: q.index, session: Session::new(q.ids, reused, q.sampler, &q.opts, Instant::now()) });
+        filled.push(slot);
+    }
+    Ok(filled)
 }
 
 /// Samples the next token of every sequence that has logits: pieces and

@@ -183,6 +183,15 @@ struct GroupArgs {
     f16: bool,
 }
 
+impl GroupArgs {
+    /// Key `s + 1` is in use and meets the same query as key `s` (both sinks or
+    /// both not): the score loops take the two keys in one pass.
+    #[inline(always)]
+    fn pairs_with_next(&self, s: usize) -> bool {
+        s + 1 < self.used && (s + 1 < self.sink_until) == (s < self.sink_until)
+    }
+}
+
 /// `N` query heads sharing one kv head: each key and value row is read once
 /// for all of them. `q`, `q_sink`, `out`: `N * hd`; `k`, `v`: `used * hd`.
 #[inline(always)]
@@ -216,7 +225,7 @@ fn attend_group<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f
         let mut s = 0;
         while s < a.used {
             let qq = if s < a.sink_until { q_sink } else { q };
-            let pair = s + 1 < a.used && (s + 1 < a.sink_until) == (s < a.sink_until);
+            let pair = a.pairs_with_next(s);
             if pair {
                 // SAFETY: qq holds N heads of hd; keys s and s + 1 are rows of k.
                 let (d0, d1) = unsafe { simd::dot_n2::<N>(qq.as_ptr(), k.as_ptr().add(s * hd), hd) };
@@ -303,7 +312,7 @@ mod x86 {
         let mut s = 0;
         while s < a.used {
             let qq = if s < a.sink_until { q_sink } else { q }.as_ptr();
-            let pair = s + 1 < a.used && (s + 1 < a.sink_until) == (s < a.sink_until);
+            let pair = a.pairs_with_next(s);
             let (k0, k1) = (kp.add(s * hd), kp.add((s + pair as usize) * hd));
             let mut a0 = [_mm256_setzero_ps(); N];
             let mut a1 = [_mm256_setzero_ps(); N];
@@ -337,7 +346,7 @@ mod x86 {
         let mut s = 0;
         while s < a.used {
             let qq = if s < a.sink_until { q_sink } else { q }.as_ptr();
-            let pair = s + 1 < a.used && (s + 1 < a.sink_until) == (s < a.sink_until);
+            let pair = a.pairs_with_next(s);
             let (k0, k1) = (kp.add(s * hd), kp.add((s + pair as usize) * hd));
             let mut acc = [_mm512_setzero_ps(); N];
             let mut c = 0;
