@@ -1,6 +1,6 @@
 //! Quick GPU-vs-CPU comparison on the real model (development aid).
 use kvchat::gguf::Gguf;
-use kvchat::kv_cache::{KvCache, KvCacheConfig, KvDType};
+use kvchat::kv_cache::{KvCache, KvCacheConfig, KvDType, KvPolicy};
 use kvchat::model::gpu::{GpuOutput, Readback};
 use kvchat::model::{GpuLlama, Llama, LlamaConfig};
 use kvchat::backend::webgpu::GpuContext;
@@ -18,7 +18,7 @@ fn main() {
     println!("gpu load {:?}", t0.elapsed());
     let mut cpu = Llama::load(&g, cfg.clone(), &candle_core::Device::Cpu).unwrap();
     let mut cc = KvCache::new(kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim).unwrap();
-    let mut gc = KvCache::without_storage(kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim).unwrap();
+    let mut gc = KvPolicy::new(kv).unwrap();
     let ids: Vec<u32> = (0..100).map(|i| 100 + (i * 37 % 900) as u32).collect();
     let mut i = 0;
     while i < ids.len() {

@@ -45,8 +45,9 @@ impl TemplateFamily {
     }
 }
 
+/// The model's template, compiled once (at load) into its own minijinja environment.
 pub struct ChatTemplate {
-    source: String,
+    env: minijinja::Environment<'static>,
     family: TemplateFamily,
     bos: String,
     eos: String,
@@ -62,7 +63,14 @@ impl ChatTemplate {
     /// `bos`/`eos` are the texts of the model's BOS/EOS tokens (templates may print them).
     pub fn new(source: &str, bos: &str, eos: &str) -> Result<Self> {
         let family = TemplateFamily::detect(source)?;
-        let t = Self { source: source.to_string(), family, bos: bos.into(), eos: eos.into() };
+        let mut env = minijinja::Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| Error::ChatTemplate(format!("the model's template does not parse: {e}")))?;
+        let t = Self { env, family, bos: bos.into(), eos: eos.into() };
         // Fail at load, not at the first message, if the template does not compile.
         t.render(&[Message::new("user", "hi")], true)?;
         Ok(t)
@@ -84,14 +92,7 @@ impl ChatTemplate {
                 )));
             }
         }
-        let mut env = minijinja::Environment::new();
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", &self.source)
-            .map_err(|e| Error::ChatTemplate(format!("the model's template does not parse: {e}")))?;
-        let tmpl = env.get_template("chat").map_err(|e| Error::ChatTemplate(e.to_string()))?;
+        let tmpl = self.env.get_template("chat").map_err(|e| Error::ChatTemplate(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,

@@ -5,7 +5,6 @@
 //! The wasm boundary lives in `wasm.rs` (wasm32 only); the CLI in `src/bin`.
 
 pub mod backend;
-pub mod batch;
 pub mod chat_template;
 pub mod engine;
 pub mod error;
@@ -18,7 +17,7 @@ pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 
-pub use batch::{Batch, BatchEvent, BatchOptions, BatchStats};
+pub use engine::batch::{Batch, BatchEvent, BatchOptions, BatchStats};
 pub use chat_template::Message;
 pub use engine::{Engine, EngineOptions, GenerateOptions, Generation, Prompt, Session, Step, StopReason};
 pub use error::{Error, Result};

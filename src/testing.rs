@@ -306,7 +306,8 @@ pub fn attention_case(n_head: usize, n_kv: usize, hd: usize, cap: usize, used: u
             kc[(g * cap + p) * hd..(g * cap + p + 1) * hd].copy_from_slice(&k[g * hd..(g + 1) * hd]);
             vc[(g * cap + p) * hd..(g * cap + p + 1) * hd].copy_from_slice(&v[g * hd..(g + 1) * hd]);
         }
-        cache.attend_token(0, p, &q, &[], &k, &v, &mut scratch, &mut out);
+        let plan = cache.plan(p);
+        cache.attend(0, plan, &q, &[], &k, &v, &mut scratch, &mut out);
     }
     AttentionCase { q, k: kc, v: vc, out }
 }

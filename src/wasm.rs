@@ -3,7 +3,7 @@
 //! whose `name` is `KvChatError` and whose `kind` is [`Error::kind`].
 
 use crate::chat_template::Message;
-use crate::batch::{Batch, BatchEvent, BatchOptions};
+use crate::{Batch, BatchEvent, BatchOptions};
 use crate::engine::{Engine, EngineOptions, GenerateOptions, Prompt, Session, Step};
 use crate::error::Error;
 use crate::kv_cache::{KvCacheConfig, KvDType};

@@ -287,7 +287,7 @@ fn a_lost_device_moves_the_conversation_to_the_cpu() {
 #[test]
 fn top_k_readback_with_the_penalty_equals_the_cpu_sampler_on_the_same_logits() {
     use kvchat::gguf::Gguf;
-    use kvchat::kv_cache::KvCache;
+    use kvchat::kv_cache::KvPolicy;
     use kvchat::model::gpu::{GpuOutput, Readback};
     use kvchat::model::{GpuLlama, LlamaConfig};
     let Some(bytes) = real_model() else { return };
@@ -300,7 +300,7 @@ fn top_k_readback_with_the_penalty_equals_the_cpu_sampler_on_the_same_logits() {
     let mut recent = prompt[20..].to_vec();
     recent.sort_unstable();
     recent.dedup();
-    let fresh = || KvCache::without_storage(kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim).unwrap();
+    let fresh = || KvPolicy::new(kv).unwrap();
     let GpuOutput::Logits(mut full) = m.run(&prompt, &mut fresh(), Readback::LastLogits, None).unwrap() else { panic!() };
     for &id in &recent {
         let l = &mut full[id as usize];

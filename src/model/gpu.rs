@@ -2,7 +2,7 @@
 //! [`Llama`](super::Llama), recorded once at load as a list of dispatches
 //! (pipelines and bind groups created once) and replayed into one command
 //! buffer per chunk. The cache policy (slots, sinks, eviction, prefix reuse)
-//! is the CPU's [`KvCache`], used without storage; the keys and values live in
+//! is the CPU's [`KvPolicy`] (the bookkeeping without storage); the keys and values live in
 //! one GPU buffer per layer with the same `[n_kv, window, head_dim]` layout.
 //!
 //! A step ends with the logits in a GPU buffer and either the greedy token
@@ -18,7 +18,7 @@ use crate::backend::webgpu::kernels::{Kernel, QuantMode};
 use crate::backend::webgpu::{GpuContext, GpuMatrix, Kernels};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::kv_cache::{KvCache, KvCacheConfig, KvDType};
+use crate::kv_cache::{KvCacheConfig, KvDType, KvPolicy};
 use candle_core::Device;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -348,17 +348,17 @@ impl GpuLlama {
         self.pending.is_some()
     }
 
-    /// Runs `ids` (a chunk planned with [`KvCache::next_chunk`], at most
+    /// Runs `ids` (a chunk planned with [`KvPolicy::next_chunk`], at most
     /// [`GPU_MAX_CHUNK`] tokens) and appends them to `cache`'s policy; the
     /// result is collected with [`ready`](Self::ready) / [`take`](Self::take).
     /// `penalty`: the distinct recent ids and the repetition penalty, applied
     /// on the GPU before [`Readback::Argmax`] / [`Readback::TopK`] (ignored otherwise).
-    pub fn submit(&mut self, ids: &[u32], cache: &mut KvCache, readback: Readback, penalty: Option<(&[u32], f32)>) -> Result<()> {
+    pub fn submit(&mut self, ids: &[u32], cache: &mut KvPolicy, readback: Readback, penalty: Option<(&[u32], f32)>) -> Result<()> {
         self.submit_chunk(None, ids, cache, readback, penalty)
     }
 
     /// [`submit`](Self::submit) for sequence `seq` of a batch (its prefill chunks).
-    pub fn submit_in(&mut self, batch: &GpuBatch, seq: usize, ids: &[u32], cache: &mut KvCache, readback: Readback) -> Result<()> {
+    pub fn submit_in(&mut self, batch: &GpuBatch, seq: usize, ids: &[u32], cache: &mut KvPolicy, readback: Readback) -> Result<()> {
         if seq >= batch.seqs || cache.config() != batch.kv {
             return Err(Error::Backend("the cache does not belong to this GPU batch".into()));
         }
@@ -369,7 +369,7 @@ impl GpuLlama {
     /// sequences, `caches[i]` row i's cache. Every row runs through one pass
     /// (the matmuls take the rows as one matrix; each row attends over its own
     /// region of the batch's cache). [`Readback::AllLogits`] reads back every row.
-    pub fn submit_rows(&mut self, batch: &GpuBatch, rows: &[(usize, u32)], caches: &mut [&mut KvCache], readback: Readback) -> Result<()> {
+    pub fn submit_rows(&mut self, batch: &GpuBatch, rows: &[(usize, u32)], caches: &mut [&mut KvPolicy], readback: Readback) -> Result<()> {
         self.check_submit()?;
         let t = rows.len();
         if t == 0 || t > GPU_MAX_CHUNK || caches.len() != t {
@@ -387,8 +387,7 @@ impl GpuLlama {
         let mut positions = Vec::with_capacity(t);
         for (&(seq, _), cache) in rows.iter().zip(caches.iter()) {
             let p = cache.len();
-            let sink_until = if p >= cap { cache.sinks() } else { 0 };
-            tok.extend_from_slice(&[(seq * batch.seq_elems) as u32, cache.slot(p) as u32, (p + 1).min(cap) as u32, sink_until as u32]);
+            tok.extend_from_slice(&token_info((seq * batch.seq_elems) as u32, cache, p));
             positions.push(p);
         }
         self.encode(Some(batch), &ids, &tok, &positions, cap - 1, true, readback, 0)?;
@@ -415,7 +414,7 @@ impl GpuLlama {
         }
     }
 
-    fn submit_chunk(&mut self, batch: Option<(&GpuBatch, usize)>, ids: &[u32], cache: &mut KvCache, readback: Readback, penalty: Option<(&[u32], f32)>) -> Result<()> {
+    fn submit_chunk(&mut self, batch: Option<(&GpuBatch, usize)>, ids: &[u32], cache: &mut KvPolicy, readback: Readback, penalty: Option<(&[u32], f32)>) -> Result<()> {
         let t = ids.len();
         self.check_submit()?;
         if t == 0 || t > GPU_MAX_CHUNK || t != cache.next_chunk(t) {
@@ -432,8 +431,7 @@ impl GpuLlama {
         let mut tok = Vec::with_capacity(t * 4);
         let positions: Vec<usize> = (n0..n0 + t).collect();
         for &p in &positions {
-            let sink_until = if p >= cap { cache.sinks() } else { 0 };
-            tok.extend_from_slice(&[base, cache.slot(p) as u32, (p + 1).min(cap) as u32, sink_until as u32]);
+            tok.extend_from_slice(&token_info(base, cache, p));
         }
         let gpu_tail = matches!(readback, Readback::Argmax | Readback::TopK);
         let n_pen = match penalty {
@@ -689,7 +687,7 @@ impl GpuLlama {
     }
 
     /// Submit, wait and take in one call (native code and tests).
-    pub fn run(&mut self, ids: &[u32], cache: &mut KvCache, readback: Readback, penalty: Option<(&[u32], f32)>) -> Result<GpuOutput> {
+    pub fn run(&mut self, ids: &[u32], cache: &mut KvPolicy, readback: Readback, penalty: Option<(&[u32], f32)>) -> Result<GpuOutput> {
         self.submit(ids, cache, readback, penalty)?;
         loop {
             self.wait()?;
@@ -729,6 +727,17 @@ impl GpuBatch {
     pub fn kv_config(&self) -> KvCacheConfig {
         self.kv
     }
+    /// Bytes of K/V storage of one sequence.
+    pub fn kv_bytes_per_sequence(&self) -> usize {
+        self.bytes / self.seqs
+    }
+}
+
+/// A row's token info (`tok`, `vec4<u32>` in rope_kv.wgsl and attention.wgsl):
+/// the sequence's offset in the cache buffers and the position's plan.
+fn token_info(base: u32, cache: &KvPolicy, p: usize) -> [u32; 4] {
+    let plan = cache.plan(p);
+    [base, plan.slot as u32, plan.used as u32, plan.sink_until as u32]
 }
 
 fn n_kv_elems(c: &LlamaConfig, cap: usize) -> usize {

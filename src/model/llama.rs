@@ -280,8 +280,8 @@ impl Llama {
                 let cache = &mut *caches[row_cache(j)];
                 let (cos, sin) = (&ws.cos[j * half..(j + 1) * half], &ws.sin[j * half..(j + 1) * half]);
                 let q = &mut ws.q[j * qd..(j + 1) * qd];
-                let shifted = p >= cache.capacity() && cache.sinks() > 0;
-                if shifted {
+                let plan = cache.plan(p);
+                if plan.rotates_sink_query() {
                     ws.q_sink[..qd].copy_from_slice(q);
                     for head in ws.q_sink[..qd].chunks_exact_mut(hd) {
                         ops::rope(head, &ws.sink_cos[..half], &ws.sink_sin[..half]);
@@ -294,10 +294,10 @@ impl Llama {
                     ops::rope(head, cos, sin);
                 }
                 clock.lap(&mut ws.profile, Op::Rope);
-                let q_sink: &[f32] = if shifted { &ws.q_sink[..qd] } else { &[] };
-                cache.attend_token(
+                let q_sink: &[f32] = if plan.rotates_sink_query() { &ws.q_sink[..qd] } else { &[] };
+                cache.attend(
                     i,
-                    p,
+                    plan,
                     &ws.q[j * qd..(j + 1) * qd],
                     q_sink,
                     &ws.k[j * kvd..(j + 1) * kvd],

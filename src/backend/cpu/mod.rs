@@ -2,6 +2,7 @@
 //! the forward pass, over plain slices; matmul rows split across threads
 //! where a thread pool exists (natively, and in the threaded wasm build).
 
+pub mod attention;
 pub mod linear;
 pub mod ops;
 pub mod quant;

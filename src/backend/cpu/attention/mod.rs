@@ -1,0 +1,125 @@
+//! Attention of one query token over the keys and values of one kv head, for
+//! the `N` query heads that share it (grouped-query attention): scores, softmax,
+//! weighted sum. One file per instruction set with the same function names,
+//! [`portable`] the reference: every path does the same float operations in
+//! the same order, so every backend gives the same bits (see ARCHITECTURE.md).
+//! The cache storage (`kv_cache::storage`) hands these loops its rows in place.
+
+use crate::backend::cpu::ops;
+
+pub mod portable;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// What the loops need to know about one head group's attention.
+pub struct GroupArgs {
+    pub hd: usize,
+    /// Keys in use.
+    pub used: usize,
+    /// Row stride of the scores (the window).
+    pub cap: usize,
+    /// Slots below this hold sinks seen from the shifted query.
+    pub sink_until: usize,
+    /// `1 / sqrt(head_dim)`.
+    pub scale: f32,
+    /// Round the attention weights to f16 (an f16 cache, as ggml does).
+    pub f16: bool,
+}
+
+impl GroupArgs {
+    /// Key `s + 1` is in use and meets the same query as key `s` (both sinks or
+    /// both not): the score loops take the two keys in one pass.
+    #[inline(always)]
+    fn pairs_with_next(&self, s: usize) -> bool {
+        s + 1 < self.used && (s + 1 < self.sink_until) == (s < self.sink_until)
+    }
+}
+
+/// The `n_rep` query heads of one kv head: `q`, `q_sink`, `out` hold
+/// `n_rep * hd`; `k`, `v` the `used` rows of `hd`; `scores` `n_rep * cap`.
+pub fn attend_heads(a: &GroupArgs, n_rep: usize, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32]) {
+    match n_rep {
+        1 => attend_group::<1>(a, q, q_sink, k, v, scores, out),
+        2 => attend_group::<2>(a, q, q_sink, k, v, scores, out),
+        3 => attend_group::<3>(a, q, q_sink, k, v, scores, out),
+        4 => attend_group::<4>(a, q, q_sink, k, v, scores, out),
+        _ => {
+            let hd = a.hd;
+            for r in 0..n_rep {
+                let h = r * hd..(r + 1) * hd;
+                attend_group::<1>(a, &q[h.clone()], &q_sink[h.clone()], k, v, scores, &mut out[h]);
+            }
+        }
+    }
+}
+
+/// `N` query heads sharing one kv head: each key and value row is read once
+/// for all of them. `q`, `q_sink`, `out`: `N * hd`; `k`, `v`: `used * hd`.
+#[inline(always)]
+fn attend_group<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32]) {
+    let (hd, cap) = (a.hd, a.cap);
+    #[cfg(target_arch = "x86_64")]
+    if hd % 16 == 0 && N <= 4 && crate::backend::cpu::quant::avx512_vnni() {
+        // SAFETY: the CPU has AVX-512; the slices as below.
+        unsafe {
+            x86::scores_avx512::<N>(a, q, q_sink, k, scores);
+            x86::softmax_rows::<N>(a, scores);
+            x86::weighted_sum_avx512::<N>(scores, cap, a.used, v, hd, out);
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if hd % 8 == 0 && x86::avx2() {
+        // SAFETY: the CPU has AVX2; q, q_sink, out hold N heads of hd; k, v `used` rows of hd;
+        // scores N rows of cap >= used.
+        unsafe { x86::scores::<N>(a, q, q_sink, k, scores) };
+        // SAFETY: the CPU has AVX2.
+        unsafe { x86::softmax_rows::<N>(a, scores) };
+        // SAFETY: as above.
+        unsafe { x86::weighted_sum::<N>(scores, cap, a.used, v, hd, out) };
+        return;
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if hd % 8 == 0 {
+        simd128::scores::<N>(a, q, q_sink, k, scores);
+    } else {
+        scores_portable::<N>(a, q, q_sink, k, scores);
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    scores_portable::<N>(a, q, q_sink, k, scores);
+    softmax_rows::<N>(a, scores);
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if hd % 4 == 0 {
+        out.fill(0.0);
+        // SAFETY: v holds `used` rows of hd, out N rows of hd, scores N rows of cap >= used.
+        unsafe { simd128::weighted_sum::<N>(scores, cap, a.used, v, hd, out) };
+        return;
+    }
+    portable::weighted_sum::<N>(scores, cap, &v[..a.used * hd], hd, out);
+}
+
+/// The scaled scores of `N` heads against every key in use, one key at a time.
+#[inline(always)]
+fn scores_portable<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32], scores: &mut [f32]) {
+    for (s, key) in k.chunks_exact(a.hd).take(a.used).enumerate() {
+        let qq = if s < a.sink_until { q_sink } else { q };
+        let d = portable::dot_n::<N>(qq, key, a.hd);
+        for n in 0..N {
+            scores[n * a.cap + s] = d[n] * a.scale;
+        }
+    }
+}
+
+/// Each head's scores → attention weights (rounded to f16 with an f16 cache).
+#[inline(always)]
+fn softmax_rows<const N: usize>(a: &GroupArgs, scores: &mut [f32]) {
+    for n in 0..N {
+        let sc = &mut scores[n * a.cap..n * a.cap + a.used];
+        ops::softmax(sc);
+        if a.f16 {
+            ops::round_f16(sc);
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! wasm simd128 attention loops: raw pointers (no bounds checks in the
+//! innermost loops), one f32x4 accumulator per head, four value rows per pass;
+//! the portable loops' float operations in their order.
+
+use super::GroupArgs;
+use core::arch::wasm32::*;
+
+/// The scaled scores of `N` heads against every key in use; `hd % 8 == 0`.
+/// Two keys per pass: twice the independent accumulators (the loop was bound by
+/// the latency of one add chain per head), each key's sums in the same order.
+#[inline(always)]
+pub fn scores<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32], scores: &mut [f32]) {
+    let (hd, cap) = (a.hd, a.cap);
+    let mut s = 0;
+    while s < a.used {
+        let qq = if s < a.sink_until { q_sink } else { q };
+        if a.pairs_with_next(s) {
+            // SAFETY: qq holds N heads of hd; keys s and s + 1 are rows of k.
+            let (d0, d1) = unsafe { dot_n2::<N>(qq.as_ptr(), k.as_ptr().add(s * hd), hd) };
+            for n in 0..N {
+                scores[n * cap + s] = d0[n] * a.scale;
+                scores[n * cap + s + 1] = d1[n] * a.scale;
+            }
+            s += 2;
+        } else {
+            // SAFETY: as above, key s only.
+            let d = unsafe { dot_n::<N>(qq.as_ptr(), k.as_ptr().add(s * hd), hd) };
+            for n in 0..N {
+                scores[n * cap + s] = d[n] * a.scale;
+            }
+            s += 1;
+        }
+    }
+}
+
+#[inline(always)]
+fn hsum(v: v128) -> f32 {
+    (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v)) + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
+}
+
+/// The dot products of `N` contiguous query heads with one key; `hd % 8 == 0`.
+/// Eight lanes (two vectors) per head, summed as the portable [`super::portable::dot_n`]
+/// (and the WebGPU kernel) sums them: the same bits on every backend.
+#[inline(always)]
+pub unsafe fn dot_n<const N: usize>(q: *const f32, key: *const f32, hd: usize) -> [f32; N] {
+    let mut lo = [f32x4_splat(0.0); N];
+    let mut hi = [f32x4_splat(0.0); N];
+    let mut c = 0;
+    while c < hd {
+        let (k0, k1) = (v128_load(key.add(c) as *const v128), v128_load(key.add(c + 4) as *const v128));
+        for n in 0..N {
+            let qp = q.add(n * hd + c);
+            lo[n] = f32x4_add(lo[n], f32x4_mul(v128_load(qp as *const v128), k0));
+            hi[n] = f32x4_add(hi[n], f32x4_mul(v128_load(qp.add(4) as *const v128), k1));
+        }
+        c += 8;
+    }
+    let mut out = [0f32; N];
+    for n in 0..N {
+        out[n] = hsum(f32x4_add(lo[n], hi[n]));
+    }
+    out
+}
+
+/// [`dot_n`] for two consecutive keys at `key` (rows of `hd`).
+#[inline(always)]
+pub unsafe fn dot_n2<const N: usize>(q: *const f32, key: *const f32, hd: usize) -> ([f32; N], [f32; N]) {
+    let z = f32x4_splat(0.0);
+    let (mut a0, mut b0, mut a1, mut b1) = ([z; N], [z; N], [z; N], [z; N]);
+    let mut c = 0;
+    while c < hd {
+        let (k0, k0h) = (v128_load(key.add(c) as *const v128), v128_load(key.add(c + 4) as *const v128));
+        let (k1, k1h) = (v128_load(key.add(hd + c) as *const v128), v128_load(key.add(hd + c + 4) as *const v128));
+        for n in 0..N {
+            let qp = q.add(n * hd + c);
+            let (ql, qh) = (v128_load(qp as *const v128), v128_load(qp.add(4) as *const v128));
+            a0[n] = f32x4_add(a0[n], f32x4_mul(ql, k0));
+            b0[n] = f32x4_add(b0[n], f32x4_mul(qh, k0h));
+            a1[n] = f32x4_add(a1[n], f32x4_mul(ql, k1));
+            b1[n] = f32x4_add(b1[n], f32x4_mul(qh, k1h));
+        }
+        c += 8;
+    }
+    let (mut o0, mut o1) = ([0f32; N], [0f32; N]);
+    for n in 0..N {
+        o0[n] = hsum(f32x4_add(a0[n], b0[n]));
+        o1[n] = hsum(f32x4_add(a1[n], b1[n]));
+    }
+    (o0, o1)
+}
+
+/// `out[n] = Σ_s p[n][s] · v[s]` over `used` value rows of `hd`.
+#[inline(always)]
+pub unsafe fn weighted_sum<const N: usize>(p: &[f32], cap: usize, used: usize, v: &[f32], hd: usize, out: &mut [f32]) {
+    let (pp, vp, op) = (p.as_ptr(), v.as_ptr(), out.as_mut_ptr());
+    let mut s = 0;
+    while s + 4 <= used {
+        for n in 0..N {
+            let w = pp.add(n * cap + s);
+            let (w0, w1, w2, w3) = (f32x4_splat(*w), f32x4_splat(*w.add(1)), f32x4_splat(*w.add(2)), f32x4_splat(*w.add(3)));
+            let o = op.add(n * hd);
+            let mut c = 0;
+            while c < hd {
+                let r = vp.add(s * hd + c);
+                let mut acc = v128_load(o.add(c) as *const v128);
+                acc = f32x4_add(acc, f32x4_mul(w0, v128_load(r as *const v128)));
+                acc = f32x4_add(acc, f32x4_mul(w1, v128_load(r.add(hd) as *const v128)));
+                acc = f32x4_add(acc, f32x4_mul(w2, v128_load(r.add(2 * hd) as *const v128)));
+                acc = f32x4_add(acc, f32x4_mul(w3, v128_load(r.add(3 * hd) as *const v128)));
+                v128_store(o.add(c) as *mut v128, acc);
+                c += 4;
+            }
+        }
+        s += 4;
+    }
+    while s < used {
+        for n in 0..N {
+            let w = f32x4_splat(*pp.add(n * cap + s));
+            let o = op.add(n * hd);
+            let mut c = 0;
+            while c < hd {
+                let acc = f32x4_add(v128_load(o.add(c) as *const v128), f32x4_mul(w, v128_load(vp.add(s * hd + c) as *const v128)));
+                v128_store(o.add(c) as *mut v128, acc);
+                c += 4;
+            }
+        }
+        s += 1;
+    }
+}

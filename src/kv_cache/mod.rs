@@ -1,0 +1,144 @@
+//! The bounded KV cache: the heart of kvchat. Split by concept:
+//!
+//! * [`policy`]: the bookkeeping every backend plans with (the token ids held,
+//!   the ring with attention sinks, eviction, prefix reuse, and the one
+//!   [`PositionPlan`] rule for where a token goes and what its query sees);
+//! * [`storage`]: the CPU's preallocated K/V buffers (f32 or f16) and one
+//!   token's attention read from them in place;
+//! * [`KvCache`]: the two together, the cache of a CPU forward pass. The GPU
+//!   keeps its keys and values in GPU buffers (`model::gpu`) and plans with a
+//!   bare [`KvPolicy`].
+//!
+//! Memory is allocated once and never grows (see ARCHITECTURE.md for the ring,
+//! the sinks and why keys are cached rotated at their absolute position).
+
+pub mod policy;
+pub mod storage;
+
+pub use policy::{KvPolicy, PositionPlan};
+pub use storage::{AttnScratch, KvStorage};
+
+use crate::error::{Error, Result};
+
+/// Element type of the stored keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvDType {
+    F32,
+    F16,
+}
+
+impl KvDType {
+    pub fn size(self) -> usize {
+        match self {
+            KvDType::F32 => 4,
+            KvDType::F16 => 2,
+        }
+    }
+}
+
+/// How big the cache is and how it evicts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KvCacheConfig {
+    /// Capacity in tokens (sinks included).
+    pub window: usize,
+    /// Leading tokens that are never evicted.
+    pub sinks: usize,
+    pub dtype: KvDType,
+}
+
+impl Default for KvCacheConfig {
+    fn default() -> Self {
+        Self { window: 2048, sinks: 4, dtype: KvDType::F32 }
+    }
+}
+
+impl KvCacheConfig {
+    /// Bytes one token costs across all layers (K and V).
+    pub fn bytes_per_token(&self, n_layer: usize, kv_dim: usize) -> usize {
+        2 * n_layer * kv_dim * self.dtype.size()
+    }
+
+    /// The largest window that fits `budget` bytes.
+    pub fn window_for_budget(budget: usize, n_layer: usize, kv_dim: usize, dtype: KvDType) -> usize {
+        let per = 2 * n_layer * kv_dim * dtype.size();
+        budget / per.max(1)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.window == 0 {
+            return Err(Error::InvalidOption("kv window must be at least 1 token".into()));
+        }
+        if self.sinks >= self.window {
+            return Err(Error::InvalidOption(format!(
+                "kv window ({}) must be larger than the number of sink tokens ({})",
+                self.window, self.sinks
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot of the cache's occupancy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct KvStats {
+    pub capacity: usize,
+    pub used: usize,
+    pub sinks: usize,
+    pub evicted: usize,
+    pub bytes: usize,
+}
+
+/// A CPU cache: the policy and the storage it plans for. Dereferences to its
+/// [`KvPolicy`] (lengths, tokens, planning, prefix reuse).
+pub struct KvCache {
+    policy: KvPolicy,
+    storage: KvStorage,
+}
+
+impl KvCache {
+    pub fn new(cfg: KvCacheConfig, n_layer: usize, n_kv: usize, head_dim: usize) -> Result<Self> {
+        Ok(Self { policy: KvPolicy::new(cfg)?, storage: KvStorage::new(cfg, n_layer, n_kv, head_dim) })
+    }
+
+    pub fn policy(&self) -> &KvPolicy {
+        &self.policy
+    }
+
+    /// Bytes held by the preallocated K/V storage.
+    pub fn bytes(&self) -> usize {
+        self.storage.bytes()
+    }
+
+    pub fn stats(&self) -> KvStats {
+        self.policy.stats(self.storage.bytes())
+    }
+
+    /// Makes this cache a copy of `other` (same configuration, nothing evicted
+    /// yet): its tokens and the keys and values of the slots in use. Batches
+    /// prefill a shared prompt prefix once and start each sequence from a copy.
+    pub fn copy_from(&mut self, other: &KvCache) -> Result<()> {
+        self.policy.copy_from(&other.policy)?;
+        self.storage.copy_slots_from(&other.storage, other.policy.used())
+    }
+
+    /// Attention of one layer for the token placed by `plan` (from
+    /// [`KvPolicy::plan`]; the tokens of a chunk are fed in order; call
+    /// [`commit`](KvPolicy::commit) after the last layer). See [`KvStorage::attend`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend(&mut self, layer: usize, plan: PositionPlan, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], scratch: &mut AttnScratch, out: &mut [f32]) {
+        self.storage.attend(layer, plan, q, q_sink, k, v, scratch, out);
+    }
+}
+
+impl std::ops::Deref for KvCache {
+    type Target = KvPolicy;
+    fn deref(&self) -> &KvPolicy {
+        &self.policy
+    }
+}
+
+impl std::ops::DerefMut for KvCache {
+    fn deref_mut(&mut self) -> &mut KvPolicy {
+        &mut self.policy
+    }
+}

@@ -1,0 +1,214 @@
+//! The CPU's K/V storage: one K and one V buffer per layer,
+//! `[n_kv, window, head_dim]`, allocated once (memory never grows), in f32 or
+//! f16; and one layer's attention of one token read from it in place (the
+//! loops per instruction set are in `backend::cpu::attention`). Where a token
+//! goes and what its query sees comes from the [`PositionPlan`].
+
+use super::policy::PositionPlan;
+use super::{KvCacheConfig, KvDType};
+use crate::backend::cpu::attention::{attend_heads, GroupArgs};
+use crate::backend::cpu::ops;
+use crate::error::{Error, Result};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+/// Preallocated storage of one layer's keys or values, `[n_kv, capacity, head_dim]`.
+enum Store {
+    F32(Vec<f32>),
+    /// `special`: some value ever written was inf or NaN (the fast conversion then is not exact).
+    F16 { data: Vec<f16>, special: bool },
+}
+
+impl Store {
+    fn new(dtype: KvDType, n: usize) -> Self {
+        match dtype {
+            KvDType::F32 => Store::F32(vec![0.0; n]),
+            KvDType::F16 => Store::F16 { data: vec![f16::ZERO; n], special: false },
+        }
+    }
+
+    fn write(&mut self, at: usize, x: &[f32]) {
+        match self {
+            Store::F32(s) => s[at..at + x.len()].copy_from_slice(x),
+            Store::F16 { data, special } => {
+                let d = &mut data[at..at + x.len()];
+                d.convert_from_f32_slice(x);
+                *special |= d.iter().any(|h| !h.is_finite());
+            }
+        }
+    }
+
+    fn copy_span(&mut self, src: &Store, span: std::ops::Range<usize>) {
+        match (self, src) {
+            (Store::F32(d), Store::F32(s)) => d[span.clone()].copy_from_slice(&s[span]),
+            (Store::F16 { data: d, special: ds }, Store::F16 { data: s, special: ss }) => {
+                d[span.clone()].copy_from_slice(&s[span]);
+                *ds |= *ss;
+            }
+            _ => {} // impossible: copy_from checks that the configurations (and so the types) match
+        }
+    }
+
+    /// The values in `span` as f32 (converted into `tmp` for f16 storage).
+    fn rows<'a>(&'a self, span: std::ops::Range<usize>, tmp: &'a mut Vec<f32>) -> &'a [f32] {
+        match self {
+            Store::F32(s) => &s[span],
+            Store::F16 { data, special } => {
+                tmp.resize(span.len(), 0.0);
+                ops::f16_to_f32_slice(&data[span], tmp, !*special);
+                &tmp[..]
+            }
+        }
+    }
+}
+
+
+struct LayerCache {
+    k: Store,
+    v: Store,
+}
+
+/// Reusable buffers for [`KvStorage::attend`] (nothing is allocated per token
+/// once they have grown to the cache's size).
+#[derive(Default)]
+pub struct AttnScratch {
+    q: Vec<f32>,
+    q_sink: Vec<f32>,
+    groups: Vec<GroupScratch>,
+}
+
+/// One kv head's buffers (each may run on its own thread).
+#[derive(Default)]
+struct GroupScratch {
+    scores: Vec<f32>,
+    kbuf: Vec<f32>,
+    vbuf: Vec<f32>,
+}
+
+impl AttnScratch {
+    fn prepare(&mut self, q: &[f32], q_sink: &[f32], n_kv: usize, scores: usize, f16: bool) {
+        self.q.clear();
+        self.q.extend_from_slice(q);
+        self.q_sink.clear();
+        self.q_sink.extend_from_slice(if q_sink.is_empty() { q } else { q_sink });
+        if f16 {
+            // With f16 storage the queries and the attention weights are rounded to
+            // f16 too, as ggml does when it multiplies by an f16 cache (llama.cpp's
+            // default): the f16 cache then reproduces llama.cpp's numerics.
+            ops::round_f16(&mut self.q);
+            ops::round_f16(&mut self.q_sink);
+        }
+        self.groups.resize_with(n_kv.max(self.groups.len()), GroupScratch::default);
+        for g in &mut self.groups {
+            if g.scores.len() < scores {
+                g.scores.resize(scores, 0.0);
+            }
+        }
+    }
+}
+
+/// A pointer handed to the threads of one attention call, each using its own part.
+struct SyncPtr<T>(*mut T);
+// SAFETY: see the single use in `attend`: disjoint parts per thread.
+unsafe impl<T> Sync for SyncPtr<T> {}
+unsafe impl<T> Send for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
+/// See the module documentation.
+pub struct KvStorage {
+    layers: Vec<LayerCache>,
+    dtype: KvDType,
+    window: usize,
+    n_kv: usize,
+    head_dim: usize,
+}
+
+impl KvStorage {
+    pub fn new(cfg: KvCacheConfig, n_layer: usize, n_kv: usize, head_dim: usize) -> Self {
+        let n = n_kv * cfg.window * head_dim;
+        let layers = (0..n_layer).map(|_| LayerCache { k: Store::new(cfg.dtype, n), v: Store::new(cfg.dtype, n) }).collect();
+        Self { layers, dtype: cfg.dtype, window: cfg.window, n_kv, head_dim }
+    }
+
+    /// Bytes held by the preallocated K/V buffers.
+    pub fn bytes(&self) -> usize {
+        self.layers.len() * 2 * self.n_kv * self.window * self.head_dim * self.dtype.size()
+    }
+
+    /// Copies the keys and values of the first `used` slots of `other` (same shape).
+    pub fn copy_slots_from(&mut self, other: &KvStorage, used: usize) -> Result<()> {
+        if (other.layers.len(), other.dtype, other.window, other.n_kv, other.head_dim) != (self.layers.len(), self.dtype, self.window, self.n_kv, self.head_dim) {
+            return Err(Error::Backend("copy between caches of different shapes".into()));
+        }
+        let (cap, hd) = (self.window, self.head_dim);
+        for (dst, src) in self.layers.iter_mut().zip(&other.layers) {
+            for g in 0..self.n_kv {
+                let span = g * cap * hd..(g * cap + used) * hd;
+                dst.k.copy_span(&src.k, span.clone());
+                dst.v.copy_span(&src.v, span);
+            }
+        }
+        Ok(())
+    }
+
+    /// Attention of one layer for one token placed by `plan`:
+    ///
+    /// * `q`: `[n_head * head_dim]`, rotated at the token's position;
+    /// * `q_sink`: the same query rotated at the in-cache position, used for the
+    ///   sinks when [`PositionPlan::rotates_sink_query`] (else empty);
+    /// * `k`, `v`: `[n_kv * head_dim]`, the key rotated at the token's position.
+    ///
+    /// The key and value are written into their slot first (evicting the
+    /// oldest ring entry once the cache is full: exactly the key that falls out
+    /// of this token's window), then the query attends over every slot in use,
+    /// in place. Later tokens of a chunk are not in the cache yet, so a chunk is
+    /// causal without a mask. Writes `[n_head * head_dim]` to `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend(&mut self, layer: usize, plan: PositionPlan, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], scratch: &mut AttnScratch, out: &mut [f32]) {
+        let (hd, n_kv, cap) = (self.head_dim, self.n_kv, self.window);
+        let n_head = q.len() / hd;
+        let n_rep = n_head / n_kv;
+        let lc = &mut self.layers[layer];
+        for g in 0..n_kv {
+            let at = (g * cap + plan.slot) * hd;
+            lc.k.write(at, &k[g * hd..(g + 1) * hd]);
+            lc.v.write(at, &v[g * hd..(g + 1) * hd]);
+        }
+        let used = plan.used;
+        let f16 = self.dtype == KvDType::F16;
+        scratch.prepare(q, q_sink, n_kv, n_rep * cap, f16);
+        let AttnScratch { q, q_sink, groups } = scratch;
+        let lc = &self.layers[layer];
+        let args = GroupArgs { hd, used, cap, sink_until: plan.sink_until, scale: 1.0 / (hd as f32).sqrt(), f16 };
+        let (q, q_sink) = (&q[..], &q_sink[..]);
+        let groups_ptr = SyncPtr(groups.as_mut_ptr());
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        let run = |g: usize| {
+            // SAFETY: each group index is run by exactly one thread, and group g owns its
+            // scratch and the heads g*n_rep..(g+1)*n_rep of `out`.
+            let gs = unsafe { &mut *groups_ptr.get().add(g) };
+            let og = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(g * n_rep * hd), n_rep * hd) };
+            let heads = g * n_rep * hd..(g + 1) * n_rep * hd;
+            let span = g * cap * hd..(g * cap + used) * hd;
+            let k = lc.k.rows(span.clone(), &mut gs.kbuf);
+            let v = lc.v.rows(span, &mut gs.vbuf);
+            attend_heads(&args, n_rep, &q[heads.clone()], &q_sink[heads], k, v, &mut gs.scores, og);
+        };
+        let n = crate::backend::cpu::threads().min(n_kv);
+        if n > 1 && used * n_head * hd >= 1 << 15 {
+            crate::backend::cpu::par_for(n, &|i| {
+                for g in (i..n_kv).step_by(n) {
+                    run(g);
+                }
+            });
+        } else {
+            for g in 0..n_kv {
+                run(g);
+            }
+        }
+    }
+}
