@@ -1,0 +1,320 @@
+//! Quantized dot-product kernels for the weight types small GGUF models ship
+//! (Q4_0, Q4_1, Q8_0), with the weights repacked at load into separate scale
+//! and quant arrays, and the activations quantized once per matmul to Q8 with
+//! exactly llama.cpp's rounding (`quantize_row_q8_0` / `quantize_row_q8_1`).
+//!
+//! The loops are written so LLVM vectorizes them (SSE/AVX natively, simd128 in wasm).
+//!
+//! This file holds the formats, the layouts, the CPU feature detection and
+//! [`QMatrix`] with the dispatch that picks an instruction set; the rest is one
+//! file per concern, as candle's `quantized/{k_quants, avx, simd128}.rs`:
+//!
+//! - `repack.rs`: GGUF blocks → [`QMatrix`] in a [`Q4Layout`];
+//! - `activations.rs`: [`QActivations`], the Q8 activations every kernel
+//!   reads, and the choice of quantizer;
+//! - `portable.rs`: the reference every other file is tested against, bit for bit;
+//! - `avx2.rs`, `avx512.rs` (x86_64), `simd128.rs`, `relaxed.rs` (wasm32,
+//!   relaxed SIMD's Rows4 kernels): the SIMD kernels.
+//!
+//! The instruction-set files use the same names as `portable.rs`:
+//! `matmul(m, rows, t_rows, act, out)` computes the rows it is given, and
+//! `quantize(act, x, t_rows, cols)` (portable, AVX2, simd128) fills
+//! [`QActivations`] with the same bytes. The SIMD quantizers sit with their
+//! instruction set rather than in `activations.rs`: they share its intrinsics
+//! and `cfg` gates, and are tested, like the kernels, against the portable one.
+
+use std::ops::Range;
+
+mod activations;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod portable;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128", target_feature = "relaxed-simd"))]
+mod relaxed;
+mod repack;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128;
+
+pub use activations::QActivations;
+pub use repack::f16_to_f32;
+
+pub const QK: usize = 32;
+
+/// Weight formats with a kernel here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QFormat {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl QFormat {
+    /// Bytes of one 32-value block in the GGUF file.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QFormat::Q4_0 => 18,
+            QFormat::Q4_1 => 20,
+            QFormat::Q8_0 => 34,
+        }
+    }
+}
+
+/// How the 32 four-bit values of a block sit in its 16 bytes. In every
+/// layout the block scales (of every format) are interleaved by groups of four
+/// rows, so one load gives the scales of four rows for the same block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Q4Layout {
+    /// As in the GGUF file: byte `j` holds values `j` (low nibble) and `j + 16`
+    /// (the native AVX2 kernels' layout).
+    Ggml,
+    /// Eight little-endian u16 lanes; lane `l` holds values `l`, `l + 8`,
+    /// `l + 16`, `l + 24` in its four nibbles, so a 16-byte load, a shift and
+    /// a mask give eight consecutive values as i16 lanes (wasm simd128's
+    /// `i32x4.dot_i16x8_s` then needs no widening of the weights).
+    Lanes,
+    /// Four rows interleaved per block (relaxed SIMD): the 64 bytes of rows
+    /// `4g..4g+4`, block `b` are four vectors; in vector `k`, byte `4j + i`
+    /// holds row `4g+j`'s values `8k+i` (low nibble) and `8k+4+i` (high
+    /// nibble). One relaxed dot against four activation bytes splatted to
+    /// every lane then yields each row's partial sum in its own lane: no
+    /// horizontal reduction per block. Q8 blocks are stored as in
+    /// [`Lanes`](Self::Lanes).
+    Rows4,
+    /// Sixteen rows interleaved per block (AVX-512 VNNI): [`Rows4`](Self::Rows4)'s
+    /// scheme over sixteen rows, so one `vpdpbusd` against four activation
+    /// bytes broadcast to every lane advances sixteen rows' sums at once. The
+    /// 256 bytes of rows `16g..16g+16`, block `b` are four 64-byte vectors; in
+    /// vector `k`, byte `4j + i` holds row `16g+j`'s values `8k+i` (low nibble)
+    /// and `8k+4+i` (high nibble). Q8 blocks: eight 64-byte vectors, byte
+    /// `4j + i` of vector `k` is row `16g+j`'s value `4k+i` plus 128 (unsigned,
+    /// as `vpdpbusd` wants; the kernel subtracts `128 Σy`).
+    Rows16,
+}
+
+impl Q4Layout {
+    /// The layout this target's fastest kernel reads.
+    pub fn native() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if avx512_vnni() {
+            return Q4Layout::Rows16;
+        }
+        if cfg!(all(target_arch = "wasm32", target_feature = "relaxed-simd")) {
+            Q4Layout::Rows4
+        } else if cfg!(target_arch = "wasm32") {
+            Q4Layout::Lanes
+        } else {
+            Q4Layout::Ggml
+        }
+    }
+
+    /// Rows whose block scales (and, interleaved, quants) are stored together.
+    pub fn group_rows(self) -> usize {
+        if self == Q4Layout::Rows16 {
+            16
+        } else {
+            4
+        }
+    }
+
+    /// Value `j` (0..32) of a block's 16 bytes (layouts that keep a block's bytes together).
+    #[inline(always)]
+    fn get(self, q: &[u8], j: usize) -> u8 {
+        match self {
+            Q4Layout::Ggml | Q4Layout::Rows4 | Q4Layout::Rows16 => {
+                if j < 16 {
+                    q[j] & 0x0F
+                } else {
+                    q[j - 16] >> 4
+                }
+            }
+            Q4Layout::Lanes => {
+                let l = j % 8;
+                let lane = q[2 * l] as u16 | (q[2 * l + 1] as u16) << 8;
+                ((lane >> (4 * (j / 8))) & 0x0F) as u8
+            }
+        }
+    }
+}
+
+/// The AVX-512 kernels' features (F, BW, DQ, VNNI; with `KVCHAT_NO_AVX512`
+/// set, the AVX2 kernels are used instead: a switch for comparing the two).
+#[cfg(target_arch = "x86_64")]
+pub fn avx512_vnni() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx512vnni")
+            && std::env::var_os("KVCHAT_NO_AVX512").is_none()
+    })
+}
+
+/// The AVX2 kernels' feature (the activation quantization's too).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
+}
+
+/// A weight matrix `[rows, cols]` repacked from GGUF blocks.
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    pub format: QFormat,
+    pub rows: usize,
+    pub cols: usize,
+    pub layout: Q4Layout,
+    /// Per-block scale (f16 widened to f32), `[rows / G][block][G]` with `G`
+    /// the layout's [`group_rows`](Q4Layout::group_rows).
+    d: Vec<f32>,
+    /// Per-block offset term: Q4_1's minimum, Q4_0's `-8 d` (values are stored
+    /// unsigned 0..16 and the offset applied through the activations' sums).
+    m: Vec<f32>,
+    /// Q4: 16 bytes of nibbles per block in `layout` (interleaved layouts pad
+    /// the rows to whole groups). Q8: 32 signed bytes per block (Rows16: 32
+    /// offset bytes per block, interleaved).
+    qs: Vec<u8>,
+}
+
+/// The output of a matmul, shared by the threads that each write their own rows.
+struct Out(*mut f32);
+// SAFETY: threads write disjoint indices (their own rows) of a buffer that outlives them.
+unsafe impl Sync for Out {}
+unsafe impl Send for Out {}
+
+impl Out {
+    /// SAFETY: `i` is inside the output buffer and no other thread writes it.
+    #[inline(always)]
+    unsafe fn set(&self, i: usize, v: f32) {
+        *self.0.add(i) = v;
+    }
+}
+
+impl QMatrix {
+    /// Index of row `r`, block `b` in `d` and `m`.
+    #[inline(always)]
+    fn sidx(&self, r: usize, b: usize) -> usize {
+        let gr = self.layout.group_rows();
+        ((r / gr) * (self.cols / QK) + b) * gr + r % gr
+    }
+
+    /// Q8 value `j` (0..32) of row `r`, block `b`.
+    #[inline(always)]
+    fn q8(&self, r: usize, b: usize, j: usize) -> i8 {
+        let nb = self.cols / QK;
+        if self.layout == Q4Layout::Rows16 {
+            (self.qs[((r / 16) * nb + b) * 512 + 64 * (j / 4) + 4 * (r % 16) + j % 4] ^ 0x80) as i8
+        } else {
+            self.qs[(r * nb + b) * 32 + j] as i8
+        }
+    }
+
+    /// Four-bit value `j` (0..32) of row `r`, block `b`.
+    #[inline(always)]
+    fn nibble(&self, r: usize, b: usize, j: usize) -> u8 {
+        let nb = self.cols / QK;
+        match self.layout {
+            Q4Layout::Rows4 | Q4Layout::Rows16 => {
+                let gr = self.layout.group_rows();
+                let (k, p) = (j / 8, j % 8);
+                let byte = self.qs[((r / gr) * nb + b) * 16 * gr + 4 * (r % gr) + 4 * gr * k + p % 4];
+                if p < 4 {
+                    byte & 0x0F
+                } else {
+                    byte >> 4
+                }
+            }
+            layout => layout.get(&self.qs[(r * nb + b) * 16..(r * nb + b + 1) * 16], j),
+        }
+    }
+
+    /// `out[t * rows + r] = dot(row r, x row t)` for `x` of `t_rows` rows of `cols`.
+    /// With [`set_threads`](super::set_threads) above one, the rows are split
+    /// among that many rayon threads (each writes its own rows: no reduction).
+    pub fn matmul(&self, x: &[f32], t_rows: usize, act: &mut QActivations, out: &mut [f32]) {
+        debug_assert_eq!(x.len(), t_rows * self.cols);
+        assert_eq!(out.len(), t_rows * self.rows);
+        act.quantize(x, t_rows, self.cols);
+        let o = Out(out.as_mut_ptr());
+        let n = super::threads();
+        if n > 1 && self.rows * self.cols * t_rows >= 1 << 16 {
+            // Contiguous ranges of whole groups of rows, one per thread.
+            let gr = self.layout.group_rows();
+            let groups = self.rows.div_ceil(gr);
+            let per = groups.div_ceil(n);
+            let act = &*act;
+            super::par_for(n, &|i| {
+                let lo = (i * per * gr).min(self.rows);
+                let hi = ((i + 1) * per * gr).min(self.rows);
+                if lo < hi {
+                    self.kernel(lo..hi, t_rows, act, &o);
+                }
+            });
+        } else {
+            self.kernel(0..self.rows, t_rows, act, &o);
+        }
+    }
+
+    /// Rows `rows` of the product (`rows.start` a multiple of the layout's group).
+    fn kernel(&self, rows: Range<usize>, t_rows: usize, act: &QActivations, out: &Out) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if self.layout == Q4Layout::Rows16 && avx512_vnni() {
+                // SAFETY: the CPU supports the features the function is compiled for.
+                unsafe { avx512::matmul(self, rows, t_rows, act, out) };
+                return;
+            }
+            if self.layout == Q4Layout::Ggml && has_avx2() {
+                // SAFETY: the CPU supports the features the function is compiled for.
+                unsafe { avx2::matmul(self, rows, t_rows, act, out) };
+                return;
+            }
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        {
+            #[cfg(target_feature = "relaxed-simd")]
+            if self.layout == Q4Layout::Rows4 && self.format != QFormat::Q8_0 {
+                relaxed::matmul(self, rows, t_rows, act, out);
+                return;
+            }
+            // Q8 blocks are stored alike in both layouts (Rows4 Q4 blocks without
+            // relaxed SIMD, which only tests build, take the portable kernel).
+            if self.layout == Q4Layout::Lanes || (self.layout == Q4Layout::Rows4 && self.format == QFormat::Q8_0) {
+                simd128::matmul(self, rows, t_rows, act, out);
+                return;
+            }
+        }
+        #[allow(unreachable_code)]
+        portable::matmul(self, rows, t_rows, act, out);
+    }
+
+    /// The portable kernels (the reference the SIMD ones are tested against).
+    pub fn matmul_portable(&self, x: &[f32], t_rows: usize, act: &mut QActivations, out: &mut [f32]) {
+        assert_eq!(out.len(), t_rows * self.rows);
+        act.quantize(x, t_rows, self.cols);
+        portable::matmul(self, 0..self.rows, t_rows, act, &Out(out.as_mut_ptr()));
+    }
+
+    /// Dequantizes row `r` into `out` (embedding lookups).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let nb = self.cols / QK;
+        for b in 0..nb {
+            let d = self.d[self.sidx(r, b)];
+            let o = &mut out[b * QK..(b + 1) * QK];
+            match self.format {
+                QFormat::Q8_0 => {
+                    for (j, v) in o.iter_mut().enumerate() {
+                        *v = self.q8(r, b, j) as f32 * d;
+                    }
+                }
+                QFormat::Q4_0 | QFormat::Q4_1 => {
+                    for (j, v) in o.iter_mut().enumerate() {
+                        let n = self.nibble(r, b, j);
+                        *v = if self.format == QFormat::Q4_0 { (n as f32 - 8.0) * d } else { n as f32 * d + self.m[self.sidx(r, b)] };
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! wasm relaxed-SIMD kernels over the [`Q4Layout::Rows4`](super::Q4Layout::Rows4)
+//! layout (Q4 blocks; Q8 blocks take the simd128 kernels):
+//! `i16x8.relaxed_dot_i8x16_i7x16_s` with the nibbles as the 7-bit operand
+//! (pmaddubsw on x86, sdot on ARM) against four activation bytes splatted to
+//! every lane leaves each of four rows' sums in its own lane: no widening and
+//! no horizontal reduction. Four rows × four tokens per pass.
+
+use super::simd128::{ld, row_blocks};
+use super::{Out, QActivations, QFormat, QMatrix, QK};
+use core::arch::wasm32::*;
+use std::ops::Range;
+
+/// Q4 rows in the [`Q4Layout::Rows4`](super::Q4Layout::Rows4) layout: groups
+/// of four rows against four tokens at a time, then one token at a time.
+pub(super) fn matmul(m: &QMatrix, rows: Range<usize>, t_rows: usize, act: &QActivations, out: &Out) {
+    for block in row_blocks(m, rows, t_rows) {
+        rows4_block_pass(m, block, t_rows, act, out);
+    }
+}
+
+fn rows4_block_pass(m: &QMatrix, rows: Range<usize>, t_rows: usize, act: &QActivations, out: &Out) {
+    let groups = rows.start / 4..rows.end.div_ceil(4);
+    // Token 0 alone first (see `simd128::matmul_block`), then four tokens per pass, then the rest at once.
+    let mut t = 0;
+    if t_rows > 1 {
+        for g in groups.clone() {
+            // SAFETY: g < rows.div_ceil(4) (the layout pads to whole groups), t < t_rows.
+            unsafe { g4_xn::<1>(m, g, 0, act, out) };
+        }
+        t = 1;
+    }
+    while t + 4 <= t_rows {
+        for g in groups.clone() {
+            // SAFETY: as above, t + 4 <= t_rows.
+            unsafe { g4_xn::<4>(m, g, t, act, out) };
+        }
+        t += 4;
+    }
+    for g in groups {
+        // SAFETY: as above; each arm's tokens are below t_rows.
+        unsafe {
+            match t_rows - t {
+                3 => g4_xn::<3>(m, g, t, act, out),
+                2 => g4_xn::<2>(m, g, t, act, out),
+                1 => g4_xn::<1>(m, g, t, act, out),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Σ over one Rows4 block: lane `j` = row `4g+j`'s integer dot with the 32
+/// activation bytes at `y`. The 16 pair sums per i16 lane stay below
+/// 16 · 15 · 127 < 2^15: no overflow.
+#[inline(always)]
+unsafe fn rows4_block(w: &[v128; 8], y: *const i8) -> v128 {
+    let sp = |o: usize| v128_load32_splat(y.add(o) as *const u32);
+    let dot = |k: usize, acc: v128| i32x4_relaxed_dot_i8x16_i7x16_add(sp(4 * k), w[k], acc);
+    let z = i32x4_splat(0);
+    let a = dot(6, dot(4, dot(2, dot(0, z))));
+    let b = dot(7, dot(5, dot(3, dot(1, z))));
+    i32x4_add(a, b)
+}
+
+/// The four vectors of a Rows4 block → eight vectors of values 0..16 (low, high nibbles).
+#[inline(always)]
+unsafe fn rows4_unpack(w: *const u8) -> [v128; 8] {
+    let mask = u8x16_splat(0x0F);
+    let nib = |k: usize| {
+        let v = ld(w.add(16 * k));
+        (v128_and(v, mask), v128_and(u16x8_shr(v, 4), mask))
+    };
+    let ((a, b), (c, d), (e, f), (g, h)) = (nib(0), nib(1), nib(2), nib(3));
+    [a, b, c, d, e, f, g, h]
+}
+
+/// Stores rows `4g..4g+4` of token `t` (fewer past the last row).
+#[inline(always)]
+unsafe fn store4(m: &QMatrix, g: usize, t: usize, v: v128, out: &Out) {
+    let at = t * m.rows + 4 * g;
+    if 4 * g + 4 <= m.rows {
+        v128_store(out.0.add(at) as *mut v128, v);
+    } else {
+        let lanes: [f32; 4] = core::mem::transmute(v);
+        for (j, x) in lanes.into_iter().enumerate().take(m.rows - 4 * g) {
+            out.set(at + j, x);
+        }
+    }
+}
+
+/// The offset term of rows `4g..4g+4` for token `t`: Σ_b m · s (Q4_1's
+/// rounded `s`, Q4_0's exact `Σq·d`), summed in block order as the other kernels do.
+#[inline(always)]
+unsafe fn rows4_offset(m: &QMatrix, g: usize, t: usize, act: &QActivations) -> v128 {
+    let nb = m.cols / QK;
+    let m4 = m.m.as_ptr().add(g * nb * 4);
+    let ys = if m.format == QFormat::Q4_1 { act.s.as_ptr() } else { act.sx.as_ptr() }.add(t * nb);
+    let mut macc = f32x4_splat(0.0);
+    for b in 0..nb {
+        macc = f32x4_add(macc, f32x4_mul(ld(m4.add(b * 4)), f32x4_splat(*ys.add(b))));
+    }
+    macc
+}
+
+/// Rows `4g..4g+4` (Rows4 layout) against tokens `t0..t0+T` (T = 4 in prefill
+/// and batched passes, 1 for the rest): each block unpacked once for all T.
+#[inline(always)]
+unsafe fn g4_xn<const T: usize>(m: &QMatrix, g: usize, t0: usize, act: &QActivations, out: &Out) {
+    let nb = m.cols / QK;
+    let w = m.qs.as_ptr().add(g * nb * 64);
+    let d4 = m.d.as_ptr().add(g * nb * 4);
+    let y = act.q.as_ptr().add(t0 * m.cols);
+    let yd = act.d.as_ptr().add(t0 * nb);
+    let mut acc = [f32x4_splat(0.0); T];
+    for b in 0..nb {
+        let wv = rows4_unpack(w.add(b * 64));
+        let dw = ld(d4.add(b * 4));
+        for (i, a) in acc.iter_mut().enumerate() {
+            let v = rows4_block(&wv, y.add(i * m.cols + b * QK));
+            *a = f32x4_add(*a, f32x4_mul(f32x4_convert_i32x4(v), f32x4_mul(dw, f32x4_splat(*yd.add(i * nb + b)))));
+        }
+    }
+    for (i, a) in acc.into_iter().enumerate() {
+        store4(m, g, t0 + i, f32x4_add(a, rows4_offset(m, g, t0 + i, act)), out);
+    }
+}
