@@ -1,7 +1,10 @@
 //! The compute pipelines, created once at load from the `.wgsl` files (each
-//! prefixed with `common.wgsl`), specialized by override constants, with
-//! explicit bind group layouts.
+//! prefixed with `common.wgsl`, the cache kernels with `kv.wgsl` too),
+//! specialized by override constants, with explicit bind group layouts. A
+//! kernel's layout comes from its [`Shader`] declaration in `ops.rs`, next to
+//! the bindings struct every bind group is made from.
 
+use super::ops::{self, Bindings};
 use super::GpuContext;
 use crate::backend::cpu::quant::QFormat;
 use std::collections::HashMap;
@@ -11,11 +14,31 @@ const COMMON: &str = include_str!("shaders/common.wgsl");
 const KV: &str = include_str!("shaders/kv.wgsl");
 
 /// How a binding is used.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bind {
     Uniform,
     Read,
     ReadWrite,
+}
+
+/// A kernel's WGSL and its bindings in `@binding` order (WGSL name, use).
+pub struct Shader {
+    pub name: &'static str,
+    pub body: &'static str,
+    /// Prefixed with `kv.wgsl` (`KvParams`, `KV_F16`).
+    pub kv: bool,
+    pub binds: &'static [(&'static str, Bind)],
+}
+
+impl Shader {
+    /// The source as compiled: `common.wgsl`, `kv.wgsl` for the cache kernels, the body.
+    pub fn source(&self) -> String {
+        if self.kv {
+            format!("{COMMON}\n{KV}\n{}", self.body)
+        } else {
+            format!("{COMMON}\n{}", self.body)
+        }
+    }
 }
 
 /// One specialized kernel and the layout its bind groups follow.
@@ -23,19 +46,19 @@ pub enum Bind {
 pub struct Kernel {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
+    binds: &'static [(&'static str, Bind)],
 }
 
 impl Kernel {
-    pub(super) fn new(ctx: &GpuContext, name: &str, src: &str, binds: &[Bind], constants: &[(&str, f64)]) -> Self {
+    pub(super) fn new(ctx: &GpuContext, shader: &Shader, constants: &[(&str, f64)]) -> Self {
         let device = &ctx.device;
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(format!("{COMMON}\n{src}").into()),
-        });
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
+        let name = shader.name;
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(shader.source().into()) });
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = shader
+            .binds
             .iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+            .map(|(i, (_, b))| wgpu::BindGroupLayoutEntry {
                 binding: i as u32,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: match b {
@@ -56,17 +79,17 @@ impl Kernel {
             compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
             cache: None,
         });
-        Self { pipeline, layout }
+        Self { pipeline, layout, binds: shader.binds }
     }
 
-    /// A bind group of `buffers` in binding order.
-    pub fn bind(&self, ctx: &GpuContext, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    /// A bind group of `b`, whose bindings must be the ones this kernel was declared with.
+    pub fn bind<B: Bindings>(&self, ctx: &GpuContext, b: &B) -> wgpu::BindGroup {
+        assert_eq!(self.binds, B::BINDS, "bind group for another kernel's layout");
+        let buffers = b.buffers(ctx);
         let entries: Vec<wgpu::BindGroupEntry> = buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() }).collect();
         ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &self.layout, entries: &entries })
     }
 }
-
-use Bind::{Read as R, ReadWrite as W, Uniform as U};
 
 /// Quantize modes (see quantize.wgsl).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,11 +114,11 @@ pub struct Kernels {
     quant: HashMap<QuantMode, Kernel>,
     matmul: HashMap<(QFormat, bool), Kernel>,
     embed: HashMap<QFormat, Kernel>,
-    pub rope_kv: Kernel,
-    pub attention: Kernel,
-    pub argmax: Kernel,
-    pub penalty: Kernel,
-    pub topk: Kernel,
+    pub(super) rope_kv: Kernel,
+    pub(super) attention: Kernel,
+    pub(super) argmax: Kernel,
+    pub(super) penalty: Kernel,
+    pub(super) topk: Kernel,
 }
 
 impl Kernels {
@@ -107,11 +130,11 @@ impl Kernels {
             quant: HashMap::new(),
             matmul: HashMap::new(),
             embed: HashMap::new(),
-            rope_kv: Kernel::new(ctx, "rope_kv", &format!("{KV}\n{}", include_str!("shaders/rope_kv.wgsl")), &[U, U, R, R, R, W, W, W, W], &[("KV_F16", f)]),
-            attention: Kernel::new(ctx, "attention", &format!("{KV}\n{}", include_str!("shaders/attention.wgsl")), &[U, U, R, R, R, R, R, W, W], &[("KV_F16", f)]),
-            argmax: Kernel::new(ctx, "argmax", include_str!("shaders/argmax.wgsl"), &[U, U, R, W], &[]),
-            penalty: Kernel::new(ctx, "penalty", include_str!("shaders/penalty.wgsl"), &[U, U, R, W], &[]),
-            topk: Kernel::new(ctx, "topk", include_str!("shaders/topk.wgsl"), &[U, U, R, W], &[]),
+            rope_kv: Kernel::new(ctx, &ops::ROPE_KV, &[("KV_F16", f)]),
+            attention: Kernel::new(ctx, &ops::ATTENTION, &[("KV_F16", f)]),
+            argmax: Kernel::new(ctx, &ops::ARGMAX, &[]),
+            penalty: Kernel::new(ctx, &ops::PENALTY, &[]),
+            topk: Kernel::new(ctx, &ops::TOPK, &[]),
         }
     }
 
@@ -122,14 +145,14 @@ impl Kernels {
     pub fn quant(&mut self, mode: QuantMode) -> &Kernel {
         let ctx = &self.ctx;
         self.quant.entry(mode).or_insert_with(|| {
-            Kernel::new(ctx, "quantize", include_str!("shaders/quantize.wgsl"), &[U, U, R, R, W, W], &[("MODE", mode as u32 as f64)])
+            Kernel::new(ctx, &ops::QUANTIZE, &[("MODE", mode as u32 as f64)])
         })
     }
 
     pub fn matmul(&mut self, format: QFormat, acc: bool) -> &Kernel {
         let ctx = &self.ctx;
         self.matmul.entry((format, acc)).or_insert_with(|| {
-            Kernel::new(ctx, "matmul", include_str!("shaders/matmul.wgsl"), &[U, U, R, R, R, R, W], &[("FORMAT", format_id(format)), ("ACC", if acc { 1.0 } else { 0.0 })])
+            Kernel::new(ctx, &ops::MATMUL, &[("FORMAT", format_id(format)), ("ACC", if acc { 1.0 } else { 0.0 })])
         })
     }
 
@@ -137,6 +160,6 @@ impl Kernels {
         let ctx = &self.ctx;
         self.embed
             .entry(format)
-            .or_insert_with(|| Kernel::new(ctx, "embed", include_str!("shaders/embed.wgsl"), &[U, U, R, R, R, W], &[("FORMAT", format_id(format))]))
+            .or_insert_with(|| Kernel::new(ctx, &ops::EMBED, &[("FORMAT", format_id(format))]))
     }
 }

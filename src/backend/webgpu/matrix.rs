@@ -38,7 +38,7 @@ pub fn format_of(dt: GgmlDType) -> Option<QFormat> {
 }
 
 /// Bytes of quants per block on the GPU.
-fn quant_bytes(f: QFormat) -> usize {
+pub(super) fn quant_bytes(f: QFormat) -> usize {
     if f == QFormat::Q8_0 {
         32
     } else {

@@ -4,6 +4,8 @@
 //! maps a buffer only from its event loop; native tests block on them.
 
 use super::kernels::QuantMode;
+use super::ops::{self, Pass};
+use super::uniforms::{KvParams, MatmulParams, QuantParams, Step, TokenInfo, Uniform};
 use super::{GpuContext, GpuMatrix, Kernels};
 use crate::backend::cpu::quant::QK;
 use crate::error::{Error, Result};
@@ -15,10 +17,10 @@ fn buf(ctx: &GpuContext, data: &[u8], extra: wgpu::BufferUsages) -> wgpu::Buffer
     ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: &v, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | extra })
 }
 
-fn uni(ctx: &GpuContext, w: &[u32]) -> wgpu::Buffer {
-    let mut v = w.to_vec();
-    v.resize(8, 0);
-    ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytemuck::cast_slice(&v), usage: wgpu::BufferUsages::UNIFORM })
+/// The step of `t` tokens that all want logits.
+fn step(ctx: &GpuContext, t: usize) -> (Step, Uniform<Step>) {
+    let s = Step { t: t as u32, first_out: 0, n_out: t as u32, _pad: 0 };
+    (s, Uniform::new(ctx, "step", &s))
 }
 
 async fn read(ctx: &GpuContext, b: &wgpu::Buffer, bytes: usize) -> Result<Vec<u8>> {
@@ -55,15 +57,14 @@ async fn read(ctx: &GpuContext, b: &wgpu::Buffer, bytes: usize) -> Result<Vec<u8
     Ok(v)
 }
 
-/// Runs one kernel over `groups` workgroups with `buffers` bound in order.
-fn run_one(ctx: &GpuContext, kernel: &super::kernels::Kernel, buffers: &[&wgpu::Buffer], groups: (u32, u32)) {
+/// Runs `passes` in order in one compute pass for `step`.
+fn run(ctx: &GpuContext, passes: &[Pass], step: &Step) {
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     {
         let mut cp = enc.begin_compute_pass(&Default::default());
-        let g = kernel.bind(ctx, buffers);
-        cp.set_pipeline(&kernel.pipeline);
-        cp.set_bind_group(0, &g, &[]);
-        cp.dispatch_workgroups(groups.0, groups.1, 1);
+        for p in passes {
+            p.record(&mut cp, step, 0);
+        }
     }
     ctx.queue.submit([enc.finish()]);
 }
@@ -85,7 +86,7 @@ pub async fn matmul(ctx: &GpuContext, m: &GpuMatrix, x: &[f32], t: usize, input:
     let mut k = Kernels::new(ctx, false);
     let cols = m.cols;
     let nb = cols / QK;
-    let step = uni(ctx, &[t as u32, 0, t as u32, 0]);
+    let (st, step) = step(ctx, t);
     let xb = buf(ctx, bytemuck::cast_slice(x), wgpu::BufferUsages::empty());
     let ones = vec![1f32; cols];
     let (w, eps, mode, stride) = match input {
@@ -97,25 +98,13 @@ pub async fn matmul(ctx: &GpuContext, m: &GpuMatrix, x: &[f32], t: usize, input:
     let aq = buf(ctx, &vec![0u8; t * cols], wgpu::BufferUsages::empty());
     let asc = buf(ctx, &vec![0u8; t * nb * 12], wgpu::BufferUsages::empty());
     let out = buf(ctx, &vec![0u8; t * m.rows * 4], wgpu::BufferUsages::empty());
-    let qp = uni(ctx, &[cols as u32, stride as u32, cols as u32, 0, eps.to_bits(), 127f32.to_bits()]);
-    let mut enc = ctx.device.create_command_encoder(&Default::default());
-    {
-        let mut cp = enc.begin_compute_pass(&Default::default());
-        let kq = k.quant(mode);
-        let g = kq.bind(ctx, &[&qp, &step, &xb, &wb, &aq, &asc]);
-        cp.set_pipeline(&kq.pipeline);
-        cp.set_bind_group(0, &g, &[]);
-        cp.dispatch_workgroups(t as u32, 1, 1);
-        for part in &m.parts {
-            let mp = uni(ctx, &[part.rows as u32, nb as u32, m.rows as u32, part.row_start as u32, 0]);
-            let km = k.matmul(m.format, false);
-            let g = km.bind(ctx, &[&mp, &step, &part.qs, &part.ws, &aq, &asc, &out]);
-            cp.set_pipeline(&km.pipeline);
-            cp.set_bind_group(0, &g, &[]);
-            cp.dispatch_workgroups(part.rows.div_ceil(64) as u32, t.div_ceil(4) as u32, 1);
-        }
+    let qp = QuantParams { cols: cols as u32, in_stride: stride as u32, up_offset: cols as u32, out_rows: 0, eps, q8_max: 127.0, ..Default::default() };
+    let mut passes = vec![ops::quantize(&mut k, ctx, mode, t, ops::Quantize { p: qp, step: &step, x: &xb, w: &wb, q: &aq, sc: &asc })?];
+    for part in &m.parts {
+        let p = MatmulParams { rows: part.rows as u32, nb: nb as u32, out_stride: m.rows as u32, out_offset: part.row_start as u32, ..Default::default() };
+        passes.push(ops::matmul(&mut k, ctx, m.format, false, t, ops::Matmul { p, step: &step, qs: &part.qs, ws: &part.ws, aq: &aq, asc: &asc, out: &out })?);
     }
-    ctx.queue.submit([enc.finish()]);
+    run(ctx, &passes, &st);
     let y: Vec<f32> = bytemuck::cast_slice(&read(ctx, &out, t * m.rows * 4).await?).to_vec();
     let q: Vec<i8> = bytemuck::cast_slice(&read(ctx, &aq, t * cols).await?).to_vec();
     let s: Vec<f32> = bytemuck::cast_slice(&read(ctx, &asc, t * nb * 12).await?).to_vec();
@@ -127,15 +116,16 @@ pub async fn matmul(ctx: &GpuContext, m: &GpuMatrix, x: &[f32], t: usize, input:
 /// `q` is `[n_head * hd]`; returns `[n_head * hd]`.
 pub async fn attention(ctx: &GpuContext, n_head: usize, n_kv: usize, hd: usize, cap: usize, used: usize, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
     let k_all = Kernels::new(ctx, false);
-    let kvp = uni(ctx, &[n_head as u32, n_kv as u32, hd as u32, cap as u32, 0, (1.0 / (hd as f32).sqrt()).to_bits(), 0, 0]);
-    let step = uni(ctx, &[1, 0, 1, 0]);
-    let tok = buf(ctx, bytemuck::cast_slice(&[0u32, (used - 1) as u32, used as u32, 0]), wgpu::BufferUsages::empty());
+    let (st, step) = step(ctx, 1);
+    let info = TokenInfo { base: 0, slot: (used - 1) as u32, used: used as u32, sink_until: 0 };
+    let tok = buf(ctx, bytemuck::bytes_of(&info), wgpu::BufferUsages::empty());
     let qb = buf(ctx, bytemuck::cast_slice(q), wgpu::BufferUsages::empty());
     let kb = buf(ctx, bytemuck::cast_slice(k), wgpu::BufferUsages::empty());
     let vb = buf(ctx, bytemuck::cast_slice(v), wgpu::BufferUsages::empty());
     let scores = buf(ctx, &vec![0u8; n_head * cap * 4], wgpu::BufferUsages::empty());
     let out = buf(ctx, &vec![0u8; n_head * hd * 4], wgpu::BufferUsages::empty());
-    run_one(ctx, &k_all.attention, &[&kvp, &step, &tok, &qb, &qb, &kb, &vb, &scores, &out], (n_head as u32, 1));
+    let b = ops::Attention { p: KvParams::new(n_head, n_kv, hd, cap), step: &step, tok: &tok, q: &qb, q_sink: &qb, kc: &kb, vc: &vb, scores: &scores, out: &out };
+    run(ctx, &[ops::attention(&k_all, ctx, 1, b)?], &st);
     Ok(bytemuck::cast_slice(&read(ctx, &out, n_head * hd * 4).await?).to_vec())
 }
 
@@ -150,12 +140,10 @@ pub async fn f16_round(ctx: &GpuContext, x: &[f32]) -> Result<Vec<f32>> {
 }
 
 async fn elementwise(ctx: &GpuContext, func: u32, x: &[f32]) -> Result<Vec<f32>> {
-    use super::kernels::{Bind, Kernel};
-    let k = Kernel::new(ctx, "probe", include_str!("shaders/probe.wgsl"), &[Bind::Read, Bind::ReadWrite], &[("FUNC", func as f64)]);
     let xb = buf(ctx, bytemuck::cast_slice(x), wgpu::BufferUsages::empty());
     let yb = buf(ctx, &vec![0u8; x.len() * 4], wgpu::BufferUsages::empty());
-    let groups = x.len().div_ceil(64);
-    run_one(ctx, &k, &[&xb, &yb], (groups.min(65535) as u32, groups.div_ceil(65535) as u32));
+    let pass = ops::elementwise(ctx, func, x.len(), ops::Elementwise { x: &xb, y: &yb })?;
+    run(ctx, &[pass], &Step::default());
     Ok(bytemuck::cast_slice(&read(ctx, &yb, x.len() * 4).await?).to_vec())
 }
 
@@ -165,9 +153,10 @@ async fn elementwise(ctx: &GpuContext, func: u32, x: &[f32]) -> Result<Vec<f32>>
 pub async fn rope(ctx: &GpuContext, n_head: usize, n_kv: usize, hd: usize, qkv: &[f32], cos: &[f32], sin: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
     let k_all = Kernels::new(ctx, false);
     let cap = 1;
-    let kvp = uni(ctx, &[n_head as u32, n_kv as u32, hd as u32, cap as u32, qkv.len() as u32, (1.0 / (hd as f32).sqrt()).to_bits(), 0, 0]);
-    let step = uni(ctx, &[1, 0, 1, 0]);
-    let tok = buf(ctx, bytemuck::cast_slice(&[0u32, 0, 1, 0]), wgpu::BufferUsages::empty());
+    let p = KvParams { qkv_stride: qkv.len() as u32, ..KvParams::new(n_head, n_kv, hd, cap) };
+    let (st, step) = step(ctx, 1);
+    let info = TokenInfo { base: 0, slot: 0, used: 1, sink_until: 0 };
+    let tok = buf(ctx, bytemuck::bytes_of(&info), wgpu::BufferUsages::empty());
     let mut cs = vec![0f32; hd];
     cs.extend_from_slice(cos);
     cs.extend_from_slice(sin);
@@ -177,7 +166,8 @@ pub async fn rope(ctx: &GpuContext, n_head: usize, n_kv: usize, hd: usize, qkv: 
     let q_sink = buf(ctx, &vec![0u8; n_head * hd * 4], wgpu::BufferUsages::empty());
     let kc = buf(ctx, &vec![0u8; n_kv * hd * 4], wgpu::BufferUsages::empty());
     let vc = buf(ctx, &vec![0u8; n_kv * hd * 4], wgpu::BufferUsages::empty());
-    run_one(ctx, &k_all.rope_kv, &[&kvp, &step, &qkvb, &tok, &csb, &q, &q_sink, &kc, &vc], (1, 1));
+    let b = ops::RopeKv { p, step: &step, qkv: &qkvb, tok: &tok, cs: &csb, q: &q, q_sink: &q_sink, kc: &kc, vc: &vc };
+    run(ctx, &[ops::rope_kv(&k_all, ctx, 1, b)?], &st);
     let qr = bytemuck::cast_slice(&read(ctx, &q, n_head * hd * 4).await?).to_vec();
     let kr = bytemuck::cast_slice(&read(ctx, &kc, n_kv * hd * 4).await?).to_vec();
     Ok((qr, kr))
