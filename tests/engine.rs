@@ -21,7 +21,7 @@ fn loads_every_weight_type_and_reads_the_hyper_parameters() {
     let c = e.config().clone();
     assert_eq!((c.n_layer, c.n_head, c.n_head_kv, c.n_embd, c.n_ff), (2, 4, 2, 64, 256));
     assert_eq!(c.head_dim, 16);
-    assert_eq!(c.rope_freq_base, 10000.0);
+    assert_eq!(c.rope_base().unwrap(), 10000.0);
     assert_eq!(c.vocab_size, e.tokenizer().vocab_size());
     let mut e = e;
     let l = e.logits(&[5, 6, 7]).unwrap();

@@ -1,5 +1,6 @@
 //! Hyper-parameters of a llama-family model, read from the GGUF's `llama.*` metadata.
 
+use super::block::BlockSpec;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
@@ -13,7 +14,8 @@ pub struct LlamaConfig {
     pub n_ff: usize,
     pub head_dim: usize,
     pub rope_dim: usize,
-    pub rope_freq_base: f32,
+    /// What each layer computes (the forward passes read it).
+    pub blocks: Vec<BlockSpec>,
     pub rms_eps: f32,
     pub context_length: usize,
     pub vocab_size: usize,
@@ -85,6 +87,9 @@ impl LlamaConfig {
                 _ => return Err(Error::Tensor { name: "token_embd.weight".into(), reason: "missing or not a matrix".into() }),
             },
         };
+        // llama.cpp's llama loads optional Q/K/V biases; the block says whether this file has them.
+        let qkv_bias = g.has_tensor("blk.0.attn_q.bias");
+        let blocks = vec![BlockSpec::llama(rope_freq_base, qkv_bias); n_layer];
         Ok(Self {
             n_layer,
             n_head,
@@ -93,7 +98,7 @@ impl LlamaConfig {
             n_ff,
             head_dim,
             rope_dim,
-            rope_freq_base,
+            blocks,
             rms_eps,
             context_length,
             vocab_size,
@@ -103,6 +108,15 @@ impl LlamaConfig {
     /// Number of query heads that share one kv head.
     pub fn n_rep(&self) -> usize {
         self.n_head / self.n_head_kv
+    }
+
+    /// The RoPE base every layer shares (the forward passes compute one set of angles per position).
+    pub fn rope_base(&self) -> Result<f32> {
+        let first = self.blocks.first().ok_or_else(|| Error::Unsupported("a model without layers".into()))?;
+        if self.blocks.iter().any(|b| b.rope_base != first.rope_base || b.rope_style != first.rope_style) {
+            return Err(Error::Unsupported("layers with different RoPE bases or styles".into()));
+        }
+        Ok(first.rope_base)
     }
 
     /// Floats of K (or V) stored per token per layer.

@@ -5,6 +5,7 @@
 //! allocates nothing. candle supplies the GGUF tensors and the matmuls of weight
 //! types without an own kernel.
 
+use super::block::{Activation, BlockSupport};
 use super::config::LlamaConfig;
 use super::profile::{Clock, Op, Profile};
 use super::rope::Rope;
@@ -118,6 +119,10 @@ impl Llama {
 
     pub fn load(g: &Gguf, cfg: LlamaConfig, device: &Device) -> Result<Self> {
         let c = &cfg;
+        // This pass computes the llama block (pre-norm, SiLU, adjacent-pair RoPE, global attention).
+        for b in &c.blocks {
+            b.check("CPU", &BlockSupport::default())?;
+        }
         let hd = c.head_dim;
         let qt = |name: &str, dims: &[usize]| g.tensor(name, dims, device);
         // Q4_0/Q4_1/Q8_0 are repacked straight from the file's bytes (no
@@ -177,7 +182,7 @@ impl Llama {
             None => mm("output.weight", &[c.vocab_size, c.n_embd])?,
         };
         let weight_bytes = Self::estimate_bytes(g, c);
-        Ok(Self { rope: Rope::new(hd, c.rope_freq_base), cfg, embed, blocks, norm, output, weight_bytes, ws: Workspace::default() })
+        Ok(Self { rope: Rope::new(hd, c.rope_base()?), cfg, embed, blocks, norm, output, weight_bytes, ws: Workspace::default() })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -317,7 +322,10 @@ impl Llama {
             b.w_gate.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.gate[..t * ff])?;
             b.w_up.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.up[..t * ff])?;
             clock.lap(&mut ws.profile, Op::MatmulGateUp);
-            ops::silu_mul(&mut ws.gate[..t * ff], &ws.up[..t * ff]);
+            match c.blocks[i].activation {
+                Activation::Silu => ops::silu_mul(&mut ws.gate[..t * ff], &ws.up[..t * ff]),
+                other => return Err(Error::Unsupported(format!("the CPU backend has no {other:?} FFN"))),
+            }
             clock.lap(&mut ws.profile, Op::Other);
             b.w_down.forward_into(&ws.gate[..t * ff], t, &mut ws.act, &mut ws.o[..t * e])?;
             clock.lap(&mut ws.profile, Op::MatmulDown);

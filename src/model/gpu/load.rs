@@ -14,6 +14,7 @@ use crate::backend::webgpu::{GpuContext, GpuMatrix, Kernels};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::kv_cache::{KvCacheConfig, KvDType};
+use crate::model::block::{Activation, BlockSupport};
 use crate::model::config::LlamaConfig;
 use crate::model::rope::Rope;
 use candle_core::quantized::QTensor;
@@ -44,6 +45,11 @@ fn check_supported(c: &LlamaConfig) -> Result<()> {
     if c.rope_dim != hd {
         return Err(Error::Unsupported("partial RoPE is not implemented on the WebGPU backend".into()));
     }
+    // The WGSL kernels compute the llama block: pre-norm, SiLU, adjacent-pair RoPE, global attention.
+    for b in &c.blocks {
+        b.check("WebGPU", &BlockSupport::default())?;
+    }
+    c.rope_base()?;
     Ok(())
 }
 
@@ -76,7 +82,7 @@ impl GpuLlama {
         let tail = l.output(embed)?;
         let Loader { k: kernels, passes, weight_bytes, .. } = l;
         Ok(Self {
-            rope: Rope::new(cfg.head_dim, cfg.rope_freq_base),
+            rope: Rope::new(cfg.head_dim, cfg.rope_base()?),
             kv_bytes: 2 * cfg.n_layer * layer_bytes,
             cfg,
             ctx: ctx.clone(),
@@ -223,7 +229,11 @@ impl Loader<'_> {
         self.matmul(&[(&w.wo, 0)], e, true, false, &b.x)?;
         self.quant(QuantMode::Norm, e, e, 0, false, &b.x, &w.ffn_norm)?;
         self.matmul(&w.gu.iter().map(|(m, o)| (m, *o)).collect::<Vec<_>>(), 2 * ff, false, false, &b.gu)?;
-        self.quant(QuantMode::Silu, ff, 2 * ff, ff, false, &b.gu, &w.attn_norm)?;
+        let activation = match self.c.blocks[i].activation {
+            Activation::Silu => QuantMode::Silu,
+            other => return Err(Error::Unsupported(format!("the WebGPU backend has no {other:?} FFN"))),
+        };
+        self.quant(activation, ff, 2 * ff, ff, false, &b.gu, &w.attn_norm)?;
         self.matmul(&[(&w.down, 0)], e, true, false, &b.x)?;
         Ok((at, at + 1))
     }
