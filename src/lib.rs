@@ -2,7 +2,8 @@
 //!
 //! Data flows bytes → [`gguf`] → [`tokenizer`] and weights ([`model`]) → model
 //! forward → [`kv_cache`] → [`sampler`] → text, orchestrated by [`engine`].
-//! The wasm boundary lives in `wasm.rs` (wasm32 only); the CLI in `src/bin`.
+//! The wasm boundary lives in `wasm.rs` (wasm32 only), the values it sends in
+//! [`protocol`]; the CLI in `src/bin`.
 
 pub mod backend;
 pub mod chat_template;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod gguf;
 pub mod kv_cache;
 pub mod model;
+pub mod protocol;
 pub mod sampler;
 pub mod testing;
 pub mod tokenizer;

@@ -1,12 +1,17 @@
 //! The wasm boundary: the only wasm-bindgen code. `www/worker.js` drives a
 //! [`KvEngine`] inside a Web Worker; every core error crosses as a JS `Error`
-//! whose `name` is `KvChatError` and whose `kind` is [`Error::kind`].
+//! whose `name` is `KvChatError` and whose `kind` is [`Error::kind`]. Every
+//! value that crosses is a [`crate::protocol`] type (declared for TypeScript in
+//! `www/protocol.d.ts`).
 
 use crate::chat_template::Message;
-use crate::{Batch, BatchEvent, BatchOptions};
+use crate::{Batch, BatchOptions};
 use crate::engine::{Engine, EngineOptions, GenerateOptions, Prompt, Session, Step};
 use crate::error::Error;
 use crate::kv_cache::{KvCacheConfig, KvDType};
+use crate::protocol::{
+    BatchStats, BatchStepEvent, BatchStepReply, EngineBatchOptions, EngineGenerateOptions, EngineLoadOptions, EngineStats, ModelInfo, Profile, StepReply,
+};
 use crate::sampler::SamplerConfig;
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
@@ -50,31 +55,6 @@ pub fn wasm_memory_bytes() -> f64 {
     wasm_bindgen::memory().unchecked_into::<js_sys::WebAssembly::Memory>().buffer().unchecked_into::<js_sys::ArrayBuffer>().byte_length() as f64
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct LoadOptions {
-    kv_window: Option<f64>,
-    kv_sinks: Option<f64>,
-    kv_f16: Option<bool>,
-    kv_budget_bytes: Option<f64>,
-    prefill_chunk: Option<f64>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct GenOptions {
-    max_tokens: Option<f64>,
-    temperature: Option<f64>,
-    top_k: Option<f64>,
-    top_p: Option<f64>,
-    min_p: Option<f64>,
-    repeat_penalty: Option<f64>,
-    seed: Option<f64>,
-    stop: Option<Vec<String>>,
-    ignore_eos: Option<bool>,
-    no_cache: Option<bool>,
-}
-
 /// A whole number in `min..=max`, or a clear error naming the option.
 fn count(v: Option<f64>, name: &str, default: usize, min: usize, max: usize) -> Result<usize, JsValue> {
     match v {
@@ -92,25 +72,7 @@ fn float(v: Option<f64>, name: &str, default: f32) -> Result<f32, JsValue> {
     }
 }
 
-impl GenOptions {
-    /// `self`'s values where set, else `base`'s.
-    fn or(self, base: &GenOptions) -> GenOptions {
-        GenOptions {
-            max_tokens: self.max_tokens.or(base.max_tokens),
-            temperature: self.temperature.or(base.temperature),
-            top_k: self.top_k.or(base.top_k),
-            top_p: self.top_p.or(base.top_p),
-            min_p: self.min_p.or(base.min_p),
-            repeat_penalty: self.repeat_penalty.or(base.repeat_penalty),
-            seed: self.seed.or(base.seed),
-            stop: self.stop.or_else(|| base.stop.clone()),
-            ignore_eos: self.ignore_eos.or(base.ignore_eos),
-            no_cache: self.no_cache.or(base.no_cache),
-        }
-    }
-}
-
-fn gen_options(o: GenOptions) -> Result<GenerateOptions, JsValue> {
+fn gen_options(o: EngineGenerateOptions) -> Result<GenerateOptions, JsValue> {
     let d = SamplerConfig::default();
     let sampler = SamplerConfig {
         temperature: float(o.temperature, "temperature", d.temperature)?,
@@ -149,24 +111,6 @@ fn parse_input(input: JsValue) -> Result<Input, JsValue> {
     } else {
         Err(to_js(Error::InvalidPrompt("input must be a string or an array of {role, content} messages".into())))
     }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct BatchJsOptions {
-    batch_size: Option<f64>,
-    kv_window: Option<f64>,
-    kv_sinks: Option<f64>,
-    share_prefix: Option<bool>,
-}
-
-fn generation_json(g: &crate::engine::Generation) -> serde_json::Value {
-    // Counts, not the prompt's ids: a long chat's ids would make this message
-    // (and the wasm heap needed to build it) grow every turn.
-    serde_json::json!({
-        "text": g.text, "generatedIds": g.generated_ids, "promptTokens": g.prompt_ids.len(),
-        "stopReason": g.stop_reason, "stats": g.stats, "kv": g.kv,
-    })
 }
 
 fn from_js<T: for<'de> Deserialize<'de> + Default>(v: JsValue, what: &str) -> Result<T, JsValue> {
@@ -236,7 +180,7 @@ impl KvEngine {
 
 fn engine_options(options: JsValue) -> Result<EngineOptions, JsValue> {
     {
-        let o: LoadOptions = from_js(options, "load options")?;
+        let o: EngineLoadOptions = from_js(options, "load options")?;
         let d = KvCacheConfig::default();
         let kv = KvCacheConfig {
             window: count(o.kv_window, "kvWindow", d.window, 1, 1 << 20)?,
@@ -259,16 +203,7 @@ impl KvEngine {
 
     /// The model's shape and the cache's settings.
     pub fn info(&self) -> JsValue {
-        let c = self.engine.config();
-        to_value(&serde_json::json!({
-            "nLayer": c.n_layer, "nHead": c.n_head, "nHeadKv": c.n_head_kv, "nEmbd": c.n_embd,
-            "vocabSize": c.vocab_size, "contextLength": c.context_length,
-            "weightBytes": self.engine.weight_bytes(),
-            "backend": self.engine.backend(),
-            "adapter": self.engine.adapter(),
-            "kv": self.engine.kv_stats(),
-            "load": self.engine.load_timings(),
-        }))
+        to_value(&ModelInfo::from(&self.engine))
     }
 
     /// Token ids of `text`, special tokens parsed as llama.cpp does.
@@ -283,7 +218,7 @@ impl KvEngine {
     /// Starts a generation from a string or `[{role, content}]`; `step()` advances it.
     pub fn start(&mut self, input: JsValue, options: JsValue) -> Result<(), JsValue> {
         self.session = None;
-        let o: GenOptions = from_js(options, "generate options")?;
+        let o: EngineGenerateOptions = from_js(options, "generate options")?;
         let opts = gen_options(o)?;
         let session = match parse_input(input)? {
             Input::Raw(text) => self.engine.start(Prompt::Raw(&text), &opts),
@@ -295,25 +230,16 @@ impl KvEngine {
     }
 
     /// Advances the current generation by one prefill chunk or one token.
-    /// Returns `{ piece }` (possibly empty) or `{ done: true, piece, result }`.
+    /// Returns a [`StepReply`]: `{ piece, waiting? }` or `{ done: true, piece, result }`.
     pub fn step(&mut self) -> Result<JsValue, JsValue> {
         let Some(s) = self.session.as_mut() else {
             return Err(bad_option("no generation in progress"));
         };
-        let r = match self.engine.step(s) {
-            Ok(Step::Working) => serde_json::json!({ "piece": "" }),
-            Ok(Step::Waiting) => serde_json::json!({ "piece": "", "waiting": true }),
-            Ok(Step::Piece(p)) => serde_json::json!({ "piece": p }),
-            Ok(Step::Done(g)) => {
-                self.session = None;
-                serde_json::json!({ "done": true, "piece": g.final_piece, "result": generation_json(&g) })
-            }
-            Err(e) => {
-                self.session = None;
-                return Err(to_js(e));
-            }
-        };
-        Ok(to_value(&r))
+        let step = self.engine.step(s);
+        if matches!(step, Ok(Step::Done(_)) | Err(_)) {
+            self.session = None;
+        }
+        Ok(to_value(&StepReply::from(&step.map_err(to_js)?)))
     }
 
     /// Drops the current generation (or batch); the cache keeps what was computed.
@@ -331,8 +257,8 @@ impl KvEngine {
     pub fn batch_start(&mut self, inputs: JsValue, options: JsValue) -> Result<JsValue, JsValue> {
         self.drop_batch();
         self.session = None;
-        let base: GenOptions = from_js(options.clone(), "batch options")?;
-        let bo: BatchJsOptions = from_js(options, "batch options")?;
+        let base: EngineGenerateOptions = from_js(options.clone(), "batch options")?;
+        let bo: EngineBatchOptions = from_js(options, "batch options")?;
         if !js_sys::Array::is_array(&inputs) {
             return Err(to_js(Error::InvalidPrompt("generateBatch takes an array of inputs".into())));
         }
@@ -341,10 +267,10 @@ impl KvEngine {
         for (i, item) in arr.iter().enumerate() {
             let is_wrapped = item.is_object() && !js_sys::Array::is_array(&item) && js_sys::Reflect::has(&item, &"input".into()).unwrap_or(false);
             let (input, own) = if is_wrapped {
-                let own: GenOptions = from_js(item.clone(), "input options")?;
+                let own: EngineGenerateOptions = from_js(item.clone(), "input options")?;
                 (js_sys::Reflect::get(&item, &"input".into())?, own)
             } else {
-                (item, GenOptions::default())
+                (item, EngineGenerateOptions::default())
             };
             let input = parse_input(input).map_err(|e| {
                 let _ = js_sys::Reflect::set(&e, &"message".into(), &format!("input {i}: {}", js_sys::Error::from(e.clone()).message()).into());
@@ -364,12 +290,13 @@ impl KvEngine {
         let kv = KvCacheConfig { window, sinks: count(bo.kv_sinks, "kvSinks", d.sinks.min(window.saturating_sub(1)), 0, 1 << 20)?, dtype: d.dtype };
         let opts = BatchOptions { batch_size: count(bo.batch_size, "batchSize", 8, 1, 64)?, kv: Some(kv), share_prefix: bo.share_prefix.unwrap_or(true) };
         let b = self.engine.start_batch(&prompts, opts).map_err(to_js)?;
-        let stats = to_value(&b.stats());
+        let stats = to_value(&BatchStats::from(&b.stats()));
         self.batch = Some(b);
         Ok(stats)
     }
 
-    /// Advances the batch one step: `{ events: [{ index, piece } | { index, done: true, piece, result }], done, stats }`.
+    /// Advances the batch one step: a [`BatchStepReply`],
+    /// `{ events: [{ index, piece } | { index, done: true, piece, result }], done, stats }`.
     #[wasm_bindgen(js_name = batchStep)]
     pub fn batch_step(&mut self) -> Result<JsValue, JsValue> {
         let Some(b) = self.batch.as_mut() else {
@@ -382,21 +309,11 @@ impl KvEngine {
                 return Err(to_js(e));
             }
         };
-        let events: Vec<serde_json::Value> = events
-            .into_iter()
-            .map(|ev| match ev {
-                BatchEvent::Piece { index, piece } => serde_json::json!({ "index": index, "piece": piece }),
-                BatchEvent::Done { index, generation: g } => {
-                    serde_json::json!({ "index": index, "done": true, "piece": g.final_piece, "result": generation_json(&g) })
-                }
-            })
-            .collect();
-        let done = b.is_done();
-        let stats = b.stats();
-        if done {
+        let reply = BatchStepReply { events: events.iter().map(BatchStepEvent::from).collect(), done: b.is_done(), stats: (&b.stats()).into() };
+        if reply.done {
             self.batch = None;
         }
-        Ok(to_value(&serde_json::json!({ "events": events, "done": done, "stats": stats })))
+        Ok(to_value(&reply))
     }
 
     /// Prompt tokens of the current generation still to prefill.
@@ -405,23 +322,9 @@ impl KvEngine {
         self.session.as_ref().map(|s| s.prompt_tokens_left()).unwrap_or(0)
     }
 
-    /// Statistics of the last generation and the cache.
+    /// Statistics of the last generation and the cache: an [`EngineStats`].
     pub fn stats(&self) -> JsValue {
-        let s = self.engine.last_stats();
-        to_value(&serde_json::json!({
-            "backend": self.engine.backend(),
-            "adapter": self.engine.adapter(),
-            "fallback": self.engine.fallback_reason(),
-            "gpuStep": self.engine.gpu_step_costs().map(|(d, b)| serde_json::json!({ "dispatches": d, "readbackBytes": b })),
-            "promptTokens": s.prompt_tokens,
-            "reusedTokens": s.reused_tokens,
-            "generatedTokens": s.generated_tokens,
-            "prefillTokensPerSec": s.prefill_tokens_per_sec,
-            "decodeTokensPerSec": s.decode_tokens_per_sec,
-            "timeToFirstTokenMs": s.time_to_first_token_ms,
-            "kv": self.engine.kv_stats(),
-            "wasmMemoryBytes": wasm_memory_bytes(),
-        }))
+        to_value(&EngineStats::of(&self.engine, wasm_memory_bytes()))
     }
 
     /// Switches per-operation timing of the forward pass on (starting fresh) or off.
@@ -430,13 +333,10 @@ impl KvEngine {
         self.engine.set_profiling(on);
     }
 
-    /// `{ tokens, msPerToken: { op: ms } }` since profiling was switched on, or null.
+    /// A [`Profile`], `{ tokens, msPerToken: { op: ms } }`, since profiling was switched on, or null.
     pub fn profile(&self) -> JsValue {
         match self.engine.profile() {
-            Some(p) => {
-                let ops: serde_json::Map<String, serde_json::Value> = p.per_token_ms().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
-                to_value(&serde_json::json!({ "tokens": p.tokens, "msPerToken": ops }))
-            }
+            Some(p) => to_value(&Profile::from(p)),
             None => JsValue::NULL,
         }
     }

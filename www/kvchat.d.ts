@@ -1,8 +1,38 @@
 // TypeScript declarations for kvchat's public ES module (www/kvchat.js).
+// What the engine sends is declared once, in ./protocol.d.ts (generated from src/protocol.rs);
+// tests/e2e/declarations.test.mjs checks that this file declares every member kvchat.js defines.
+
+import type {
+  BatchStats,
+  EngineBackend,
+  EngineBatchOptions,
+  EngineGenerateOptions,
+  EngineLoadOptions,
+  EngineStats,
+  GenerationResult,
+  GenerationStats,
+  ModelInfo,
+  Profile,
+  StopReason,
+} from './protocol.js';
+
+export type {
+  AdapterInfo,
+  BatchStats,
+  EngineBackend,
+  GenerationResult,
+  GenerationStats,
+  GpuStepCosts,
+  KvStats,
+  LoadTimings,
+  ModelInfo,
+  Profile,
+  StopReason,
+} from './protocol.js';
 
 export declare const DEFAULT_MODEL: string;
 
-export type Backend = 'auto' | 'cpu' | 'webgpu';
+export type Backend = 'auto' | EngineBackend;
 
 export interface Progress {
   phase: 'download' | 'cache' | 'init';
@@ -10,17 +40,11 @@ export interface Progress {
   total: number;
 }
 
-export interface LoadOptions {
+export interface LoadOptions extends Pick<EngineLoadOptions, 'kvWindow' | 'kvSinks' | 'kvF16'> {
   /** URL string (relative or absolute), Blob or ArrayBuffer. Default: the bundled models/ path. */
   model?: string | Blob | ArrayBuffer;
   /** Default 'auto': WebGPU when an adapter with the needed limits exists, else the CPU. 'webgpu' rejects (kind 'gpu') without one. */
   backend?: Backend;
-  /** KV cache capacity in tokens (default 2048). */
-  kvWindow?: number;
-  /** Attention-sink tokens never evicted (default 4). */
-  kvSinks?: number;
-  /** Store keys and values as f16 (half the cache memory). */
-  kvF16?: boolean;
   /** Keep the downloaded model in the browser's Cache API (default true). */
   cache?: boolean;
   /** Which wasm build runs: 'auto' (default) takes relaxed SIMD where the browser has it, 'baseline' plain simd128. */
@@ -35,103 +59,38 @@ export interface Message {
   content: string;
 }
 
-export interface GenerateOptions {
-  maxTokens?: number;
-  /** 0 is greedy. */
-  temperature?: number;
-  topK?: number;
-  topP?: number;
-  minP?: number;
-  repeatPenalty?: number;
-  seed?: number;
-  stop?: string[];
-  ignoreEos?: boolean;
-  /** Recompute the whole sequence for every token (shows what the KV cache saves). */
-  noCache?: boolean;
+export interface GenerateOptions extends EngineGenerateOptions {
+  /** Aborting it stops the generation within one token (the stream throws an AbortError). */
   signal?: AbortSignal;
 }
 
-export interface BatchOptions extends GenerateOptions {
-  /** Sequences decoded together (default 8). */
-  batchSize?: number;
-  /** Each sequence's KV window in tokens (default 512). */
-  kvWindow?: number;
-  kvSinks?: number;
-  /** Prefill the prefix every input shares once (default true). */
-  sharePrefix?: boolean;
-}
+export interface BatchOptions extends GenerateOptions, EngineBatchOptions {}
 
 export type BatchEvent =
   | { index: number; piece: string; done?: undefined }
-  | { index: number; done: true; text: string; stats: Record<string, number>; stopReason: string | null; generatedTokens: number };
+  | { index: number; done: true; text: string; stats: GenerationStats; stopReason: StopReason | null; generatedTokens: number };
 
-export interface BatchStats {
-  sequences: number;
-  finished: number;
-  batchSize: number;
-  promptTokens: number;
-  sharedPrefixTokens: number;
-  generatedTokens: number;
-  elapsedMs: number;
-  tokensPerSec: number;
-  decodeMs: number;
-  decodeTokensPerSec: number;
-  kvBytesPerSequence: number;
-  /** Where the batched passes ran: 'webgpu' (every sequence's cache on the GPU) or 'cpu'. */
-  backend: 'cpu' | 'webgpu';
-}
-
-export interface KvStats {
-  capacity: number;
-  used: number;
-  sinks: number;
-  evicted: number;
-  bytes: number;
-}
-
-export interface Stats {
-  backend: 'cpu' | 'webgpu';
-  /** The GPU adapter while the WebGPU backend runs. */
-  adapter?: { name: string; backend: string; deviceType: string; maxStorageBinding: number; maxBuffer: number } | null;
-  /** Set once a lost GPU device moved the engine to the CPU (the conversation continued). */
-  fallback?: string | null;
+/** `stats()`: the engine's numbers plus what the worker knows. */
+export interface Stats extends EngineStats {
   /** Why 'auto' did not use WebGPU. */
-  gpuError?: string | null;
-  /** WebGPU: dispatches and bytes read back by the last step (8 bytes for a greedy token). */
-  gpuStep?: { dispatches: number; readbackBytes: number } | null;
-  promptTokens: number;
-  reusedTokens: number;
-  generatedTokens: number;
-  prefillTokensPerSec: number;
-  decodeTokensPerSec: number;
-  timeToFirstTokenMs: number;
-  kv: KvStats;
-  wasmMemoryBytes: number;
+  gpuError: string | null;
   /** The wasm build that runs. */
   simd: 'relaxed-simd' | 'simd128';
   /** Threads the matmuls use. */
   threads: number;
 }
 
-export interface ModelInfo {
-  nLayer: number;
-  nHead: number;
-  nHeadKv: number;
-  nEmbd: number;
-  vocabSize: number;
-  contextLength: number;
-  weightBytes: number;
-  kv: KvStats;
-}
-
 export declare class KvChatError extends Error {
+  constructor(message: string, kind?: string);
   /** 'gguf' | 'network' | 'memory' | 'unsupported' | 'invalid-option' | 'invalid-prompt' | 'busy' | 'crash' | ... */
   kind: string;
 }
 
 export declare class KvChat {
   static load(options?: LoadOptions): Promise<KvChat>;
-  readonly backend: 'cpu' | 'webgpu';
+  /** Use `KvChat.load`: the constructor takes the engine's Worker. */
+  constructor(worker: Worker);
+  readonly backend: EngineBackend;
   /** Set when the worker crashed; load the model again. */
   readonly crashed: KvChatError | null;
   info: ModelInfo | null;
@@ -140,6 +99,10 @@ export declare class KvChat {
   onCrash: ((error: KvChatError) => void) | null;
   /** Streams text pieces; the next call reuses the cached prefix. Aborting throws an AbortError. */
   generate(input: string | Message[], opts?: GenerateOptions): AsyncGenerator<string, void, undefined>;
+  /** The result of the last generation that ran to its end (`generate`). */
+  lastResult?: GenerationResult;
+  /** `stats()` as of the end of the last generation or batch. */
+  lastStats?: Stats;
   /** Many inputs as a batch: `{ index, piece }` events as text arrives, a `done` event per input. */
   generateBatch(inputs: Array<string | Message[] | ({ input: string | Message[] } & GenerateOptions)>, opts?: BatchOptions): AsyncGenerator<BatchEvent, void, undefined>;
   /** Aggregate numbers of the last batch. */
@@ -148,7 +111,10 @@ export declare class KvChat {
   detokenize(ids: ArrayLike<number>): Promise<string>;
   stats(): Promise<Stats>;
   /** Diagnostics: `profile(true)` starts timing each operation of the forward pass, `profile()` reads it, `profile(false)` stops. */
-  profile(on?: boolean): Promise<{ tokens: number; msPerToken: Record<string, number> } | null>;
+  profile(on?: boolean): Promise<Profile | null>;
+  /** Destroys the GPU device (to test the fallback: generation continues on the CPU). */
+  loseGpuDevice(): Promise<void>;
+  /** Empties the cache and the history. */
   reset(): Promise<void>;
   dispose(): Promise<void>;
 }

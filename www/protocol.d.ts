@@ -1,0 +1,338 @@
+// The worker protocol: what kvchat's wasm engine (src/wasm.rs) sends to www/worker.js,
+// and the option objects it reads. Generated from src/protocol.rs by
+// `cargo test --release --lib protocol` (KVCHAT_BLESS=1 rewrites it): do not edit.
+
+/**
+ * `KvEngine.step()`: one prefill chunk or one token.
+ */
+export type StepReply = {
+  done: true,
+  piece: string,
+  result: GenerationResult,
+} | {
+  piece: string,
+  waiting?: true,
+};
+
+/**
+ * The result of one generation.
+ */
+export type GenerationResult = {
+  /**
+   * The whole generated text (stop string excluded).
+   */
+  text: string,
+  generatedIds: Array<number>,
+  /**
+   * How many prompt tokens (a count, not the ids: a long chat's ids would make
+   * this message, and the wasm heap needed to build it, grow every turn).
+   */
+  promptTokens: number,
+  /**
+   * Null when the generation was cut short.
+   */
+  stopReason: StopReason | null,
+  stats: GenerationStats,
+  /**
+   * The cache after the generation.
+   */
+  kv: KvStats,
+};
+
+/**
+ * Numbers about one generation.
+ */
+export type GenerationStats = {
+  promptTokens: number,
+  /**
+   * Prompt tokens found in the cache (not recomputed).
+   */
+  reusedTokens: number,
+  generatedTokens: number,
+  prefillMs: number,
+  decodeMs: number,
+  prefillTokensPerSec: number,
+  decodeTokensPerSec: number,
+  timeToFirstTokenMs: number,
+};
+
+/**
+ * Why a generation ended.
+ */
+export type StopReason = "eos" | "stop_string" | "length";
+
+/**
+ * The state of the bounded KV cache.
+ */
+export type KvStats = {
+  /**
+   * Tokens the cache holds at most (the window).
+   */
+  capacity: number,
+  /**
+   * Tokens in the cache now.
+   */
+  used: number,
+  /**
+   * Attention-sink tokens, never evicted.
+   */
+  sinks: number,
+  /**
+   * Tokens evicted so far.
+   */
+  evicted: number,
+  /**
+   * Bytes of the cache's buffers.
+   */
+  bytes: number,
+};
+
+/**
+ * `KvEngine.batchStep()`.
+ */
+export type BatchStepReply = {
+  events: Array<BatchStepEvent>,
+  /**
+   * Every input has finished.
+   */
+  done: boolean,
+  stats: BatchStats,
+};
+
+/**
+ * Something one batch step produced for input `index`.
+ */
+export type BatchStepEvent = {
+  index: number,
+  done: true,
+  piece: string,
+  result: GenerationResult,
+} | {
+  index: number,
+  piece: string,
+};
+
+/**
+ * Aggregate numbers of a batch (`KvEngine.batchStart()` and every batch step).
+ */
+export type BatchStats = {
+  sequences: number,
+  finished: number,
+  batchSize: number,
+  promptTokens: number,
+  /**
+   * Prompt tokens copied from the shared prefix instead of computed.
+   */
+  sharedPrefixTokens: number,
+  generatedTokens: number,
+  elapsedMs: number,
+  /**
+   * Generated tokens per second over the whole batch (prefill included).
+   */
+  tokensPerSec: number,
+  /**
+   * Time spent in batched decode steps.
+   */
+  decodeMs: number,
+  decodeTokensPerSec: number,
+  /**
+   * KV cache bytes per sequence.
+   */
+  kvBytesPerSequence: number,
+  /**
+   * Where the batched passes ran (`webgpu`: every sequence's cache on the GPU).
+   */
+  backend: EngineBackend,
+};
+
+/**
+ * `KvEngine.info()`: the model's shape and the cache's settings.
+ */
+export type ModelInfo = {
+  nLayer: number,
+  nHead: number,
+  nHeadKv: number,
+  nEmbd: number,
+  vocabSize: number,
+  contextLength: number,
+  weightBytes: number,
+  backend: EngineBackend,
+  /**
+   * The GPU adapter while the WebGPU backend runs.
+   */
+  adapter: AdapterInfo | null,
+  kv: KvStats,
+  load: LoadTimings,
+};
+
+/**
+ * Where loading went (bytes in memory → ready), in milliseconds.
+ */
+export type LoadTimings = {
+  /**
+   * GGUF header, metadata and tensor index.
+   */
+  parseMs: number,
+  /**
+   * The tokenizer and the chat template.
+   */
+  tokenizerMs: number,
+  /**
+   * Weights repacked for the kernels (or uploaded to the GPU).
+   */
+  weightsMs: number,
+  /**
+   * The KV cache allocated.
+   */
+  cacheMs: number,
+};
+
+/**
+ * `KvEngine.stats()`: the last generation, the backend and the cache.
+ */
+export type EngineStats = {
+  backend: EngineBackend,
+  /**
+   * The GPU adapter while the WebGPU backend runs.
+   */
+  adapter: AdapterInfo | null,
+  /**
+   * Set once a lost GPU device moved the engine to the CPU (the conversation continued).
+   */
+  fallback: string | null,
+  /**
+   * WebGPU: dispatches and bytes read back by the last step.
+   */
+  gpuStep: GpuStepCosts | null,
+  kv: KvStats,
+  /**
+   * Bytes of the wasm linear memory (grows, never shrinks).
+   */
+  wasmMemoryBytes: number,
+  promptTokens: number,
+  /**
+   * Prompt tokens found in the cache (not recomputed).
+   */
+  reusedTokens: number,
+  generatedTokens: number,
+  prefillMs: number,
+  decodeMs: number,
+  prefillTokensPerSec: number,
+  decodeTokensPerSec: number,
+  timeToFirstTokenMs: number,
+};
+
+/**
+ * Where the engine runs.
+ */
+export type EngineBackend = "cpu" | "webgpu";
+
+/**
+ * The GPU adapter (as wgpu sees it; the worker replaces `name` with the browser's).
+ */
+export type AdapterInfo = {
+  name: string,
+  backend: string,
+  deviceType: string,
+  maxStorageBinding: number,
+  maxBuffer: number,
+};
+
+/**
+ * WebGPU: what the last step cost.
+ */
+export type GpuStepCosts = {
+  /**
+   * Compute dispatches in the step's command buffer.
+   */
+  dispatches: number,
+  /**
+   * Bytes read back (8 for a greedy token).
+   */
+  readbackBytes: number,
+};
+
+/**
+ * `KvEngine.profile()`: where a token's time went since profiling was switched on.
+ */
+export type Profile = {
+  /**
+   * Tokens the timings cover.
+   */
+  tokens: number,
+  /**
+   * Milliseconds per token by operation kind (`matmul_qkv`, `attention`, `rms_norm`, …).
+   */
+  msPerToken: { [key in string]: number },
+};
+
+/**
+ * The engine's load options (`new KvEngine(bytes, options)`, `KvEngine.loadGpu`).
+ * Numbers are checked by the wasm layer (whole numbers in range).
+ */
+export type EngineLoadOptions = {
+  /**
+   * KV cache capacity in tokens (default 2048).
+   */
+  kvWindow?: number,
+  /**
+   * Attention-sink tokens never evicted (default 4).
+   */
+  kvSinks?: number,
+  /**
+   * Store keys and values as f16 (half the cache memory).
+   */
+  kvF16?: boolean,
+  /**
+   * Derive the window from this many bytes of K/V storage instead of `kvWindow`.
+   */
+  kvBudgetBytes?: number,
+  /**
+   * Prompt tokens per prefill step (default 64).
+   */
+  prefillChunk?: number,
+};
+
+/**
+ * Generate options (`KvEngine.start`, and per batch and per batch input).
+ */
+export type EngineGenerateOptions = {
+  /**
+   * Tokens to generate at most (default 256).
+   */
+  maxTokens?: number,
+  /**
+   * 0 is greedy (default 0.7).
+   */
+  temperature?: number,
+  topK?: number,
+  topP?: number,
+  minP?: number,
+  repeatPenalty?: number,
+  seed?: number,
+  stop?: Array<string>,
+  ignoreEos?: boolean,
+  /**
+   * Recompute the whole sequence for every token (shows what the KV cache saves).
+   */
+  noCache?: boolean,
+};
+
+/**
+ * The batch's own options (`KvEngine.batchStart`, next to the generate options).
+ */
+export type EngineBatchOptions = {
+  /**
+   * Sequences decoded together (default 8).
+   */
+  batchSize?: number,
+  /**
+   * Each sequence's KV window in tokens (default min(512, the engine's)).
+   */
+  kvWindow?: number,
+  kvSinks?: number,
+  /**
+   * Prefill the prefix every input shares once (default true).
+   */
+  sharePrefix?: boolean,
+};
