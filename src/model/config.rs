@@ -1,6 +1,7 @@
 //! Hyper-parameters of a llama-family model, read from the GGUF's `llama.*` metadata.
 
 use super::block::BlockSpec;
+use super::tensors::{LayerTensor, ModelTensor};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
@@ -82,13 +83,13 @@ impl LlamaConfig {
         };
         let vocab_size = match g.metadata("llama.vocab_size") {
             Some(_) => g.get_usize("llama.vocab_size", 1 << 22)?,
-            None => match g.tensor_dims("token_embd.weight") {
+            None => match g.tensor_dims(ModelTensor::TokenEmbedding.name()) {
                 Some(d) if d.len() == 2 => d[0],
-                _ => return Err(Error::Tensor { name: "token_embd.weight".into(), reason: "missing or not a matrix".into() }),
+                _ => return Err(Error::Tensor { name: ModelTensor::TokenEmbedding.name().into(), reason: "missing or not a matrix".into() }),
             },
         };
         // llama.cpp's llama loads optional Q/K/V biases; the block says whether this file has them.
-        let qkv_bias = g.has_tensor("blk.0.attn_q.bias");
+        let qkv_bias = g.has_tensor(&LayerTensor::AttnQ.bias_name(0));
         let blocks = vec![BlockSpec::llama(rope_freq_base, qkv_bias); n_layer];
         Ok(Self {
             n_layer,

@@ -7,6 +7,7 @@ pub mod gpu;
 pub mod llama;
 pub mod profile;
 pub mod rope;
+pub mod tensors;
 
 pub use block::{BlockSpec, BlockSupport};
 pub use config::LlamaConfig;

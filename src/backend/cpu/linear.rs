@@ -3,7 +3,7 @@
 
 use super::quant::{QActivations, QFormat, QMatrix};
 use crate::error::Result;
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use std::sync::Arc;
 
@@ -51,12 +51,7 @@ impl Linear {
 
 /// Repacks a Q4_0/Q4_1/Q8_0 weight for the own kernels; `None` for other types.
 pub fn own_matrix(w: &QTensor) -> Result<Option<QMatrix>> {
-    let format = match w.dtype() {
-        GgmlDType::Q4_0 => QFormat::Q4_0,
-        GgmlDType::Q4_1 => QFormat::Q4_1,
-        GgmlDType::Q8_0 => QFormat::Q8_0,
-        _ => return Ok(None),
-    };
+    let Some(format) = QFormat::of(w.dtype()) else { return Ok(None) };
     let Ok((rows, cols)) = w.shape().dims2() else { return Ok(None) };
     Ok(QMatrix::from_blocks(format, rows, cols, &w.data()?))
 }

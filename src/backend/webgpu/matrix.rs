@@ -7,7 +7,7 @@
 use super::GpuContext;
 use crate::backend::cpu::quant::{QFormat, QK};
 use crate::error::{Error, Result};
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use half::f16;
 use wgpu::util::DeviceExt;
 
@@ -27,15 +27,6 @@ pub struct GpuMatrix {
     pub parts: Vec<Part>,
 }
 
-/// The kernel format of a GGUF type, if there is one.
-pub fn format_of(dt: GgmlDType) -> Option<QFormat> {
-    match dt {
-        GgmlDType::Q4_0 => Some(QFormat::Q4_0),
-        GgmlDType::Q4_1 => Some(QFormat::Q4_1),
-        GgmlDType::Q8_0 => Some(QFormat::Q8_0),
-        _ => None,
-    }
-}
 
 /// Bytes of quants per block on the GPU.
 pub(super) fn quant_bytes(f: QFormat) -> usize {
@@ -51,7 +42,7 @@ impl GpuMatrix {
     pub fn from_tensors(ctx: &GpuContext, label: &str, tensors: &[&QTensor]) -> Result<Self> {
         let bad = |reason: String| Error::Tensor { name: label.to_string(), reason };
         let first = tensors.first().ok_or_else(|| bad("no tensor".into()))?;
-        let format = format_of(first.dtype()).ok_or_else(|| {
+        let format = QFormat::of(first.dtype()).ok_or_else(|| {
             Error::Unsupported(format!("the WebGPU backend has no kernel for {:?} weights ({label}); use the CPU backend", first.dtype()))
         })?;
         let cols = first.shape().dims2()?.1;

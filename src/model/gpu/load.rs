@@ -16,6 +16,7 @@ use crate::gguf::Gguf;
 use crate::kv_cache::{KvCacheConfig, KvDType};
 use crate::model::block::{Activation, BlockSupport};
 use crate::model::config::LlamaConfig;
+use crate::model::tensors::{LayerTensor, ModelTensor};
 use crate::model::rope::Rope;
 use candle_core::quantized::QTensor;
 use candle_core::Device;
@@ -183,8 +184,8 @@ impl Loader<'_> {
 
     /// The token embedding (returned: the output projection when `output.weight` is absent).
     fn embedding(&mut self) -> Result<GpuMatrix> {
-        let (vocab, e) = (self.c.vocab_size, self.c.n_embd);
-        let embed = self.matrix("token_embd.weight", &[vocab, e])?;
+        let e = self.c.n_embd;
+        let embed = self.matrix(ModelTensor::TokenEmbedding.name(), &ModelTensor::TokenEmbedding.dims(self.c))?;
         self.weight_bytes += embed.bytes();
         for part in &embed.parts {
             let p = EmbedParams { cols: e as u32, row_start: part.row_start as u32, rows: part.rows as u32, _p0: 0 };
@@ -195,17 +196,19 @@ impl Loader<'_> {
     }
 
     fn layer_weights(&self, i: usize) -> Result<LayerWeights> {
-        let c = self.c;
-        let (e, ff) = (c.n_embd, c.n_ff);
-        let (qd, kvd) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        let n = |s: &str| format!("blk.{i}.{s}.weight");
+        use LayerTensor::*;
+        let e = self.c.n_embd;
+        let name = |t: LayerTensor| t.name(i);
+        // Rows of each matrix (the config's shapes); they are stacked by type.
+        let rows = |t: LayerTensor| t.dims(self.c)[0];
+        let (q, k, v, gate, up) = (name(AttnQ), name(AttnK), name(AttnV), name(FfnGate), name(FfnUp));
         Ok(LayerWeights {
-            attn_norm: self.norm(&n("attn_norm"))?,
-            ffn_norm: self.norm(&n("ffn_norm"))?,
-            qkv: self.stacked(&[(&n("attn_q"), qd), (&n("attn_k"), kvd), (&n("attn_v"), kvd)], e)?,
-            wo: self.matrix(&n("attn_output"), &[e, qd])?,
-            gu: self.stacked(&[(&n("ffn_gate"), ff), (&n("ffn_up"), ff)], e)?,
-            down: self.matrix(&n("ffn_down"), &[e, ff])?,
+            attn_norm: self.norm(&name(AttnNorm))?,
+            ffn_norm: self.norm(&name(FfnNorm))?,
+            qkv: self.stacked(&[(&q, rows(AttnQ)), (&k, rows(AttnK)), (&v, rows(AttnV))], e)?,
+            wo: self.matrix(&name(AttnOutput), &AttnOutput.dims(self.c))?,
+            gu: self.stacked(&[(&gate, rows(FfnGate)), (&up, rows(FfnUp))], e)?,
+            down: self.matrix(&name(FfnDown), &FfnDown.dims(self.c))?,
         })
     }
 
@@ -242,10 +245,10 @@ impl Loader<'_> {
     fn output(&mut self, embed: GpuMatrix) -> Result<Tail> {
         let (vocab, e) = (self.c.vocab_size, self.c.n_embd);
         let b = self.b;
-        let out_norm = self.norm("output_norm.weight")?;
+        let out_norm = self.norm(ModelTensor::OutputNorm.name())?;
         self.quant(QuantMode::Norm, e, e, 0, true, &b.x, &out_norm)?;
-        let output = if self.g.has_tensor("output.weight") {
-            let m = self.matrix("output.weight", &[vocab, e])?;
+        let output = if self.g.has_tensor(ModelTensor::Output.name()) {
+            let m = self.matrix(ModelTensor::Output.name(), &ModelTensor::Output.dims(self.c))?;
             self.weight_bytes += m.bytes();
             m
         } else {

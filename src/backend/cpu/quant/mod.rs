@@ -51,6 +51,17 @@ pub enum QFormat {
 }
 
 impl QFormat {
+    /// The format with a kernel here for a GGUF type (the one mapping; CPU and GPU use it).
+    pub fn of(dt: candle_core::quantized::GgmlDType) -> Option<Self> {
+        use candle_core::quantized::GgmlDType;
+        match dt {
+            GgmlDType::Q4_0 => Some(QFormat::Q4_0),
+            GgmlDType::Q4_1 => Some(QFormat::Q4_1),
+            GgmlDType::Q8_0 => Some(QFormat::Q8_0),
+            _ => None,
+        }
+    }
+
     /// Bytes of one 32-value block in the GGUF file.
     pub fn block_bytes(self) -> usize {
         match self {

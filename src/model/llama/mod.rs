@@ -1,0 +1,292 @@
+//! The llama forward pass as a straight sequence of kernels over preallocated
+//! buffers: embedding, RMSNorm, RoPE, grouped-query attention over the bounded
+//! [`KvCache`] (read in place), SwiGLU MLP, final norm and output projection.
+//! Prefill runs whole chunks through the matrix-matrix kernels; a decode step
+//! allocates nothing. candle supplies the GGUF tensors and the matmuls of weight
+//! types without an own kernel.
+
+mod load;
+
+use super::block::{Activation, BlockSpec};
+use super::config::LlamaConfig;
+use super::profile::{Clock, Op, Profile};
+use super::rope::Rope;
+use crate::backend::cpu::quant::{QActivations, QMatrix};
+use crate::backend::cpu::{ops, Linear};
+use crate::error::{Error, Result};
+use crate::kv_cache::{AttnScratch, KvCache};
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
+use std::sync::Arc;
+
+struct Block {
+    attn_norm: Vec<f32>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: Vec<f32>,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
+}
+
+/// The token embedding: the own repacked matrix (shared with the output
+/// projection when the model ties them) or candle's tensor for other types.
+enum Embedding {
+    Own(Arc<QMatrix>),
+    Candle(Arc<QTensor>),
+}
+
+/// A loaded llama-family model (weights only; the cache is separate) and the
+/// reusable buffers of its forward pass.
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: Vec<f32>,
+    output: Linear,
+    rope: Rope,
+    weight_bytes: usize,
+    ws: Workspace,
+}
+
+/// Every buffer the forward pass writes, grown to the largest chunk seen and
+/// then reused: a decode step allocates nothing.
+#[derive(Default)]
+struct Workspace {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    q_sink: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    sink_cos: Vec<f32>,
+    sink_sin: Vec<f32>,
+    logits: Vec<f32>,
+    positions: Vec<usize>,
+    act: QActivations,
+    scratch: AttnScratch,
+    profile: Option<Profile>,
+}
+
+
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
+impl Llama {
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    /// Starts (or stops) timing every operation of the forward pass.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.ws.profile = on.then(Profile::default);
+    }
+    /// Charges `secs` to `op` when profiling (the engine times sampling).
+    pub fn profile_add(&mut self, op: Op, secs: f64) {
+        if let Some(p) = &mut self.ws.profile {
+            p.add(op, secs);
+        }
+    }
+    /// Time per operation kind since profiling was switched on.
+    pub fn profile(&self) -> Option<&Profile> {
+        self.ws.profile.as_ref()
+    }
+
+    /// Runs one chunk of tokens (planned with [`KvCache::next_chunk`]) through the
+    /// network, appending them to the cache. Returns the logits, `T` rows of
+    /// `vocab` when `all_logits`, else one row for the last token.
+    pub fn forward(&mut self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<&[f32]> {
+        let t = ids.len();
+        if t == 0 || t != cache.next_chunk(t) {
+            return Err(Error::Backend(format!("chunk of {t} tokens does not fit the cache plan")));
+        }
+        self.run(ids, &mut [cache], false, all_logits)
+    }
+
+    /// One decode step for a batch of sequences: token `ids[j]` is the next
+    /// token of the sequence whose cache is `caches[j]`. The matmuls take all
+    /// rows at once (the weights are read once per step for the whole batch);
+    /// each row attends over its own cache. Returns one row of logits per sequence.
+    pub fn forward_batch(&mut self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<&[f32]> {
+        if ids.is_empty() || ids.len() != caches.len() {
+            return Err(Error::Backend(format!("{} tokens for {} sequences", ids.len(), caches.len())));
+        }
+        self.run(ids, caches, true, true)
+    }
+
+    /// The forward pass over `ids`: a chunk of one sequence (`batch` false:
+    /// `caches[0]`, consecutive positions) or one token per sequence (`batch` true).
+    fn run(&mut self, ids: &[u32], caches: &mut [&mut KvCache], batch: bool, all_logits: bool) -> Result<&[f32]> {
+        let t = ids.len();
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(Error::InvalidPrompt(format!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size)));
+        }
+        let n0 = caches[0].len();
+        let mut positions = std::mem::take(&mut self.ws.positions);
+        positions.clear();
+        positions.extend((0..t).map(|j| if batch { caches[j].len() } else { n0 + j }));
+        self.ws.grow(t, &self.cfg);
+        let mut clock = Clock::start(self.ws.profile.is_some());
+        let r = self.layers(ids, &positions, caches, batch, &mut clock);
+        self.ws.positions = positions;
+        r?;
+        if batch {
+            for (cache, id) in caches.iter_mut().zip(ids) {
+                cache.commit(std::slice::from_ref(id));
+            }
+        } else {
+            caches[0].commit(ids);
+        }
+        let rows = self.output(t, all_logits, &mut clock)?;
+        Ok(&self.ws.logits[..rows * self.cfg.vocab_size])
+    }
+
+    /// The embedding, then every block, leaving the residual stream in `ws.x`.
+    fn layers(&mut self, ids: &[u32], positions: &[usize], caches: &mut [&mut KvCache], batch: bool, clock: &mut Clock) -> Result<()> {
+        self.embed(ids, positions, caches[0].sink_query_position())?;
+        clock.lap(&mut self.ws.profile, Op::Other);
+        let t = ids.len();
+        for (i, b) in self.blocks.iter().enumerate() {
+            let spec = &self.cfg.blocks[i];
+            attention(&self.cfg, b, i, &mut self.ws, t, positions, caches, batch, clock)?;
+            feed_forward(&self.cfg, spec, b, &mut self.ws, t, clock)?;
+        }
+        Ok(())
+    }
+
+    /// Embedding rows of `ids` into `ws.x`, and the rotation tables of this
+    /// chunk's positions (and of the in-cache position seen from the sinks).
+    fn embed(&mut self, ids: &[u32], positions: &[usize], sink_position: usize) -> Result<()> {
+        let (e, half) = (self.cfg.n_embd, self.cfg.head_dim / 2);
+        let ws = &mut self.ws;
+        for (j, &id) in ids.iter().enumerate() {
+            let row = &mut ws.x[j * e..(j + 1) * e];
+            match &self.embed {
+                Embedding::Own(m) => m.dequantize_row(id as usize, row),
+                Embedding::Candle(q) => {
+                    let ids_t = Tensor::new(&[id], &Device::Cpu)?;
+                    row.copy_from_slice(&q.embedding(&ids_t)?.flatten_all()?.to_vec1::<f32>()?);
+                }
+            }
+            self.rope.angles(positions[j], &mut ws.cos[j * half..(j + 1) * half], &mut ws.sin[j * half..(j + 1) * half]);
+        }
+        grow(&mut ws.sink_cos, half);
+        grow(&mut ws.sink_sin, half);
+        self.rope.angles(sink_position, &mut ws.sink_cos[..half], &mut ws.sink_sin[..half]);
+        Ok(())
+    }
+
+    /// The final norm and the output projection of the wanted rows; returns how many rows.
+    fn output(&mut self, t: usize, all_logits: bool, clock: &mut Clock) -> Result<usize> {
+        let (e, eps, vocab) = (self.cfg.n_embd, self.cfg.rms_eps, self.cfg.vocab_size);
+        let ws = &mut self.ws;
+        let first = if all_logits { 0 } else { t - 1 };
+        let rows = t - first;
+        for j in first..t {
+            let r = j - first;
+            ops::rms_norm(&ws.x[j * e..(j + 1) * e], &self.norm, eps, &mut ws.h[r * e..(r + 1) * e]);
+        }
+        clock.lap(&mut ws.profile, Op::Norm);
+        grow(&mut ws.logits, rows * vocab);
+        self.output.forward_into(&ws.h[..rows * e], rows, &mut ws.act, &mut ws.logits[..rows * vocab])?;
+        clock.lap(&mut ws.profile, Op::MatmulOutput);
+        if let Some(p) = &mut ws.profile {
+            p.tokens += t;
+        }
+        Ok(rows)
+    }
+}
+
+/// The attention half of block `i`: norm, Q/K/V projections, RoPE, attention
+/// over each row's cache (its plan says whether the query needs its second
+/// rotation for the sinks), the output projection added to the residual.
+#[allow(clippy::too_many_arguments)]
+fn attention(c: &LlamaConfig, b: &Block, i: usize, ws: &mut Workspace, t: usize, positions: &[usize], caches: &mut [&mut KvCache], batch: bool, clock: &mut Clock) -> Result<()> {
+    let (hd, eps, e) = (c.head_dim, c.rms_eps, c.n_embd);
+    let (qd, kvd, half) = (c.n_head * hd, c.n_head_kv * hd, hd / 2);
+    for j in 0..t {
+        ops::rms_norm(&ws.x[j * e..(j + 1) * e], &b.attn_norm, eps, &mut ws.h[j * e..(j + 1) * e]);
+    }
+    clock.lap(&mut ws.profile, Op::Norm);
+    b.wq.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.q[..t * qd])?;
+    b.wk.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.k[..t * kvd])?;
+    b.wv.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.v[..t * kvd])?;
+    clock.lap(&mut ws.profile, Op::MatmulQkv);
+    for j in 0..t {
+        let cache = &mut *caches[if batch { j } else { 0 }];
+        let (cos, sin) = (&ws.cos[j * half..(j + 1) * half], &ws.sin[j * half..(j + 1) * half]);
+        let q = &mut ws.q[j * qd..(j + 1) * qd];
+        let plan = cache.plan(positions[j]);
+        if plan.rotates_sink_query() {
+            ws.q_sink[..qd].copy_from_slice(q);
+            for head in ws.q_sink[..qd].chunks_exact_mut(hd) {
+                ops::rope(head, &ws.sink_cos[..half], &ws.sink_sin[..half]);
+            }
+        }
+        for head in q.chunks_exact_mut(hd) {
+            ops::rope(head, cos, sin);
+        }
+        for head in ws.k[j * kvd..(j + 1) * kvd].chunks_exact_mut(hd) {
+            ops::rope(head, cos, sin);
+        }
+        clock.lap(&mut ws.profile, Op::Rope);
+        let q_sink: &[f32] = if plan.rotates_sink_query() { &ws.q_sink[..qd] } else { &[] };
+        let (q, k, v) = (&ws.q[j * qd..(j + 1) * qd], &ws.k[j * kvd..(j + 1) * kvd], &ws.v[j * kvd..(j + 1) * kvd]);
+        cache.attend(i, plan, q, q_sink, k, v, &mut ws.scratch, &mut ws.attn[j * qd..(j + 1) * qd]);
+        clock.lap(&mut ws.profile, Op::Attention);
+    }
+    b.wo.forward_into(&ws.attn[..t * qd], t, &mut ws.act, &mut ws.o[..t * e])?;
+    clock.lap(&mut ws.profile, Op::MatmulO);
+    ops::add_assign(&mut ws.x[..t * e], &ws.o[..t * e]);
+    Ok(())
+}
+
+/// The FFN half of a block: norm, gate and up projections, the block's
+/// activation, the down projection added to the residual.
+fn feed_forward(c: &LlamaConfig, spec: &BlockSpec, b: &Block, ws: &mut Workspace, t: usize, clock: &mut Clock) -> Result<()> {
+    let (e, ff, eps) = (c.n_embd, c.n_ff, c.rms_eps);
+    for j in 0..t {
+        ops::rms_norm(&ws.x[j * e..(j + 1) * e], &b.ffn_norm, eps, &mut ws.h[j * e..(j + 1) * e]);
+    }
+    clock.lap(&mut ws.profile, Op::Norm);
+    b.w_gate.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.gate[..t * ff])?;
+    b.w_up.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.up[..t * ff])?;
+    clock.lap(&mut ws.profile, Op::MatmulGateUp);
+    match spec.activation {
+        Activation::Silu => ops::silu_mul(&mut ws.gate[..t * ff], &ws.up[..t * ff]),
+        other => return Err(Error::Unsupported(format!("the CPU backend has no {other:?} FFN"))),
+    }
+    clock.lap(&mut ws.profile, Op::Other);
+    b.w_down.forward_into(&ws.gate[..t * ff], t, &mut ws.act, &mut ws.o[..t * e])?;
+    clock.lap(&mut ws.profile, Op::MatmulDown);
+    ops::add_assign(&mut ws.x[..t * e], &ws.o[..t * e]);
+    Ok(())
+}
+
+impl Workspace {
+    /// Grows every buffer to a chunk of `t` tokens (never shrinks).
+    fn grow(&mut self, t: usize, c: &LlamaConfig) {
+        let (hd, e, ff) = (c.head_dim, c.n_embd, c.n_ff);
+        let (qd, kvd, half) = (c.n_head * hd, c.n_head_kv * hd, hd / 2);
+        for (v, n) in [(&mut self.x, t * e), (&mut self.h, t * e), (&mut self.o, t * e), (&mut self.q, t * qd), (&mut self.q_sink, qd), (&mut self.attn, t * qd)] {
+            grow(v, n);
+        }
+        for (v, n) in [(&mut self.k, t * kvd), (&mut self.v, t * kvd), (&mut self.gate, t * ff), (&mut self.up, t * ff), (&mut self.cos, t * half), (&mut self.sin, t * half)] {
+            grow(v, n);
+        }
+    }
+}
