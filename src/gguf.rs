@@ -328,8 +328,21 @@ pub fn validate(bytes: &[u8]) -> Result<()> {
         return Err(Error::Gguf("the file is empty".into()));
     }
     let mut r = Reader { bytes, pos: 0 };
+    let (n_tensors, n_kv) = read_preamble(&mut r)?;
+    let alignment = walk_metadata(&mut r, n_kv)?;
+    let mut infos = Vec::with_capacity(n_tensors as usize);
+    for _ in 0..n_tensors {
+        infos.push(read_tensor_info(&mut r, alignment)?);
+    }
+    let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
+    check_tensor_data_in_file(infos, data_start, bytes.len() as u64)
+}
+
+/// Magic and version; returns the declared tensor and metadata-entry counts, each bounded.
+fn read_preamble(r: &mut Reader) -> Result<(u64, u64)> {
+    let len = r.bytes.len();
     let magic = r.take(4, "magic").map_err(|_| {
-        Error::Gguf(format!("only {} bytes: too short to be a GGUF file", bytes.len()))
+        Error::Gguf(format!("only {len} bytes: too short to be a GGUF file"))
     })?;
     if magic != b"GGUF" {
         return Err(Error::Gguf(format!(
@@ -350,13 +363,18 @@ pub fn validate(bytes: &[u8]) -> Result<()> {
             "header declares {n_tensors} tensors and {n_kv} metadata entries: too many"
         )));
     }
+    Ok((n_tensors, n_kv))
+}
+
+/// Walks `n_kv` metadata entries within [`MAX_METADATA_BYTES`]; returns the tensor data alignment.
+fn walk_metadata(r: &mut Reader, n_kv: u64) -> Result<u64> {
     let mut cost: u64 = 0;
     let mut alignment: u64 = gguf_file::DEFAULT_ALIGNMENT;
     for _ in 0..n_kv {
         let key = r.string("metadata key")?;
         let t = r.u32("metadata type")?;
         let start = r.pos;
-        cost = cost.saturating_add(key.len() as u64 + skip_value(&mut r, t, 0)?);
+        cost = cost.saturating_add(key.len() as u64 + skip_value(r, t, 0)?);
         if cost > MAX_METADATA_BYTES {
             return Err(Error::Memory(format!(
                 "metadata would need more than {} MiB",
@@ -364,60 +382,74 @@ pub fn validate(bytes: &[u8]) -> Result<()> {
             )));
         }
         if key == b"general.alignment" {
-            let v = &bytes[start..r.pos];
-            let a = match (t, v.len()) {
-                (4, 4) | (5, 4) => u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as u64,
-                _ => return Err(Error::Gguf("general.alignment must be a 32-bit integer".into())),
-            };
-            if a == 0 || !a.is_power_of_two() || a > 1 << 16 {
-                return Err(Error::Gguf(format!("bad general.alignment {a}")));
-            }
-            alignment = a;
+            alignment = alignment_value(t, &r.bytes[start..r.pos])?;
         }
     }
-    let mut infos = Vec::with_capacity(n_tensors as usize);
-    for _ in 0..n_tensors {
-        let name = String::from_utf8_lossy(r.string("tensor name")?).into_owned();
-        let n_dims = r.u32("tensor rank")?;
-        if n_dims == 0 || n_dims > 4 {
-            return Err(Error::Tensor { name, reason: format!("rank {n_dims} is not 1..=4") });
+    Ok(alignment)
+}
+
+/// `general.alignment` from its type and raw value: a 32-bit power of two up to 65536.
+fn alignment_value(t: u32, v: &[u8]) -> Result<u64> {
+    let a = match (t, v.len()) {
+        (4, 4) | (5, 4) => u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as u64,
+        _ => return Err(Error::Gguf("general.alignment must be a 32-bit integer".into())),
+    };
+    if a == 0 || !a.is_power_of_two() || a > 1 << 16 {
+        return Err(Error::Gguf(format!("bad general.alignment {a}")));
+    }
+    Ok(a)
+}
+
+/// One tensor's header entry, its rank, dimensions, type and offset checked: (name, offset, data size).
+fn read_tensor_info(r: &mut Reader, alignment: u64) -> Result<(String, u64, u64)> {
+    let name = String::from_utf8_lossy(r.string("tensor name")?).into_owned();
+    let (first, elems) = read_tensor_dims(r, &name)?;
+    let ty = r.u32("tensor type")?;
+    let dtype = ggml_dtype(ty).ok_or_else(|| Error::Tensor {
+        name: name.clone(),
+        reason: format!("unknown or unsupported weight type {ty}"),
+    })?;
+    let block = dtype.block_size() as u64;
+    if first % block != 0 {
+        return Err(Error::Tensor {
+            name,
+            reason: format!("row length {first} is not a multiple of the {dtype:?} block size {block}"),
+        });
+    }
+    let size = elems / block * dtype.type_size() as u64;
+    let offset = r.u64("tensor offset")?;
+    if offset % alignment != 0 {
+        return Err(Error::Tensor { name, reason: format!("offset {offset} is not aligned to {alignment}") });
+    }
+    Ok((name, offset, size))
+}
+
+/// A tensor's rank (1..=4) and non-zero dimensions; returns its row length and element count (at most 2^40).
+fn read_tensor_dims(r: &mut Reader, name: &str) -> Result<(u64, u64)> {
+    let n_dims = r.u32("tensor rank")?;
+    if n_dims == 0 || n_dims > 4 {
+        return Err(Error::Tensor { name: name.into(), reason: format!("rank {n_dims} is not 1..=4") });
+    }
+    let mut elems: u64 = 1;
+    let mut first = 0;
+    for d in 0..n_dims {
+        let dim = r.u64("tensor dimension")?;
+        if d == 0 {
+            first = dim;
         }
-        let mut elems: u64 = 1;
-        let mut first = 0;
-        for d in 0..n_dims {
-            let dim = r.u64("tensor dimension")?;
-            if d == 0 {
-                first = dim;
-            }
-            if dim == 0 {
-                return Err(Error::Tensor { name, reason: "has a zero dimension".into() });
-            }
-            elems = elems.checked_mul(dim).filter(|&e| e <= 1 << 40).ok_or_else(|| Error::Tensor {
-                name: name.clone(),
-                reason: "element count overflows".into(),
-            })?;
+        if dim == 0 {
+            return Err(Error::Tensor { name: name.into(), reason: "has a zero dimension".into() });
         }
-        let ty = r.u32("tensor type")?;
-        let dtype = ggml_dtype(ty).ok_or_else(|| Error::Tensor {
-            name: name.clone(),
-            reason: format!("unknown or unsupported weight type {ty}"),
+        elems = elems.checked_mul(dim).filter(|&e| e <= 1 << 40).ok_or_else(|| Error::Tensor {
+            name: name.into(),
+            reason: "element count overflows".into(),
         })?;
-        let block = dtype.block_size() as u64;
-        if first % block != 0 {
-            return Err(Error::Tensor {
-                name,
-                reason: format!("row length {first} is not a multiple of the {dtype:?} block size {block}"),
-            });
-        }
-        let size = elems / block * dtype.type_size() as u64;
-        let offset = r.u64("tensor offset")?;
-        if offset % alignment != 0 {
-            return Err(Error::Tensor { name, reason: format!("offset {offset} is not aligned to {alignment}") });
-        }
-        infos.push((name, offset, size));
     }
-    let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
-    let len = bytes.len() as u64;
+    Ok((first, elems))
+}
+
+/// Checks that every tensor's data, from `data_start`, ends inside the `len`-byte file.
+fn check_tensor_data_in_file(infos: Vec<(String, u64, u64)>, data_start: u64, len: u64) -> Result<()> {
     for (name, offset, size) in infos {
         let end = data_start.checked_add(offset).and_then(|s| s.checked_add(size));
         match end {

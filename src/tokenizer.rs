@@ -99,118 +99,152 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
     })
 }
 
-impl Tokenizer {
-    pub fn from_gguf(g: &Gguf) -> Result<Self> {
-        let model = g.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(Error::Unsupported(format!(
-                "tokenizer model `{model}`: kvchat supports byte-level BPE (`gpt2`) vocabularies"
-            )));
-        }
-        let tokens = g.get_string_array("tokenizer.ggml.tokens")?;
-        if tokens.is_empty() {
-            return Err(Error::Metadata { key: "tokenizer.ggml.tokens".into(), reason: "empty vocabulary".into() });
-        }
-        let types: Vec<i64> = match g.metadata("tokenizer.ggml.token_type") {
-            Some(_) => g
-                .get_array("tokenizer.ggml.token_type")?
-                .iter()
-                .map(|v| v.to_i32().map(i64::from).unwrap_or(1))
-                .collect(),
-            None => vec![1; tokens.len()],
-        };
-        if types.len() != tokens.len() {
-            return Err(Error::Metadata {
-                key: "tokenizer.ggml.token_type".into(),
-                reason: format!("{} types for {} tokens", types.len(), tokens.len()),
-            });
-        }
-        let merges: Vec<(String, String)> = g
-            .get_string_array("tokenizer.ggml.merges")?
+/// The byte-level BPE vocabulary: each token's text and llama.cpp type (1, normal, when the file gives none).
+fn read_vocabulary<'g>(g: &'g Gguf) -> Result<(Vec<&'g str>, Vec<i64>)> {
+    let model = g.get_str("tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        return Err(Error::Unsupported(format!(
+            "tokenizer model `{model}`: kvchat supports byte-level BPE (`gpt2`) vocabularies"
+        )));
+    }
+    let tokens = g.get_string_array("tokenizer.ggml.tokens")?;
+    if tokens.is_empty() {
+        return Err(Error::Metadata { key: "tokenizer.ggml.tokens".into(), reason: "empty vocabulary".into() });
+    }
+    let types: Vec<i64> = match g.metadata("tokenizer.ggml.token_type") {
+        Some(_) => g
+            .get_array("tokenizer.ggml.token_type")?
             .iter()
-            .map(|m| {
-                m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| Error::Metadata {
-                    key: "tokenizer.ggml.merges".into(),
-                    reason: format!("merge `{m}` is not two tokens separated by a space"),
-                })
+            .map(|v| v.to_i32().map(i64::from).unwrap_or(1))
+            .collect(),
+        None => vec![1; tokens.len()],
+    };
+    if types.len() != tokens.len() {
+        return Err(Error::Metadata {
+            key: "tokenizer.ggml.token_type".into(),
+            reason: format!("{} types for {} tokens", types.len(), tokens.len()),
+        });
+    }
+    Ok((tokens, types))
+}
+
+/// The BPE merges, each `tokenizer.ggml.merges` entry split at its space into a pair.
+fn read_merges(g: &Gguf) -> Result<Vec<(String, String)>> {
+    g.get_string_array("tokenizer.ggml.merges")?
+        .iter()
+        .map(|m| {
+            m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| Error::Metadata {
+                key: "tokenizer.ggml.merges".into(),
+                reason: format!("merge `{m}` is not two tokens separated by a space"),
             })
-            .collect::<Result<_>>()?;
+        })
+        .collect()
+}
+
+/// The BPE model (first id of each token text wins), refusing merges the tokenizers crate cannot take.
+fn build_bpe(tokens: &[&str], merges: Vec<(String, String)>) -> Result<BPE> {
+    let mut vocab: ahash::AHashMap<String, u32> = ahash::AHashMap::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.entry(t.to_string()).or_insert(i as u32);
+    }
+    // The tokenizers crate copies each merge's two parts into a buffer as long
+    // as the longest token (a longer pair would index out of bounds); it checks
+    // that both parts and their concatenation are in the vocabulary itself.
+    let longest = tokens.iter().map(|t| t.len()).max().unwrap_or(0);
+    if let Some((a, b)) = merges.iter().find(|(a, b)| a.len() + b.len() > longest) {
+        return Err(Error::Metadata {
+            key: "tokenizer.ggml.merges".into(),
+            reason: format!("merge `{a} {b}` makes a token longer than any in the vocabulary"),
+        });
+    }
+    BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| Error::Metadata {
+        key: "tokenizer.ggml.merges".into(),
+        reason: format!("{e} (a merge uses or makes a token that is not in the vocabulary)"),
+    })
+}
+
+/// Control and user-defined tokens, matched whole before BPE (only control tokens count as special).
+fn added_tokens(tokens: &[&str], types: &[i64]) -> Vec<AddedToken> {
+    tokens
+        .iter()
+        .zip(types)
+        .filter(|(_, &ty)| ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED)
+        .map(|(t, &ty)| AddedToken::from(t.to_string(), ty == TOKEN_TYPE_CONTROL).normalized(false))
+        .collect()
+}
+
+/// Each token's bytes: none for control tokens, the text itself for user-defined ones,
+/// GPT-2's byte alphabet mapped back for the rest.
+fn vocabulary_bytes(tokens: &[&str], types: &[i64]) -> Vec<Vec<u8>> {
+    // GPT-2's byte-to-char map uses U+0021..U+0143: invert it into a table.
+    let mut char_to_byte = [None::<u8>; 0x144];
+    for (b, &c) in byte_to_char().iter().enumerate() {
+        if let Some(slot) = char_to_byte.get_mut(c as usize) {
+            *slot = Some(b as u8);
+        }
+    }
+    tokens
+        .iter()
+        .zip(types)
+        .map(|(t, &ty)| match ty {
+            TOKEN_TYPE_CONTROL => Vec::new(),
+            TOKEN_TYPE_USER_DEFINED => t.as_bytes().to_vec(),
+            _ => {
+                let mut out = Vec::with_capacity(t.len());
+                for c in t.chars() {
+                    match char_to_byte.get(c as usize).copied().flatten() {
+                        Some(b) => out.push(b),
+                        None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                    }
+                }
+                out
+            }
+        })
+        .collect()
+}
+
+/// The token id stored under `key`, if it is present, an integer and inside the vocabulary.
+fn token_id(g: &Gguf, key: &str, vocab_size: usize) -> Option<u32> {
+    g.get_u64(key).ok().filter(|&i| (i as usize) < vocab_size).map(|i| i as u32)
+}
+
+/// The ids that end a generation: the file's EOS/EOT/EOM ids and the control tokens llama.cpp
+/// treats as end-of-generation ([`EOG_TEXTS`]), sorted and deduplicated.
+fn end_of_generation_ids(g: &Gguf, tokens: &[&str], special: &[bool]) -> Vec<u32> {
+    let mut eog: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
+        .iter()
+        .filter_map(|k| token_id(g, k, tokens.len()))
+        .collect();
+    for (i, t) in tokens.iter().enumerate() {
+        if special[i] && EOG_TEXTS.contains(t) {
+            eog.push(i as u32);
+        }
+    }
+    eog.sort_unstable();
+    eog.dedup();
+    eog
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer from the GGUF's `tokenizer.ggml.*` metadata, checking it first.
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let (tokens, types) = read_vocabulary(g)?;
+        let merges = read_merges(g)?;
         let pre = match g.metadata("tokenizer.ggml.pre") {
             Some(_) => g.get_str("tokenizer.ggml.pre")?,
             None => "default",
         };
-
-        let mut vocab: ahash::AHashMap<String, u32> = ahash::AHashMap::with_capacity(tokens.len());
-        for (i, t) in tokens.iter().enumerate() {
-            vocab.entry(t.to_string()).or_insert(i as u32);
-        }
-        // The tokenizers crate copies each merge's two parts into a buffer as long
-        // as the longest token (a longer pair would index out of bounds); it checks
-        // that both parts and their concatenation are in the vocabulary itself.
-        let longest = tokens.iter().map(|t| t.len()).max().unwrap_or(0);
-        if let Some((a, b)) = merges.iter().find(|(a, b)| a.len() + b.len() > longest) {
-            return Err(Error::Metadata {
-                key: "tokenizer.ggml.merges".into(),
-                reason: format!("merge `{a} {b}` makes a token longer than any in the vocabulary"),
-            });
-        }
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| Error::Metadata {
-            key: "tokenizer.ggml.merges".into(),
-            reason: format!("{e} (a merge uses or makes a token that is not in the vocabulary)"),
-        })?;
+        let bpe = build_bpe(&tokens, merges)?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
-        let specials: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, &ty)| ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED)
-            .map(|(t, &ty)| AddedToken::from(t.to_string(), ty == TOKEN_TYPE_CONTROL).normalized(false))
-            .collect();
-        inner.add_special_tokens(specials).map_err(tok_err)?;
+        inner.add_special_tokens(added_tokens(&tokens, &types)).map_err(tok_err)?;
 
-        // GPT-2's byte-to-char map uses U+0021..U+0143: invert it into a table.
-        let mut char_to_byte = [None::<u8>; 0x144];
-        for (b, &c) in byte_to_char().iter().enumerate() {
-            if let Some(slot) = char_to_byte.get_mut(c as usize) {
-                *slot = Some(b as u8);
-            }
-        }
         let special: Vec<bool> = types.iter().map(|&t| t == TOKEN_TYPE_CONTROL).collect();
-        let bytes = tokens
-            .iter()
-            .zip(&types)
-            .map(|(t, &ty)| match ty {
-                TOKEN_TYPE_CONTROL => Vec::new(),
-                TOKEN_TYPE_USER_DEFINED => t.as_bytes().to_vec(),
-                _ => {
-                    let mut out = Vec::with_capacity(t.len());
-                    for c in t.chars() {
-                        match char_to_byte.get(c as usize).copied().flatten() {
-                            Some(b) => out.push(b),
-                            None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
-                        }
-                    }
-                    out
-                }
-            })
-            .collect();
-
-        let id = |key: &str| -> Option<u32> {
-            g.get_u64(key).ok().filter(|&i| (i as usize) < tokens.len()).map(|i| i as u32)
-        };
+        let bytes = vocabulary_bytes(&tokens, &types);
+        let id = |key: &str| token_id(g, key, tokens.len());
         let bos = id("tokenizer.ggml.bos_token_id");
         let eos = id("tokenizer.ggml.eos_token_id");
-        let mut eog: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
-            .iter()
-            .filter_map(|k| id(k))
-            .collect();
-        for (i, t) in tokens.iter().enumerate() {
-            if special[i] && EOG_TEXTS.contains(t) {
-                eog.push(i as u32);
-            }
-        }
-        eog.sort_unstable();
-        eog.dedup();
+        let eog = end_of_generation_ids(g, &tokens, &special);
         let add_bos = g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false) && bos.is_some();
         Ok(Self {
             inner,

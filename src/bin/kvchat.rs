@@ -53,122 +53,147 @@ mod cli {
     #[derive(Subcommand)]
     enum Cmd {
         /// Generate text from a raw prompt.
-        Generate {
-            #[command(flatten)]
-            m: ModelArgs,
-            #[arg(long, conflicts_with = "prompt_file")]
-            prompt: Option<String>,
-            #[arg(long)]
-            prompt_file: Option<PathBuf>,
-            #[arg(long, default_value_t = 256)]
-            max_tokens: usize,
-            #[arg(long, default_value_t = 0.0)]
-            temperature: f32,
-            #[arg(long, default_value_t = 40)]
-            top_k: usize,
-            #[arg(long, default_value_t = 0.95)]
-            top_p: f32,
-            #[arg(long, default_value_t = 0.05)]
-            min_p: f32,
-            #[arg(long, default_value_t = 1.0)]
-            repeat_penalty: f32,
-            #[arg(long)]
-            seed: Option<u64>,
-            /// Recompute the whole sequence at every step (shows what the cache saves).
-            #[arg(long)]
-            no_cache: bool,
-            #[arg(long)]
-            ignore_eos: bool,
-            /// Print one JSON line instead of streaming text.
-            #[arg(long)]
-            json: bool,
-        },
+        Generate(GenerateArgs),
         /// Interactive chat that keeps the cache across turns.
-        Chat {
-            #[command(flatten)]
-            m: ModelArgs,
-            #[arg(long, default_value_t = 512)]
-            max_tokens: usize,
-            #[arg(long, default_value_t = 0.7)]
-            temperature: f32,
-            #[arg(long)]
-            seed: Option<u64>,
-            /// Optional system prompt (the template's default otherwise).
-            #[arg(long)]
-            system: Option<String>,
-        },
+        Chat(ChatArgs),
         /// Print the token ids of a text (special tokens parsed).
-        Tokenize {
-            #[command(flatten)]
-            m: ModelArgs,
-            #[arg(long, conflicts_with = "text_file")]
-            text: Option<String>,
-            #[arg(long)]
-            text_file: Option<PathBuf>,
-            #[arg(long)]
-            json: bool,
-        },
+        Tokenize(TokenizeArgs),
         /// Perplexity of a text file fed through the bounded cache.
-        Perplexity {
-            #[command(flatten)]
-            m: ModelArgs,
-            #[arg(long)]
-            file: PathBuf,
-            /// Score at most this many tokens of the file.
-            #[arg(long)]
-            max_tokens: Option<usize>,
-            #[arg(long)]
-            json: bool,
-        },
+        Perplexity(PerplexityArgs),
         /// Run many prompts as a batch. FILE.jsonl: one JSON object per line, {"prompt": "..."}
         /// (raw text) or {"messages": [{"role": ..., "content": ...}]}, optionally with its own
         /// "max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "ignore_eos".
-        Batch {
-            #[command(flatten)]
-            m: ModelArgs,
-            #[arg(long)]
-            prompts_file: PathBuf,
-            /// Sequences decoded together.
-            #[arg(long, default_value_t = 8)]
-            batch: usize,
-            /// KV window of each sequence (default: min(--kv-window, 512)).
-            #[arg(long)]
-            seq_window: Option<usize>,
-            #[arg(long, default_value_t = 256)]
-            max_tokens: usize,
-            #[arg(long, default_value_t = 0.0)]
-            temperature: f32,
-            #[arg(long)]
-            ignore_eos: bool,
-            /// Do not prefill the prefix shared by every prompt once.
-            #[arg(long)]
-            no_share_prefix: bool,
-            #[arg(long)]
-            json: bool,
-            /// Also print where the forward passes' time went (ms per token, prefill and decode together).
-            #[arg(long)]
-            profile: bool,
-        },
+        Batch(BatchArgs),
         /// Prefill and decode speed, median of several runs after a warm-up.
-        Bench {
-            #[command(flatten)]
-            m: ModelArgs,
-            #[arg(long)]
-            prompt_file: Option<PathBuf>,
-            #[arg(long, default_value_t = 128)]
-            gen: usize,
-            #[arg(long, default_value_t = 3)]
-            runs: usize,
-            #[arg(long)]
-            json: bool,
-            /// Also print where a prefill token's and a decode token's time goes, per operation.
-            #[arg(long)]
-            profile: bool,
-        },
+        Bench(BenchArgs),
+    }
+
+    // The flags of `generate` (the help text is the variant's doc comment above).
+    #[derive(Args)]
+    struct GenerateArgs {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[arg(long, conflicts_with = "prompt_file")]
+        prompt: Option<String>,
+        #[arg(long)]
+        prompt_file: Option<PathBuf>,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 40)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0.05)]
+        min_p: f32,
+        #[arg(long, default_value_t = 1.0)]
+        repeat_penalty: f32,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Recompute the whole sequence at every step (shows what the cache saves).
+        #[arg(long)]
+        no_cache: bool,
+        #[arg(long)]
+        ignore_eos: bool,
+        /// Print one JSON line instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    }
+
+    // The flags of `chat`.
+    #[derive(Args)]
+    struct ChatArgs {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[arg(long, default_value_t = 512)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f32,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Optional system prompt (the template's default otherwise).
+        #[arg(long)]
+        system: Option<String>,
+    }
+
+    // The flags of `tokenize`.
+    #[derive(Args)]
+    struct TokenizeArgs {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[arg(long, conflicts_with = "text_file")]
+        text: Option<String>,
+        #[arg(long)]
+        text_file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    }
+
+    // The flags of `perplexity`.
+    #[derive(Args)]
+    struct PerplexityArgs {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[arg(long)]
+        file: PathBuf,
+        /// Score at most this many tokens of the file.
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    }
+
+    // The flags of `batch`.
+    #[derive(Args)]
+    struct BatchArgs {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[arg(long)]
+        prompts_file: PathBuf,
+        /// Sequences decoded together.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// KV window of each sequence (default: min(--kv-window, 512)).
+        #[arg(long)]
+        seq_window: Option<usize>,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long)]
+        ignore_eos: bool,
+        /// Do not prefill the prefix shared by every prompt once.
+        #[arg(long)]
+        no_share_prefix: bool,
+        #[arg(long)]
+        json: bool,
+        /// Also print where the forward passes' time went (ms per token, prefill and decode together).
+        #[arg(long)]
+        profile: bool,
+    }
+
+    // The flags of `bench`.
+    #[derive(Args)]
+    struct BenchArgs {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[arg(long)]
+        prompt_file: Option<PathBuf>,
+        #[arg(long, default_value_t = 128)]
+        gen: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+        /// Also print where a prefill token's and a decode token's time goes, per operation.
+        #[arg(long)]
+        profile: bool,
     }
 
     type R<T> = Result<T, Box<dyn std::error::Error>>;
 
+    /// Reads the model file and loads it on the backend `--backend` names.
     fn load(m: &ModelArgs) -> R<Engine> {
         let bytes = std::fs::read(&m.model).map_err(|e| format!("cannot read {}: {e}", m.model.display()))?;
         let opts = EngineOptions {
@@ -205,6 +230,7 @@ mod cli {
         }
     }
 
+    /// The text given inline, or else read from its file.
     fn text_arg(text: Option<String>, file: Option<PathBuf>, what: &str) -> R<String> {
         match (text, file) {
             (Some(t), _) => Ok(t),
@@ -213,278 +239,352 @@ mod cli {
         }
     }
 
+    /// The middle value of the sorted runs (the upper middle of an even count).
     fn median(mut v: Vec<f64>) -> f64 {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     }
 
+    /// Runs the subcommand the command line names.
     pub fn run() -> R<()> {
         match Cli::parse().cmd {
-            Cmd::Generate {
-                m, prompt, prompt_file, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, no_cache, ignore_eos, json,
-            } => {
-                let prompt = text_arg(prompt, prompt_file, "prompt")?;
-                let mut engine = load(&m)?;
-                let opts = GenerateOptions {
-                    max_tokens,
-                    sampler: SamplerConfig { temperature, top_k, top_p, min_p, repeat_penalty, seed, ..Default::default() },
-                    stop: Vec::new(),
-                    ignore_eos,
-                    no_cache,
-                };
-                let stdout = std::io::stdout();
-                let g = engine.generate(Prompt::Raw(&prompt), &opts, |piece| {
-                    if !json {
-                        let mut out = stdout.lock();
-                        let _ = out.write_all(piece.as_bytes());
-                        let _ = out.flush();
+            Cmd::Generate(a) => generate(a),
+            Cmd::Chat(a) => chat(a),
+            Cmd::Tokenize(a) => tokenize(a),
+            Cmd::Perplexity(a) => perplexity(a),
+            Cmd::Batch(a) => batch(a),
+            Cmd::Bench(a) => bench(a),
+        }
+    }
+
+    /// Writes one piece of generated text to stdout and flushes it.
+    fn print_piece(piece: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+    }
+
+    /// `generate`: streams the continuation of a raw prompt, or prints it as one JSON line.
+    fn generate(a: GenerateArgs) -> R<()> {
+        let GenerateArgs {
+            m, prompt, prompt_file, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, no_cache, ignore_eos, json,
+        } = a;
+        let prompt = text_arg(prompt, prompt_file, "prompt")?;
+        let mut engine = load(&m)?;
+        let opts = GenerateOptions {
+            max_tokens,
+            sampler: SamplerConfig { temperature, top_k, top_p, min_p, repeat_penalty, seed, ..Default::default() },
+            stop: Vec::new(),
+            ignore_eos,
+            no_cache,
+        };
+        let g = engine.generate(Prompt::Raw(&prompt), &opts, |piece| {
+            if !json {
+                print_piece(piece);
+            }
+            true
+        })?;
+        if json {
+            let v = serde_json::json!({
+                "prompt_ids": g.prompt_ids,
+                "generated_ids": g.generated_ids,
+                "text": g.text,
+                "stop_reason": g.stop_reason,
+                "prefill_tokens_per_sec": g.stats.prefill_tokens_per_sec,
+                "decode_tokens_per_sec": g.stats.decode_tokens_per_sec,
+                "time_to_first_token_ms": g.stats.time_to_first_token_ms,
+                "kv": g.kv,
+            });
+            println!("{v}");
+        } else {
+            println!();
+            eprintln!(
+                "[{} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s; kv {}/{} used, {} evicted]",
+                g.stats.prompt_tokens, g.stats.generated_tokens, g.stats.prefill_tokens_per_sec,
+                g.stats.decode_tokens_per_sec, g.kv.used, g.kv.capacity, g.kv.evicted
+            );
+        }
+        Ok(())
+    }
+
+    /// `chat`: reads user turns from stdin until an empty line or end of input; `/reset` starts over.
+    fn chat(a: ChatArgs) -> R<()> {
+        let ChatArgs { m, max_tokens, temperature, seed, system } = a;
+        let mut engine = load(&m)?;
+        let mut messages: Vec<Message> = system.into_iter().map(|s| Message::new("system", s)).collect();
+        let opts = GenerateOptions {
+            max_tokens,
+            sampler: SamplerConfig { temperature, seed, ..Default::default() },
+            ..Default::default()
+        };
+        eprintln!("kvchat: {} layers, kv window {} (sinks {}). Empty line or Ctrl-D quits, /reset starts over.",
+            engine.config().n_layer, m.kv_window, m.kv_sinks);
+        let stdin = std::io::stdin();
+        loop {
+            eprint!("> ");
+            let mut line = String::new();
+            if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+                break;
+            }
+            if line.trim() == "/reset" {
+                messages.retain(|m| m.role == "system");
+                engine.reset();
+                continue;
+            }
+            messages.push(Message::new("user", line.trim_end_matches(['\n', '\r'])));
+            let reply = chat_turn(&mut engine, &messages, &opts)?;
+            messages.push(Message::new("assistant", reply));
+        }
+        Ok(())
+    }
+
+    /// One chat turn: streams the reply to the conversation so far, prints its stats, returns its text.
+    fn chat_turn(engine: &mut Engine, messages: &[Message], opts: &GenerateOptions) -> R<String> {
+        let g = engine.generate(Prompt::Chat(messages), opts, |piece| {
+            print_piece(piece);
+            true
+        })?;
+        println!();
+        eprintln!(
+            "[{} new prompt tokens ({} reused), {} generated; prefill {:.1} tok/s, decode {:.1} tok/s; kv {}/{}, {} evicted]",
+            g.stats.prompt_tokens - g.stats.reused_tokens, g.stats.reused_tokens, g.stats.generated_tokens,
+            g.stats.prefill_tokens_per_sec, g.stats.decode_tokens_per_sec, g.kv.used, g.kv.capacity, g.kv.evicted
+        );
+        Ok(g.text)
+    }
+
+    /// `tokenize`: prints a text's token ids, one per line with its text, or as JSON.
+    fn tokenize(a: TokenizeArgs) -> R<()> {
+        let TokenizeArgs { m, text, text_file, json } = a;
+        let text = text_arg(text, text_file, "text")?;
+        let engine = load(&m)?;
+        let ids = engine.tokenize(&text)?;
+        if json {
+            println!("{}", serde_json::json!({ "ids": ids }));
+        } else {
+            for id in ids {
+                println!("{id}\t{:?}", engine.detokenize(&[id]));
+            }
+        }
+        Ok(())
+    }
+
+    /// `perplexity`: scores a text file through the bounded cache, with a running figure on stderr.
+    fn perplexity(a: PerplexityArgs) -> R<()> {
+        let PerplexityArgs { m, file, max_tokens, json } = a;
+        let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let mut engine = load(&m)?;
+        let mut ids = engine.tokenize(&text)?;
+        if let Some(n) = max_tokens {
+            ids.truncate(n);
+        }
+        if ids.len() < 2 {
+            return Err("the file has fewer than two tokens".into());
+        }
+        let (n, nll) = engine.perplexity(&ids, |done, nll| {
+            if !json {
+                eprint!("\r{done} tokens, running ppl {:.3}", (nll / done as f64).exp());
+            }
+        })?;
+        let mean = nll / n as f64;
+        if json {
+            println!("{}", serde_json::json!({
+                "tokens": n, "mean_nll": mean, "ppl": mean.exp(),
+                "kv_window": m.kv_window, "kv_sinks": m.kv_sinks,
+            }));
+        } else {
+            eprintln!();
+            println!("tokens {n}  mean_nll {mean:.5}  ppl {:.4}", mean.exp());
+        }
+        Ok(())
+    }
+
+    /// `batch`: decodes every prompt of a JSONL file in one continuous batch, printing each as it finishes.
+    fn batch(a: BatchArgs) -> R<()> {
+        let text = std::fs::read_to_string(&a.prompts_file).map_err(|e| format!("cannot read {}: {e}", a.prompts_file.display()))?;
+        let mut engine = load(&a.m)?;
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", a.prompts_file.display(), i + 1)))
+            .collect::<Result<_, _>>()?;
+        let mut messages: Vec<Option<Vec<Message>>> = Vec::new();
+        let mut inputs_opts = Vec::new();
+        for (i, v) in lines.iter().enumerate() {
+            messages.push(batch_line_messages(i, v)?);
+            inputs_opts.push(batch_line_options(v, &a));
+        }
+        let inputs: Vec<(Prompt, GenerateOptions)> = lines
+            .iter()
+            .zip(&messages)
+            .zip(inputs_opts)
+            .map(|((v, msgs), o)| match msgs {
+                Some(m) => (Prompt::Chat(m), o),
+                None => (Prompt::Raw(v["prompt"].as_str().unwrap_or("")), o),
+            })
+            .collect();
+        let kv = KvCacheConfig {
+            window: a.seq_window.unwrap_or(a.m.kv_window.min(512)),
+            sinks: a.m.kv_sinks,
+            dtype: if a.m.kv_f16 { KvDType::F16 } else { KvDType::F32 },
+        };
+        let bopts = kvchat::BatchOptions { batch_size: a.batch, kv: Some(kv), share_prefix: !a.no_share_prefix };
+        let mut b = engine.start_batch(&inputs, bopts)?;
+        engine.set_profiling(a.profile);
+        decode_batch(&mut engine, &mut b, a.json)?;
+        print_batch_summary(&engine, &b.stats(), a.profile, a.json);
+        Ok(())
+    }
+
+    /// A batch line's chat messages (None for a raw `"prompt"`); an error names the line.
+    fn batch_line_messages(i: usize, v: &serde_json::Value) -> R<Option<Vec<Message>>> {
+        Ok(match v.get("messages") {
+            Some(m) => Some(serde_json::from_value::<Vec<Message>>(m.clone()).map_err(|e| format!("line {}: messages: {e}", i + 1))?),
+            None if v.get("prompt").and_then(|p| p.as_str()).is_some() => None,
+            None => return Err(format!("line {}: needs \"prompt\" (a string) or \"messages\"", i + 1).into()),
+        })
+    }
+
+    /// A batch line's generation options: its own keys where given, the command line's (or the defaults) otherwise.
+    fn batch_line_options(v: &serde_json::Value, a: &BatchArgs) -> GenerateOptions {
+        let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
+        let sampler = SamplerConfig {
+            temperature: f("temperature").map(|x| x as f32).unwrap_or(a.temperature),
+            top_k: f("top_k").map(|x| x as usize).unwrap_or(0),
+            top_p: f("top_p").map(|x| x as f32).unwrap_or(1.0),
+            seed: v.get("seed").and_then(|x| x.as_u64()),
+            ..Default::default()
+        };
+        let stop = v.get("stop").and_then(|s| serde_json::from_value::<Vec<String>>(s.clone()).ok()).unwrap_or_default();
+        GenerateOptions {
+            max_tokens: f("max_tokens").map(|x| x as usize).unwrap_or(a.max_tokens),
+            sampler,
+            stop,
+            ignore_eos: v.get("ignore_eos").and_then(|x| x.as_bool()).unwrap_or(a.ignore_eos),
+            no_cache: false,
+        }
+    }
+
+    /// Steps the batch to the end, printing each sequence (text or a JSON line) when it finishes.
+    fn decode_batch(engine: &mut Engine, b: &mut kvchat::Batch, json: bool) -> R<()> {
+        while !b.is_done() {
+            for ev in engine.step_batch(b)? {
+                if let kvchat::BatchEvent::Done { index, generation: g } = ev {
+                    if json {
+                        println!("{}", serde_json::json!({
+                            "index": index, "text": g.text, "generated_tokens": g.stats.generated_tokens,
+                            "stop_reason": g.stop_reason, "time_to_first_token_ms": g.stats.time_to_first_token_ms,
+                        }));
+                    } else {
+                        println!("[{index}] {}\n", g.text.trim());
                     }
-                    true
-                })?;
-                if json {
-                    let v = serde_json::json!({
-                        "prompt_ids": g.prompt_ids,
-                        "generated_ids": g.generated_ids,
-                        "text": g.text,
-                        "stop_reason": g.stop_reason,
-                        "prefill_tokens_per_sec": g.stats.prefill_tokens_per_sec,
-                        "decode_tokens_per_sec": g.stats.decode_tokens_per_sec,
-                        "time_to_first_token_ms": g.stats.time_to_first_token_ms,
-                        "kv": g.kv,
-                    });
-                    println!("{v}");
-                } else {
-                    println!();
-                    eprintln!(
-                        "[{} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s; kv {}/{} used, {} evicted]",
-                        g.stats.prompt_tokens, g.stats.generated_tokens, g.stats.prefill_tokens_per_sec,
-                        g.stats.decode_tokens_per_sec, g.kv.used, g.kv.capacity, g.kv.evicted
-                    );
                 }
             }
-            Cmd::Chat { m, max_tokens, temperature, seed, system } => {
-                let mut engine = load(&m)?;
-                let mut messages: Vec<Message> = system.into_iter().map(|s| Message::new("system", s)).collect();
-                let opts = GenerateOptions {
-                    max_tokens,
-                    sampler: SamplerConfig { temperature, seed, ..Default::default() },
-                    ..Default::default()
-                };
-                eprintln!("kvchat: {} layers, kv window {} (sinks {}). Empty line or Ctrl-D quits, /reset starts over.",
-                    engine.config().n_layer, m.kv_window, m.kv_sinks);
-                let stdin = std::io::stdin();
-                loop {
-                    eprint!("> ");
-                    let mut line = String::new();
-                    if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
-                        break;
-                    }
-                    if line.trim() == "/reset" {
-                        messages.retain(|m| m.role == "system");
-                        engine.reset();
-                        continue;
-                    }
-                    messages.push(Message::new("user", line.trim_end_matches(['\n', '\r'])));
-                    let stdout = std::io::stdout();
-                    let g = engine.generate(Prompt::Chat(&messages), &opts, |piece| {
-                        let mut out = stdout.lock();
-                        let _ = out.write_all(piece.as_bytes());
-                        let _ = out.flush();
-                        true
-                    })?;
-                    println!();
-                    eprintln!(
-                        "[{} new prompt tokens ({} reused), {} generated; prefill {:.1} tok/s, decode {:.1} tok/s; kv {}/{}, {} evicted]",
-                        g.stats.prompt_tokens - g.stats.reused_tokens, g.stats.reused_tokens, g.stats.generated_tokens,
-                        g.stats.prefill_tokens_per_sec, g.stats.decode_tokens_per_sec, g.kv.used, g.kv.capacity, g.kv.evicted
-                    );
-                    messages.push(Message::new("assistant", g.text));
-                }
+        }
+        Ok(())
+    }
+
+    /// The batch's profile (with `--profile`, on stderr) and its throughput (JSON on stdout, or a line on stderr).
+    fn print_batch_summary(engine: &Engine, st: &kvchat::BatchStats, profile: bool, json: bool) {
+        if let Some(p) = engine.profile().filter(|_| profile) {
+            let ops: serde_json::Map<String, serde_json::Value> =
+                p.per_token_ms().into_iter().map(|(name, ms)| (name.to_string(), serde_json::json!((ms * 1000.0).round() / 1000.0))).collect();
+            eprintln!("{}", serde_json::json!({ "profile": "batch", "tokens": p.tokens, "ops_ms_per_token": ops }));
+        }
+        if json {
+            println!("{}", serde_json::json!({ "batch_stats": st }));
+        } else {
+            eprintln!(
+                "{} sequences, batch {}, {} tokens in {:.2} s: {:.1} tok/s overall, {:.1} tok/s in batched decode; {} shared prefix tokens; {:.1} MiB of KV cache per sequence",
+                st.sequences, st.batch_size, st.generated_tokens, st.elapsed_ms / 1e3, st.tokens_per_sec, st.decode_tokens_per_sec,
+                st.shared_prefix_tokens, st.kv_bytes_per_sequence as f64 / (1 << 20) as f64
+            );
+        }
+    }
+
+    /// `bench`: median prefill and decode speed and time to first token, optionally with a per-operation profile.
+    fn bench(a: BenchArgs) -> R<()> {
+        let BenchArgs { m, prompt_file, gen, runs, json, profile } = a;
+        let prompt = match prompt_file {
+            Some(f) => std::fs::read_to_string(&f)?,
+            None => "The history of the city begins".repeat(16),
+        };
+        let mut engine = load(&m)?;
+        let t = bench_runs(&mut engine, &prompt, gen, runs)?;
+        let threads = rayon::current_num_threads();
+        let v = serde_json::json!({
+            "engine": "kvchat-native", "backend": engine.backend(), "adapter": engine.adapter().map(|a| a.name.clone()),
+            "prompt_tokens": t.prompt_tokens, "gen_tokens": gen,
+            "runs": t.prefill.len(), "threads": threads,
+            "prefill_tokens_per_sec": median(t.prefill), "decode_tokens_per_sec": median(t.decode),
+            "time_to_first_token_ms": median(t.ttft),
+        });
+        if profile {
+            print_bench_profile(&mut engine, &prompt, gen)?;
+        }
+        if json {
+            println!("{v}");
+        } else {
+            println!(
+                "prompt {} tokens, {gen} generated, median of {} runs: prefill {:.1} tok/s, decode {:.1} tok/s, ttft {:.1} ms",
+                t.prompt_tokens, v["runs"], v["prefill_tokens_per_sec"].as_f64().unwrap_or(0.0),
+                v["decode_tokens_per_sec"].as_f64().unwrap_or(0.0), v["time_to_first_token_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
+        Ok(())
+    }
+
+    /// What each timed bench run measured (the warm-up run is not in them).
+    struct BenchTimes {
+        prompt_tokens: usize,
+        prefill: Vec<f64>,
+        decode: Vec<f64>,
+        ttft: Vec<f64>,
+    }
+
+    /// One warm-up run then `runs` (at least one) timed greedy generations of `gen` tokens from a fresh cache.
+    fn bench_runs(engine: &mut Engine, prompt: &str, gen: usize, runs: usize) -> R<BenchTimes> {
+        let opts = GenerateOptions { max_tokens: gen, sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
+        let mut t = BenchTimes { prompt_tokens: 0, prefill: Vec::new(), decode: Vec::new(), ttft: Vec::new() };
+        for run in 0..=runs.max(1) {
+            engine.reset();
+            let g = engine.generate(Prompt::Raw(prompt), &opts, |_| true)?;
+            t.prompt_tokens = g.stats.prompt_tokens;
+            if run > 0 {
+                t.prefill.push(g.stats.prefill_tokens_per_sec);
+                t.decode.push(g.stats.decode_tokens_per_sec);
+                t.ttft.push(g.stats.time_to_first_token_ms);
             }
-            Cmd::Tokenize { m, text, text_file, json } => {
-                let text = text_arg(text, text_file, "text")?;
-                let engine = load(&m)?;
-                let ids = engine.tokenize(&text)?;
-                if json {
-                    println!("{}", serde_json::json!({ "ids": ids }));
-                } else {
-                    for id in ids {
-                        println!("{id}\t{:?}", engine.detokenize(&[id]));
-                    }
-                }
+        }
+        Ok(t)
+    }
+
+    /// Per-operation profile: the prompt as one prefill, then `gen` greedy decode steps; one JSON line per phase.
+    fn print_bench_profile(engine: &mut Engine, prompt: &str, gen: usize) -> R<()> {
+        let ids = engine.tokenize(prompt)?;
+        engine.reset();
+        engine.set_profiling(true);
+        let mut logits = engine.append(&ids)?;
+        let pre = engine.profile().cloned().unwrap_or_default();
+        engine.set_profiling(true);
+        let mut sampling = 0.0;
+        for _ in 0..gen {
+            let t0 = std::time::Instant::now();
+            let tok = kvchat::sampler::argmax(&logits);
+            sampling += t0.elapsed().as_secs_f64();
+            logits = engine.append(&[tok])?;
+        }
+        let mut dec = engine.profile().cloned().unwrap_or_default();
+        dec.add(kvchat::model::profile::Op::Sampling, sampling);
+        for (phase, p) in [("prefill", &pre), ("decode", &dec)] {
+            let mut ops = serde_json::Map::new();
+            let mut total = 0.0;
+            for (name, ms) in p.per_token_ms() {
+                total += ms;
+                ops.insert(name.into(), serde_json::json!((ms * 1000.0).round() / 1000.0));
             }
-            Cmd::Perplexity { m, file, max_tokens, json } => {
-                let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-                let mut engine = load(&m)?;
-                let mut ids = engine.tokenize(&text)?;
-                if let Some(n) = max_tokens {
-                    ids.truncate(n);
-                }
-                if ids.len() < 2 {
-                    return Err("the file has fewer than two tokens".into());
-                }
-                let (n, nll) = engine.perplexity(&ids, |done, nll| {
-                    if !json {
-                        eprint!("\r{done} tokens, running ppl {:.3}", (nll / done as f64).exp());
-                    }
-                })?;
-                let mean = nll / n as f64;
-                if json {
-                    println!("{}", serde_json::json!({
-                        "tokens": n, "mean_nll": mean, "ppl": mean.exp(),
-                        "kv_window": m.kv_window, "kv_sinks": m.kv_sinks,
-                    }));
-                } else {
-                    eprintln!();
-                    println!("tokens {n}  mean_nll {mean:.5}  ppl {:.4}", mean.exp());
-                }
-            }
-            Cmd::Batch { m, prompts_file, batch, seq_window, max_tokens, temperature, ignore_eos, no_share_prefix, json, profile } => {
-                let text = std::fs::read_to_string(&prompts_file).map_err(|e| format!("cannot read {}: {e}", prompts_file.display()))?;
-                let mut engine = load(&m)?;
-                let lines: Vec<serde_json::Value> = text
-                    .lines()
-                    .enumerate()
-                    .filter(|(_, l)| !l.trim().is_empty())
-                    .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", prompts_file.display(), i + 1)))
-                    .collect::<Result<_, _>>()?;
-                let mut messages: Vec<Option<Vec<Message>>> = Vec::new();
-                let mut inputs_opts = Vec::new();
-                for (i, v) in lines.iter().enumerate() {
-                    let msgs = match v.get("messages") {
-                        Some(m) => Some(serde_json::from_value::<Vec<Message>>(m.clone()).map_err(|e| format!("line {}: messages: {e}", i + 1))?),
-                        None if v.get("prompt").and_then(|p| p.as_str()).is_some() => None,
-                        None => return Err(format!("line {}: needs \"prompt\" (a string) or \"messages\"", i + 1).into()),
-                    };
-                    messages.push(msgs);
-                    let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
-                    let sampler = SamplerConfig {
-                        temperature: f("temperature").map(|x| x as f32).unwrap_or(temperature),
-                        top_k: f("top_k").map(|x| x as usize).unwrap_or(0),
-                        top_p: f("top_p").map(|x| x as f32).unwrap_or(1.0),
-                        seed: v.get("seed").and_then(|x| x.as_u64()),
-                        ..Default::default()
-                    };
-                    let stop = v.get("stop").and_then(|s| serde_json::from_value::<Vec<String>>(s.clone()).ok()).unwrap_or_default();
-                    inputs_opts.push(GenerateOptions {
-                        max_tokens: f("max_tokens").map(|x| x as usize).unwrap_or(max_tokens),
-                        sampler,
-                        stop,
-                        ignore_eos: v.get("ignore_eos").and_then(|x| x.as_bool()).unwrap_or(ignore_eos),
-                        no_cache: false,
-                    });
-                }
-                let inputs: Vec<(Prompt, GenerateOptions)> = lines
-                    .iter()
-                    .zip(&messages)
-                    .zip(inputs_opts)
-                    .map(|((v, msgs), o)| match msgs {
-                        Some(m) => (Prompt::Chat(m), o),
-                        None => (Prompt::Raw(v["prompt"].as_str().unwrap_or("")), o),
-                    })
-                    .collect();
-                let kv = KvCacheConfig {
-                    window: seq_window.unwrap_or(m.kv_window.min(512)),
-                    sinks: m.kv_sinks,
-                    dtype: if m.kv_f16 { KvDType::F16 } else { KvDType::F32 },
-                };
-                let bopts = kvchat::BatchOptions { batch_size: batch, kv: Some(kv), share_prefix: !no_share_prefix };
-                let mut b = engine.start_batch(&inputs, bopts)?;
-                engine.set_profiling(profile);
-                while !b.is_done() {
-                    for ev in engine.step_batch(&mut b)? {
-                        if let kvchat::BatchEvent::Done { index, generation: g } = ev {
-                            if json {
-                                println!("{}", serde_json::json!({
-                                    "index": index, "text": g.text, "generated_tokens": g.stats.generated_tokens,
-                                    "stop_reason": g.stop_reason, "time_to_first_token_ms": g.stats.time_to_first_token_ms,
-                                }));
-                            } else {
-                                println!("[{index}] {}\n", g.text.trim());
-                            }
-                        }
-                    }
-                }
-                let st = b.stats();
-                if let Some(p) = engine.profile().filter(|_| profile) {
-                    let ops: serde_json::Map<String, serde_json::Value> =
-                        p.per_token_ms().into_iter().map(|(name, ms)| (name.to_string(), serde_json::json!((ms * 1000.0).round() / 1000.0))).collect();
-                    eprintln!("{}", serde_json::json!({ "profile": "batch", "tokens": p.tokens, "ops_ms_per_token": ops }));
-                }
-                if json {
-                    println!("{}", serde_json::json!({ "batch_stats": st }));
-                } else {
-                    eprintln!(
-                        "{} sequences, batch {}, {} tokens in {:.2} s: {:.1} tok/s overall, {:.1} tok/s in batched decode; {} shared prefix tokens; {:.1} MiB of KV cache per sequence",
-                        st.sequences, st.batch_size, st.generated_tokens, st.elapsed_ms / 1e3, st.tokens_per_sec, st.decode_tokens_per_sec,
-                        st.shared_prefix_tokens, st.kv_bytes_per_sequence as f64 / (1 << 20) as f64
-                    );
-                }
-            }
-            Cmd::Bench { m, prompt_file, gen, runs, json, profile } => {
-                let prompt = match prompt_file {
-                    Some(f) => std::fs::read_to_string(&f)?,
-                    None => "The history of the city begins".repeat(16),
-                };
-                let mut engine = load(&m)?;
-                let opts = GenerateOptions { max_tokens: gen, sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
-                let (mut pre, mut dec, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
-                let mut prompt_tokens = 0;
-                for run in 0..=runs.max(1) {
-                    engine.reset();
-                    let g = engine.generate(Prompt::Raw(&prompt), &opts, |_| true)?;
-                    prompt_tokens = g.stats.prompt_tokens;
-                    if run > 0 {
-                        pre.push(g.stats.prefill_tokens_per_sec);
-                        dec.push(g.stats.decode_tokens_per_sec);
-                        ttft.push(g.stats.time_to_first_token_ms);
-                    }
-                }
-                let threads = rayon::current_num_threads();
-                let v = serde_json::json!({
-                    "engine": "kvchat-native", "backend": engine.backend(), "adapter": engine.adapter().map(|a| a.name.clone()),
-                    "prompt_tokens": prompt_tokens, "gen_tokens": gen,
-                    "runs": pre.len(), "threads": threads,
-                    "prefill_tokens_per_sec": median(pre), "decode_tokens_per_sec": median(dec),
-                    "time_to_first_token_ms": median(ttft),
-                });
-                if profile {
-                    // Per-operation profile: the prompt as one prefill, then `gen` greedy decode steps.
-                    let ids = engine.tokenize(&prompt)?;
-                    engine.reset();
-                    engine.set_profiling(true);
-                    let mut logits = engine.append(&ids)?;
-                    let pre = engine.profile().cloned().unwrap_or_default();
-                    engine.set_profiling(true);
-                    let mut sampling = 0.0;
-                    for _ in 0..gen {
-                        let t0 = std::time::Instant::now();
-                        let tok = kvchat::sampler::argmax(&logits);
-                        sampling += t0.elapsed().as_secs_f64();
-                        logits = engine.append(&[tok])?;
-                    }
-                    let mut dec = engine.profile().cloned().unwrap_or_default();
-                    dec.add(kvchat::model::profile::Op::Sampling, sampling);
-                    for (phase, p) in [("prefill", &pre), ("decode", &dec)] {
-                        let mut ops = serde_json::Map::new();
-                        let mut total = 0.0;
-                        for (name, ms) in p.per_token_ms() {
-                            total += ms;
-                            ops.insert(name.into(), serde_json::json!((ms * 1000.0).round() / 1000.0));
-                        }
-                        println!("{}", serde_json::json!({"engine": "kvchat-native", "profile": phase, "tokens": p.tokens, "ms_per_token": (total * 1000.0).round() / 1000.0, "ops_ms_per_token": ops}));
-                    }
-                }
-                if json {
-                    println!("{v}");
-                } else {
-                    println!(
-                        "prompt {prompt_tokens} tokens, {gen} generated, median of {} runs: prefill {:.1} tok/s, decode {:.1} tok/s, ttft {:.1} ms",
-                        v["runs"], v["prefill_tokens_per_sec"].as_f64().unwrap_or(0.0),
-                        v["decode_tokens_per_sec"].as_f64().unwrap_or(0.0), v["time_to_first_token_ms"].as_f64().unwrap_or(0.0)
-                    );
-                }
-            }
+            println!("{}", serde_json::json!({"engine": "kvchat-native", "profile": phase, "tokens": p.tokens, "ms_per_token": (total * 1000.0).round() / 1000.0, "ops_ms_per_token": ops}));
         }
         Ok(())
     }

@@ -23,71 +23,20 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
+    /// Reads and checks the `llama.*` hyper-parameters (errors in the order the keys are read).
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
-        let arch = g.get_str("general.architecture")?;
-        if arch != "llama" {
-            return Err(Error::Unsupported(format!(
-                "architecture `{arch}`: kvchat runs `llama`-family models (Llama, SmolLM, TinyLlama, ...)"
-            )));
-        }
+        check_architecture(g)?;
         let n_layer = g.get_usize("llama.block_count", 512)?;
         let n_head = g.get_usize("llama.attention.head_count", 1024)?;
-        let n_head_kv = match g.metadata("llama.attention.head_count_kv") {
-            Some(_) => g.get_usize("llama.attention.head_count_kv", 1024)?,
-            None => n_head,
-        };
+        let n_head_kv = optional_usize(g, "llama.attention.head_count_kv", 1024, n_head)?;
         let n_embd = g.get_usize("llama.embedding_length", 1 << 16)?;
         let n_ff = g.get_usize("llama.feed_forward_length", 1 << 18)?;
-        if n_head % n_head_kv != 0 {
-            return Err(Error::Metadata {
-                key: "llama.attention.head_count_kv".into(),
-                reason: format!("{n_head} query heads cannot be shared evenly by {n_head_kv} kv heads"),
-            });
-        }
-        if n_embd % n_head != 0 {
-            return Err(Error::Metadata {
-                key: "llama.embedding_length".into(),
-                reason: format!("{n_embd} is not a multiple of the {n_head} heads"),
-            });
-        }
-        let head_dim = n_embd / n_head;
-        if head_dim % 2 != 0 {
-            return Err(Error::Metadata {
-                key: "llama.embedding_length".into(),
-                reason: format!("head size {head_dim} is odd: RoPE needs pairs"),
-            });
-        }
-        let rope_dim = match g.metadata("llama.rope.dimension_count") {
-            Some(_) => g.get_usize("llama.rope.dimension_count", head_dim as u64)?,
-            None => head_dim,
-        };
-        if rope_dim != head_dim {
-            return Err(Error::Unsupported(format!(
-                "partial RoPE (rope.dimension_count {rope_dim} < head size {head_dim})"
-            )));
-        }
-        let rope_freq_base = match g.metadata("llama.rope.freq_base") {
-            Some(_) => g.get_f32("llama.rope.freq_base")?,
-            None => 10_000.0,
-        };
-        if rope_freq_base <= 1.0 {
-            return Err(Error::Metadata { key: "llama.rope.freq_base".into(), reason: format!("{rope_freq_base} must be > 1") });
-        }
-        let rms_eps = g.get_f32("llama.attention.layer_norm_rms_epsilon")?;
-        if !(rms_eps > 0.0 && rms_eps < 1.0) {
-            return Err(Error::Metadata { key: "llama.attention.layer_norm_rms_epsilon".into(), reason: format!("{rms_eps} is not in (0, 1)") });
-        }
-        let context_length = match g.metadata("llama.context_length") {
-            Some(_) => g.get_usize("llama.context_length", 1 << 24)?,
-            None => 2048,
-        };
-        let vocab_size = match g.metadata("llama.vocab_size") {
-            Some(_) => g.get_usize("llama.vocab_size", 1 << 22)?,
-            None => match g.tensor_dims(ModelTensor::TokenEmbedding.name()) {
-                Some(d) if d.len() == 2 => d[0],
-                _ => return Err(Error::Tensor { name: ModelTensor::TokenEmbedding.name().into(), reason: "missing or not a matrix".into() }),
-            },
-        };
+        let head_dim = head_dim(n_head, n_head_kv, n_embd)?;
+        let rope_dim = rope_dim(g, head_dim)?;
+        let rope_freq_base = rope_freq_base(g)?;
+        let rms_eps = rms_eps(g)?;
+        let context_length = optional_usize(g, "llama.context_length", 1 << 24, 2048)?;
+        let vocab_size = vocab_size(g)?;
         // llama.cpp's llama loads optional Q/K/V biases; the block says whether this file has them.
         let qkv_bias = g.has_tensor(&LayerTensor::AttnQ.bias_name(0));
         let blocks = vec![BlockSpec::llama(rope_freq_base, qkv_bias); n_layer];
@@ -124,4 +73,90 @@ impl LlamaConfig {
     pub fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
     }
+}
+
+/// Refuses any `general.architecture` other than `llama`.
+fn check_architecture(g: &Gguf) -> Result<()> {
+    let arch = g.get_str("general.architecture")?;
+    if arch != "llama" {
+        return Err(Error::Unsupported(format!(
+            "architecture `{arch}`: kvchat runs `llama`-family models (Llama, SmolLM, TinyLlama, ...)"
+        )));
+    }
+    Ok(())
+}
+
+/// An integer key in `1..=max` when present, `default` when absent.
+fn optional_usize(g: &Gguf, key: &str, max: u64, default: usize) -> Result<usize> {
+    match g.metadata(key) {
+        Some(_) => g.get_usize(key, max),
+        None => Ok(default),
+    }
+}
+
+/// `n_embd / n_head`, once the kv heads divide the query heads evenly and the head size is even (RoPE rotates pairs).
+fn head_dim(n_head: usize, n_head_kv: usize, n_embd: usize) -> Result<usize> {
+    if n_head % n_head_kv != 0 {
+        return Err(Error::Metadata {
+            key: "llama.attention.head_count_kv".into(),
+            reason: format!("{n_head} query heads cannot be shared evenly by {n_head_kv} kv heads"),
+        });
+    }
+    if n_embd % n_head != 0 {
+        return Err(Error::Metadata {
+            key: "llama.embedding_length".into(),
+            reason: format!("{n_embd} is not a multiple of the {n_head} heads"),
+        });
+    }
+    let head_dim = n_embd / n_head;
+    if head_dim % 2 != 0 {
+        return Err(Error::Metadata {
+            key: "llama.embedding_length".into(),
+            reason: format!("head size {head_dim} is odd: RoPE needs pairs"),
+        });
+    }
+    Ok(head_dim)
+}
+
+/// The rotated dimensions per head, which must be the whole head (no partial RoPE).
+fn rope_dim(g: &Gguf, head_dim: usize) -> Result<usize> {
+    let rope_dim = optional_usize(g, "llama.rope.dimension_count", head_dim as u64, head_dim)?;
+    if rope_dim != head_dim {
+        return Err(Error::Unsupported(format!(
+            "partial RoPE (rope.dimension_count {rope_dim} < head size {head_dim})"
+        )));
+    }
+    Ok(rope_dim)
+}
+
+/// RoPE's base frequency (10000 when absent), which must be > 1.
+fn rope_freq_base(g: &Gguf) -> Result<f32> {
+    let rope_freq_base = match g.metadata("llama.rope.freq_base") {
+        Some(_) => g.get_f32("llama.rope.freq_base")?,
+        None => 10_000.0,
+    };
+    if rope_freq_base <= 1.0 {
+        return Err(Error::Metadata { key: "llama.rope.freq_base".into(), reason: format!("{rope_freq_base} must be > 1") });
+    }
+    Ok(rope_freq_base)
+}
+
+/// RMSNorm's epsilon, which must lie in (0, 1).
+fn rms_eps(g: &Gguf) -> Result<f32> {
+    let rms_eps = g.get_f32("llama.attention.layer_norm_rms_epsilon")?;
+    if !(rms_eps > 0.0 && rms_eps < 1.0) {
+        return Err(Error::Metadata { key: "llama.attention.layer_norm_rms_epsilon".into(), reason: format!("{rms_eps} is not in (0, 1)") });
+    }
+    Ok(rms_eps)
+}
+
+/// `llama.vocab_size`, or else the row count of the token embedding matrix.
+fn vocab_size(g: &Gguf) -> Result<usize> {
+    Ok(match g.metadata("llama.vocab_size") {
+        Some(_) => g.get_usize("llama.vocab_size", 1 << 22)?,
+        None => match g.tensor_dims(ModelTensor::TokenEmbedding.name()) {
+            Some(d) if d.len() == 2 => d[0],
+            _ => return Err(Error::Tensor { name: ModelTensor::TokenEmbedding.name().into(), reason: "missing or not a matrix".into() }),
+        },
+    })
 }
