@@ -172,6 +172,9 @@ impl Runner for CpuRunner {
     fn copy_in(&mut self, batch: &mut BatchKv, from: usize, to: usize) -> Result<()> {
         CpuForward::copy_in(batch, from, to)
     }
+    fn recomputes_without_cache(&self) -> bool {
+        true
+    }
     fn set_profiling(&mut self, on: bool) {
         self.forward.model.set_profiling(on);
     }

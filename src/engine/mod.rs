@@ -403,7 +403,7 @@ impl Engine {
         if opts.stop.iter().any(|s| s.is_empty()) {
             return Err(Error::InvalidOption("stop strings must not be empty".into()));
         }
-        if opts.no_cache && self.backend() != "cpu" {
+        if opts.no_cache && !self.runner.recomputes_without_cache() {
             return Err(Error::InvalidOption("no_cache runs on the CPU backend only".into()));
         }
         // A step an aborted generation left in flight: its result is nobody's.

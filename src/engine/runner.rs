@@ -139,6 +139,11 @@ pub(crate) trait Runner {
     /// Sequence `to` becomes a copy of sequence `from` (a shared prefix).
     fn copy_in(&mut self, batch: &mut BatchKv, from: usize, to: usize) -> Result<()>;
 
+    /// Whether `no_cache` generation (the whole sequence recomputed at every
+    /// token, a benchmark of what the cache saves) is offered.
+    fn recomputes_without_cache(&self) -> bool {
+        false
+    }
     /// The file's bytes, kept where the engine may have to reload the weights
     /// on the CPU (a GPU runner: the device can be lost).
     fn model_bytes(&self) -> Option<Arc<Vec<u8>>> {
