@@ -5,6 +5,10 @@
 //   for await (const piece of llm.generate('Hello', { maxTokens: 64 })) { ... }
 //
 // The engine runs in a dedicated Web Worker (www/worker.js), so the page never freezes.
+// The messages to and from it are declared once, in src/protocol/messages.rs (→ protocol.d.ts).
+
+/** @typedef {import('./protocol.js').WorkerRequest} WorkerRequest */
+/** @typedef {import('./protocol.js').WorkerMessage} WorkerMessage */
 
 export const DEFAULT_MODEL = new URL('../models/SmolLM2-135M-Instruct.Q4_1.gguf', import.meta.url).href;
 
@@ -198,6 +202,7 @@ export class KvChat {
     this.#crash(new KvChatError('this engine was disposed', 'disposed'), false);
   }
 
+  /** Posts the request `{ type, id, ...payload }`. @param {WorkerRequest['type']} type */
   #send(type, payload, transfer = []) {
     const id = this.#nextId++;
     this.#worker.postMessage({ type, id, ...payload }, transfer);
@@ -212,6 +217,7 @@ export class KvChat {
     });
   }
 
+  /** @param {WorkerMessage} m */
   #onMessage(m) {
     if (!m || typeof m !== 'object') return;
     if (m.type === 'crash') { this.#crash(new KvChatError(`the engine crashed: ${m.error?.message}; load the model again`, 'crash')); return; }

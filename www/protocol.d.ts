@@ -1,5 +1,7 @@
 // The worker protocol: what kvchat's wasm engine (src/wasm.rs) sends to www/worker.js,
-// and the option objects it reads. Generated from src/protocol.rs by
+// and the option objects it reads; then the messages between the page (www/kvchat.js)
+// and the worker (www/worker.js), WorkerRequest and WorkerMessage.
+// Generated from src/protocol/ by
 // `cargo test --release --lib protocol` (KVCHAT_BLESS=1 rewrites it): do not edit.
 
 /**
@@ -335,4 +337,305 @@ export type EngineBatchOptions = {
    * Prefill the prefix every input shares once (default true).
    */
   sharePrefix?: boolean,
+};
+
+/**
+ * What the page posts to the worker (`KvChat`'s `#send`): every request has an
+ * `id`, which the worker's messages about it repeat.
+ */
+export type WorkerRequest = {
+  "type": "load",
+  id: number,
+  /**
+   * An absolute URL, a Blob or an ArrayBuffer (transferred).
+   */
+  model: string | Blob | ArrayBuffer,
+  options: WorkerLoadOptions,
+} | {
+  "type": "generate",
+  id: number,
+  input: PromptInput,
+  options: EngineGenerateOptions,
+} | {
+  "type": "generateBatch",
+  id: number,
+  inputs: Array<BatchInput>,
+  options: WorkerBatchOptions,
+} | {
+  "type": "abort",
+  id: number,
+  target: number,
+} | {
+  "type": "tokenize",
+  id: number,
+  text: string,
+} | {
+  "type": "detokenize",
+  id: number,
+  ids: Array<number>,
+} | {
+  "type": "stats",
+  id: number,
+} | {
+  "type": "loseGpuDevice",
+  id: number,
+} | {
+  "type": "profile",
+  id: number,
+  on?: boolean,
+} | {
+  "type": "reset",
+  id: number,
+} | {
+  "type": "dispose",
+  id: number,
+};
+
+/**
+ * The `load` request's options: the engine's own, and what the worker decides.
+ */
+export type WorkerLoadOptions = {
+  /**
+   * Default `auto`.
+   */
+  backend?: BackendChoice,
+  /**
+   * Keep a downloaded model in the Cache API (default true).
+   */
+  cache?: boolean,
+  /**
+   * Default `auto`.
+   */
+  simd?: SimdChoice,
+  /**
+   * Threads for the matmuls (the threaded build; default up to 4 on a cross-origin-isolated page, else 1).
+   */
+  threads?: number,
+  /**
+   * KV cache capacity in tokens (default 2048).
+   */
+  kvWindow?: number,
+  /**
+   * Attention-sink tokens never evicted (default 4).
+   */
+  kvSinks?: number,
+  /**
+   * Store keys and values as f16 (half the cache memory).
+   */
+  kvF16?: boolean,
+  /**
+   * Derive the window from this many bytes of K/V storage instead of `kvWindow`.
+   */
+  kvBudgetBytes?: number,
+  /**
+   * Prompt tokens per prefill step (default 64).
+   */
+  prefillChunk?: number,
+};
+
+/**
+ * The backend the page asks for (`KvChat.load({ backend })`).
+ */
+export type BackendChoice = "auto" | "cpu" | "webgpu";
+
+/**
+ * The wasm build the page asks for.
+ */
+export type SimdChoice = "auto" | "relaxed" | "baseline";
+
+/**
+ * A prompt: raw text, or chat messages (formatted by the model's template).
+ */
+export type PromptInput = string | Array<ChatMessage>;
+
+/**
+ * One chat message of a prompt.
+ */
+export type ChatMessage = {
+  role: string,
+  content: string,
+};
+
+/**
+ * One input of a batch: a prompt, or a prompt with its own generate options.
+ */
+export type BatchInput = PromptInput | {
+  input: PromptInput,
+  /**
+   * Tokens to generate at most (default 256).
+   */
+  maxTokens?: number,
+  /**
+   * 0 is greedy (default 0.7).
+   */
+  temperature?: number,
+  topK?: number,
+  topP?: number,
+  minP?: number,
+  repeatPenalty?: number,
+  seed?: number,
+  stop?: Array<string>,
+  ignoreEos?: boolean,
+  /**
+   * Recompute the whole sequence for every token (shows what the KV cache saves).
+   */
+  noCache?: boolean,
+};
+
+/**
+ * The `generateBatch` request's options: generate options for every input, and the batch's own.
+ */
+export type WorkerBatchOptions = {
+  /**
+   * Tokens to generate at most (default 256).
+   */
+  maxTokens?: number,
+  /**
+   * 0 is greedy (default 0.7).
+   */
+  temperature?: number,
+  topK?: number,
+  topP?: number,
+  minP?: number,
+  repeatPenalty?: number,
+  seed?: number,
+  stop?: Array<string>,
+  ignoreEos?: boolean,
+  /**
+   * Recompute the whole sequence for every token (shows what the KV cache saves).
+   */
+  noCache?: boolean,
+  /**
+   * Sequences decoded together (default 8).
+   */
+  batchSize?: number,
+  /**
+   * Each sequence's KV window in tokens (default min(512, the engine's)).
+   */
+  kvWindow?: number,
+  kvSinks?: number,
+  /**
+   * Prefill the prefix every input shares once (default true).
+   */
+  sharePrefix?: boolean,
+};
+
+/**
+ * What the worker posts to the page. `id` is the request's.
+ */
+export type WorkerMessage = {
+  "type": "hello",
+} | {
+  "type": "progress",
+  id: number,
+  phase: LoadPhase,
+  loaded: number,
+  total: number,
+} | {
+  "type": "warning",
+  id: number,
+  message: string,
+} | {
+  "type": "piece",
+  id: number,
+  piece: string,
+} | {
+  "type": "batch",
+  id: number,
+  events: Array<BatchStepEvent>,
+  stats: BatchStats,
+} | {
+  "type": "done",
+  id: number,
+  result: DoneResult,
+  stats: WorkerStats,
+} | {
+  "type": "aborted",
+  id: number,
+} | {
+  "type": "result",
+  id: number,
+  value: ResultValue,
+} | {
+  "type": "error",
+  id: number,
+  error: WorkerError,
+} | {
+  "type": "crash",
+  error: WorkerError,
+};
+
+/**
+ * Where a model's bytes are in `progress` messages.
+ */
+export type LoadPhase = "download" | "cache" | "init";
+
+/**
+ * The `result` of a `done` message: a generation's, or a batch's aggregate numbers.
+ */
+export type DoneResult = GenerationResult | BatchStats;
+
+/**
+ * `stats`, and every `done` message: the engine's numbers plus what the worker knows.
+ */
+export type WorkerStats = {
+  /**
+   * The wasm build that runs (null before the first `load`).
+   */
+  simd: WasmBuild | null,
+  /**
+   * Threads the matmuls use.
+   */
+  threads: number,
+  /**
+   * Why `auto` did not use WebGPU (or why `webgpu` failed).
+   */
+  gpuError: string | null,
+} & (EngineStats | {
+  backend: EngineBackend,
+  wasmMemoryBytes: number,
+});
+
+/**
+ * The engine's numbers as the worker has them: [`EngineStats`] once a model is loaded.
+ */
+export type WorkerEngineStats = EngineStats | {
+  backend: EngineBackend,
+  wasmMemoryBytes: number,
+};
+
+/**
+ * The wasm build that runs.
+ */
+export type WasmBuild = "relaxed-simd" | "simd128";
+
+/**
+ * The `value` of a `result` message, by request: `load` a [`LoadReply`],
+ * `tokenize` token ids, `detokenize` text, `stats` [`WorkerStats`], `profile`
+ * a [`Profile`] (null without a model), the others `true`.
+ */
+export type ResultValue = LoadReply | Array<number> | string | WorkerStats | Profile | null | true;
+
+/**
+ * The `result` of a `load` request.
+ */
+export type LoadReply = {
+  info: ModelInfo,
+  /**
+   * The model came from the Cache API.
+   */
+  fromCache: boolean,
+  initMs: number,
+};
+
+/**
+ * A failure, as the worker reports it.
+ */
+export type WorkerError = {
+  name: string,
+  message: string,
+  /**
+   * `gguf`, `network`, `memory`, `unsupported`, `invalid-option`, `invalid-prompt`, `busy`, `gpu`, `crash`, …
+   */
+  kind: string,
 };

@@ -1,6 +1,11 @@
 // kvchat's engine worker: downloads and caches the model, owns the wasm
 // engine, and streams generated text back to the page. Every message from the
-// page has a `type` and an `id`; anything else is ignored.
+// page has a `type` and an `id`; anything else is ignored. The messages both ways
+// are declared once, in src/protocol/messages.rs (→ protocol.d.ts), and
+// tests/e2e/messages.test.mjs checks this file against them.
+/** @typedef {import('./protocol.js').WorkerRequest} WorkerRequest */
+/** @typedef {import('./protocol.js').WorkerMessage} WorkerMessage */
+/** @typedef {import('./protocol.js').WorkerStats} WorkerStats */
 // The engine module is imported once the load options are known (see initWasm).
 let KvEngine = null;
 let wasmMemoryBytes = () => 0;
@@ -65,6 +70,7 @@ function initWasm(simd = 'auto', wantThreads) {
 }
 let gpuError = null;
 let adapterName = null;
+/** @returns {WorkerStats} */
 const statsOf = () => {
   const s = engine ? engine.stats() : { backend: 'cpu', wasmMemoryBytes: wasmMemoryBytes() };
   // wgpu cannot see the browser adapter's name: the worker asked navigator.gpu for it.
@@ -72,7 +78,9 @@ const statsOf = () => {
   return { ...s, simd: variant, threads, gpuError };
 };
 
+/** Every message to the page. @type {(msg: WorkerMessage, transfer?: Transferable[]) => void} */
 const post = (msg, transfer) => self.postMessage(msg, transfer || []);
+/** @returns {import('./protocol.js').WorkerError} */
 const errorOf = (e) => ({
   name: e && e.name || 'Error',
   message: e && e.message || String(e),
@@ -149,6 +157,7 @@ function checkGguf(bytes, what) {
   }
 }
 
+/** @param {Extract<WorkerRequest, { type: 'load' }>} msg @returns {Promise<import('./protocol.js').LoadReply>} */
 async function load(msg) {
   const { id, model, options = {} } = msg;
   await initWasm(options.simd, options.threads);
@@ -236,6 +245,7 @@ const generateBatch = ({ id, inputs, options }) => drive(id, () => engine.batchS
   return r.done;
 });
 
+/** One handler per WorkerRequest type; what it returns is the `result` message's `value`. */
 const handlers = {
   load,
   generate,
@@ -250,6 +260,7 @@ const handlers = {
   dispose: async () => { if (current) current.aborted = true; engine?.free(); engine = null; return true; },
 };
 
+/** @param {MessageEvent<WorkerRequest>} event */
 self.onmessage = async (event) => {
   const msg = event.data;
   if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string' || !Object.hasOwn(handlers, msg.type)) return;

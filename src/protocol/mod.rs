@@ -7,6 +7,9 @@
 //! here destructure them field by field, so a field added to a core type does not
 //! compile until it is placed (or explicitly left out) here.
 //!
+//! `messages.rs` declares the messages between the page and the worker, which
+//! carry these replies.
+//!
 //! Natively the types also derive `ts_rs::TS`: the test `declarations_are_current`
 //! renders them into `www/protocol.d.ts`, which `www/kvchat.d.ts` imports.
 //! After changing a type: `KVCHAT_BLESS=1 cargo test --release --lib protocol`.
@@ -521,6 +524,9 @@ pub struct EngineBatchOptions {
     /// Prefill the prefix every input shares once (default true).
     pub share_prefix: Option<bool>,
 }
+
+mod messages;
+pub use messages::*;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod typescript;

@@ -95,3 +95,48 @@ fn replies_are_camel_case() {
     }
     assert_eq!(finished, 2);
 }
+
+/// The page↔worker messages have today's wire shape: `type` first-level, camelCase variant names.
+#[test]
+fn worker_messages_wire_shape() {
+    let json = |m: &WorkerMessage| serde_json::to_value(m).unwrap();
+    assert_eq!(json(&WorkerMessage::Hello), serde_json::json!({ "type": "hello" }));
+    assert_eq!(
+        json(&WorkerMessage::Progress { id: 1.0, phase: LoadPhase::Init, loaded: 0.0, total: 1.0 }),
+        serde_json::json!({ "type": "progress", "id": 1.0, "phase": "init", "loaded": 0.0, "total": 1.0 })
+    );
+    let error = WorkerError { name: "Error".into(), message: "m".into(), kind: "crash".into() };
+    assert_eq!(json(&WorkerMessage::Crash { error }), serde_json::json!({ "type": "crash", "error": { "name": "Error", "message": "m", "kind": "crash" } }));
+    let stats = WorkerStats {
+        engine: WorkerEngineStats::Empty { backend: EngineBackend::Cpu, wasm_memory_bytes: 65536.0 },
+        simd: Some(WasmBuild::RelaxedSimd),
+        threads: 1.0,
+        gpu_error: None,
+    };
+    assert_eq!(
+        json(&WorkerMessage::Result { id: 2.0, value: ResultValue::Stats(stats) }),
+        serde_json::json!({ "type": "result", "id": 2.0, "value": { "backend": "cpu", "wasmMemoryBytes": 65536.0, "simd": "relaxed-simd", "threads": 1.0, "gpuError": null } })
+    );
+
+    // What kvchat.js posts (`{ type, id, ...payload }`) reads as a request.
+    let req = |v: serde_json::Value| serde_json::from_value::<WorkerRequest>(v).unwrap();
+    assert!(matches!(req(serde_json::json!({ "type": "loseGpuDevice", "id": 3 })), WorkerRequest::LoseGpuDevice { .. }));
+    assert!(matches!(req(serde_json::json!({ "type": "profile", "id": 3 })), WorkerRequest::Profile { on: None, .. }));
+    let WorkerRequest::Load { options, .. } = req(serde_json::json!({
+        "type": "load", "id": 1, "model": "https://x/m.gguf",
+        "options": { "kvWindow": 256, "backend": "auto", "simd": "baseline", "cache": false, "threads": 2 }
+    })) else {
+        panic!("load")
+    };
+    assert_eq!((options.engine.kv_window, options.backend, options.simd), (Some(256.0), Some(BackendChoice::Auto), Some(SimdChoice::Baseline)));
+    let WorkerRequest::GenerateBatch { inputs, options, .. } = req(serde_json::json!({
+        "type": "generateBatch", "id": 4,
+        "inputs": ["a", [{ "role": "user", "content": "b" }], { "input": "c", "maxTokens": 3 }],
+        "options": { "batchSize": 2, "maxTokens": 4 }
+    })) else {
+        panic!("generateBatch")
+    };
+    assert_eq!((options.batch.batch_size, options.generate.max_tokens), (Some(2.0), Some(4.0)));
+    assert!(matches!(&inputs[2], BatchInput::WithOptions { options, .. } if options.max_tokens == Some(3.0)));
+    assert!(matches!(&inputs[1], BatchInput::Prompt(PromptInput::Chat(m)) if m[0].content == "b"));
+}

@@ -43,11 +43,30 @@ pub fn declarations() -> String {
         EngineLoadOptions,
         EngineGenerateOptions,
         EngineBatchOptions,
+        WorkerRequest,
+        WorkerLoadOptions,
+        BackendChoice,
+        SimdChoice,
+        PromptInput,
+        ChatMessage,
+        BatchInput,
+        WorkerBatchOptions,
+        WorkerMessage,
+        LoadPhase,
+        DoneResult,
+        WorkerStats,
+        WorkerEngineStats,
+        WasmBuild,
+        ResultValue,
+        LoadReply,
+        WorkerError,
     );
     let declared: Vec<&str> = decls.iter().map(|(name, _, _)| name.as_str()).collect();
     let mut out = String::from(
         "// The worker protocol: what kvchat's wasm engine (src/wasm.rs) sends to www/worker.js,\n\
-         // and the option objects it reads. Generated from src/protocol.rs by\n\
+         // and the option objects it reads; then the messages between the page (www/kvchat.js)\n\
+         // and the worker (www/worker.js), WorkerRequest and WorkerMessage.\n\
+         // Generated from src/protocol/ by\n\
          // `cargo test --release --lib protocol` (KVCHAT_BLESS=1 rewrites it): do not edit.\n",
     );
     for (name, decl, deps) in &decls {
