@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, skipping anything already present:
 # the wasm32 target, wasm-pack, wasm-bindgen-cli (the exact version in Cargo.lock),
-# Chromium and ChromeDriver, the npm packages, and the default model; and, for the threaded
+# Chromium and ChromeDriver, the npm packages (binaryen, playwright-core, typescript), and the default model; and, for the threaded
 # wasm build (std rebuilt with atomics), a pinned nightly toolchain with rust-src.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +44,7 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
   apt-get install -y -qq "${apt_pkgs[@]}" > /dev/null
 fi
 
-if [ ! -x node_modules/.bin/wasm-opt ] || [ ! -d node_modules/playwright-core ]; then
+if [ ! -x node_modules/.bin/wasm-opt ] || [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/typescript ]; then
   say "installing npm packages"; npm ci --no-audit --no-fund
 fi
 

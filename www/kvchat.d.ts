@@ -1,5 +1,5 @@
 // TypeScript declarations for kvchat's public ES module (www/kvchat.js).
-// What the engine sends is declared once, in ./protocol.d.ts (generated from src/protocol.rs);
+// What the engine and the worker send is declared once, in ./protocol.d.ts (generated from src/protocol/);
 // tests/e2e/declarations.test.mjs checks that this file declares every member kvchat.js defines.
 
 import type {
@@ -11,9 +11,11 @@ import type {
   EngineStats,
   GenerationResult,
   GenerationStats,
+  LoadPhase,
   ModelInfo,
   Profile,
   StopReason,
+  WasmBuild,
 } from './protocol.js';
 
 export type {
@@ -35,7 +37,7 @@ export declare const DEFAULT_MODEL: string;
 export type Backend = 'auto' | EngineBackend;
 
 export interface Progress {
-  phase: 'download' | 'cache' | 'init';
+  phase: LoadPhase;
   loaded: number;
   total: number;
 }
@@ -75,7 +77,7 @@ export interface Stats extends EngineStats {
   /** Why 'auto' did not use WebGPU. */
   gpuError: string | null;
   /** The wasm build that runs. */
-  simd: 'relaxed-simd' | 'simd128';
+  simd: WasmBuild;
   /** Threads the matmuls use. */
   threads: number;
 }

@@ -1,11 +1,12 @@
-// The TypeScript declarations against the code, read as text (no browser, no
-// TypeScript compiler): www/kvchat.d.ts declares every export and every member of
+// The TypeScript declarations against the code, read as text (no browser):
+// both .d.ts files compile with the TypeScript compiler in strict mode, and www/kvchat.d.ts declares every export and every member of
 // the KvChat class that www/kvchat.js defines (and nothing it does not), imports
-// only types that www/protocol.d.ts (generated from src/protocol.rs) exports, and
+// only types that www/protocol.d.ts (generated from src/protocol/) exports, and
 // the fields the JS reads from the engine's replies exist in those types.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 
 const read = (p) => readFileSync(new URL(`../../${p}`, import.meta.url), 'utf8');
 const js = read('www/kvchat.js');
@@ -107,4 +108,15 @@ test('the fields the JS reads from the engine replies are declared in protocol.d
   const batch = slice(js, 'async *generateBatch(', 'async *#stream(');
   assert.deepEqual(missing(reads(batch, 'ev'), types.get('BatchStepEvent')), [], 'BatchStepEvent');
   assert.deepEqual(missing(reads(batch, 'ev\\.result'), types.get('GenerationResult')), [], 'GenerationResult');
+});
+
+test('kvchat.d.ts and protocol.d.ts compile with tsc --strict', () => {
+  const root = new URL('../../', import.meta.url).pathname;
+  const tsc = `${root}node_modules/typescript/bin/tsc`;
+  const args = ['--noEmit', '--strict', '--lib', 'es2022,dom', 'www/kvchat.d.ts', 'www/protocol.d.ts'];
+  try {
+    execFileSync(process.execPath, [tsc, ...args], { cwd: root, encoding: 'utf8', stdio: 'pipe' });
+  } catch (e) {
+    assert.fail(`tsc found errors in the declarations:\n${e.stdout}${e.stderr}`);
+  }
 });
