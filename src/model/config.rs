@@ -1,13 +1,49 @@
-//! Hyper-parameters of a llama-family model, read from the GGUF's `llama.*` metadata.
+//! Hyper-parameters of a model, read from the GGUF's `<architecture>.*` metadata,
+//! and the block each architecture's layers compute.
 
-use super::block::BlockSpec;
+use super::block::{BlockSpec, RopeStyle};
 use super::tensors::{LayerTensor, ModelTensor};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
+/// The architectures kvchat runs (`general.architecture`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Llama,
+    Qwen2,
+}
+
+impl Architecture {
+    fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "llama" => Ok(Architecture::Llama),
+            "qwen2" => Ok(Architecture::Qwen2),
+            other => Err(Error::Unsupported(format!("architecture `{other}`: kvchat runs `llama` (Llama, SmolLM, TinyLlama, ...) and `qwen2` models"))),
+        }
+    }
+
+    /// The GGUF's name, the prefix of its hyper-parameter keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
+        }
+    }
+
+    /// What its layers compute (as llama.cpp's `llm_build_llama` / `llm_build_qwen2`
+    /// and `llama_model_rope_type`: NORM for llama, NEOX for qwen2).
+    fn block(self, rope_base: f32, qkv_bias: bool) -> BlockSpec {
+        match self {
+            Architecture::Llama => BlockSpec::llama(rope_base, qkv_bias),
+            Architecture::Qwen2 => BlockSpec { rope_style: RopeStyle::Halves, ..BlockSpec::llama(rope_base, qkv_bias) },
+        }
+    }
+}
+
 /// Everything the forward pass needs to know about the network's shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
+    pub arch: Architecture,
     pub n_layer: usize,
     pub n_head: usize,
     pub n_head_kv: usize,
@@ -25,34 +61,23 @@ pub struct LlamaConfig {
 impl LlamaConfig {
     /// Reads and checks the `llama.*` hyper-parameters (errors in the order the keys are read).
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
-        check_architecture(g)?;
-        let n_layer = g.get_usize("llama.block_count", 512)?;
-        let n_head = g.get_usize("llama.attention.head_count", 1024)?;
-        let n_head_kv = optional_usize(g, "llama.attention.head_count_kv", 1024, n_head)?;
-        let n_embd = g.get_usize("llama.embedding_length", 1 << 16)?;
-        let n_ff = g.get_usize("llama.feed_forward_length", 1 << 18)?;
-        let head_dim = head_dim(n_head, n_head_kv, n_embd)?;
-        let rope_dim = rope_dim(g, head_dim)?;
-        let rope_freq_base = rope_freq_base(g)?;
-        let rms_eps = rms_eps(g)?;
-        let context_length = optional_usize(g, "llama.context_length", 1 << 24, 2048)?;
-        let vocab_size = vocab_size(g)?;
-        // llama.cpp's llama loads optional Q/K/V biases; the block says whether this file has them.
+        let arch = Architecture::from_name(g.get_str("general.architecture")?)?;
+        let key = |k: &str| format!("{}.{k}", arch.name());
+        let n_layer = g.get_usize(&key("block_count"), 512)?;
+        let n_head = g.get_usize(&key("attention.head_count"), 1024)?;
+        let n_head_kv = optional_usize(g, &key("attention.head_count_kv"), 1024, n_head)?;
+        let n_embd = g.get_usize(&key("embedding_length"), 1 << 16)?;
+        let n_ff = g.get_usize(&key("feed_forward_length"), 1 << 18)?;
+        let head_dim = head_dim(&key, n_head, n_head_kv, n_embd)?;
+        let rope_dim = rope_dim(g, &key("rope.dimension_count"), head_dim)?;
+        let rope_freq_base = rope_freq_base(g, &key("rope.freq_base"))?;
+        let rms_eps = rms_eps(g, &key("attention.layer_norm_rms_epsilon"))?;
+        let context_length = optional_usize(g, &key("context_length"), 1 << 24, 2048)?;
+        let vocab_size = vocab_size(g, &key("vocab_size"))?;
+        // Q/K/V biases: qwen2 always has them, llama.cpp's llama loads them where present.
         let qkv_bias = g.has_tensor(&LayerTensor::AttnQ.bias_name(0));
-        let blocks = vec![BlockSpec::llama(rope_freq_base, qkv_bias); n_layer];
-        Ok(Self {
-            n_layer,
-            n_head,
-            n_head_kv,
-            n_embd,
-            n_ff,
-            head_dim,
-            rope_dim,
-            blocks,
-            rms_eps,
-            context_length,
-            vocab_size,
-        })
+        let blocks = vec![arch.block(rope_freq_base, qkv_bias); n_layer];
+        Ok(Self { arch, n_layer, n_head, n_head_kv, n_embd, n_ff, head_dim, rope_dim, blocks, rms_eps, context_length, vocab_size })
     }
 
     /// Number of query heads that share one kv head.
@@ -75,17 +100,6 @@ impl LlamaConfig {
     }
 }
 
-/// Refuses any `general.architecture` other than `llama`.
-fn check_architecture(g: &Gguf) -> Result<()> {
-    let arch = g.get_str("general.architecture")?;
-    if arch != "llama" {
-        return Err(Error::Unsupported(format!(
-            "architecture `{arch}`: kvchat runs `llama`-family models (Llama, SmolLM, TinyLlama, ...)"
-        )));
-    }
-    Ok(())
-}
-
 /// An integer key in `1..=max` when present, `default` when absent.
 fn optional_usize(g: &Gguf, key: &str, max: u64, default: usize) -> Result<usize> {
     match g.metadata(key) {
@@ -95,23 +109,23 @@ fn optional_usize(g: &Gguf, key: &str, max: u64, default: usize) -> Result<usize
 }
 
 /// `n_embd / n_head`, once the kv heads divide the query heads evenly and the head size is even (RoPE rotates pairs).
-fn head_dim(n_head: usize, n_head_kv: usize, n_embd: usize) -> Result<usize> {
+fn head_dim(key: &dyn Fn(&str) -> String, n_head: usize, n_head_kv: usize, n_embd: usize) -> Result<usize> {
     if n_head % n_head_kv != 0 {
         return Err(Error::Metadata {
-            key: "llama.attention.head_count_kv".into(),
+            key: key("attention.head_count_kv"),
             reason: format!("{n_head} query heads cannot be shared evenly by {n_head_kv} kv heads"),
         });
     }
     if n_embd % n_head != 0 {
         return Err(Error::Metadata {
-            key: "llama.embedding_length".into(),
+            key: key("embedding_length"),
             reason: format!("{n_embd} is not a multiple of the {n_head} heads"),
         });
     }
     let head_dim = n_embd / n_head;
     if head_dim % 2 != 0 {
         return Err(Error::Metadata {
-            key: "llama.embedding_length".into(),
+            key: key("embedding_length"),
             reason: format!("head size {head_dim} is odd: RoPE needs pairs"),
         });
     }
@@ -119,8 +133,8 @@ fn head_dim(n_head: usize, n_head_kv: usize, n_embd: usize) -> Result<usize> {
 }
 
 /// The rotated dimensions per head, which must be the whole head (no partial RoPE).
-fn rope_dim(g: &Gguf, head_dim: usize) -> Result<usize> {
-    let rope_dim = optional_usize(g, "llama.rope.dimension_count", head_dim as u64, head_dim)?;
+fn rope_dim(g: &Gguf, key: &str, head_dim: usize) -> Result<usize> {
+    let rope_dim = optional_usize(g, key, head_dim as u64, head_dim)?;
     if rope_dim != head_dim {
         return Err(Error::Unsupported(format!(
             "partial RoPE (rope.dimension_count {rope_dim} < head size {head_dim})"
@@ -130,30 +144,30 @@ fn rope_dim(g: &Gguf, head_dim: usize) -> Result<usize> {
 }
 
 /// RoPE's base frequency (10000 when absent), which must be > 1.
-fn rope_freq_base(g: &Gguf) -> Result<f32> {
-    let rope_freq_base = match g.metadata("llama.rope.freq_base") {
-        Some(_) => g.get_f32("llama.rope.freq_base")?,
+fn rope_freq_base(g: &Gguf, key: &str) -> Result<f32> {
+    let rope_freq_base = match g.metadata(key) {
+        Some(_) => g.get_f32(key)?,
         None => 10_000.0,
     };
     if rope_freq_base <= 1.0 {
-        return Err(Error::Metadata { key: "llama.rope.freq_base".into(), reason: format!("{rope_freq_base} must be > 1") });
+        return Err(Error::Metadata { key: key.into(), reason: format!("{rope_freq_base} must be > 1") });
     }
     Ok(rope_freq_base)
 }
 
 /// RMSNorm's epsilon, which must lie in (0, 1).
-fn rms_eps(g: &Gguf) -> Result<f32> {
-    let rms_eps = g.get_f32("llama.attention.layer_norm_rms_epsilon")?;
+fn rms_eps(g: &Gguf, key: &str) -> Result<f32> {
+    let rms_eps = g.get_f32(key)?;
     if !(rms_eps > 0.0 && rms_eps < 1.0) {
-        return Err(Error::Metadata { key: "llama.attention.layer_norm_rms_epsilon".into(), reason: format!("{rms_eps} is not in (0, 1)") });
+        return Err(Error::Metadata { key: key.into(), reason: format!("{rms_eps} is not in (0, 1)") });
     }
     Ok(rms_eps)
 }
 
-/// `llama.vocab_size`, or else the row count of the token embedding matrix.
-fn vocab_size(g: &Gguf) -> Result<usize> {
-    Ok(match g.metadata("llama.vocab_size") {
-        Some(_) => g.get_usize("llama.vocab_size", 1 << 22)?,
+/// `<arch>.vocab_size`, or else the row count of the token embedding matrix.
+fn vocab_size(g: &Gguf, key: &str) -> Result<usize> {
+    Ok(match g.metadata(key) {
+        Some(_) => g.get_usize(key, 1 << 22)?,
         None => match g.tensor_dims(ModelTensor::TokenEmbedding.name()) {
             Some(d) if d.len() == 2 => d[0],
             _ => return Err(Error::Tensor { name: ModelTensor::TokenEmbedding.name().into(), reason: "missing or not a matrix".into() }),

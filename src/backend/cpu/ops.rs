@@ -52,6 +52,27 @@ pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
+/// RoPE rotating values `i` and `i + head_dim / 2` together (GPT-NeoX's layout,
+/// llama.cpp's `LLAMA_ROPE_TYPE_NEOX`: qwen2, gemma 3); the same products as [`rope`].
+pub fn rope_halves(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = x.len() / 2;
+    let (lo, hi) = x.split_at_mut(half);
+    for (((a, b), &c), &s) in lo.iter_mut().zip(hi.iter_mut()).zip(cos).zip(sin) {
+        let (x0, x1) = (*a, *b);
+        *a = x0 * c - x1 * s;
+        *b = x0 * s + x1 * c;
+    }
+}
+
+/// Adds `bias` to every row of `x` (`rows × bias.len()`).
+pub fn add_rows(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
 /// `e^x` for f32 without a libm call, so loops over it vectorize (wasm has no
 /// exp instruction; a libm `expf` per element dominated softmax and SiLU).
 /// Cephes' expf: `x = n ln2 + r`, a degree-6 polynomial for `e^r`, `2^n` put

@@ -53,9 +53,25 @@ impl Reader<'_> {
         Ok(self.g.tensor(name, &[n], self.device)?.dequantize(self.device)?.to_vec1::<f32>()?)
     }
 
+    /// A projection's bias as f32 (`rows` values).
+    fn bias(&self, t: LayerTensor, layer: usize) -> Result<Vec<f32>> {
+        let rows = t.dims(self.c)[0];
+        let name = t.bias_name(layer);
+        let (data, dt) = self.g.tensor_data(&name, &[rows])?;
+        if dt == GgmlDType::F32 {
+            return Ok(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect());
+        }
+        Ok(self.g.tensor(&name, &[rows], self.device)?.dequantize(self.device)?.to_vec1::<f32>()?)
+    }
+
     fn layer(&self, i: usize) -> Result<Block> {
         let mm = |t: LayerTensor| self.linear(&t.name(i), &t.dims(self.c));
+        let qkv_bias = match self.c.blocks[i].qkv_bias {
+            true => Some([self.bias(LayerTensor::AttnQ, i)?, self.bias(LayerTensor::AttnK, i)?, self.bias(LayerTensor::AttnV, i)?]),
+            false => None,
+        };
         Ok(Block {
+            qkv_bias,
             attn_norm: self.vector(&LayerTensor::AttnNorm.name(i))?,
             wq: mm(LayerTensor::AttnQ)?,
             wk: mm(LayerTensor::AttnK)?,
@@ -98,13 +114,16 @@ impl Llama {
     pub fn estimate_bytes(g: &Gguf, cfg: &LlamaConfig) -> usize {
         let model: usize = [ModelTensor::TokenEmbedding, ModelTensor::OutputNorm, ModelTensor::Output].iter().map(|t| loaded_bytes(g, t.name())).sum();
         let layers: usize = (0..cfg.n_layer).flat_map(|i| LayerTensor::ALL.iter().map(move |t| loaded_bytes(g, &t.name(i)))).sum();
-        model + layers
+        let biases: usize = (0..cfg.n_layer).flat_map(|i| [LayerTensor::AttnQ, LayerTensor::AttnK, LayerTensor::AttnV].map(|t| loaded_bytes(g, &t.bias_name(i)))).sum();
+        model + layers + biases
     }
 
     pub fn load(g: &Gguf, cfg: LlamaConfig, device: &Device) -> Result<Self> {
-        // This pass computes the llama block (pre-norm, SiLU, adjacent-pair RoPE, global attention).
+        // This pass computes pre-norm blocks with a SiLU FFN and global attention,
+        // either RoPE layout, with or without Q/K/V biases (llama, qwen2).
+        let supports = BlockSupport { qkv_bias: true, rope_halves: true, ..Default::default() };
         for b in &cfg.blocks {
-            b.check("CPU", &BlockSupport::default())?;
+            b.check("CPU", &supports)?;
         }
         let r = Reader { g, c: &cfg, device };
         let (embed, tied_output) = r.embedding()?;

@@ -7,7 +7,7 @@
 
 mod load;
 
-use super::block::{Activation, BlockSpec};
+use super::block::{Activation, BlockSpec, RopeStyle};
 use super::config::LlamaConfig;
 use super::profile::{Clock, Op, Profile};
 use super::rope::Rope;
@@ -24,6 +24,8 @@ struct Block {
     wq: Linear,
     wk: Linear,
     wv: Linear,
+    /// Q, K and V biases (where the block has them).
+    qkv_bias: Option<[Vec<f32>; 3]>,
     wo: Linear,
     ffn_norm: Vec<f32>,
     w_gate: Linear,
@@ -218,6 +220,10 @@ impl Llama {
 fn attention(c: &LlamaConfig, b: &Block, i: usize, ws: &mut Workspace, t: usize, positions: &[usize], caches: &mut [&mut KvCache], batch: bool, clock: &mut Clock) -> Result<()> {
     let (hd, eps, e) = (c.head_dim, c.rms_eps, c.n_embd);
     let (qd, kvd, half) = (c.n_head * hd, c.n_head_kv * hd, hd / 2);
+    let rope = match c.blocks[i].rope_style {
+        RopeStyle::Adjacent => ops::rope,
+        RopeStyle::Halves => ops::rope_halves,
+    };
     for j in 0..t {
         ops::rms_norm(&ws.x[j * e..(j + 1) * e], &b.attn_norm, eps, &mut ws.h[j * e..(j + 1) * e]);
     }
@@ -225,6 +231,11 @@ fn attention(c: &LlamaConfig, b: &Block, i: usize, ws: &mut Workspace, t: usize,
     b.wq.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.q[..t * qd])?;
     b.wk.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.k[..t * kvd])?;
     b.wv.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.v[..t * kvd])?;
+    if let Some([bq, bk, bv]) = &b.qkv_bias {
+        ops::add_rows(&mut ws.q[..t * qd], bq);
+        ops::add_rows(&mut ws.k[..t * kvd], bk);
+        ops::add_rows(&mut ws.v[..t * kvd], bv);
+    }
     clock.lap(&mut ws.profile, Op::MatmulQkv);
     for j in 0..t {
         let cache = &mut *caches[if batch { j } else { 0 }];
@@ -234,14 +245,14 @@ fn attention(c: &LlamaConfig, b: &Block, i: usize, ws: &mut Workspace, t: usize,
         if plan.rotates_sink_query() {
             ws.q_sink[..qd].copy_from_slice(q);
             for head in ws.q_sink[..qd].chunks_exact_mut(hd) {
-                ops::rope(head, &ws.sink_cos[..half], &ws.sink_sin[..half]);
+                rope(head, &ws.sink_cos[..half], &ws.sink_sin[..half]);
             }
         }
         for head in q.chunks_exact_mut(hd) {
-            ops::rope(head, cos, sin);
+            rope(head, cos, sin);
         }
         for head in ws.k[j * kvd..(j + 1) * kvd].chunks_exact_mut(hd) {
-            ops::rope(head, cos, sin);
+            rope(head, cos, sin);
         }
         clock.lap(&mut ws.profile, Op::Rope);
         let q_sink: &[f32] = if plan.rotates_sink_query() { &ws.q_sink[..qd] } else { &[] };
