@@ -6,6 +6,8 @@
 //! `../shared/reference/models/make_refs.py`. The tolerance is `real_model.rs`'s: greedy
 //! tokens must agree wherever llama.cpp's own top-two margin is above the noise floor.
 
+mod common;
+use common::teacher_forced_mismatches;
 use kvchat::{Engine, EngineOptions, GenerateOptions, KvCacheConfig, KvDType, Prompt, SamplerConfig};
 use serde_json::Value;
 
@@ -73,17 +75,7 @@ fn qwen2_greedy_tokens_match_llama_cpp_above_its_noise_floor() {
         let gold = ids_of(&p["gen_ids"]);
         let margin: Vec<f64> = p["margins"].as_array().unwrap().iter().map(|m| m.as_f64().unwrap()).collect();
         // Teacher-forced: feed llama.cpp's tokens, compare each step's argmax.
-        let mut seq = prompt.clone();
-        seq.extend(&gold);
-        let logits = e.logits_all(&seq).unwrap();
-        let mut mismatches = Vec::new();
-        for (s, &g) in gold.iter().enumerate() {
-            let ours = kvchat::sampler::argmax(&logits[prompt.len() - 1 + s]);
-            if ours != g {
-                mismatches.push((s, margin[s]));
-                assert!(margin[s] < NOISE, "prompt {id} step {s}: ours {ours}, llama.cpp {g} with margin {}", margin[s]);
-            }
-        }
+        let mismatches = teacher_forced_mismatches(&mut e, &format!("prompt {id}"), &prompt, &gold, &margin, NOISE);
         total.0 += gold.len() - mismatches.len();
         total.1 += gold.len();
         println!("prompt {id}: teacher-forced mismatches (step, margin): {mismatches:?}");

@@ -72,17 +72,7 @@ fn greedy_tokens_match_llama_cpp_above_its_noise_floor() {
             let gold = ids_of(&p["gen_ids"]);
             let margin: Vec<f64> = p["top1_top2_logit_margin"].as_array().unwrap().iter().map(|m| m.as_f64().unwrap()).collect();
             // Teacher-forced: feed llama.cpp's tokens, compare each step's argmax.
-            let mut seq = prompt.clone();
-            seq.extend(&gold);
-            let logits = e.logits_all(&seq).unwrap();
-            let mut mismatches = Vec::new();
-            for (s, &g) in gold.iter().enumerate() {
-                let ours = kvchat::sampler::argmax(&logits[prompt.len() - 1 + s]);
-                if ours != g {
-                    mismatches.push((s, margin[s]));
-                    assert!(margin[s] < NOISE, "{dtype:?} prompt {id} step {s}: ours {ours}, llama.cpp {g} with margin {}", margin[s]);
-                }
-            }
+            let mismatches = teacher_forced_mismatches(&mut e, &format!("{dtype:?} prompt {id}"), &prompt, &gold, &margin, NOISE);
             total.0 += gold.len() - mismatches.len();
             total.1 += gold.len();
             // Free-running greedy generation through the public API.

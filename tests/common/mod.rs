@@ -47,3 +47,21 @@ pub fn real_model() -> Option<Vec<u8>> {
         }
     }
 }
+
+/// llama.cpp's greedy tokens fed after `prompt` (teacher forcing): every step where our argmax
+/// differs, as `(step, llama.cpp's top-two margin there)`. Panics where a step differs although
+/// llama.cpp's margin is at least `noise` (its own rounding noise floor).
+pub fn teacher_forced_mismatches(e: &mut Engine, label: &str, prompt: &[u32], gold: &[u32], margin: &[f64], noise: f64) -> Vec<(usize, f64)> {
+    let mut seq = prompt.to_vec();
+    seq.extend(gold);
+    let logits = e.logits_all(&seq).unwrap();
+    let mut mismatches = Vec::new();
+    for (s, &g) in gold.iter().enumerate() {
+        let ours = kvchat::sampler::argmax(&logits[prompt.len() - 1 + s]);
+        if ours != g {
+            mismatches.push((s, margin[s]));
+            assert!(margin[s] < noise, "{label} step {s}: ours {ours}, llama.cpp {g} with margin {}", margin[s]);
+        }
+    }
+    mismatches
+}
