@@ -7,7 +7,7 @@
 //! tokens must agree wherever llama.cpp's own top-two margin is above the noise floor.
 
 mod common;
-use common::teacher_forced_mismatches;
+use common::{assert_renders_chatml_prompt, teacher_forced_mismatches};
 use kvchat::{Engine, EngineOptions, GenerateOptions, KvCacheConfig, KvDType, Prompt, SamplerConfig};
 use serde_json::Value;
 
@@ -105,12 +105,7 @@ fn qwen2_chat_template_renders_the_reference_chat_prompts() {
     let Some(bytes) = model() else { return };
     let e = engine(&bytes);
     for p in reference()["generate"].as_array().unwrap() {
-        let prompt = p["prompt"].as_str().unwrap();
-        let Some(rest) = prompt.strip_prefix("<|im_start|>system\n") else { continue };
-        let (system, rest) = rest.split_once("<|im_end|>\n<|im_start|>user\n").unwrap();
-        let user = rest.strip_suffix("<|im_end|>\n<|im_start|>assistant\n").unwrap();
-        let msgs = [kvchat::Message::new("system", system), kvchat::Message::new("user", user)];
-        assert_eq!(e.render_chat(&msgs).unwrap(), prompt);
+        assert_renders_chatml_prompt(&e, p["prompt"].as_str().unwrap());
     }
 }
 

@@ -98,12 +98,7 @@ fn chat_template_reproduces_the_golden_chat_prompts() {
     let e = engine(&bytes, KvDType::F16);
     // The golden ChatML prompts are "system + user + assistant header" renderings.
     for p in golden() {
-        let prompt = p["prompt"].as_str().unwrap();
-        let Some(rest) = prompt.strip_prefix("<|im_start|>system\n") else { continue };
-        let (system, rest) = rest.split_once("<|im_end|>\n<|im_start|>user\n").unwrap();
-        let user = rest.strip_suffix("<|im_end|>\n<|im_start|>assistant\n").unwrap();
-        let msgs = [kvchat::Message::new("system", system), kvchat::Message::new("user", user)];
-        assert_eq!(e.render_chat(&msgs).unwrap(), prompt);
+        assert_renders_chatml_prompt(&e, p["prompt"].as_str().unwrap());
     }
 }
 

@@ -65,3 +65,13 @@ pub fn teacher_forced_mismatches(e: &mut Engine, label: &str, prompt: &[u32], go
     }
     mismatches
 }
+
+/// When `prompt` is a ChatML "system + user + assistant header" rendering, the engine's
+/// template renders those two messages to exactly it.
+pub fn assert_renders_chatml_prompt(e: &Engine, prompt: &str) {
+    let Some(rest) = prompt.strip_prefix("<|im_start|>system\n") else { return };
+    let (system, rest) = rest.split_once("<|im_end|>\n<|im_start|>user\n").unwrap();
+    let user = rest.strip_suffix("<|im_end|>\n<|im_start|>assistant\n").unwrap();
+    let msgs = [kvchat::Message::new("system", system), kvchat::Message::new("user", user)];
+    assert_eq!(e.render_chat(&msgs).unwrap(), prompt);
+}
