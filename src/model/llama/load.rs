@@ -1,4 +1,4 @@
-//! The llama weights from a GGUF: Q4_0/Q4_1/Q8_0 repacked straight from the
+//! The llama weights from a GGUF: the own kernels' formats repacked straight from the
 //! file's bytes for the own kernels (no intermediate tensor: faster, and a
 //! lower peak), other types through candle; and the memory they will need,
 //! computed from the header alone.
@@ -16,10 +16,14 @@ use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 use std::sync::Arc;
 
-/// Bytes a tensor occupies once loaded (F16/BF16 weights are widened to f32 by Linear).
+/// Bytes a tensor occupies once loaded (repacked for the own kernels; F16/BF16
+/// weights are widened to f32 by Linear).
 fn loaded_bytes(g: &Gguf, name: &str) -> usize {
     let (Some(dims), Some(dt)) = (g.tensor_dims(name), g.tensor_dtype(name)) else { return 0 };
     let elems: usize = dims.iter().product();
+    if let Some(f) = QFormat::of(dt) {
+        return f.repacked_bytes(elems);
+    }
     match dt {
         GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::F32 => elems * 4,
         dt => elems / dt.block_size() * dt.type_size(),

@@ -3,7 +3,7 @@
 //! bytes), and the activation quantization with AVX2 (the portable code
 //! compiles to SSE2 only, the baseline x86-64 target).
 
-use super::{portable, Out, QActivations, QFormat, QMatrix, QK};
+use super::{portable, Offset, Out, QActivations, QMatrix, QK};
 use std::arch::x86_64::*;
 use std::ops::Range;
 
@@ -43,11 +43,23 @@ unsafe fn nibbles(q: *const u8) -> __m256i {
 }
 
 /// Σ x·y over 32 bytes in eight i32 lanes: `x` unsigned (Q4 values 0..16)
-/// or, with `signed`, both signed (Q8; the sign moved onto `y`, as ggml does).
+/// or, with `signed`, both signed (bytes; the sign moved onto `y`, as ggml
+/// does); each pair sum times its lane of `scales` (i16: ones, or Q6_K's
+/// scale of values 0..16 in the low eight lanes and of 16..32 in the high).
 #[inline(always)]
-unsafe fn dot32(x: __m256i, y: __m256i, signed: bool) -> __m256i {
+unsafe fn dot32(x: __m256i, y: __m256i, signed: bool, scales: __m256i) -> __m256i {
     let (ux, sy) = if signed { (_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)) } else { (x, y) };
-    _mm256_madd_epi16(_mm256_maddubs_epi16(ux, sy), _mm256_set1_epi16(1))
+    _mm256_madd_epi16(_mm256_maddubs_epi16(ux, sy), scales)
+}
+
+/// Row `r`, block `b`'s integer scales as [`dot32`]'s `scales` (ones for formats without).
+#[inline(always)]
+unsafe fn sub_scales(m: &QMatrix, r: usize, b: usize) -> __m256i {
+    if !m.format.sub_scales() {
+        return _mm256_set1_epi16(1);
+    }
+    let [lo, hi] = m.sub_scales(r, b);
+    _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
 }
 
 /// `[Σa, Σb, Σc, Σd]` of four vectors of eight i32 lanes (exact).
@@ -61,26 +73,28 @@ unsafe fn reduce4(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m128i {
 #[target_feature(enable = "avx2")]
 unsafe fn rows4<const T: usize>(m: &QMatrix, r: usize, t0: usize, act: &QActivations, out: &Out) {
     let nb = m.cols / QK;
-    let q8 = m.format == QFormat::Q8_0;
-    let bw = if q8 { 32 } else { 16 };
+    let bytes = m.format.bytes();
+    let offset = m.format.offset();
+    let bw = if bytes { 32 } else { 16 };
     let w = |i: usize| m.qs.as_ptr().add((r + i) * nb * bw);
     let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
     // The four rows' scales of a block are adjacent (see `sidx`); r is a multiple of four.
     let sc = |v: &[f32], b: usize| _mm_loadu_ps(v.as_ptr().add(((r / 4) * nb + b) * 4));
-    let ys = if m.format == QFormat::Q4_1 { &act.s } else { &act.sx };
+    let ys = if offset == Offset::Rounded { &act.s } else { &act.sx };
     let mut acc = [_mm_setzero_ps(); T];
     let mut macc = [_mm_setzero_ps(); T];
     for b in 0..nb {
-        let load = |p: *const u8| if q8 { _mm256_loadu_si256(p.add(b * 32) as *const __m256i) } else { nibbles(p.add(b * 16)) };
+        let load = |p: *const u8| if bytes { _mm256_loadu_si256(p.add(b * 32) as *const __m256i) } else { nibbles(p.add(b * 16)) };
         let (x0, x1, x2, x3) = (load(w0), load(w1), load(w2), load(w3));
+        let (s0, s1, s2, s3) = (sub_scales(m, r, b), sub_scales(m, r + 1, b), sub_scales(m, r + 2, b), sub_scales(m, r + 3, b));
         let dw = sc(&m.d, b);
         for i in 0..T {
             let t = t0 + i;
             let y = _mm256_loadu_si256(act.q.as_ptr().add(t * m.cols + b * QK) as *const __m256i);
-            let s = reduce4(dot32(x0, y, q8), dot32(x1, y, q8), dot32(x2, y, q8), dot32(x3, y, q8));
+            let s = reduce4(dot32(x0, y, bytes, s0), dot32(x1, y, bytes, s1), dot32(x2, y, bytes, s2), dot32(x3, y, bytes, s3));
             let scale = _mm_mul_ps(dw, _mm_set1_ps(*act.d.get_unchecked(t * nb + b)));
             acc[i] = _mm_add_ps(acc[i], _mm_mul_ps(_mm_cvtepi32_ps(s), scale));
-            if !q8 {
+            if offset != Offset::None {
                 macc[i] = _mm_add_ps(macc[i], _mm_mul_ps(sc(&m.m, b), _mm_set1_ps(*ys.get_unchecked(t * nb + b))));
             }
         }

@@ -1,6 +1,6 @@
 //! Quantized dot-product kernels for the weight types small GGUF models ship
-//! (Q4_0, Q4_1, Q8_0), with the weights repacked at load into separate scale
-//! and quant arrays, and the activations quantized once per matmul to Q8 with
+//! (Q4_0, Q4_1, Q8_0, Q5_0, Q4_K, Q5_K, Q6_K), with the weights repacked at
+//! load into separate scale and quant arrays of 32-value blocks, and the activations quantized once per matmul to Q8 with
 //! exactly llama.cpp's rounding (`quantize_row_q8_0` / `quantize_row_q8_1`).
 //!
 //! The loops are written so LLVM vectorizes them (SSE/AVX natively, simd128 in wasm).
@@ -9,6 +9,8 @@
 //! [`QMatrix`] with the dispatch that picks an instruction set; the rest is one
 //! file per concern, as candle's `quantized/{k_quants, avx, simd128}.rs`:
 //!
+//! - `decode.rs`: Q5_0 and K-quant blocks → 32-value blocks (values, scale,
+//!   offset, Q6_K's sub-scales);
 //! - `repack.rs`: GGUF blocks → [`QMatrix`] in a [`Q4Layout`];
 //! - `activations.rs`: [`QActivations`], the Q8 activations every kernel
 //!   reads, and the choice of quantizer;
@@ -30,6 +32,7 @@ mod activations;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod decode;
 mod portable;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128", target_feature = "relaxed-simd"))]
 mod relaxed;
@@ -42,15 +45,36 @@ pub use repack::f16_to_f32;
 
 pub const QK: usize = 32;
 
-/// Weight formats with a kernel here.
+/// Weight formats with a kernel here. Every one is repacked at load into
+/// 32-value blocks of one kind the kernels know ([`QFormat::bytes`],
+/// [`QFormat::offset`], [`QFormat::sub_scales`]): four-bit values
+/// (Q4_0, Q4_1, Q4_K) or signed bytes (Q8_0, Q5_0, Q5_K, Q6_K), one f32 scale
+/// per block, an f32 offset per block where the format has one, and Q6_K's two
+/// integer scales per block (its sub-blocks are 16 values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QFormat {
     Q4_0,
     Q4_1,
     Q8_0,
+    Q5_0,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+/// The offset term of a block's dot product: `m · Σ(activations)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offset {
+    None,
+    /// Against Q8_1's f16-rounded `s = d·Σq` (Q4_1, as llama.cpp computes it).
+    Rounded,
+    /// Against the exact `Σq · d` (Q4_0's `-8d`, the K-quants' `-dmin·min`).
+    Exact,
 }
 
 impl QFormat {
+    pub const ALL: [QFormat; 7] = [QFormat::Q4_0, QFormat::Q4_1, QFormat::Q8_0, QFormat::Q5_0, QFormat::Q4K, QFormat::Q5K, QFormat::Q6K];
+
     /// The format with a kernel here for a GGUF type (the one mapping; CPU and GPU use it).
     pub fn of(dt: candle_core::quantized::GgmlDType) -> Option<Self> {
         use candle_core::quantized::GgmlDType;
@@ -58,17 +82,79 @@ impl QFormat {
             GgmlDType::Q4_0 => Some(QFormat::Q4_0),
             GgmlDType::Q4_1 => Some(QFormat::Q4_1),
             GgmlDType::Q8_0 => Some(QFormat::Q8_0),
+            GgmlDType::Q5_0 => Some(QFormat::Q5_0),
+            GgmlDType::Q4K => Some(QFormat::Q4K),
+            GgmlDType::Q5K => Some(QFormat::Q5K),
+            GgmlDType::Q6K => Some(QFormat::Q6K),
             _ => None,
         }
     }
 
-    /// Bytes of one 32-value block in the GGUF file.
+    /// The GGUF type this format reads.
+    pub fn ggml(self) -> candle_core::quantized::GgmlDType {
+        use candle_core::quantized::GgmlDType;
+        match self {
+            QFormat::Q4_0 => GgmlDType::Q4_0,
+            QFormat::Q4_1 => GgmlDType::Q4_1,
+            QFormat::Q8_0 => GgmlDType::Q8_0,
+            QFormat::Q5_0 => GgmlDType::Q5_0,
+            QFormat::Q4K => GgmlDType::Q4K,
+            QFormat::Q5K => GgmlDType::Q5K,
+            QFormat::Q6K => GgmlDType::Q6K,
+        }
+    }
+
+    /// Values in one block of the GGUF file (K-quants: 256-value super-blocks).
+    pub fn block_values(self) -> usize {
+        match self {
+            QFormat::Q4K | QFormat::Q5K | QFormat::Q6K => 256,
+            _ => QK,
+        }
+    }
+
+    /// Bytes of one block in the GGUF file.
     pub fn block_bytes(self) -> usize {
         match self {
             QFormat::Q4_0 => 18,
             QFormat::Q4_1 => 20,
             QFormat::Q8_0 => 34,
+            QFormat::Q5_0 => 22,
+            QFormat::Q4K => 144,
+            QFormat::Q5K => 176,
+            QFormat::Q6K => 210,
         }
+    }
+
+    /// Bytes `values` weights take once repacked (quants, f32 scale, f32
+    /// offset, sub-scales; without the padding of interleaved layouts).
+    pub fn repacked_bytes(self, values: usize) -> usize {
+        let per_block = if self.bytes() { 32 } else { 16 } + 4 + if self.offset() == Offset::None { 0 } else { 4 } + if self.sub_scales() { 2 } else { 0 };
+        values / QK * per_block
+    }
+
+    /// Whether the repacked values are signed bytes (else four-bit, unsigned 0..16).
+    pub fn bytes(self) -> bool {
+        !matches!(self, QFormat::Q4_0 | QFormat::Q4_1 | QFormat::Q4K)
+    }
+
+    pub fn offset(self) -> Offset {
+        match self {
+            QFormat::Q4_1 => Offset::Rounded,
+            QFormat::Q4_0 | QFormat::Q4K | QFormat::Q5K => Offset::Exact,
+            QFormat::Q8_0 | QFormat::Q5_0 | QFormat::Q6K => Offset::None,
+        }
+    }
+
+    /// Whether each 32-value block has two integer scales, one per 16 values (Q6_K).
+    pub fn sub_scales(self) -> bool {
+        self == QFormat::Q6K
+    }
+
+    /// Whether a layout's interleaved kernels read this format (the AVX-512
+    /// kernels take the three formats they were written for; every other
+    /// format uses the AVX2 layout there).
+    fn in_rows16(self) -> bool {
+        matches!(self, QFormat::Q4_0 | QFormat::Q4_1 | QFormat::Q8_0)
     }
 }
 
@@ -105,6 +191,14 @@ pub enum Q4Layout {
 }
 
 impl Q4Layout {
+    /// The layout this target's fastest kernel for `format` reads.
+    pub fn native_for(format: QFormat) -> Self {
+        match Self::native() {
+            Q4Layout::Rows16 if !format.in_rows16() => Q4Layout::Ggml,
+            layout => layout,
+        }
+    }
+
     /// The layout this target's fastest kernel reads.
     pub fn native() -> Self {
         #[cfg(target_arch = "x86_64")]
@@ -183,9 +277,11 @@ pub struct QMatrix {
     /// unsigned 0..16 and the offset applied through the activations' sums).
     m: Vec<f32>,
     /// Q4: 16 bytes of nibbles per block in `layout` (interleaved layouts pad
-    /// the rows to whole groups). Q8: 32 signed bytes per block (Rows16: 32
-    /// offset bytes per block, interleaved).
+    /// the rows to whole groups). Bytes formats: 32 signed bytes per block
+    /// (Rows16: 32 offset bytes per block, interleaved).
     qs: Vec<u8>,
+    /// Q6_K: the two integer scales of each block (values 0..16, 16..32), `[row][block][2]`.
+    sub: Vec<i8>,
 }
 
 /// The output of a matmul, shared by the threads that each write their own rows.
@@ -210,7 +306,17 @@ impl QMatrix {
         ((r / gr) * (self.cols / QK) + b) * gr + r % gr
     }
 
-    /// Q8 value `j` (0..32) of row `r`, block `b`.
+    /// Q6_K's integer scales of row `r`, block `b` (values 0..16 and 16..32); 1 for other formats.
+    #[inline(always)]
+    fn sub_scales(&self, r: usize, b: usize) -> [i32; 2] {
+        if self.sub.is_empty() {
+            return [1, 1];
+        }
+        let i = 2 * (r * (self.cols / QK) + b);
+        [self.sub[i] as i32, self.sub[i + 1] as i32]
+    }
+
+    /// Byte value `j` (0..32) of row `r`, block `b`.
     #[inline(always)]
     fn q8(&self, r: usize, b: usize, j: usize) -> i8 {
         let nb = self.cols / QK;
@@ -285,13 +391,13 @@ impl QMatrix {
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         {
             #[cfg(target_feature = "relaxed-simd")]
-            if self.layout == Q4Layout::Rows4 && self.format != QFormat::Q8_0 {
+            if self.layout == Q4Layout::Rows4 && !self.format.bytes() {
                 relaxed::matmul(self, rows, t_rows, act, out);
                 return;
             }
-            // Q8 blocks are stored alike in both layouts (Rows4 Q4 blocks without
+            // Byte blocks are stored alike in both layouts (Rows4 Q4 blocks without
             // relaxed SIMD, which only tests build, take the portable kernel).
-            if self.layout == Q4Layout::Lanes || (self.layout == Q4Layout::Rows4 && self.format == QFormat::Q8_0) {
+            if self.layout == Q4Layout::Lanes || (self.layout == Q4Layout::Rows4 && self.format.bytes()) {
                 simd128::matmul(self, rows, t_rows, act, out);
                 return;
             }
@@ -307,24 +413,22 @@ impl QMatrix {
         portable::matmul(self, 0..self.rows, t_rows, act, &Out(out.as_mut_ptr()));
     }
 
-    /// Dequantizes row `r` into `out` (embedding lookups).
+    /// Dequantizes row `r` into `out` (embedding lookups): per value
+    /// `(q · sub) · d + m`, the kernels' integer product then their scale.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let nb = self.cols / QK;
         for b in 0..nb {
-            let d = self.d[self.sidx(r, b)];
+            let i = self.sidx(r, b);
+            let d = self.d[i];
+            let sub = self.sub_scales(r, b);
             let o = &mut out[b * QK..(b + 1) * QK];
-            match self.format {
-                QFormat::Q8_0 => {
-                    for (j, v) in o.iter_mut().enumerate() {
-                        *v = self.q8(r, b, j) as f32 * d;
-                    }
-                }
-                QFormat::Q4_0 | QFormat::Q4_1 => {
-                    for (j, v) in o.iter_mut().enumerate() {
-                        let n = self.nibble(r, b, j);
-                        *v = if self.format == QFormat::Q4_0 { (n as f32 - 8.0) * d } else { n as f32 * d + self.m[self.sidx(r, b)] };
-                    }
-                }
+            for (j, v) in o.iter_mut().enumerate() {
+                *v = match self.format {
+                    QFormat::Q4_0 => (self.nibble(r, b, j) as f32 - 8.0) * d,
+                    f if !f.bytes() => self.nibble(r, b, j) as f32 * d + self.m[i],
+                    f if f.offset() == Offset::None => (self.q8(r, b, j) as i32 * sub[j / 16]) as f32 * d,
+                    _ => self.q8(r, b, j) as f32 * d + self.m[i],
+                };
             }
         }
     }

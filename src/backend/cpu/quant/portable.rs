@@ -4,7 +4,7 @@
 //! same order.
 
 use super::activations::QRow;
-use super::{Out, Q4Layout, QActivations, QFormat, QMatrix, QK};
+use super::{Offset, Out, QActivations, QMatrix, QK};
 use std::ops::Range;
 
 /// Rows `rows` of the product, one row and one token at a time.
@@ -17,43 +17,31 @@ pub(super) fn matmul(m: &QMatrix, rows: Range<usize>, t_rows: usize, act: &QActi
     }
 }
 
-/// Row `r` against one activation row with the portable kernel: Q4 values
-/// unsigned 0..16 times the activations plus the offset term (Q4_1's
-/// minimum against the rounded `s`, Q4_0's `-8d` against the exact sum).
-/// The float operations are the SIMD kernels' (and the WebGPU kernel's),
-/// in the same order: per block `acc += isum * (d_w * d_a)`, the offsets
-/// summed apart and added last.
+/// Row `r` against one activation row with the portable kernel: per block
+/// the integer dot (four-bit values unsigned 0..16, byte values signed;
+/// Q6_K's two halves each times their integer scale), then the float
+/// operations of every SIMD kernel (and the WebGPU kernel), in the same
+/// order: `acc += isum * (d_w * d_a)`, the offsets (`m` against Q4_1's
+/// rounded `s` or everyone else's exact `Σq·d`) summed apart and added last.
 pub(super) fn dot_row(m: &QMatrix, r: usize, y: QRow) -> f32 {
     let nb = m.cols / QK;
+    let offset = m.format.offset();
+    let ys = if offset == Offset::Rounded { y.s } else { y.sx };
     let mut acc = 0f32;
     let mut macc = 0f32;
     for b in 0..nb {
         let i = m.sidx(r, b);
         let yb = &y.q[b * 32..b * 32 + 32];
-        let blk = r * nb + b;
-        let mut sumi = 0i32;
-        match m.format {
-            QFormat::Q8_0 if m.layout == Q4Layout::Rows16 => {
-                for (j, &v) in yb.iter().enumerate() {
-                    sumi += m.q8(r, b, j) as i32 * v as i32;
-                }
-            }
-            QFormat::Q8_0 => {
-                for (&w, &v) in m.qs[blk * 32..blk * 32 + 32].iter().zip(yb) {
-                    sumi += w as i8 as i32 * v as i32;
-                }
-            }
-            QFormat::Q4_0 | QFormat::Q4_1 => {
-                for (j, &v) in yb.iter().enumerate() {
-                    sumi += m.nibble(r, b, j) as i32 * v as i32;
-                }
-            }
+        let sub = m.sub_scales(r, b);
+        let mut half = [0i32; 2];
+        for (j, &v) in yb.iter().enumerate() {
+            let w = if m.format.bytes() { m.q8(r, b, j) as i32 } else { m.nibble(r, b, j) as i32 };
+            half[j / 16] += w * v as i32;
         }
+        let sumi = half[0] * sub[0] + half[1] * sub[1];
         acc += sumi as f32 * (m.d[i] * y.d[b]);
-        match m.format {
-            QFormat::Q4_1 => macc += m.m[i] * y.s[b],
-            QFormat::Q4_0 => macc += m.m[i] * y.sx[b],
-            QFormat::Q8_0 => {}
+        if offset != Offset::None {
+            macc += m.m[i] * ys[b];
         }
     }
     acc + macc

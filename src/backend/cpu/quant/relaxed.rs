@@ -6,7 +6,7 @@
 //! no horizontal reduction. Four rows × four tokens per pass.
 
 use super::simd128::{ld, row_blocks};
-use super::{Out, QActivations, QFormat, QMatrix, QK};
+use super::{Offset, Out, QActivations, QMatrix, QK};
 use core::arch::wasm32::*;
 use std::ops::Range;
 
@@ -94,7 +94,7 @@ unsafe fn store4(m: &QMatrix, g: usize, t: usize, v: v128, out: &Out) {
 unsafe fn rows4_offset(m: &QMatrix, g: usize, t: usize, act: &QActivations) -> v128 {
     let nb = m.cols / QK;
     let m4 = m.m.as_ptr().add(g * nb * 4);
-    let ys = if m.format == QFormat::Q4_1 { act.s.as_ptr() } else { act.sx.as_ptr() }.add(t * nb);
+    let ys = if m.format.offset() == Offset::Rounded { act.s.as_ptr() } else { act.sx.as_ptr() }.add(t * nb);
     let mut macc = f32x4_splat(0.0);
     for b in 0..nb {
         macc = f32x4_add(macc, f32x4_mul(ld(m4.add(b * 4)), f32x4_splat(*ys.add(b))));

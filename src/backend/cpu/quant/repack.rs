@@ -1,7 +1,8 @@
 //! Repacking at load: GGUF blocks → a [`QMatrix`]'s scale, offset and quant
 //! arrays, the quants shuffled into the [`Q4Layout`] the kernels read.
 
-use super::{Q4Layout, QFormat, QMatrix, QK};
+use super::decode::{self, Block32};
+use super::{Offset, Q4Layout, QFormat, QMatrix, QK};
 use half::f16;
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
@@ -17,62 +18,126 @@ pub fn f16_to_f32(bits: u16) -> f32 {
 
 impl QMatrix {
     /// Repacks raw GGUF block data for this target's kernels.
-    /// `data.len()` must be `rows * cols / 32 * block_bytes`.
+    /// `data.len()` must be `rows * cols / block_values * block_bytes`.
     pub fn from_blocks(format: QFormat, rows: usize, cols: usize, data: &[u8]) -> Option<Self> {
-        Self::from_blocks_with_layout(format, rows, cols, data, Q4Layout::native())
+        Self::from_blocks_with_layout(format, rows, cols, data, Q4Layout::native_for(format))
     }
 
-    /// As [`from_blocks`](Self::from_blocks) with an explicit Q4 layout (tests compare them).
+    /// As [`from_blocks`](Self::from_blocks) with an explicit Q4 layout (tests
+    /// compare them); `None` for a format the layout's kernels do not read.
     pub fn from_blocks_with_layout(format: QFormat, rows: usize, cols: usize, data: &[u8], layout: Q4Layout) -> Option<Self> {
-        if cols % QK != 0 {
+        let per = format.block_values();
+        if cols % per != 0 || (layout == Q4Layout::Rows16 && !format.in_rows16()) {
             return None;
         }
-        let nb = rows * cols / QK;
+        if data.len() != rows.checked_mul(cols / per)?.checked_mul(format.block_bytes())? {
+            return None;
+        }
+        let mut p = Packer::new(format, rows, cols, layout);
         let bb = format.block_bytes();
-        if data.len() != nb * bb {
-            return None;
+        match format {
+            QFormat::Q4_0 | QFormat::Q4_1 | QFormat::Q8_0 => {
+                // One pass over the file's blocks, each written straight to its place.
+                for (i, blk) in data.chunks_exact(bb).enumerate() {
+                    let (r, b) = (i / p.nbr, i % p.nbr);
+                    let scale = f16_at(blk, 0);
+                    match format {
+                        QFormat::Q4_0 => p.nibbles(r, b, scale, -8.0 * scale, &blk[2..18]),
+                        QFormat::Q4_1 => p.nibbles(r, b, scale, f16_at(blk, 2), &blk[4..20]),
+                        _ => p.bytes(r, b, scale, 0.0, &blk[2..34]),
+                    }
+                }
+            }
+            QFormat::Q5_0 => {
+                for (i, blk) in data.chunks_exact(bb).enumerate() {
+                    let v = decode::q5_0(blk);
+                    p.bytes(i / p.nbr, i % p.nbr, v.d, v.m, &v.q);
+                }
+            }
+            QFormat::Q4K | QFormat::Q5K | QFormat::Q6K => {
+                let mut subs = [Block32::default(); 8];
+                for (i, blk) in data.chunks_exact(bb).enumerate() {
+                    decode::k_quant(format, blk, &mut subs);
+                    let (r, b0) = ((8 * i) / p.nbr, (8 * i) % p.nbr);
+                    for (k, v) in subs.iter().enumerate() {
+                        if format.bytes() {
+                            p.bytes(r, b0 + k, v.d, v.m, &v.q);
+                        } else {
+                            p.nibbles(r, b0 + k, v.d, v.m, &v.q[..16]);
+                        }
+                        if format.sub_scales() {
+                            p.sub[2 * (r * p.nbr + b0 + k)..][..2].copy_from_slice(&v.sub);
+                        }
+                    }
+                }
+            }
         }
-        let qlen = if format == QFormat::Q8_0 { 32 } else { 16 };
+        Some(Self { format, rows, cols, layout, d: p.d, m: p.m, qs: p.qs, sub: p.sub })
+    }
+}
+
+/// The arrays of a [`QMatrix`] being filled, block by block.
+struct Packer {
+    layout: Q4Layout,
+    /// Blocks of 32 per row, rows per group of the layout.
+    nbr: usize,
+    gr: usize,
+    d: Vec<f32>,
+    m: Vec<f32>,
+    qs: Vec<u8>,
+    sub: Vec<i8>,
+}
+
+impl Packer {
+    fn new(format: QFormat, rows: usize, cols: usize, layout: Q4Layout) -> Self {
         let nbr = cols / QK;
         // Every layout keeps the scales of a group of rows together (`[rows / G][block][G]`,
         // rows padded to whole groups with zero scales): the kernels take a group per pass.
         let gr = layout.group_rows();
         let slots = rows.div_ceil(gr) * gr * nbr;
-        let mut d = vec![0f32; slots];
-        let mut m = vec![0f32; if format == QFormat::Q8_0 { 0 } else { slots }];
-        let padded = layout == Q4Layout::Rows16 || (layout == Q4Layout::Rows4 && format != QFormat::Q8_0);
-        // One pass over the file's blocks, each written straight to its place.
-        let mut qs = vec![0u8; if padded { slots } else { nb } * qlen];
-        for (i, blk) in data.chunks_exact(bb).enumerate() {
-            let (r, b) = (i / nbr, i % nbr);
-            let at = ((r / gr) * nbr + b) * gr + r % gr;
-            let scale = f16_at(blk, 0);
-            d[at] = scale;
-            let nibbles = match format {
-                QFormat::Q4_0 => {
-                    m[at] = -8.0 * scale;
-                    &blk[2..18]
-                }
-                QFormat::Q4_1 => {
-                    m[at] = f16_at(blk, 2);
-                    &blk[4..20]
-                }
-                QFormat::Q8_0 if layout == Q4Layout::Rows16 => {
-                    q8_rows16(&mut qs, ((r / 16) * nbr + b) * 512 + 4 * (r % 16), &blk[2..34]);
-                    continue;
-                }
-                QFormat::Q8_0 => {
-                    qs[i * 32..i * 32 + 32].copy_from_slice(&blk[2..34]);
-                    continue;
-                }
-            };
-            match layout {
-                Q4Layout::Ggml => qs[i * 16..i * 16 + 16].copy_from_slice(nibbles),
-                Q4Layout::Rows4 | Q4Layout::Rows16 => interleave_rows(&mut qs, ((r / gr) * nbr + b) * 16 * gr + 4 * (r % gr), 4 * gr, nibbles),
-                Q4Layout::Lanes => to_lanes(&mut qs[i * 16..i * 16 + 16], nibbles),
-            }
+        let qlen = if format.bytes() { 32 } else { 16 };
+        let padded = layout == Q4Layout::Rows16 || (layout == Q4Layout::Rows4 && !format.bytes());
+        let has_offset = format.offset() != Offset::None;
+        Self {
+            layout,
+            nbr,
+            gr,
+            d: vec![0f32; slots],
+            m: vec![0f32; if has_offset { slots } else { 0 }],
+            qs: vec![0u8; if padded { slots } else { rows * nbr } * qlen],
+            sub: vec![0i8; if format.sub_scales() { 2 * rows * nbr } else { 0 }],
         }
-        Some(Self { format, rows, cols, layout, d, m, qs })
+    }
+
+    /// Stores block `b` of row `r`'s scale and offset (dropped for formats without one).
+    fn scales(&mut self, r: usize, b: usize, d: f32, m: f32) {
+        let at = ((r / self.gr) * self.nbr + b) * self.gr + r % self.gr;
+        self.d[at] = d;
+        if !self.m.is_empty() {
+            self.m[at] = m;
+        }
+    }
+
+    /// A four-bit block: 16 bytes in the GGML order.
+    fn nibbles(&mut self, r: usize, b: usize, d: f32, m: f32, n: &[u8]) {
+        self.scales(r, b, d, m);
+        let (gr, i) = (self.gr, r * self.nbr + b);
+        match self.layout {
+            Q4Layout::Ggml => self.qs[i * 16..i * 16 + 16].copy_from_slice(n),
+            Q4Layout::Rows4 | Q4Layout::Rows16 => interleave_rows(&mut self.qs, ((r / gr) * self.nbr + b) * 16 * gr + 4 * (r % gr), 4 * gr, n),
+            Q4Layout::Lanes => to_lanes(&mut self.qs[i * 16..i * 16 + 16], n),
+        }
+    }
+
+    /// A byte block: 32 signed values.
+    fn bytes(&mut self, r: usize, b: usize, d: f32, m: f32, v: &[u8]) {
+        self.scales(r, b, d, m);
+        let i = r * self.nbr + b;
+        if self.layout == Q4Layout::Rows16 {
+            q8_rows16(&mut self.qs, ((r / 16) * self.nbr + b) * 512 + 4 * (r % 16), v);
+        } else {
+            self.qs[i * 32..i * 32 + 32].copy_from_slice(v);
+        }
     }
 }
 

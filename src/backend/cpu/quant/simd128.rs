@@ -7,7 +7,7 @@
 //! the relaxed-SIMD kernels (`relaxed.rs`, Q4 blocks in the
 //! [`Q4Layout::Rows4`](super::Q4Layout::Rows4) layout) share with these.
 
-use super::{portable, Out, QActivations, QFormat, QMatrix, QK};
+use super::{portable, Offset, Out, QActivations, QMatrix, QK};
 use core::arch::wasm32::*;
 use std::ops::Range;
 
@@ -41,10 +41,19 @@ unsafe fn dot_q4(w: &Q4, act: &QActivations, at: usize) -> v128 {
     dot16(w, act.q16.as_ptr().add(at))
 }
 
+/// A byte block (row `r`, block `b`) widened to 32 i16 lanes, Q6_K's values
+/// times their integer scale (|q · scale| <= 32 · 128: no overflow).
 #[inline(always)]
-unsafe fn unpack_q8(w: *const u8) -> [v128; 4] {
-    let (a, b) = (ld(w), ld(w.add(16)));
-    [i16x8_extend_low_i8x16(a), i16x8_extend_high_i8x16(a), i16x8_extend_low_i8x16(b), i16x8_extend_high_i8x16(b)]
+unsafe fn unpack_q8(m: &QMatrix, r: usize, b: usize) -> [v128; 4] {
+    let w = m.qs.as_ptr().add((r * (m.cols / QK) + b) * 32);
+    let (a, c) = (ld(w), ld(w.add(16)));
+    let v = [i16x8_extend_low_i8x16(a), i16x8_extend_high_i8x16(a), i16x8_extend_low_i8x16(c), i16x8_extend_high_i8x16(c)];
+    if !m.format.sub_scales() {
+        return v;
+    }
+    let [lo, hi] = m.sub_scales(r, b);
+    let (lo, hi) = (i16x8_splat(lo as i16), i16x8_splat(hi as i16));
+    [i16x8_mul(v[0], lo), i16x8_mul(v[1], lo), i16x8_mul(v[2], hi), i16x8_mul(v[3], hi)]
 }
 
 /// Σ w·y over 32 i16 lanes (4 partial lanes).
@@ -62,7 +71,7 @@ unsafe fn dot16(w: &[v128; 4], y: *const i16) -> v128 {
 /// pass (the 28 MiB output projection was otherwise streamed once per four tokens).
 pub(super) fn row_blocks(m: &QMatrix, rows: Range<usize>, t_rows: usize) -> impl Iterator<Item = Range<usize>> {
     let nb = m.cols / QK;
-    let row_bytes = nb * (if m.format == QFormat::Q8_0 { 36 } else { 24 });
+    let row_bytes = nb * (if m.format.bytes() { 36 } else { 24 });
     let step = if t_rows <= 1 { rows.len().max(1) } else { ((64 << 10) / row_bytes.max(1)).max(4) / 4 * 4 };
     (rows.start..rows.end).step_by(step).map(move |r0| r0..(r0 + step).min(rows.end))
 }
@@ -114,11 +123,12 @@ fn one_token(m: &QMatrix, rows: Range<usize>, t: usize, act: &QActivations, out:
 #[inline(always)]
 unsafe fn rows4_x1(m: &QMatrix, g: usize, t: usize, act: &QActivations, out: &Out) {
     let nb = m.cols / QK;
-    let q8 = m.format == QFormat::Q8_0;
+    let q8 = m.format.bytes();
+    let offset = m.format.offset();
     let bw = if q8 { 32 } else { 16 };
     let w = m.qs.as_ptr();
     let d4 = m.d.as_ptr().add(g * nb * 4);
-    let (yd, ys) = (act.d.as_ptr().add(t * nb), if m.format == QFormat::Q4_1 { act.s.as_ptr() } else { act.sx.as_ptr() }.add(t * nb));
+    let (yd, ys) = (act.d.as_ptr().add(t * nb), if offset == Offset::Rounded { act.s.as_ptr() } else { act.sx.as_ptr() }.add(t * nb));
     let mut acc = f32x4_splat(0.0);
     let mut macc = f32x4_splat(0.0);
     let row = |i: usize| w.add((4 * g + i) * nb * bw);
@@ -128,7 +138,8 @@ unsafe fn rows4_x1(m: &QMatrix, g: usize, t: usize, act: &QActivations, out: &Ou
         let o = b * bw;
         let v = if q8 {
             let y = act.q16.as_ptr().add(at);
-            reduce4(dot16(&unpack_q8(w0.add(o)), y), dot16(&unpack_q8(w1.add(o)), y), dot16(&unpack_q8(w2.add(o)), y), dot16(&unpack_q8(w3.add(o)), y))
+            let r = 4 * g;
+            reduce4(dot16(&unpack_q8(m, r, b), y), dot16(&unpack_q8(m, r + 1, b), y), dot16(&unpack_q8(m, r + 2, b), y), dot16(&unpack_q8(m, r + 3, b), y))
         } else {
             reduce4(
                 dot_q4(&unpack_q4(w0.add(o)), act, at),
@@ -139,7 +150,7 @@ unsafe fn rows4_x1(m: &QMatrix, g: usize, t: usize, act: &QActivations, out: &Ou
         };
         let scale = f32x4_mul(ld(d4.add(b * 4)), f32x4_splat(*yd.add(b)));
         acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(v), scale));
-        if !q8 {
+        if offset != Offset::None {
             macc = f32x4_add(macc, f32x4_mul(ld(m.m.as_ptr().add((g * nb + b) * 4)), f32x4_splat(*ys.add(b))));
         }
     }
@@ -151,16 +162,17 @@ unsafe fn rows4_x1(m: &QMatrix, g: usize, t: usize, act: &QActivations, out: &Ou
 #[inline(always)]
 unsafe fn row_x4(m: &QMatrix, r: usize, t0: usize, t_rows: usize, act: &QActivations, out: &Out) {
     let nb = m.cols / QK;
-    let q8 = m.format == QFormat::Q8_0;
+    let q8 = m.format.bytes();
+    let offset = m.format.offset();
     let bw = if q8 { 32 } else { 16 };
     let w = m.qs.as_ptr().add(r * nb * bw);
-    let st = if m.format == QFormat::Q4_1 { act.st.as_ptr() } else { act.sxt.as_ptr() };
+    let st = if offset == Offset::Rounded { act.st.as_ptr() } else { act.sxt.as_ptr() };
     let mut acc = f32x4_splat(0.0);
     let mut macc = f32x4_splat(0.0);
     for b in 0..nb {
         let at = t0 * m.cols + b * QK;
         let v = if q8 {
-            let wv = unpack_q8(w.add(b * 32));
+            let wv = unpack_q8(m, r, b);
             let y = act.q16.as_ptr().add(at);
             reduce4(dot16(&wv, y), dot16(&wv, y.add(m.cols)), dot16(&wv, y.add(2 * m.cols)), dot16(&wv, y.add(3 * m.cols)))
         } else {
@@ -170,7 +182,7 @@ unsafe fn row_x4(m: &QMatrix, r: usize, t0: usize, t_rows: usize, act: &QActivat
         let i = m.sidx(r, b);
         let scale = f32x4_mul(ld(act.dt.as_ptr().add(b * t_rows + t0)), f32x4_splat(*m.d.get_unchecked(i)));
         acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(v), scale));
-        if !q8 {
+        if offset != Offset::None {
             macc = f32x4_add(macc, f32x4_mul(ld(st.add(b * t_rows + t0)), f32x4_splat(*m.m.get_unchecked(i))));
         }
     }
