@@ -17,7 +17,7 @@ fn main() {
     let mut gpu = GpuLlama::load(&g, cfg.clone(), kv, &ctx).unwrap();
     println!("gpu load {:?}", t0.elapsed());
     let mut cpu = Llama::load(&g, cfg.clone(), &candle_core::Device::Cpu).unwrap();
-    let mut cc = KvCache::new(kv, cfg.n_layer, cfg.n_head_kv, cfg.head_dim).unwrap();
+    let mut cc = KvCache::new(kv, &cfg.windows(), cfg.n_head_kv, cfg.head_dim).unwrap();
     let mut gc = KvPolicy::new(kv).unwrap();
     let ids: Vec<u32> = (0..100).map(|i| 100 + (i * 37 % 900) as u32).collect();
     let mut i = 0;

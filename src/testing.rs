@@ -294,7 +294,7 @@ pub fn attention_case(n_head: usize, n_kv: usize, hd: usize, cap: usize, used: u
     use crate::kv_cache::{AttnScratch, KvCache, KvCacheConfig, KvDType};
     let mut rng = Rng::new(seed);
     let mut r = |s: f32| (rng.next_f64() as f32 - 0.5) * s;
-    let mut cache = KvCache::new(KvCacheConfig { window: cap, sinks: 0, dtype: KvDType::F32 }, 1, n_kv, hd).expect("a valid cache");
+    let mut cache = KvCache::uniform(KvCacheConfig { window: cap, sinks: 0, dtype: KvDType::F32 }, 1, n_kv, hd).expect("a valid cache");
     let mut scratch = AttnScratch::default();
     let (mut kc, mut vc) = (vec![0f32; n_kv * cap * hd], vec![0f32; n_kv * cap * hd]);
     let (mut out, mut q) = (vec![0f32; n_head * hd], Vec::new());

@@ -84,9 +84,22 @@ export type KvStats = {
    */
   evicted: number,
   /**
-   * Bytes of the cache's buffers.
+   * Bytes of the cache's buffers (`globalBytes + localBytes`).
    */
   bytes: number,
+  /**
+   * Bytes of the layers attending over the whole window.
+   */
+  globalBytes: number,
+  /**
+   * Bytes of the sliding-window layers (Gemma 3's local layers: a ring of
+   * exactly their window each, whatever `kvWindow` is); 0 for models without.
+   */
+  localBytes: number,
+  /**
+   * The sliding layers' window in tokens (0 for models without).
+   */
+  localWindow: number,
 };
 
 /**

@@ -74,7 +74,7 @@ impl CpuForward {
     /// Caches for a batch on the CPU.
     pub(crate) fn new_batch(&self, kv: KvCacheConfig, regions: usize) -> Result<BatchKv> {
         let c = self.model.config();
-        let caches = (0..regions).map(|_| KvCache::new(kv, c.n_layer, c.n_head_kv, c.head_dim)).collect::<Result<Vec<_>>>()?;
+        let caches = (0..regions).map(|_| KvCache::new(kv, &c.windows(), c.n_head_kv, c.head_dim)).collect::<Result<Vec<_>>>()?;
         Ok(BatchKv { store: BatchStore::Cpu(caches) })
     }
 
@@ -118,7 +118,7 @@ pub(crate) struct CpuRunner {
 impl CpuRunner {
     pub(crate) fn new(model: Llama, kv: KvCacheConfig) -> Result<Self> {
         let c = model.config();
-        let cache = KvCache::new(kv, c.n_layer, c.n_head_kv, c.head_dim)?;
+        let cache = KvCache::new(kv, &c.windows(), c.n_head_kv, c.head_dim)?;
         Ok(Self { forward: CpuForward::new(model), cache })
     }
 }

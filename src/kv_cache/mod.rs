@@ -36,6 +36,17 @@ impl KvDType {
     }
 }
 
+/// The keys a layer's query attends over: the model says which kind each
+/// layer is, and the cache keeps a store of the matching size per layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionWindow {
+    /// Every key the cache holds: the configured window with its sinks.
+    Global,
+    /// Only the last `n` positions (Gemma 3's local layers): a ring of exactly
+    /// `n`, whatever the configured window, never more than the layer reads.
+    Sliding(usize),
+}
+
 /// How big the cache is and how it evicts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KvCacheConfig {
@@ -85,10 +96,18 @@ pub struct KvStats {
     pub used: usize,
     pub sinks: usize,
     pub evicted: usize,
+    /// Every layer's K/V storage (`global_bytes + local_bytes`).
     pub bytes: usize,
+    /// The layers that attend over the whole window.
+    pub global_bytes: usize,
+    /// The sliding-window layers (0 for models without).
+    pub local_bytes: usize,
+    /// The sliding layers' window (0 for models without).
+    pub local_window: usize,
 }
 
-/// A CPU cache: the policy and the storage it plans for. Dereferences to its
+/// A CPU cache: the policy and the storage it plans for (each layer's store
+/// sized by its [`AttentionWindow`]). Dereferences to its
 /// [`KvPolicy`] (lengths, tokens, planning, prefix reuse).
 pub struct KvCache {
     policy: KvPolicy,
@@ -96,8 +115,14 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(cfg: KvCacheConfig, n_layer: usize, n_kv: usize, head_dim: usize) -> Result<Self> {
-        Ok(Self { policy: KvPolicy::new(cfg)?, storage: KvStorage::new(cfg, n_layer, n_kv, head_dim) })
+    /// A cache for layers attending over `windows` (one per layer).
+    pub fn new(cfg: KvCacheConfig, windows: &[AttentionWindow], n_kv: usize, head_dim: usize) -> Result<Self> {
+        Ok(Self { policy: KvPolicy::for_layers(cfg, windows)?, storage: KvStorage::new(cfg, windows, n_kv, head_dim)? })
+    }
+
+    /// A cache whose layers all attend over the whole window.
+    pub fn uniform(cfg: KvCacheConfig, n_layer: usize, n_kv: usize, head_dim: usize) -> Result<Self> {
+        Self::new(cfg, &vec![AttentionWindow::Global; n_layer], n_kv, head_dim)
     }
 
     pub fn policy(&self) -> &KvPolicy {
@@ -110,7 +135,8 @@ impl KvCache {
     }
 
     pub fn stats(&self) -> KvStats {
-        self.policy.stats(self.storage.bytes())
+        let (global, local) = self.storage.bytes_by_kind();
+        KvStats { global_bytes: global, local_bytes: local, ..self.policy.stats(global + local) }
     }
 
     /// Makes this cache a copy of `other` (same configuration, nothing evicted
@@ -118,7 +144,7 @@ impl KvCache {
     /// prefill a shared prompt prefix once and start each sequence from a copy.
     pub fn copy_from(&mut self, other: &KvCache) -> Result<()> {
         self.policy.copy_from(&other.policy)?;
-        self.storage.copy_slots_from(&other.storage, other.policy.used())
+        self.storage.copy_slots_from(&other.storage, other.policy.len())
     }
 
     /// Attention of one layer for the token placed by `plan` (from

@@ -14,8 +14,12 @@
 //!   sequence, so the query is rotated a second time at its in-cache position
 //!   ([`KvPolicy::sink_query_position`]) for its dot products with the sinks
 //!   ([`PositionPlan::sink_until`]).
+//! * Sliding-window layers ([`AttentionWindow::Sliding`]) keep a ring of
+//!   exactly their window `n` and no sinks: position `p` lives in slot
+//!   `p % n`, and the query sees the last `n` positions (llama.cpp's
+//!   `LLAMA_SWA_TYPE_STANDARD` mask), whatever the configured window.
 
-use super::{KvCacheConfig, KvStats};
+use super::{AttentionWindow, KvCacheConfig, KvStats};
 use crate::error::{Error, Result};
 
 /// Where the token at one absolute position goes and what its query sees:
@@ -44,12 +48,24 @@ pub struct KvPolicy {
     cfg: KvCacheConfig,
     /// Every token id fed so far, in order (absolute positions `0..len`).
     tokens: Vec<u32>,
+    /// The smallest sliding window among the layers (their rings forget first).
+    sliding: Option<usize>,
 }
 
 impl KvPolicy {
+    /// A policy for layers that all attend over the whole window.
     pub fn new(cfg: KvCacheConfig) -> Result<Self> {
+        Self::for_layers(cfg, &[])
+    }
+
+    /// A policy for layers attending over `windows`.
+    pub fn for_layers(cfg: KvCacheConfig, windows: &[AttentionWindow]) -> Result<Self> {
         cfg.validate()?;
-        Ok(Self { cfg, tokens: Vec::new() })
+        let sliding = windows.iter().filter_map(|w| if let AttentionWindow::Sliding(n) = w { Some(*n) } else { None }).min();
+        if sliding == Some(0) {
+            return Err(Error::InvalidOption("a sliding attention window of 0 tokens".into()));
+        }
+        Ok(Self { cfg, tokens: Vec::new(), sliding })
     }
 
     pub fn config(&self) -> KvCacheConfig {
@@ -82,9 +98,16 @@ impl KvPolicy {
     pub fn tokens(&self) -> &[u32] {
         &self.tokens
     }
-    /// Occupancy, with `bytes` of storage (the owner's K/V buffers).
+    /// Whether some layer no longer holds every key of the history (the
+    /// window evicted, or a sliding ring wrapped): a request diverging from
+    /// the history cannot keep a prefix then.
+    fn forgot(&self) -> bool {
+        self.evicted() > 0 || self.sliding.is_some_and(|n| self.len() > n)
+    }
+    /// Occupancy, with `bytes` of storage (the owner's K/V buffers, all global).
     pub fn stats(&self, bytes: usize) -> KvStats {
-        KvStats { capacity: self.capacity(), used: self.used(), sinks: self.sinks().min(self.len()), evicted: self.evicted(), bytes }
+        let (sinks, local_window) = (self.sinks().min(self.len()), self.sliding.unwrap_or(0));
+        KvStats { capacity: self.capacity(), used: self.used(), sinks, evicted: self.evicted(), bytes, global_bytes: bytes, local_bytes: 0, local_window }
     }
 
     /// The slot that absolute position `p` occupies.
@@ -101,6 +124,14 @@ impl KvPolicy {
     pub fn plan(&self, p: usize) -> PositionPlan {
         let cap = self.capacity();
         PositionPlan { slot: self.slot(p), used: (p + 1).min(cap), sink_until: if p >= cap { self.cfg.sinks } else { 0 } }
+    }
+
+    /// The plan for position `p` in a layer attending over `window`.
+    pub fn plan_in(&self, window: AttentionWindow, p: usize) -> PositionPlan {
+        match window {
+            AttentionWindow::Global => self.plan(p),
+            AttentionWindow::Sliding(n) => PositionPlan { slot: p % n, used: (p + 1).min(n), sink_until: 0 },
+        }
     }
 
     /// In-cache position of a query once evictions happened (the last slot's distance).
@@ -126,7 +157,7 @@ impl KvPolicy {
         let common = self.tokens.iter().zip(ids).take_while(|(a, b)| a == b).count();
         let keep = common.min(ids.len().saturating_sub(1));
         if keep < self.len() {
-            if self.evicted() > 0 {
+            if self.forgot() {
                 self.tokens.clear();
                 return 0;
             }
@@ -154,7 +185,7 @@ impl KvPolicy {
     /// Makes this policy a copy of `other`'s (a shared prefix): same
     /// configuration and nothing evicted yet.
     pub fn copy_from(&mut self, other: &KvPolicy) -> Result<()> {
-        if other.cfg != self.cfg {
+        if other.cfg != self.cfg || other.sliding != self.sliding {
             return Err(Error::Backend("copy between caches of different shapes".into()));
         }
         if other.evicted() > 0 {

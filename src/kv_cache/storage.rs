@@ -1,11 +1,12 @@
 //! The CPU's K/V storage: one K and one V buffer per layer,
-//! `[n_kv, window, head_dim]`, allocated once (memory never grows), in f32 or
+//! `[n_kv, cap, head_dim]` (`cap` the configured window, or the layer's
+//! sliding window), allocated once (memory never grows), in f32 or
 //! f16; and one layer's attention of one token read from it in place (the
 //! loops per instruction set are in `backend::cpu::attention`). Where a token
 //! goes and what its query sees comes from the [`PositionPlan`].
 
 use super::policy::PositionPlan;
-use super::{KvCacheConfig, KvDType};
+use super::{AttentionWindow, KvCacheConfig, KvDType};
 use crate::backend::cpu::attention::{attend_heads, GroupArgs};
 use crate::backend::cpu::ops;
 use crate::error::{Error, Result};
@@ -63,9 +64,13 @@ impl Store {
 }
 
 
+/// One layer's keys and values, `[n_kv, cap, head_dim]` each.
 struct LayerCache {
     k: Store,
     v: Store,
+    /// Slots per kv head: the configured window, or the layer's sliding window.
+    cap: usize,
+    local: bool,
 }
 
 /// Reusable buffers for [`KvStorage::attend`] (nothing is allocated per token
@@ -122,30 +127,50 @@ impl<T> SyncPtr<T> {
 pub struct KvStorage {
     layers: Vec<LayerCache>,
     dtype: KvDType,
-    window: usize,
     n_kv: usize,
     head_dim: usize,
 }
 
 impl KvStorage {
-    pub fn new(cfg: KvCacheConfig, n_layer: usize, n_kv: usize, head_dim: usize) -> Self {
-        let n = n_kv * cfg.window * head_dim;
-        let layers = (0..n_layer).map(|_| LayerCache { k: Store::new(cfg.dtype, n), v: Store::new(cfg.dtype, n) }).collect();
-        Self { layers, dtype: cfg.dtype, window: cfg.window, n_kv, head_dim }
+    /// One store per layer, sized by its window (`windows[i]` for layer `i`).
+    pub fn new(cfg: KvCacheConfig, windows: &[AttentionWindow], n_kv: usize, head_dim: usize) -> Result<Self> {
+        let layers = windows
+            .iter()
+            .map(|w| {
+                let (cap, local) = match *w {
+                    AttentionWindow::Global => (cfg.window, false),
+                    AttentionWindow::Sliding(n) => (n, true),
+                };
+                let n = n_kv.checked_mul(cap).and_then(|v| v.checked_mul(head_dim)).ok_or_else(|| Error::InvalidOption("kv cache size overflows".into()))?;
+                Ok(LayerCache { k: Store::new(cfg.dtype, n), v: Store::new(cfg.dtype, n), cap, local })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { layers, dtype: cfg.dtype, n_kv, head_dim })
     }
 
     /// Bytes held by the preallocated K/V buffers.
     pub fn bytes(&self) -> usize {
-        self.layers.len() * 2 * self.n_kv * self.window * self.head_dim * self.dtype.size()
+        let (global, local) = self.bytes_by_kind();
+        global + local
     }
 
-    /// Copies the keys and values of the first `used` slots of `other` (same shape).
-    pub fn copy_slots_from(&mut self, other: &KvStorage, used: usize) -> Result<()> {
-        if (other.layers.len(), other.dtype, other.window, other.n_kv, other.head_dim) != (self.layers.len(), self.dtype, self.window, self.n_kv, self.head_dim) {
+    /// Bytes of the global layers' and of the sliding layers' buffers.
+    pub fn bytes_by_kind(&self) -> (usize, usize) {
+        let per_slot = 2 * self.n_kv * self.head_dim * self.dtype.size();
+        let sum = |local: bool| self.layers.iter().filter(|l| l.local == local).map(|l| l.cap * per_slot).sum();
+        (sum(false), sum(true))
+    }
+
+    /// Copies the keys and values `other` holds after `len` tokens (same shape):
+    /// each layer's first `min(len, cap)` slots.
+    pub fn copy_slots_from(&mut self, other: &KvStorage, len: usize) -> Result<()> {
+        let caps = |s: &KvStorage| s.layers.iter().map(|l| l.cap).collect::<Vec<_>>();
+        if (other.dtype, other.n_kv, other.head_dim, caps(other)) != (self.dtype, self.n_kv, self.head_dim, caps(self)) {
             return Err(Error::Backend("copy between caches of different shapes".into()));
         }
-        let (cap, hd) = (self.window, self.head_dim);
+        let hd = self.head_dim;
         for (dst, src) in self.layers.iter_mut().zip(&other.layers) {
+            let (cap, used) = (dst.cap, len.min(dst.cap));
             for g in 0..self.n_kv {
                 let span = g * cap * hd..(g * cap + used) * hd;
                 dst.k.copy_span(&src.k, span.clone());
@@ -169,7 +194,7 @@ impl KvStorage {
     /// causal without a mask. Writes `[n_head * head_dim]` to `out`.
     #[allow(clippy::too_many_arguments)]
     pub fn attend(&mut self, layer: usize, plan: PositionPlan, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], scratch: &mut AttnScratch, out: &mut [f32]) {
-        let (hd, n_kv, cap) = (self.head_dim, self.n_kv, self.window);
+        let (hd, n_kv, cap) = (self.head_dim, self.n_kv, self.layers[layer].cap);
         let n_head = q.len() / hd;
         let n_rep = n_head / n_kv;
         let lc = &mut self.layers[layer];

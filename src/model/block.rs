@@ -33,14 +33,8 @@ pub enum RopeStyle {
     Halves,
 }
 
-/// The keys a query attends over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttentionWindow {
-    /// Every key the cache holds.
-    Global,
-    /// Only the last `n` positions (gemma 3's local layers).
-    Sliding(usize),
-}
+/// The keys a query attends over (the cache sizes each layer's store by it).
+pub use crate::kv_cache::AttentionWindow;
 
 /// One layer's recipe.
 #[derive(Debug, Clone, Copy, PartialEq)]

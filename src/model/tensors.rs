@@ -25,6 +25,12 @@ pub enum LayerTensor {
     FfnGate,
     FfnUp,
     FfnDown,
+    /// Per-head RMSNorm weights of the queries and keys (QK-norm blocks).
+    AttnQNorm,
+    AttnKNorm,
+    /// The norms after attention and after the FFN (post-norm blocks).
+    AttnPostNorm,
+    FfnPostNorm,
 }
 
 impl ModelTensor {
@@ -46,8 +52,9 @@ impl ModelTensor {
 }
 
 impl LayerTensor {
-    /// Every tensor of a llama block, in load order.
-    pub const ALL: [LayerTensor; 9] = [
+    /// Every tensor a block may have, in load order (those a block's spec
+    /// does not ask for are absent from the file).
+    pub const ALL: [LayerTensor; 13] = [
         LayerTensor::AttnNorm,
         LayerTensor::AttnQ,
         LayerTensor::AttnK,
@@ -57,6 +64,10 @@ impl LayerTensor {
         LayerTensor::FfnGate,
         LayerTensor::FfnUp,
         LayerTensor::FfnDown,
+        LayerTensor::AttnQNorm,
+        LayerTensor::AttnKNorm,
+        LayerTensor::AttnPostNorm,
+        LayerTensor::FfnPostNorm,
     ];
 
     fn stem(self) -> &'static str {
@@ -70,6 +81,10 @@ impl LayerTensor {
             LayerTensor::FfnGate => "ffn_gate",
             LayerTensor::FfnUp => "ffn_up",
             LayerTensor::FfnDown => "ffn_down",
+            LayerTensor::AttnQNorm => "attn_q_norm",
+            LayerTensor::AttnKNorm => "attn_k_norm",
+            LayerTensor::AttnPostNorm => "post_attention_norm",
+            LayerTensor::FfnPostNorm => "post_ffw_norm",
         }
     }
 
@@ -87,7 +102,8 @@ impl LayerTensor {
     pub fn dims(self, c: &LlamaConfig) -> Vec<usize> {
         let (e, ff, qd, kvd) = (c.n_embd, c.n_ff, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
         match self {
-            LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![e],
+            LayerTensor::AttnNorm | LayerTensor::FfnNorm | LayerTensor::AttnPostNorm | LayerTensor::FfnPostNorm => vec![e],
+            LayerTensor::AttnQNorm | LayerTensor::AttnKNorm => vec![c.head_dim],
             LayerTensor::AttnQ => vec![qd, e],
             LayerTensor::AttnK | LayerTensor::AttnV => vec![kvd, e],
             LayerTensor::AttnOutput => vec![e, qd],

@@ -80,14 +80,21 @@ pub struct KvStats {
     pub sinks: usize,
     /// Tokens evicted so far.
     pub evicted: usize,
-    /// Bytes of the cache's buffers.
+    /// Bytes of the cache's buffers (`globalBytes + localBytes`).
     pub bytes: usize,
+    /// Bytes of the layers attending over the whole window.
+    pub global_bytes: usize,
+    /// Bytes of the sliding-window layers (Gemma 3's local layers: a ring of
+    /// exactly their window each, whatever `kvWindow` is); 0 for models without.
+    pub local_bytes: usize,
+    /// The sliding layers' window in tokens (0 for models without).
+    pub local_window: usize,
 }
 
 impl From<&kv_cache::KvStats> for KvStats {
     fn from(s: &kv_cache::KvStats) -> Self {
-        let kv_cache::KvStats { capacity, used, sinks, evicted, bytes } = *s;
-        KvStats { capacity, used, sinks, evicted, bytes }
+        let kv_cache::KvStats { capacity, used, sinks, evicted, bytes, global_bytes, local_bytes, local_window } = *s;
+        KvStats { capacity, used, sinks, evicted, bytes, global_bytes, local_bytes, local_window }
     }
 }
 

@@ -102,6 +102,26 @@ pub fn silu_mul(g: &mut [f32], u: &[f32]) {
     }
 }
 
+/// `g = gelu(g) * u` with GELU's tanh approximation (ggml's `ggml_gelu`,
+/// gemma's FFN), written as `x · sigmoid(2k(x + 0.044715x³))` (`0.5(1 + tanh t)`
+/// is `sigmoid(2t)`) so it shares [`exp`] with SiLU.
+pub fn gelu_mul(g: &mut [f32], u: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (a, &b) in g.iter_mut().zip(u) {
+        let x = *a;
+        let t = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+        *a = x / (1.0 + exp(-2.0 * t)) * b;
+    }
+}
+
+/// RMSNorm of `x` in place (the QK-norm of each head).
+pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let scale = 1.0 / (sum_of_squares(x) / x.len() as f32 + eps).sqrt();
+    for (v, &g) in x.iter_mut().zip(w) {
+        *v = *v * scale * g;
+    }
+}
+
 /// `y += x`.
 pub fn add_assign(y: &mut [f32], x: &[f32]) {
     for (a, &b) in y.iter_mut().zip(x) {

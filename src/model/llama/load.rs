@@ -3,14 +3,13 @@
 //! lower peak), other types through candle; and the memory they will need,
 //! computed from the header alone.
 
-use super::{Block, Embedding, Llama, Workspace};
+use super::{Block, Embedding, Llama, RopeTables, Workspace};
 use crate::backend::cpu::quant::{QFormat, QMatrix};
 use crate::backend::cpu::Linear;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::model::block::BlockSupport;
+use crate::model::block::{BlockSupport, NormPlacement};
 use crate::model::config::LlamaConfig;
-use crate::model::rope::Rope;
 use crate::model::tensors::{LayerTensor, ModelTensor};
 use candle_core::quantized::GgmlDType;
 use candle_core::Device;
@@ -47,9 +46,13 @@ impl Reader<'_> {
         Linear::new(Arc::new(self.g.tensor(name, dims, self.device)?))
     }
 
-    /// A norm weight as f32.
+    /// A norm weight of `n_embd` values as f32.
     fn vector(&self, name: &str) -> Result<Vec<f32>> {
-        let n = self.c.n_embd;
+        self.vector_of(name, self.c.n_embd)
+    }
+
+    /// A weight vector of `n` values as f32.
+    fn vector_of(&self, name: &str, n: usize) -> Result<Vec<f32>> {
         let (data, dt) = self.g.tensor_data(name, &[n])?;
         if dt == GgmlDType::F32 {
             return Ok(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect());
@@ -69,13 +72,20 @@ impl Reader<'_> {
     }
 
     fn layer(&self, i: usize) -> Result<Block> {
+        let spec = &self.c.blocks[i];
         let mm = |t: LayerTensor| self.linear(&t.name(i), &t.dims(self.c));
-        let qkv_bias = match self.c.blocks[i].qkv_bias {
+        let qkv_bias = match spec.qkv_bias {
             true => Some([self.bias(LayerTensor::AttnQ, i)?, self.bias(LayerTensor::AttnK, i)?, self.bias(LayerTensor::AttnV, i)?]),
             false => None,
         };
+        let norm_if = |want: bool, t: LayerTensor| -> Result<Option<Vec<f32>>> { if want { Ok(Some(self.vector_of(&t.name(i), t.dims(self.c)[0])?)) } else { Ok(None) } };
+        let post = spec.norms == NormPlacement::PreAndPost;
         Ok(Block {
             qkv_bias,
+            q_norm: norm_if(spec.qk_norm, LayerTensor::AttnQNorm)?,
+            k_norm: norm_if(spec.qk_norm, LayerTensor::AttnKNorm)?,
+            attn_post_norm: norm_if(post, LayerTensor::AttnPostNorm)?,
+            ffn_post_norm: norm_if(post, LayerTensor::FfnPostNorm)?,
             attn_norm: self.vector(&LayerTensor::AttnNorm.name(i))?,
             wq: mm(LayerTensor::AttnQ)?,
             wk: mm(LayerTensor::AttnK)?,
@@ -123,9 +133,8 @@ impl Llama {
     }
 
     pub fn load(g: &Gguf, cfg: LlamaConfig, device: &Device) -> Result<Self> {
-        // This pass computes pre-norm blocks with a SiLU FFN and global attention,
-        // either RoPE layout, with or without Q/K/V biases (llama, qwen2).
-        let supports = BlockSupport { qkv_bias: true, rope_halves: true, ..Default::default() };
+        // This pass computes every block variant (llama, qwen2, gemma3).
+        let supports = BlockSupport { post_norms: true, qk_norm: true, qkv_bias: true, gelu: true, rope_halves: true, sliding_window: true };
         for b in &cfg.blocks {
             b.check("CPU", &supports)?;
         }
@@ -138,7 +147,7 @@ impl Llama {
             None => r.linear(ModelTensor::Output.name(), &ModelTensor::Output.dims(&cfg))?,
         };
         let weight_bytes = Self::estimate_bytes(g, &cfg);
-        let rope = Rope::new(cfg.head_dim, cfg.rope_base()?);
-        Ok(Self { rope, cfg, embed, blocks, norm, output, weight_bytes, ws: Workspace::default() })
+        let ropes = RopeTables::new(&cfg);
+        Ok(Self { ropes, cfg, embed, blocks, norm, output, weight_bytes, ws: Workspace::default() })
     }
 }

@@ -1,6 +1,9 @@
-//! The llama forward pass as a straight sequence of kernels over preallocated
-//! buffers: embedding, RMSNorm, RoPE, grouped-query attention over the bounded
-//! [`KvCache`] (read in place), SwiGLU MLP, final norm and output projection.
+//! The llama-family forward pass as a straight sequence of kernels over
+//! preallocated buffers: embedding, RMSNorm, RoPE, grouped-query attention
+//! over the bounded [`KvCache`] (read in place), gated MLP, final norm and
+//! output projection; what each block adds (Q/K/V biases, QK-norm, post-norms,
+//! GELU, RoPE layout and base, a sliding window) read from its [`BlockSpec`]:
+//! llama, qwen2 and gemma3 are this one pass.
 //! Prefill runs whole chunks through the matrix-matrix kernels; a decode step
 //! allocates nothing. candle supplies the GGUF tensors and the matmuls of weight
 //! types without an own kernel.
@@ -26,6 +29,12 @@ struct Block {
     wv: Linear,
     /// Q, K and V biases (where the block has them).
     qkv_bias: Option<[Vec<f32>; 3]>,
+    /// Per-head RMSNorm weights of queries and keys (QK-norm blocks).
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    /// RMSNorms of the attention and FFN outputs before the residual add (post-norm blocks).
+    attn_post_norm: Option<Vec<f32>>,
+    ffn_post_norm: Option<Vec<f32>>,
     wo: Linear,
     ffn_norm: Vec<f32>,
     w_gate: Linear,
@@ -48,9 +57,40 @@ pub struct Llama {
     blocks: Vec<Block>,
     norm: Vec<f32>,
     output: Linear,
-    rope: Rope,
+    ropes: RopeTables,
     weight_bytes: usize,
     ws: Workspace,
+}
+
+/// The RoPE angles of each distinct base among the layers (gemma 3: 10 000
+/// for the sliding layers, the file's base for the global ones), computed
+/// once per position; `ws.cos` / `ws.sin` hold them `[token][table][half]`.
+struct RopeTables {
+    tables: Vec<Rope>,
+    /// The table of each layer.
+    of_layer: Vec<usize>,
+}
+
+impl RopeTables {
+    fn new(c: &LlamaConfig) -> Self {
+        let mut bases: Vec<f32> = Vec::new();
+        let of_layer = c
+            .blocks
+            .iter()
+            .map(|b| match bases.iter().position(|&x| x == b.rope_base) {
+                Some(i) => i,
+                None => {
+                    bases.push(b.rope_base);
+                    bases.len() - 1
+                }
+            })
+            .collect();
+        Self { tables: bases.iter().map(|&base| Rope::new(c.head_dim, base)).collect(), of_layer }
+    }
+
+    fn len(&self) -> usize {
+        self.tables.len()
+    }
 }
 
 /// Every buffer the forward pass writes, grown to the largest chunk seen and
@@ -141,7 +181,7 @@ impl Llama {
         let mut positions = std::mem::take(&mut self.ws.positions);
         positions.clear();
         positions.extend((0..t).map(|j| if batch { caches[j].len() } else { n0 + j }));
-        self.ws.grow(t, &self.cfg);
+        self.ws.grow(t, &self.cfg, self.ropes.len());
         let mut clock = Clock::start(self.ws.profile.is_some());
         let r = self.layers(ids, &positions, caches, batch, &mut clock);
         self.ws.positions = positions;
@@ -164,16 +204,18 @@ impl Llama {
         let t = ids.len();
         for (i, b) in self.blocks.iter().enumerate() {
             let spec = &self.cfg.blocks[i];
-            attention(&self.cfg, b, i, &mut self.ws, t, positions, caches, batch, clock)?;
+            let rope = (self.ropes.of_layer[i], self.ropes.len());
+            attention(&self.cfg, b, i, rope, &mut self.ws, t, positions, caches, batch, clock)?;
             feed_forward(&self.cfg, spec, b, &mut self.ws, t, clock)?;
         }
         Ok(())
     }
 
-    /// Embedding rows of `ids` into `ws.x`, and the rotation tables of this
-    /// chunk's positions (and of the in-cache position seen from the sinks).
+    /// Embedding rows of `ids` into `ws.x` (scaled where the model says), and
+    /// the rotation tables of this chunk's positions (and of the in-cache
+    /// position seen from the sinks), for each RoPE base.
     fn embed(&mut self, ids: &[u32], positions: &[usize], sink_position: usize) -> Result<()> {
-        let (e, half) = (self.cfg.n_embd, self.cfg.head_dim / 2);
+        let (e, half, n) = (self.cfg.n_embd, self.cfg.head_dim / 2, self.ropes.len());
         let ws = &mut self.ws;
         for (j, &id) in ids.iter().enumerate() {
             let row = &mut ws.x[j * e..(j + 1) * e];
@@ -184,11 +226,19 @@ impl Llama {
                     row.copy_from_slice(&q.embedding(&ids_t)?.flatten_all()?.to_vec1::<f32>()?);
                 }
             }
-            self.rope.angles(positions[j], &mut ws.cos[j * half..(j + 1) * half], &mut ws.sin[j * half..(j + 1) * half]);
+            if self.cfg.embedding_scale != 1.0 {
+                row.iter_mut().for_each(|v| *v *= self.cfg.embedding_scale);
+            }
+            for (r, rope) in self.ropes.tables.iter().enumerate() {
+                let at = (j * n + r) * half..(j * n + r + 1) * half;
+                rope.angles(positions[j], &mut ws.cos[at.clone()], &mut ws.sin[at]);
+            }
         }
-        grow(&mut ws.sink_cos, half);
-        grow(&mut ws.sink_sin, half);
-        self.rope.angles(sink_position, &mut ws.sink_cos[..half], &mut ws.sink_sin[..half]);
+        grow(&mut ws.sink_cos, n * half);
+        grow(&mut ws.sink_sin, n * half);
+        for (r, rope) in self.ropes.tables.iter().enumerate() {
+            rope.angles(sink_position, &mut ws.sink_cos[r * half..(r + 1) * half], &mut ws.sink_sin[r * half..(r + 1) * half]);
+        }
         Ok(())
     }
 
@@ -213,14 +263,17 @@ impl Llama {
     }
 }
 
-/// The attention half of block `i`: norm, Q/K/V projections, RoPE, attention
-/// over each row's cache (its plan says whether the query needs its second
-/// rotation for the sinks), the output projection added to the residual.
+/// The attention half of block `i`: norm, Q/K/V projections (biases,
+/// QK-norm), RoPE with the layer's table `rope.0` of `rope.1`, attention over
+/// each row's cache in the layer's window (its plan says whether the query
+/// needs its second rotation for the sinks), the output projection
+/// (post-normed) added to the residual.
 #[allow(clippy::too_many_arguments)]
-fn attention(c: &LlamaConfig, b: &Block, i: usize, ws: &mut Workspace, t: usize, positions: &[usize], caches: &mut [&mut KvCache], batch: bool, clock: &mut Clock) -> Result<()> {
+fn attention(c: &LlamaConfig, b: &Block, i: usize, rope: (usize, usize), ws: &mut Workspace, t: usize, positions: &[usize], caches: &mut [&mut KvCache], batch: bool, clock: &mut Clock) -> Result<()> {
     let (hd, eps, e) = (c.head_dim, c.rms_eps, c.n_embd);
     let (qd, kvd, half) = (c.n_head * hd, c.n_head_kv * hd, hd / 2);
-    let rope = match c.blocks[i].rope_style {
+    let spec = &c.blocks[i];
+    let rotate = match spec.rope_style {
         RopeStyle::Adjacent => ops::rope,
         RopeStyle::Halves => ops::rope_halves,
     };
@@ -237,22 +290,30 @@ fn attention(c: &LlamaConfig, b: &Block, i: usize, ws: &mut Workspace, t: usize,
         ops::add_rows(&mut ws.v[..t * kvd], bv);
     }
     clock.lap(&mut ws.profile, Op::MatmulQkv);
+    if let (Some(qn), Some(kn)) = (&b.q_norm, &b.k_norm) {
+        ws.q[..t * qd].chunks_exact_mut(hd).for_each(|head| ops::rms_norm_in_place(head, qn, eps));
+        ws.k[..t * kvd].chunks_exact_mut(hd).for_each(|head| ops::rms_norm_in_place(head, kn, eps));
+        clock.lap(&mut ws.profile, Op::Norm);
+    }
+    let (table, tables) = rope;
+    let (sink_cos, sink_sin) = (&ws.sink_cos[table * half..(table + 1) * half], &ws.sink_sin[table * half..(table + 1) * half]);
     for j in 0..t {
         let cache = &mut *caches[if batch { j } else { 0 }];
-        let (cos, sin) = (&ws.cos[j * half..(j + 1) * half], &ws.sin[j * half..(j + 1) * half]);
+        let at = (j * tables + table) * half..(j * tables + table + 1) * half;
+        let (cos, sin) = (&ws.cos[at.clone()], &ws.sin[at]);
         let q = &mut ws.q[j * qd..(j + 1) * qd];
-        let plan = cache.plan(positions[j]);
+        let plan = cache.plan_in(spec.window, positions[j]);
         if plan.rotates_sink_query() {
             ws.q_sink[..qd].copy_from_slice(q);
             for head in ws.q_sink[..qd].chunks_exact_mut(hd) {
-                rope(head, &ws.sink_cos[..half], &ws.sink_sin[..half]);
+                rotate(head, sink_cos, sink_sin);
             }
         }
         for head in q.chunks_exact_mut(hd) {
-            rope(head, cos, sin);
+            rotate(head, cos, sin);
         }
         for head in ws.k[j * kvd..(j + 1) * kvd].chunks_exact_mut(hd) {
-            rope(head, cos, sin);
+            rotate(head, cos, sin);
         }
         clock.lap(&mut ws.profile, Op::Rope);
         let q_sink: &[f32] = if plan.rotates_sink_query() { &ws.q_sink[..qd] } else { &[] };
@@ -262,8 +323,16 @@ fn attention(c: &LlamaConfig, b: &Block, i: usize, ws: &mut Workspace, t: usize,
     }
     b.wo.forward_into(&ws.attn[..t * qd], t, &mut ws.act, &mut ws.o[..t * e])?;
     clock.lap(&mut ws.profile, Op::MatmulO);
-    ops::add_assign(&mut ws.x[..t * e], &ws.o[..t * e]);
+    add_residual(&mut ws.x[..t * e], &mut ws.o[..t * e], b.attn_post_norm.as_deref(), eps, e);
     Ok(())
+}
+
+/// `x += out`, `out` RMS-normed first (in place, per token of `e` values) where the block post-norms.
+fn add_residual(x: &mut [f32], out: &mut [f32], post_norm: Option<&[f32]>, eps: f32, e: usize) {
+    if let Some(w) = post_norm {
+        out.chunks_exact_mut(e).for_each(|row| ops::rms_norm_in_place(row, w, eps));
+    }
+    ops::add_assign(x, out);
 }
 
 /// The FFN half of a block: norm, gate and up projections, the block's
@@ -279,24 +348,24 @@ fn feed_forward(c: &LlamaConfig, spec: &BlockSpec, b: &Block, ws: &mut Workspace
     clock.lap(&mut ws.profile, Op::MatmulGateUp);
     match spec.activation {
         Activation::Silu => ops::silu_mul(&mut ws.gate[..t * ff], &ws.up[..t * ff]),
-        other => return Err(Error::Unsupported(format!("the CPU backend has no {other:?} FFN"))),
+        Activation::GeluTanh => ops::gelu_mul(&mut ws.gate[..t * ff], &ws.up[..t * ff]),
     }
     clock.lap(&mut ws.profile, Op::Other);
     b.w_down.forward_into(&ws.gate[..t * ff], t, &mut ws.act, &mut ws.o[..t * e])?;
     clock.lap(&mut ws.profile, Op::MatmulDown);
-    ops::add_assign(&mut ws.x[..t * e], &ws.o[..t * e]);
+    add_residual(&mut ws.x[..t * e], &mut ws.o[..t * e], b.ffn_post_norm.as_deref(), eps, e);
     Ok(())
 }
 
 impl Workspace {
-    /// Grows every buffer to a chunk of `t` tokens (never shrinks).
-    fn grow(&mut self, t: usize, c: &LlamaConfig) {
+    /// Grows every buffer to a chunk of `t` tokens (never shrinks); `tables` RoPE tables.
+    fn grow(&mut self, t: usize, c: &LlamaConfig, tables: usize) {
         let (hd, e, ff) = (c.head_dim, c.n_embd, c.n_ff);
         let (qd, kvd, half) = (c.n_head * hd, c.n_head_kv * hd, hd / 2);
         for (v, n) in [(&mut self.x, t * e), (&mut self.h, t * e), (&mut self.o, t * e), (&mut self.q, t * qd), (&mut self.q_sink, qd), (&mut self.attn, t * qd)] {
             grow(v, n);
         }
-        for (v, n) in [(&mut self.k, t * kvd), (&mut self.v, t * kvd), (&mut self.gate, t * ff), (&mut self.up, t * ff), (&mut self.cos, t * half), (&mut self.sin, t * half)] {
+        for (v, n) in [(&mut self.k, t * kvd), (&mut self.v, t * kvd), (&mut self.gate, t * ff), (&mut self.up, t * ff), (&mut self.cos, t * tables * half), (&mut self.sin, t * tables * half)] {
             grow(v, n);
         }
     }
