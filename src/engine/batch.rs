@@ -177,7 +177,7 @@ impl Engine {
         shared = shared.min(shortest.saturating_sub(1)).min(kv.window);
         let use_prefix = opts.share_prefix && queue.len() > 1 && shared >= 8;
         let cfg = self.config();
-        let per_seq = kv.window * kv.bytes_per_token(cfg.n_layer, cfg.kv_dim());
+        let per_seq = kv.bytes_for(&cfg.windows(), cfg.kv_dim()) as usize;
         let regions = b + use_prefix as usize;
         let need = self.weight_bytes() as u128 + self.kv_stats().bytes as u128 + (regions as u128) * per_seq as u128;
         if need > self.options().memory_budget as u128 {

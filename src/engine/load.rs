@@ -81,7 +81,7 @@ impl Engine {
             });
         }
         if let Some(budget) = opts.kv_budget_bytes {
-            opts.kv.window = KvCacheConfig::window_for_budget(budget, cfg.n_layer, cfg.kv_dim(), opts.kv.dtype);
+            opts.kv.window = KvCacheConfig::window_for_budget(budget, &cfg.windows(), cfg.kv_dim(), opts.kv.dtype);
         }
         opts.kv.validate()?;
         check_memory(&g, &cfg, &opts)?;
@@ -146,7 +146,7 @@ impl Engine {
 
 /// Refuses (before allocating) a model whose weights and cache exceed the budget.
 fn check_memory(g: &Gguf, cfg: &LlamaConfig, opts: &EngineOptions) -> Result<()> {
-    let kv_bytes = (opts.kv.window as u128) * opts.kv.bytes_per_token(cfg.n_layer, cfg.kv_dim()) as u128;
+    let kv_bytes = opts.kv.bytes_for(&cfg.windows(), cfg.kv_dim());
     let weight_bytes = Llama::estimate_bytes(g, cfg) as u128;
     if weight_bytes + kv_bytes > opts.memory_budget as u128 {
         return Err(Error::Memory(format!(

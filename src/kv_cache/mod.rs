@@ -64,15 +64,24 @@ impl Default for KvCacheConfig {
 }
 
 impl KvCacheConfig {
-    /// Bytes one token costs across all layers (K and V).
+    /// Bytes one token costs across all layers (K and V) of a uniform cache.
     pub fn bytes_per_token(&self, n_layer: usize, kv_dim: usize) -> usize {
         2 * n_layer * kv_dim * self.dtype.size()
     }
 
-    /// The largest window that fits `budget` bytes.
-    pub fn window_for_budget(budget: usize, n_layer: usize, kv_dim: usize, dtype: KvDType) -> usize {
-        let per = 2 * n_layer * kv_dim * dtype.size();
-        budget / per.max(1)
+    /// Bytes a cache of this window takes for layers attending over `windows`
+    /// (sliding layers hold their own window, the others this one).
+    pub fn bytes_for(&self, windows: &[AttentionWindow], kv_dim: usize) -> u128 {
+        let slot = 2 * kv_dim as u128 * self.dtype.size() as u128;
+        windows.iter().map(|w| slot * (if let AttentionWindow::Sliding(n) = w { *n } else { self.window }) as u128).sum()
+    }
+
+    /// The largest window whose cache fits `budget` bytes (the sliding layers' rings counted first).
+    pub fn window_for_budget(budget: usize, windows: &[AttentionWindow], kv_dim: usize, dtype: KvDType) -> usize {
+        let slot = 2 * kv_dim * dtype.size();
+        let local: usize = windows.iter().map(|w| if let AttentionWindow::Sliding(n) = w { n * slot } else { 0 }).sum();
+        let global = windows.iter().filter(|w| **w == AttentionWindow::Global).count();
+        budget.saturating_sub(local) / (global * slot).max(1)
     }
 
     pub fn validate(&self) -> Result<()> {

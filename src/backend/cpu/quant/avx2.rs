@@ -42,6 +42,15 @@ unsafe fn nibbles(q: *const u8) -> __m256i {
     _mm256_set_m128i(hi, lo)
 }
 
+/// A block's 32 fifth bits (bit `j` for value `j`) → 32 bytes of 16 or 0.
+#[inline(always)]
+unsafe fn fifth_bits(h: u32) -> __m256i {
+    // Byte j takes byte j / 8 of the word, keeps bit j % 8, and becomes 16 where it is set.
+    let spread = _mm256_shuffle_epi8(_mm256_set1_epi32(h as i32), _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+    let bit = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16))
+}
+
 /// Σ x·y over 32 bytes in eight i32 lanes: `x` unsigned (Q4 values 0..16)
 /// or, with `signed`, both signed (bytes; the sign moved onto `y`, as ggml
 /// does); each pair sum times its lane of `scales` (i16: ones, or Q6_K's
@@ -74,6 +83,7 @@ unsafe fn reduce4(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m128i {
 unsafe fn rows4<const T: usize>(m: &QMatrix, r: usize, t0: usize, act: &QActivations, out: &Out) {
     let nb = m.cols / QK;
     let bytes = m.format.bytes();
+    let five = !m.qh.is_empty();
     let offset = m.format.offset();
     let bw = if bytes { 32 } else { 16 };
     let w = |i: usize| m.qs.as_ptr().add((r + i) * nb * bw);
@@ -84,8 +94,16 @@ unsafe fn rows4<const T: usize>(m: &QMatrix, r: usize, t0: usize, act: &QActivat
     let mut acc = [_mm_setzero_ps(); T];
     let mut macc = [_mm_setzero_ps(); T];
     for b in 0..nb {
-        let load = |p: *const u8| if bytes { _mm256_loadu_si256(p.add(b * 32) as *const __m256i) } else { nibbles(p.add(b * 16)) };
-        let (x0, x1, x2, x3) = (load(w0), load(w1), load(w2), load(w3));
+        let load = |p: *const u8, i: usize| {
+            if bytes {
+                _mm256_loadu_si256(p.add(b * 32) as *const __m256i)
+            } else if five {
+                _mm256_or_si256(nibbles(p.add(b * 16)), fifth_bits(*m.qh.get_unchecked((r + i) * nb + b)))
+            } else {
+                nibbles(p.add(b * 16))
+            }
+        };
+        let (x0, x1, x2, x3) = (load(w0, 0), load(w1, 1), load(w2, 2), load(w3, 3));
         let (s0, s1, s2, s3) = (sub_scales(m, r, b), sub_scales(m, r + 1, b), sub_scales(m, r + 2, b), sub_scales(m, r + 3, b));
         let dw = sc(&m.d, b);
         for i in 0..T {

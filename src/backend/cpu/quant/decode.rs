@@ -12,7 +12,8 @@ use super::repack::f16_to_f32;
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Block32 {
     /// Four-bit formats: 16 bytes in the GGML order (byte `j`: value `j` in the
-    /// low nibble, `j + 16` in the high one). Byte formats: 32 values as i8.
+    /// low nibble, `j + 16` in the high one). Five-bit formats: 32 values 0..32.
+    /// Byte formats: 32 values as i8.
     pub q: [u8; 32],
     pub d: f32,
     pub m: f32,
@@ -24,15 +25,16 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]))
 }
 
-/// Q5_0 (22 bytes: f16 `d`, 32 high bits, 16 bytes of low nibbles): `q - 16` as bytes.
+/// Q5_0 (22 bytes: f16 `d`, 32 high bits, 16 bytes of low nibbles): the
+/// unsigned values 0..32 and the offset `-16d` (`(q - 16)·d` regrouped, as Q4_0's `-8d`).
 pub(super) fn q5_0(blk: &[u8]) -> Block32 {
     let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
     let qs = &blk[6..22];
-    let mut out = Block32 { d: f16_at(blk, 0), sub: [1, 1], ..Default::default() };
+    let d = f16_at(blk, 0);
+    let mut out = Block32 { d, m: -16.0 * d, sub: [1, 1], ..Default::default() };
     for j in 0..32 {
         let low = if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 };
-        let high = ((qh >> j) & 1) as u8;
-        out.q[j] = ((low | high << 4) as i8 - 16) as u8;
+        out.q[j] = low | (((qh >> j) & 1) as u8) << 4;
     }
     out
 }
@@ -70,7 +72,7 @@ pub(super) fn q4k(blk: &[u8], out: &mut [Block32; 8]) {
 }
 
 /// Q5_K (176 bytes: as Q4_K with 32 bytes of fifth bits before the nibbles):
-/// values 0..32 as bytes; bit `s` of high byte `l` is sub-block `s`'s value `l`.
+/// values 0..32; bit `s` of high byte `l` is sub-block `s`'s value `l`.
 pub(super) fn q5k(blk: &[u8], out: &mut [Block32; 8]) {
     let (qh, qs) = (&blk[16..48], &blk[48..176]);
     for (s, (o, (d, m))) in out.iter_mut().zip(k_scales(blk)).enumerate() {

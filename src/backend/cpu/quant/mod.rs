@@ -46,11 +46,12 @@ pub use repack::f16_to_f32;
 pub const QK: usize = 32;
 
 /// Weight formats with a kernel here. Every one is repacked at load into
-/// 32-value blocks of one kind the kernels know ([`QFormat::bytes`],
-/// [`QFormat::offset`], [`QFormat::sub_scales`]): four-bit values
-/// (Q4_0, Q4_1, Q4_K) or signed bytes (Q8_0, Q5_0, Q5_K, Q6_K), one f32 scale
-/// per block, an f32 offset per block where the format has one, and Q6_K's two
-/// integer scales per block (its sub-blocks are 16 values).
+/// 32-value blocks of one kind the kernels know ([`QFormat::values`],
+/// [`QFormat::offset`], [`QFormat::sub_scales`]): unsigned four-bit values
+/// (Q4_0, Q4_1, Q4_K), unsigned five-bit values (Q5_0, Q5_K: the four-bit
+/// layout plus one word of fifth bits), or signed bytes (Q8_0, Q6_K); one f32
+/// scale per block, an f32 offset per block where the format has one, and
+/// Q6_K's two integer scales per block (its sub-blocks are 16 values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QFormat {
     Q4_0,
@@ -60,6 +61,18 @@ pub enum QFormat {
     Q4K,
     Q5K,
     Q6K,
+}
+
+/// How a repacked block's 32 values are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Values {
+    /// 0..16, two per byte in the [`Q4Layout`].
+    Four,
+    /// 0..32: the low four bits as [`Values::Four`], the fifth bits in one u32
+    /// per block (bit `j` for value `j`).
+    Five,
+    /// Signed bytes, 32 per block.
+    Eight,
 }
 
 /// The offset term of a block's dot product: `m · Σ(activations)`.
@@ -125,23 +138,37 @@ impl QFormat {
         }
     }
 
-    /// Bytes `values` weights take once repacked (quants, f32 scale, f32
-    /// offset, sub-scales; without the padding of interleaved layouts).
+    /// Bytes `values` weights take once repacked (quants, fifth bits, f32
+    /// scale, f32 offset, sub-scales; without the padding of interleaved layouts).
     pub fn repacked_bytes(self, values: usize) -> usize {
-        let per_block = if self.bytes() { 32 } else { 16 } + 4 + if self.offset() == Offset::None { 0 } else { 4 } + if self.sub_scales() { 2 } else { 0 };
+        let quants = match self.values() {
+            Values::Four => 16,
+            Values::Five => 20,
+            Values::Eight => 32,
+        };
+        let per_block = quants + 4 + if self.offset() == Offset::None { 0 } else { 4 } + if self.sub_scales() { 2 } else { 0 };
         values / QK * per_block
     }
 
-    /// Whether the repacked values are signed bytes (else four-bit, unsigned 0..16).
+    pub fn values(self) -> Values {
+        match self {
+            QFormat::Q4_0 | QFormat::Q4_1 | QFormat::Q4K => Values::Four,
+            QFormat::Q5_0 | QFormat::Q5K => Values::Five,
+            QFormat::Q8_0 | QFormat::Q6K => Values::Eight,
+        }
+    }
+
+    /// Whether the repacked values are signed bytes (else four- or five-bit, unsigned).
     pub fn bytes(self) -> bool {
-        !matches!(self, QFormat::Q4_0 | QFormat::Q4_1 | QFormat::Q4K)
+        self.values() == Values::Eight
     }
 
     pub fn offset(self) -> Offset {
         match self {
             QFormat::Q4_1 => Offset::Rounded,
-            QFormat::Q4_0 | QFormat::Q4K | QFormat::Q5K => Offset::Exact,
-            QFormat::Q8_0 | QFormat::Q5_0 | QFormat::Q6K => Offset::None,
+            // Q5_0's `q - 16` as the unsigned value plus `-16d`, as Q4_0's `-8d`.
+            QFormat::Q4_0 | QFormat::Q4K | QFormat::Q5_0 | QFormat::Q5K => Offset::Exact,
+            QFormat::Q8_0 | QFormat::Q6K => Offset::None,
         }
     }
 
@@ -191,10 +218,12 @@ pub enum Q4Layout {
 }
 
 impl Q4Layout {
-    /// The layout this target's fastest kernel for `format` reads.
+    /// The layout this target's fastest kernel for `format` reads (five-bit
+    /// values have no interleaved kernel: the AVX2 one natively, simd128's in wasm).
     pub fn native_for(format: QFormat) -> Self {
         match Self::native() {
             Q4Layout::Rows16 if !format.in_rows16() => Q4Layout::Ggml,
+            Q4Layout::Rows4 if format.values() == Values::Five => Q4Layout::Lanes,
             layout => layout,
         }
     }
@@ -282,6 +311,8 @@ pub struct QMatrix {
     qs: Vec<u8>,
     /// Q6_K: the two integer scales of each block (values 0..16, 16..32), `[row][block][2]`.
     sub: Vec<i8>,
+    /// Five-bit formats: each block's fifth bits (bit `j` for value `j`), `[row][block]`.
+    qh: Vec<u32>,
 }
 
 /// The output of a matmul, shared by the threads that each write their own rows.
@@ -325,6 +356,16 @@ impl QMatrix {
         } else {
             self.qs[(r * nb + b) * 32 + j] as i8
         }
+    }
+
+    /// Unsigned value `j` (0..32) of row `r`, block `b` of a four- or five-bit format.
+    #[inline(always)]
+    fn unsigned(&self, r: usize, b: usize, j: usize) -> u8 {
+        let low = self.nibble(r, b, j);
+        if self.qh.is_empty() {
+            return low;
+        }
+        low | (((self.qh[r * (self.cols / QK) + b] >> j) & 1) << 4) as u8
     }
 
     /// Four-bit value `j` (0..32) of row `r`, block `b`.
@@ -391,7 +432,7 @@ impl QMatrix {
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         {
             #[cfg(target_feature = "relaxed-simd")]
-            if self.layout == Q4Layout::Rows4 && !self.format.bytes() {
+            if self.layout == Q4Layout::Rows4 && self.format.values() == Values::Four {
                 relaxed::matmul(self, rows, t_rows, act, out);
                 return;
             }
@@ -425,7 +466,7 @@ impl QMatrix {
             for (j, v) in o.iter_mut().enumerate() {
                 *v = match self.format {
                     QFormat::Q4_0 => (self.nibble(r, b, j) as f32 - 8.0) * d,
-                    f if !f.bytes() => self.nibble(r, b, j) as f32 * d + self.m[i],
+                    f if !f.bytes() => self.unsigned(r, b, j) as f32 * d + self.m[i],
                     f if f.offset() == Offset::None => (self.q8(r, b, j) as i32 * sub[j / 16]) as f32 * d,
                     _ => self.q8(r, b, j) as f32 * d + self.m[i],
                 };

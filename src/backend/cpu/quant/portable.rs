@@ -18,7 +18,7 @@ pub(super) fn matmul(m: &QMatrix, rows: Range<usize>, t_rows: usize, act: &QActi
 }
 
 /// Row `r` against one activation row with the portable kernel: per block
-/// the integer dot (four-bit values unsigned 0..16, byte values signed;
+/// the integer dot (four- and five-bit values unsigned, byte values signed;
 /// Q6_K's two halves each times their integer scale), then the float
 /// operations of every SIMD kernel (and the WebGPU kernel), in the same
 /// order: `acc += isum * (d_w * d_a)`, the offsets (`m` against Q4_1's
@@ -35,7 +35,7 @@ pub(super) fn dot_row(m: &QMatrix, r: usize, y: QRow) -> f32 {
         let sub = m.sub_scales(r, b);
         let mut half = [0i32; 2];
         for (j, &v) in yb.iter().enumerate() {
-            let w = if m.format.bytes() { m.q8(r, b, j) as i32 } else { m.nibble(r, b, j) as i32 };
+            let w = if m.format.bytes() { m.q8(r, b, j) as i32 } else { m.unsigned(r, b, j) as i32 };
             half[j / 16] += w * v as i32;
         }
         let sumi = half[0] * sub[0] + half[1] * sub[1];

@@ -2,7 +2,7 @@
 //! arrays, the quants shuffled into the [`Q4Layout`] the kernels read.
 
 use super::decode::{self, Block32};
-use super::{Offset, Q4Layout, QFormat, QMatrix, QK};
+use super::{Offset, Q4Layout, QFormat, QMatrix, Values, QK};
 use half::f16;
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
@@ -27,7 +27,8 @@ impl QMatrix {
     /// compare them); `None` for a format the layout's kernels do not read.
     pub fn from_blocks_with_layout(format: QFormat, rows: usize, cols: usize, data: &[u8], layout: Q4Layout) -> Option<Self> {
         let per = format.block_values();
-        if cols % per != 0 || (layout == Q4Layout::Rows16 && !format.in_rows16()) {
+        let interleaved = layout == Q4Layout::Rows16 || (layout == Q4Layout::Rows4 && format.values() == Values::Five);
+        if cols % per != 0 || (interleaved && !format.in_rows16()) {
             return None;
         }
         if data.len() != rows.checked_mul(cols / per)?.checked_mul(format.block_bytes())? {
@@ -51,7 +52,7 @@ impl QMatrix {
             QFormat::Q5_0 => {
                 for (i, blk) in data.chunks_exact(bb).enumerate() {
                     let v = decode::q5_0(blk);
-                    p.bytes(i / p.nbr, i % p.nbr, v.d, v.m, &v.q);
+                    p.five(i / p.nbr, i % p.nbr, v.d, v.m, &v.q);
                 }
             }
             QFormat::Q4K | QFormat::Q5K | QFormat::Q6K => {
@@ -60,10 +61,10 @@ impl QMatrix {
                     decode::k_quant(format, blk, &mut subs);
                     let (r, b0) = ((8 * i) / p.nbr, (8 * i) % p.nbr);
                     for (k, v) in subs.iter().enumerate() {
-                        if format.bytes() {
-                            p.bytes(r, b0 + k, v.d, v.m, &v.q);
-                        } else {
-                            p.nibbles(r, b0 + k, v.d, v.m, &v.q[..16]);
+                        match format.values() {
+                            Values::Eight => p.bytes(r, b0 + k, v.d, v.m, &v.q),
+                            Values::Five => p.five(r, b0 + k, v.d, v.m, &v.q),
+                            Values::Four => p.nibbles(r, b0 + k, v.d, v.m, &v.q[..16]),
                         }
                         if format.sub_scales() {
                             p.sub[2 * (r * p.nbr + b0 + k)..][..2].copy_from_slice(&v.sub);
@@ -72,7 +73,7 @@ impl QMatrix {
                 }
             }
         }
-        Some(Self { format, rows, cols, layout, d: p.d, m: p.m, qs: p.qs, sub: p.sub })
+        Some(Self { format, rows, cols, layout, d: p.d, m: p.m, qs: p.qs, sub: p.sub, qh: p.qh })
     }
 }
 
@@ -86,6 +87,7 @@ struct Packer {
     m: Vec<f32>,
     qs: Vec<u8>,
     sub: Vec<i8>,
+    qh: Vec<u32>,
 }
 
 impl Packer {
@@ -106,6 +108,7 @@ impl Packer {
             m: vec![0f32; if has_offset { slots } else { 0 }],
             qs: vec![0u8; if padded { slots } else { rows * nbr } * qlen],
             sub: vec![0i8; if format.sub_scales() { 2 * rows * nbr } else { 0 }],
+            qh: vec![0u32; if format.values() == Values::Five { rows * nbr } else { 0 }],
         }
     }
 
@@ -127,6 +130,13 @@ impl Packer {
             Q4Layout::Rows4 | Q4Layout::Rows16 => interleave_rows(&mut self.qs, ((r / gr) * self.nbr + b) * 16 * gr + 4 * (r % gr), 4 * gr, n),
             Q4Layout::Lanes => to_lanes(&mut self.qs[i * 16..i * 16 + 16], n),
         }
+    }
+
+    /// A five-bit block: 32 values 0..32 (the low nibbles as a four-bit block, the fifth bits apart).
+    fn five(&mut self, r: usize, b: usize, d: f32, m: f32, v: &[u8]) {
+        let nibbles: [u8; 16] = std::array::from_fn(|j| (v[j] & 0x0F) | (v[j + 16] & 0x0F) << 4);
+        self.nibbles(r, b, d, m, &nibbles);
+        self.qh[r * self.nbr + b] = v.iter().enumerate().fold(0u32, |h, (j, &x)| h | (((x >> 4) & 1) as u32) << j);
     }
 
     /// A byte block: 32 signed values.

@@ -35,6 +35,24 @@ unsafe fn unpack_q4(w: *const u8) -> Q4 {
     [v128_and(v, mask), v128_and(u16x8_shr(v, 4), mask), v128_and(u16x8_shr(v, 8), mask), u16x8_shr(v, 12)]
 }
 
+/// An unpacked Lanes block (row `r`, block `b`) with its fifth bits added
+/// where the format has them: vector `k` holds values `8k..8k+8`, whose fifth
+/// bits are byte `k` of the block's word.
+#[inline(always)]
+unsafe fn unpack_q4q5(m: &QMatrix, w: *const u8, r: usize, b: usize) -> Q4 {
+    let v = unpack_q4(w);
+    if m.qh.is_empty() {
+        return v;
+    }
+    let h = *m.qh.get_unchecked(r * (m.cols / QK) + b);
+    let bit = u16x8(1, 2, 4, 8, 16, 32, 64, 128);
+    let sixteen = u16x8_splat(16);
+    std::array::from_fn(|k| {
+        let set = i16x8_eq(v128_and(u16x8_splat(((h >> (8 * k)) & 0xFF) as u16), bit), bit);
+        v128_or(v[k], v128_and(set, sixteen))
+    })
+}
+
 /// Integer dot of an unpacked Q4 block with activation row `t`, block `b` (4 partial lanes).
 #[inline(always)]
 unsafe fn dot_q4(w: &Q4, act: &QActivations, at: usize) -> v128 {
@@ -70,8 +88,7 @@ unsafe fn dot16(w: &[v128; 4], y: *const i16) -> v128 {
 /// each block is read from memory once and stays in cache for every token
 /// pass (the 28 MiB output projection was otherwise streamed once per four tokens).
 pub(super) fn row_blocks(m: &QMatrix, rows: Range<usize>, t_rows: usize) -> impl Iterator<Item = Range<usize>> {
-    let nb = m.cols / QK;
-    let row_bytes = nb * (if m.format.bytes() { 36 } else { 24 });
+    let row_bytes = m.format.repacked_bytes(m.cols);
     let step = if t_rows <= 1 { rows.len().max(1) } else { ((64 << 10) / row_bytes.max(1)).max(4) / 4 * 4 };
     (rows.start..rows.end).step_by(step).map(move |r0| r0..(r0 + step).min(rows.end))
 }
@@ -141,11 +158,12 @@ unsafe fn rows4_x1(m: &QMatrix, g: usize, t: usize, act: &QActivations, out: &Ou
             let r = 4 * g;
             reduce4(dot16(&unpack_q8(m, r, b), y), dot16(&unpack_q8(m, r + 1, b), y), dot16(&unpack_q8(m, r + 2, b), y), dot16(&unpack_q8(m, r + 3, b), y))
         } else {
+            let r = 4 * g;
             reduce4(
-                dot_q4(&unpack_q4(w0.add(o)), act, at),
-                dot_q4(&unpack_q4(w1.add(o)), act, at),
-                dot_q4(&unpack_q4(w2.add(o)), act, at),
-                dot_q4(&unpack_q4(w3.add(o)), act, at),
+                dot_q4(&unpack_q4q5(m, w0.add(o), r, b), act, at),
+                dot_q4(&unpack_q4q5(m, w1.add(o), r + 1, b), act, at),
+                dot_q4(&unpack_q4q5(m, w2.add(o), r + 2, b), act, at),
+                dot_q4(&unpack_q4q5(m, w3.add(o), r + 3, b), act, at),
             )
         };
         let scale = f32x4_mul(ld(d4.add(b * 4)), f32x4_splat(*yd.add(b)));
@@ -176,7 +194,7 @@ unsafe fn row_x4(m: &QMatrix, r: usize, t0: usize, t_rows: usize, act: &QActivat
             let y = act.q16.as_ptr().add(at);
             reduce4(dot16(&wv, y), dot16(&wv, y.add(m.cols)), dot16(&wv, y.add(2 * m.cols)), dot16(&wv, y.add(3 * m.cols)))
         } else {
-            let wv = unpack_q4(w.add(b * 16));
+            let wv = unpack_q4q5(m, w.add(b * 16), r, b);
             reduce4(dot_q4(&wv, act, at), dot_q4(&wv, act, at + m.cols), dot_q4(&wv, act, at + 2 * m.cols), dot_q4(&wv, act, at + 3 * m.cols))
         };
         let i = m.sidx(r, b);
