@@ -11,6 +11,7 @@ use crate::gguf::Gguf;
 pub enum Architecture {
     Llama,
     Qwen2,
+    Qwen3,
     Gemma3,
 }
 
@@ -19,8 +20,9 @@ impl Architecture {
         match name {
             "llama" => Ok(Architecture::Llama),
             "qwen2" => Ok(Architecture::Qwen2),
+            "qwen3" => Ok(Architecture::Qwen3),
             "gemma3" => Ok(Architecture::Gemma3),
-            other => Err(Error::Unsupported(format!("architecture `{other}`: kvchat runs `llama` (Llama, SmolLM, TinyLlama, ...), `qwen2` and `gemma3` models"))),
+            other => Err(Error::Unsupported(format!("architecture `{other}`: kvchat runs `llama` (Llama, SmolLM, TinyLlama, ...), `qwen2`, `qwen3` and `gemma3` models"))),
         }
     }
 
@@ -29,18 +31,21 @@ impl Architecture {
         match self {
             Architecture::Llama => "llama",
             Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
             Architecture::Gemma3 => "gemma3",
         }
     }
 
     /// What layer `layer` computes (as llama.cpp's `llm_build_llama` /
-    /// `llm_build_qwen2` / `llm_build_gemma3` and `llama_model_rope_type`:
-    /// NORM for llama, NEOX for qwen2 and gemma3). `sliding_window` is the
+    /// `llm_build_qwen2` / `llm_build_qwen3` / `llm_build_gemma3` and
+    /// `llama_model_rope_type`: NORM for llama, NEOX for the others). `sliding_window` is the
     /// file's `<arch>.attention.sliding_window`.
     fn block(self, layer: usize, rope_base: f32, qkv_bias: bool, sliding_window: Option<usize>) -> Result<BlockSpec> {
         Ok(match self {
             Architecture::Llama => BlockSpec::llama(rope_base, qkv_bias),
             Architecture::Qwen2 => BlockSpec { rope_style: RopeStyle::Halves, ..BlockSpec::llama(rope_base, qkv_bias) },
+            // QK-norm before RoPE, no biases.
+            Architecture::Qwen3 => BlockSpec { rope_style: RopeStyle::Halves, qk_norm: true, ..BlockSpec::llama(rope_base, false) },
             Architecture::Gemma3 => {
                 // What llama.cpp takes from its source rather than the file
                 // (llama-model.cpp, `LLM_ARCH_GEMMA3` in `load_hparams`):
