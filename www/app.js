@@ -154,11 +154,11 @@ function addMessage(role, text) {
   return div;
 }
 
-/** The progress line while `choice` loads: bytes read from the network, the cache or the file. */
-function onProgress({ phase, loaded, total }) {
+/** The progress line while `picked` loads: bytes read from the network, the cache or the file. */
+function showLoadProgress(picked, { phase, loaded, total }) {
   if (phase === 'init') { setProgress('loading', 1, 'initializing the engine…'); return; }
   const frac = total ? loaded / total : 0;
-  const verb = choice.kind === 'file' ? 'reading the file' : phase === 'cache' ? 'from cache' : 'downloading';
+  const verb = picked.kind === 'file' ? 'reading the file' : phase === 'cache' ? 'from cache' : 'downloading';
   setProgress('loading', frac, `${verb} ${mib(loaded)}${total ? ` / ${mib(total)} (${Math.round(frac * 100)}%)` : ''}`);
 }
 
@@ -174,16 +174,19 @@ function setMode(chat) {
 let loads = 0;
 async function load() {
   const ticket = ++loads;
+  const picked = choice;
   llm?.dispose();
   llm = null;
   setBusy(false);
   el.banner.hidden = true;
   const { engine } = settings();
-  el.modelName.textContent = choice.license ? `${choice.name} · ${choice.license}` : choice.name;
+  el.modelName.textContent = picked.license ? `${picked.name} · ${picked.license}` : picked.name;
   setProgress('loading', 0, 'starting…');
   let loaded;
   try {
-    loaded = await KvChat.load({ model: choice.source, ...engine, onProgress });
+    // A load overtaken by a newer one no longer draws the progress line.
+    const onProgress = (p) => { if (ticket === loads) showLoadProgress(picked, p); };
+    loaded = await KvChat.load({ model: picked.source, ...engine, onProgress });
   } catch (e) {
     if (ticket !== loads) return;
     setProgress('error', 1, 'failed');
@@ -198,7 +201,7 @@ async function load() {
     setBusy(false);
     showBanner(`${e.message}.`, { label: 'Reload the model', run: load });
   };
-  const src = choice.kind === 'file' ? 'read from the file' : llm.fromCache ? 'from cache' : 'downloaded';
+  const src = picked.kind === 'file' ? 'read from the file' : llm.fromCache ? 'from cache' : 'downloaded';
   setProgress('ready', 1, `ready (${src} in ${(llm.timings.fetchMs / 1000).toFixed(1)} s, init ${(llm.timings.initMs / 1000).toFixed(1)} s)`);
   setMode(llm.info.chatTemplate !== false);
   el.backend.textContent = llm.backend;
