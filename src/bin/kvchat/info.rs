@@ -133,28 +133,28 @@ fn template(g: &Gguf) -> String {
 }
 
 /// K/V bytes per token by layer kind (f32 and f16), and the cache at a
-/// 4096-token window against a uniform cache of that window.
+/// 4096-token window (`KvCacheConfig::bytes_for`: a sliding layer keeps a ring
+/// of exactly its own window) against a uniform cache of that window.
 fn kv(c: &LlamaConfig) -> Vec<(&'static str, String)> {
     let windows = c.windows();
     let global = windows.iter().filter(|w| **w == AttentionWindow::Global).count();
-    let sliding: Vec<usize> = windows.iter().filter_map(|w| if let AttentionWindow::Sliding(n) = w { Some(*n) } else { None }).collect();
-    let w = COMPARE_WINDOW;
+    let sliding = c.n_layer - global;
     let mut out = Vec::new();
     for (dtype, per_label, window_label) in [(KvDType::F32, "KV f32/token", "KV f32 window"), (KvDType::F16, "KV f16/token", "KV f16 window")] {
-        let per_token = |layers: usize| KvCacheConfig { dtype, ..Default::default() }.bytes_per_token(layers, c.kv_dim());
-        let uniform = w * per_token(c.n_layer);
-        if sliding.is_empty() {
+        let cfg = KvCacheConfig { window: COMPARE_WINDOW, dtype, ..Default::default() };
+        let per_token = |layers: usize| cfg.bytes_per_token(layers, c.kv_dim());
+        let uniform = mib(COMPARE_WINDOW * per_token(c.n_layer));
+        if sliding == 0 {
             out.push((per_label, format!("{} B (all {global} layers global)", thousands(per_token(global)))));
-            out.push((window_label, format!("{w} tokens: {} (every layer global: the uniform cache)", mib(uniform))));
+            out.push((window_label, format!("{COMPARE_WINDOW} tokens: {uniform} (every layer global: the uniform cache)")));
             continue;
         }
-        // A sliding layer keeps a ring of exactly its window, whatever the configured one.
-        let rings: usize = sliding.iter().map(|&n| n * per_token(1)).sum();
-        let total = w * per_token(global) + rings;
-        out.push((per_label, format!("global ({global} layers) {} B, sliding ({} layers) {} B", thousands(per_token(global)), sliding.len(), thousands(per_token(sliding.len())))));
+        let total = cfg.bytes_for(&windows, c.kv_dim()) as usize;
+        let global_bytes = COMPARE_WINDOW * per_token(global);
+        out.push((per_label, format!("global ({global} layers) {} B, sliding ({sliding} layers) {} B", thousands(per_token(global)), thousands(per_token(sliding)))));
         out.push((window_label, format!(
-            "{w} tokens: {} (global {}, sliding rings {}) against {} for a uniform cache ({:.1}× less)",
-            mib(total), mib(w * per_token(global)), mib(rings), mib(uniform), uniform as f64 / total as f64
+            "{COMPARE_WINDOW} tokens: {} (global {}, sliding rings {}) against {uniform} for a uniform cache ({:.1}× less)",
+            mib(total), mib(global_bytes), mib(total - global_bytes), (COMPARE_WINDOW * per_token(c.n_layer)) as f64 / total as f64
         )));
     }
     out
