@@ -50,6 +50,7 @@ test-wasm: model
 
 test-e2e: model build-wasm
 	cargo run --release --example write_tiny_gguf -- target/tiny/tiny.gguf
+	cargo run --release --example write_tiny_gguf -- target/tiny/tiny-base.gguf --base
 	node --test --test-concurrency=1 tests/e2e/
 
 # Speed, one thread: the fixed 128-token prompt, 128 greedy tokens, median of 3 runs after a

@@ -2,7 +2,7 @@
 // so a second visit works offline. Network first, so a new build is picked up
 // when online; the model itself is cached by the engine worker (Cache API), not here.
 const SHELL = 'kvchat-shell-v1';
-const FILES = ['./', './index.html', './www/app.js', './www/kvchat.js', './www/worker.js', './www/style.css', './www/icon.svg', './pkg/kvchat.js', './pkg/kvchat_bg.wasm'];
+const FILES = ['./', './index.html', './www/app.js', './www/kvchat.js', './www/worker.js', './www/models.js', './www/model-cache.js', './www/picker.js', './www/cache-panel.js', './www/format.js', './www/style.css', './www/icon.svg', './pkg/kvchat.js', './pkg/kvchat_bg.wasm'];
 
 self.addEventListener('install', (event) => {
   event.waitUntil(caches.open(SHELL).then((c) => c.addAll(FILES)).then(() => self.skipWaiting()));

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf dist
 mkdir -p dist/www dist/pkg dist/pkg-threads
-cp www/kvchat.js www/worker.js www/kv-chat.js www/kv-chat.css www/kvchat.d.ts www/protocol.d.ts dist/www/
+cp www/kvchat.js www/worker.js www/models.js www/model-cache.js www/kv-chat.js www/kv-chat.css www/kvchat.d.ts www/protocol.d.ts dist/www/
 cp pkg/kvchat.js pkg/kvchat_bg.wasm pkg/kvchat_relaxed_bg.wasm dist/pkg/
 cp -r pkg-threads/kvchat.js pkg-threads/kvchat_bg.wasm pkg-threads/snippets dist/pkg-threads/
 cp README.md dist/

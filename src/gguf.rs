@@ -52,6 +52,11 @@ impl<'a> Gguf<'a> {
         self.content.metadata.get(key)
     }
 
+    /// The names of every tensor in the file (in no particular order).
+    pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
+        self.content.tensor_infos.keys().map(String::as_str)
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }

@@ -106,6 +106,7 @@ fn unsupported_or_missing_chat_templates_fail_clearly() {
     assert!(matches!(err, Error::ChatTemplate(_)), "{err}");
     g.remove("tokenizer.chat_template");
     let mut e = Engine::load(&g.to_bytes(), EngineOptions::default()).unwrap();
+    assert!(!e.has_chat_template());
     let err = e.generate(Prompt::Chat(&[Message::new("user", "hi")]), &greedy(2), |_| true).unwrap_err();
     assert!(err.to_string().contains("no chat template"), "{err}");
     // Raw prompts still work.

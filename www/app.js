@@ -1,6 +1,9 @@
-// The demo page: chat with the model, watch the KV cache and the speed.
+// The demo page: pick a model, chat with it (or continue text, for a base model
+// without a chat template), watch the KV cache and the speed.
 // All model output and error text is inserted with textContent, never as HTML.
 import { KvChat, DEFAULT_MODEL } from './kvchat.js';
+import { createPicker } from './picker.js';
+import { showCachedModels } from './cache-panel.js';
 
 const $ = (sel) => document.querySelector(sel);
 const el = {
@@ -9,6 +12,7 @@ const el = {
   stop: $('[data-testid=stop]'), newChat: $('[data-testid=new-chat]'), composer: $('.composer'),
   settings: $('.settings-form'), reload: $('.reload'), banner: $('.banner'), modelName: $('.model-name'),
   backend: $('.backend-name'), kvSinks: $('.kv-sinks'), kvUsed: $('.kv-used'), chart: $('.latency'),
+  modelForm: $('.model-form'), loadModel: $('[data-testid=load-model]'), mode: $('[data-testid=mode]'), cacheList: $('[data-testid=cache-list]'),
   stat: (name) => $(`[data-stat=${name}]`),
 };
 
@@ -34,10 +38,11 @@ async function runBatch() {
   const items = String(f.get('items') || '').split('\n').map((l) => l.trim()).filter(Boolean);
   if (!items.length || !llm) return;
   const { gen } = settings();
-  const inputs = items.map((item) => [
+  // A base model has no chat template: the instruction and the item as plain text.
+  const inputs = items.map((item) => (chatMode ? [
     ...(instruction ? [{ role: 'system', content: instruction }] : []),
     { role: 'user', content: item },
-  ]);
+  ] : [instruction, item].filter(Boolean).join('\n')));
   batchUi.results.replaceChildren();
   const answers = items.map((item) => {
     const li = document.createElement('li');
@@ -89,9 +94,11 @@ async function runBatch() {
 batchUi.form.addEventListener('submit', (e) => { e.preventDefault(); runBatch(); });
 batchUi.stop.addEventListener('click', () => batchController?.abort());
 
-const params = new URLSearchParams(location.search);
-const modelUrl = params.get('model') || DEFAULT_MODEL;
 let llm = null;
+/** The model the picker chose (see picker.js). */
+let choice = null;
+/** False for a base model (no chat template): the composer continues text instead. */
+let chatMode = true;
 let messages = [];
 let controller = null;
 let latencies = [];
@@ -125,6 +132,7 @@ function setBusy(busy) {
   el.stop.disabled = !busy;
   el.newChat.disabled = busy || !llm;
   el.reload.disabled = busy;
+  el.loadModel.disabled = busy;
 }
 
 function settings() {
@@ -146,42 +154,61 @@ function addMessage(role, text) {
   return div;
 }
 
+/** The progress line while `picked` loads: bytes read from the network, the cache or the file. */
+function showLoadProgress(picked, { phase, loaded, total }) {
+  if (phase === 'init') { setProgress('loading', 1, 'initializing the engine…'); return; }
+  const frac = total ? loaded / total : 0;
+  const verb = picked.kind === 'file' ? 'reading the file' : phase === 'cache' ? 'from cache' : 'downloading';
+  setProgress('loading', frac, `${verb} ${mib(loaded)}${total ? ` / ${mib(total)} (${Math.round(frac * 100)}%)` : ''}`);
+}
+
+/** Chat for a model with a chat template, plain completion for a base model. */
+function setMode(chat) {
+  chatMode = chat;
+  el.mode.textContent = chat ? 'chat model: messages go through its chat template' : 'base model: plain completion (no chat template): your text is continued';
+  el.mode.dataset.mode = chat ? 'chat' : 'completion';
+  el.prompt.placeholder = chat ? 'Ask something… (Enter sends, Shift+Enter for a new line)' : 'Text to continue… (Enter continues it, Shift+Enter for a new line)';
+  el.send.textContent = chat ? 'Send' : 'Continue';
+}
+
+let loads = 0;
 async function load() {
+  const ticket = ++loads;
+  const picked = choice;
   llm?.dispose();
   llm = null;
   setBusy(false);
   el.banner.hidden = true;
   const { engine } = settings();
-  el.modelName.textContent = modelUrl;
+  el.modelName.textContent = picked.license ? `${picked.name} · ${picked.license}` : picked.name;
   setProgress('loading', 0, 'starting…');
+  let loaded;
   try {
-    llm = await KvChat.load({
-      model: modelUrl,
-      ...engine,
-      onProgress: ({ phase, loaded, total }) => {
-        if (phase === 'init') { setProgress('loading', 1, 'initializing the engine…'); return; }
-        const frac = total ? loaded / total : 0;
-        const verb = phase === 'cache' ? 'from cache' : 'downloading';
-        setProgress('loading', frac, `${verb} ${mib(loaded)}${total ? ` / ${mib(total)} (${Math.round(frac * 100)}%)` : ''}`);
-      },
-    });
+    // A load overtaken by a newer one no longer draws the progress line.
+    const onProgress = (p) => { if (ticket === loads) showLoadProgress(picked, p); };
+    loaded = await KvChat.load({ model: picked.source, ...engine, onProgress });
   } catch (e) {
+    if (ticket !== loads) return;
     setProgress('error', 1, 'failed');
     showBanner(`Could not load the model: ${e.message}`, { label: 'Retry', run: load });
     return;
   }
+  // Another model was chosen while this one loaded.
+  if (ticket !== loads) { loaded.dispose(); return; }
+  llm = loaded;
   llm.onCrash = (e) => {
-    setBusy(false);
     llm = null;
     setBusy(false);
     showBanner(`${e.message}.`, { label: 'Reload the model', run: load });
   };
-  const src = llm.fromCache ? 'from cache' : 'downloaded';
+  const src = picked.kind === 'file' ? 'read from the file' : llm.fromCache ? 'from cache' : 'downloaded';
   setProgress('ready', 1, `ready (${src} in ${(llm.timings.fetchMs / 1000).toFixed(1)} s, init ${(llm.timings.initMs / 1000).toFixed(1)} s)`);
+  setMode(llm.info.chatTemplate !== false);
   el.backend.textContent = llm.backend;
   setBusy(false);
   el.prompt.focus();
   updateStats();
+  showCachedModels(el.cacheList);
 }
 
 let shownFallback = false;
@@ -232,27 +259,27 @@ function drawChart() {
   ctx.fillText(`max ${max.toFixed(0)} ms · last ${data[data.length - 1].toFixed(0)} ms`, 4, 11);
 }
 
-async function send(text) {
-  if (!llm || !text.trim()) return;
+/**
+ * Streams what the model generates for `input` into `out`; `box` carries the
+ * streaming cursor. Returns the generated text (so far, when stopped).
+ */
+async function stream(input, box, out) {
   const { gen } = settings();
-  messages.push({ role: 'user', content: text });
-  addMessage('user', text);
-  const out = addMessage('assistant', '');
-  out.classList.add('streaming');
+  box.classList.add('streaming');
   controller = new AbortController();
   setBusy(true);
   latencies = [];
-  let answer = '';
+  let text = '';
   let last = performance.now();
   const timer = setInterval(updateStats, 500);
   try {
-    for await (const piece of llm.generate(messages, { ...gen, signal: controller.signal })) {
+    for await (const piece of llm.generate(input, { ...gen, signal: controller.signal })) {
       const now = performance.now();
       // The first piece waits for the prefill: the chart shows decode latency only.
-      if (answer) latencies.push(now - last);
+      if (text) latencies.push(now - last);
       last = now;
-      answer += piece;
-      out.textContent = answer;
+      text += piece;
+      out.textContent = text;
       el.log.scrollTop = el.log.scrollHeight;
       if (latencies.length % 4 === 0) drawChart();
     }
@@ -261,20 +288,44 @@ async function send(text) {
     else if (llm) addMessage('note', `error: ${e.message}`);
   } finally {
     clearInterval(timer);
-    out.classList.remove('streaming');
-    messages.push({ role: 'assistant', content: answer });
+    box.classList.remove('streaming');
     controller = null;
     setBusy(false);
     drawChart();
     updateStats();
   }
+  return text;
+}
+
+/** A chat turn: the conversation so far through the model's chat template. */
+async function send(text) {
+  messages.push({ role: 'user', content: text });
+  addMessage('user', text);
+  const out = addMessage('assistant', '');
+  const answer = await stream(messages, out, out);
+  messages.push({ role: 'assistant', content: answer });
+}
+
+/**
+ * Plain completion (a base model): the text, then its continuation; the whole
+ * goes back into the box so Continue extends it (the cached prefix is reused).
+ */
+async function complete(text) {
+  const doc = addMessage('completion', '');
+  const continuation = document.createElement('span');
+  continuation.className = 'continuation';
+  doc.append(text, continuation);
+  const more = await stream(text, doc, continuation);
+  if (!el.prompt.value) el.prompt.value = text + more;
 }
 
 el.composer.addEventListener('submit', (e) => {
   e.preventDefault();
   const text = el.prompt.value;
+  if (!llm || !text.trim()) return;
   el.prompt.value = '';
-  send(text);
+  if (chatMode) send(text);
+  else complete(text);
 });
 el.prompt.addEventListener('keydown', (e) => {
   if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
@@ -293,7 +344,16 @@ el.newChat.addEventListener('click', async () => {
   await llm?.reset();
   updateStats();
 });
-el.reload.addEventListener('click', () => { messages = []; el.log.replaceChildren(); load(); });
+/** Loads `choice` afresh: a new conversation with it. */
+function restart() {
+  messages = [];
+  el.log.replaceChildren();
+  load();
+}
+el.reload.addEventListener('click', restart);
+const picker = createPicker(el.modelForm, (picked) => { choice = picked; restart(); });
+// `?model=URL` picks that model (a built-in one, or the URL entry).
+choice = picker.select(new URLSearchParams(location.search).get('model') || DEFAULT_MODEL);
 
 // The page's own files are kept by a service worker so a second visit works offline
 // (the model is kept by the engine in the Cache API).
@@ -301,4 +361,5 @@ if ('serviceWorker' in navigator && location.protocol !== 'file:') {
   navigator.serviceWorker.register(new URL('../sw.js', import.meta.url)).catch(() => {});
 }
 
+showCachedModels(el.cacheList);
 load();

@@ -32,7 +32,40 @@ export type {
   StopReason,
 } from './protocol.js';
 
+/** The first built-in model, SmolLM2-135M-Instruct. */
 export declare const DEFAULT_MODEL: string;
+
+/** A built-in model (www/models.js): what the page shows before anything is downloaded. */
+export interface CatalogueModel {
+  id: string;
+  name: string;
+  /** The quantization, as llama.cpp names it (`Q4_K_M`). */
+  quant: string;
+  /** The file in models/. */
+  file: string;
+  /** The file's size. */
+  bytes: number;
+  license: string;
+  licenseUrl: string;
+  /** False for a base model: no chat template, plain completion only (`info.chatTemplate` is false). */
+  chat: boolean;
+}
+
+/** The built-in models, SmolLM2-135M-Instruct first. */
+export declare const MODELS: readonly CatalogueModel[];
+/** The absolute URL of a built-in model's file. */
+export declare function modelUrl(model: CatalogueModel): string;
+
+/** A model stored in this browser's Cache API (one entry per URL). */
+export interface CachedModel {
+  url: string;
+  bytes: number;
+}
+
+/** The models stored for offline use, in the order they were stored. */
+export declare function listCachedModels(): Promise<CachedModel[]>;
+/** Deletes the stored copy of the model at `url`; true when there was one. */
+export declare function deleteCachedModel(url: string): Promise<boolean>;
 
 export type Backend = 'auto' | EngineBackend;
 

@@ -10,7 +10,14 @@
 /** @typedef {import('./protocol.js').WorkerRequest} WorkerRequest */
 /** @typedef {import('./protocol.js').WorkerMessage} WorkerMessage */
 
-export const DEFAULT_MODEL = new URL('../models/SmolLM2-135M-Instruct.Q4_1.gguf', import.meta.url).href;
+import { MODELS, modelUrl } from './models.js';
+
+// The built-in models (name, file, size, license, chat or base) and the models stored in this browser.
+export { MODELS, modelUrl } from './models.js';
+export { listCachedModels, deleteCachedModel } from './model-cache.js';
+
+/** The first built-in model, SmolLM2-135M-Instruct. */
+export const DEFAULT_MODEL = modelUrl(MODELS[0]);
 
 /** An error from the engine; `kind` says what went wrong ('gguf', 'network', 'invalid-option', ...). */
 export class KvChatError extends Error {

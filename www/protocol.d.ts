@@ -171,6 +171,10 @@ export type ModelInfo = {
   vocabSize: number,
   contextLength: number,
   weightBytes: number,
+  /**
+   * The model has a chat template; without one (a base model) only raw prompts are accepted.
+   */
+  chatTemplate: boolean,
   backend: EngineBackend,
   /**
    * The GPU adapter while the WebGPU backend runs.

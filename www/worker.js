@@ -1,4 +1,5 @@
-// kvchat's engine worker: downloads and caches the model, owns the wasm
+// kvchat's engine worker: downloads and caches the model (one Cache API entry per
+// URL, see model-cache.js) or reads it from a Blob (a local file), owns the wasm
 // engine, and streams generated text back to the page. Every message from the
 // page has a `type` and an `id`; anything else is ignored. The messages both ways
 // are declared once, in src/protocol/messages.rs (→ protocol.d.ts), and
@@ -6,11 +7,11 @@
 /** @typedef {import('./protocol.js').WorkerRequest} WorkerRequest */
 /** @typedef {import('./protocol.js').WorkerMessage} WorkerMessage */
 /** @typedef {import('./protocol.js').WorkerStats} WorkerStats */
+import { openModelCache } from './model-cache.js';
 // The engine module is imported once the load options are known (see initWasm).
 let KvEngine = null;
 let wasmMemoryBytes = () => 0;
 
-const CACHE_NAME = 'kvchat-models-v1';
 const MAX_MODEL_BYTES = 3 * 1024 ** 3; // wasm32 memory is 4 GiB, weights + cache must fit
 let engine = null;
 let current = null; // { id, aborted }
@@ -116,10 +117,7 @@ async function readBody(response, phase, id, total) {
 }
 
 async function fetchModel(url, id, useCache) {
-  let cache = null;
-  if (useCache && self.caches) {
-    try { cache = await caches.open(CACHE_NAME); } catch { cache = null; }
-  }
+  const cache = useCache ? await openModelCache() : null;
   if (cache) {
     const hit = await cache.match(url);
     if (hit) {

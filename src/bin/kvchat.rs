@@ -18,6 +18,10 @@ fn main() {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
+#[path = "kvchat/info.rs"]
+mod info;
+
+#[cfg(not(target_arch = "wasm32"))]
 mod cli {
     use clap::{Args, Parser, Subcommand};
     use kvchat::{Engine, EngineOptions, GenerateOptions, KvCacheConfig, KvDType, Message, Prompt, SamplerConfig};
@@ -66,6 +70,17 @@ mod cli {
         Batch(BatchArgs),
         /// Prefill and decode speed, median of several runs after a warm-up.
         Bench(BenchArgs),
+        /// What a GGUF holds: architecture, hyper-parameters, layer kinds, tensor types and
+        /// their kernels, tokenizer, chat template, KV bytes per token.
+        Info(InfoArgs),
+    }
+
+    // The flags of `info`.
+    #[derive(Args)]
+    struct InfoArgs {
+        /// Path to a GGUF file.
+        #[arg(long)]
+        model: PathBuf,
     }
 
     // The flags of `generate` (the help text is the variant's doc comment above).
@@ -254,6 +269,11 @@ mod cli {
             Cmd::Perplexity(a) => perplexity(a),
             Cmd::Batch(a) => batch(a),
             Cmd::Bench(a) => bench(a),
+            Cmd::Info(a) => {
+                let bytes = std::fs::read(&a.model).map_err(|e| format!("cannot read {}: {e}", a.model.display()))?;
+                print!("{}", crate::info::report(&bytes)?);
+                Ok(())
+            }
         }
     }
 

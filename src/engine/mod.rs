@@ -115,6 +115,10 @@ impl Engine {
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
+    /// Whether the model has a chat template (a base model has none: raw prompts only).
+    pub fn has_chat_template(&self) -> bool {
+        self.template.is_some()
+    }
     pub fn options(&self) -> &EngineOptions {
         &self.opts
     }

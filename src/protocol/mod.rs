@@ -383,6 +383,8 @@ pub struct ModelInfo {
     pub vocab_size: usize,
     pub context_length: usize,
     pub weight_bytes: usize,
+    /// The model has a chat template; without one (a base model) only raw prompts are accepted.
+    pub chat_template: bool,
     pub backend: EngineBackend,
     /// The GPU adapter while the WebGPU backend runs.
     pub adapter: Option<AdapterInfo>,
@@ -401,6 +403,7 @@ impl From<&Engine> for ModelInfo {
             vocab_size: c.vocab_size,
             context_length: c.context_length,
             weight_bytes: e.weight_bytes(),
+            chat_template: e.has_chat_template(),
             backend: e.backend().into(),
             adapter: e.adapter().map(AdapterInfo::from),
             kv: (&e.kv_stats()).into(),

@@ -54,6 +54,7 @@ fn replies_are_camel_case() {
     let mut e = Engine::load(&crate::testing::tiny_llama_gguf(7), EngineOptions::default()).unwrap();
     let info = assert_camel_case("info", &ModelInfo::from(&e));
     assert_eq!(info["backend"], "cpu");
+    assert_eq!(info["chatTemplate"], true);
     assert!(info["load"]["parseMs"].is_number());
 
     e.set_profiling(true);

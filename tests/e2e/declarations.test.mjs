@@ -78,8 +78,10 @@ test('kvchat.d.ts declares every member of the KvChat class, and only those', ()
 
 test('kvchat.d.ts declares every export of kvchat.js', () => {
   const exported = new Set([...js.matchAll(new RegExp(`^export\\s+(?:async\\s+)?(?:const|let|class|function\\*?)\\s+(${ID})`, 'gm'))].map((m) => m[1]));
+  // re-exports: `export { a, b } from './module.js';`
+  for (const m of js.matchAll(/^export\s*\{([^}]*)\}\s*from/gm)) for (const name of m[1].split(',')) exported.add(name.trim());
   const declared = new Set([...dts.matchAll(new RegExp(`^export\\s+declare\\s+(?:const|let|class|function)\\s+(${ID})`, 'gm'))].map((m) => m[1]));
-  assert.ok(exported.has('KvChat') && exported.has('KvChatError'));
+  assert.ok(exported.has('KvChat') && exported.has('KvChatError') && exported.has('MODELS'));
   assert.deepEqual(sorted(exported), sorted(declared));
 });
 
