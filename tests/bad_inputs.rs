@@ -126,8 +126,12 @@ fn unknown_architecture_and_tokenizer() {
     g.set("general.architecture", Value::String("mamba".into()));
     assert!(matches!(expect_err(&g.to_bytes(), "arch"), Error::Unsupported(m) if m.contains("mamba")));
     let mut g = TinyGguf::new(1);
+    g.set("tokenizer.ggml.model", Value::String("bert".into()));
+    assert!(matches!(expect_err(&g.to_bytes(), "wordpiece"), Error::Unsupported(m) if m.contains("tokenizer model")));
+    // A SentencePiece vocabulary without its scores.
+    let mut g = TinyGguf::new(1);
     g.set("tokenizer.ggml.model", Value::String("llama".into()));
-    assert!(matches!(expect_err(&g.to_bytes(), "spm"), Error::Unsupported(m) if m.contains("tokenizer model")));
+    expect_err(&g.to_bytes(), "spm without scores");
     let mut g = TinyGguf::new(1);
     g.set("tokenizer.ggml.pre", Value::String("klingon".into()));
     assert!(matches!(expect_err(&g.to_bytes(), "pre"), Error::Unsupported(m) if m.contains("klingon")));

@@ -1,13 +1,13 @@
 //! Parity with llama.cpp on Qwen2.5-Coder-0.5B-Instruct Q4_K_M (architecture `qwen2`:
-//! Q/K/V biases, NeoX RoPE, the `qwen2` pre-tokenizer; Q5_0 / Q4_K / Q6_K weights through
-//! candle's matmuls, Q8_0 through the own kernels), natively on the CPU. `make models`
+//! Q/K/V biases, NeoX RoPE, the `qwen2` pre-tokenizer; Q5_0 / Q4_K / Q6_K / Q8_0 weights
+//! through the own kernels), natively on the CPU. `make models`
 //! fetches it; CI sets KVCHAT_REQUIRE_MODEL so these never skip there. The reference
 //! (`fixtures/qwen2-llamacpp.json`) was made by llama-cpp-python 0.3.36 with
 //! `../shared/reference/models/make_refs.py`. The tolerance is `real_model.rs`'s: greedy
 //! tokens must agree wherever llama.cpp's own top-two margin is above the noise floor.
 
 mod common;
-use common::{assert_renders_chatml_prompt, teacher_forced_mismatches};
+use common::{assert_renders_chatml_prompt, extra_model, teacher_forced_mismatches};
 use kvchat::{Engine, EngineOptions, GenerateOptions, KvCacheConfig, KvDType, Prompt, SamplerConfig};
 use serde_json::Value;
 
@@ -15,15 +15,7 @@ const MODEL: &str = "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 const NOISE: f64 = 0.75;
 
 fn model() -> Option<Vec<u8>> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(MODEL);
-    match std::fs::read(&path) {
-        Ok(b) => Some(b),
-        Err(_) if std::env::var("KVCHAT_REQUIRE_MODEL").is_ok() => panic!("{} is missing and KVCHAT_REQUIRE_MODEL is set: run `make models`", path.display()),
-        Err(_) => {
-            eprintln!("SKIPPED: {} is missing (run `make models` to fetch it)", path.display());
-            None
-        }
-    }
+    extra_model(MODEL)
 }
 
 fn reference() -> Value {

@@ -48,6 +48,20 @@ pub fn real_model() -> Option<Vec<u8>> {
     }
 }
 
+/// The bytes of an extra model `make models` fetches (`models/...`), or `None` (with a
+/// note) when it is absent; under KVCHAT_REQUIRE_MODEL (CI) its absence fails the test.
+pub fn extra_model(file: &str) -> Option<Vec<u8>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    match std::fs::read(&path) {
+        Ok(b) => Some(b),
+        Err(_) if std::env::var("KVCHAT_REQUIRE_MODEL").is_ok() => panic!("{} is missing and KVCHAT_REQUIRE_MODEL is set: run `make models`", path.display()),
+        Err(_) => {
+            eprintln!("SKIPPED: {} is missing (run `make models` to fetch it)", path.display());
+            None
+        }
+    }
+}
+
 /// llama.cpp's greedy tokens fed after `prompt` (teacher forcing): every step where our argmax
 /// differs, as `(step, llama.cpp's top-two margin there)`. Panics where a step differs although
 /// llama.cpp's margin is at least `noise` (its own rounding noise floor).
