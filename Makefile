@@ -9,7 +9,7 @@ PORT ?= 8080
 # a busy 2-core machine two threads can be much slower than one.
 export CANDLE_NUM_THREADS ?= 1
 
-.PHONY: all setup model models build build-wasm build-native serve test test-native test-wasm test-e2e bench ppl dist fuzz clean
+.PHONY: all setup model models build build-wasm build-native serve test test-native test-wasm test-e2e test-models bench bench-models ppl dist fuzz clean
 
 all: build
 
@@ -48,10 +48,29 @@ test-native: model models
 test-wasm: model
 	./scripts/test-wasm.sh
 
-test-e2e: model build-wasm
+# The browser runs of the extra models: Gemma 3 270M here (the smaller; `make test-models` runs both).
+test-e2e: model models build-wasm
 	cargo run --release --example write_tiny_gguf -- target/tiny/tiny.gguf
 	cargo run --release --example write_tiny_gguf -- target/tiny/tiny-base.gguf --base
-	node --test --test-concurrency=1 tests/e2e/
+	KVCHAT_REQUIRE_MODEL=1 node --test --test-concurrency=1 tests/e2e/
+
+# Before closing a models change: both extra models in the browser (greedy text equal to llama.cpp's,
+# answering on the page after the picker), Qwen2.5's perplexity natively, and their speed against wllama.
+test-models: models build-native build-wasm
+	KVCHAT_REQUIRE_MODEL=1 KVCHAT_E2E_MODELS=gemma3,qwen2 node --test --test-concurrency=1 tests/e2e/models.test.mjs
+	./target/release/kvchat perplexity --model $(QWEN2) --file /usr/share/common-licenses/GPL-3 --max-tokens 2048 --kv-window 4096 --json
+	$(MAKE) bench-models
+
+# The extra models' speed, one thread, natively (against llama.cpp through llama-cpp-python, where
+# LLAMACPP_PYTHON has it) and in headless Chromium (against wllama), on the same files.
+LLAMACPP_PYTHON ?= python3
+bench-models: models build-native build-wasm
+	@for m in $(QWEN2) $(GEMMA3); do \
+	  ./target/release/kvchat bench --model $$m --prompt-file $(BENCH_PROMPT) --gen 128 --runs 3 --json; \
+	  $(LLAMACPP_PYTHON) scripts/bench-llamacpp.py $$m $(BENCH_PROMPT) 128 3; \
+	  node scripts/bench-browser.mjs 3 relaxed:1 $$m; \
+	  ./scripts/bench-wllama.sh $$m; \
+	done
 
 # Speed, one thread: the fixed 128-token prompt, 128 greedy tokens, median of 3 runs after a
 # warm-up; natively and in headless Chromium through the public JS API. One JSON line each.

@@ -2,7 +2,7 @@
 // 128-token prompt, 128 greedy tokens with ignoreEos, one warm-up then the
 // median of N runs. Prints one JSON line per configuration (wasm build : threads).
 // The page is cross-origin isolated, so the threaded build can run.
-// Usage: node scripts/bench-browser.mjs [runs] [relaxed:1,baseline:1,relaxed:2]
+// Usage: node scripts/bench-browser.mjs [runs] [relaxed:1,baseline:1,relaxed:2] [model path, default SmolLM2]
 import { readFileSync } from 'node:fs';
 import { serve, browser } from '../tests/e2e/harness.mjs';
 
@@ -11,6 +11,7 @@ const variants = (process.argv[3] || 'relaxed:1,baseline:1,relaxed:2').split(','
   const [simd, threads] = v.split(':');
   return { simd, threads: Number(threads || 1) };
 });
+const model = process.argv[4] ? `/${process.argv[4].replace(/^\/+/, '')}` : undefined;
 const promptPath = ['../shared/reference/bench-prompt.txt', 'tests/fixtures/bench-prompt.txt'].find((p) => { try { readFileSync(p); return true; } catch { return false; } });
 const prompt = readFileSync(promptPath, 'utf8');
 const srv = await serve();
@@ -19,10 +20,10 @@ try {
   for (const { simd, threads } of variants) {
   const page = await b.newPage();
   await page.goto(`${srv.url}/index.html`);
-  const r = await page.evaluate(async ({ prompt, runs, simd, threads }) => {
+  const r = await page.evaluate(async ({ prompt, runs, simd, threads, model }) => {
     const { KvChat } = await import('/www/kvchat.js');
     const t0 = performance.now();
-    const llm = await KvChat.load({ cache: false, simd, threads });
+    const llm = await KvChat.load({ cache: false, simd, threads, ...(model ? { model } : {}) });
     const loadMs = performance.now() - t0;
     const results = [];
     let peak = 0;
@@ -45,13 +46,13 @@ try {
     await llm.dispose();
     const med = (k) => { const v = results.map((s) => s[k]).sort((a, b) => a - b); return v[Math.floor(v.length / 2)]; };
     return {
-      engine: 'kvchat-browser', backend: results[0].backend, simd: results[0].simd, threads: results[0].threads, prompt_tokens: results[0].promptTokens, gen_tokens: results[0].generatedTokens, runs,
+      engine: 'kvchat-browser', model: llm.info.config?.arch ?? model, backend: results[0].backend, simd: results[0].simd, threads: results[0].threads, prompt_tokens: results[0].promptTokens, gen_tokens: results[0].generatedTokens, runs,
       load_ms: loadMs, fetch_ms: llm.timings.fetchMs, init_ms: llm.timings.initMs, init_breakdown_ms: llm.info.load,
       prefill_tokens_per_sec: med('prefillTokensPerSec'), decode_tokens_per_sec: med('decodeTokensPerSec'),
       time_to_first_token_ms: med('timeToFirstTokenMs'), peak_wasm_memory_bytes: peak,
       profile_ms_per_token: { prefill: prefillProfile.msPerToken, decode: decodeProfile.msPerToken },
     };
-  }, { prompt, runs, simd, threads });
+  }, { prompt, runs, simd, threads, model });
   console.log(JSON.stringify(r));
   await page.close();
   }
