@@ -24,7 +24,7 @@ fn info_reports_shape_types_tokenizer_template_and_kv() {
         "slower path     F16 ×2",
         "gpt2 (pre-tokenizer smollm)",
         "EOS 2 \"<|im_end|>\"",
-        "ChatMl family",
+        "characters, renders",
         // 2 layers × (K + V) × 2 kv heads × 16 floats × 4 bytes.
         "KV f32/token    512 B (all 2 layers global)",
         "KV f16/token    256 B (all 2 layers global)",

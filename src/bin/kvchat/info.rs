@@ -4,7 +4,7 @@
 
 use candle_core::quantized::GgmlDType;
 use kvchat::backend::cpu::quant::QFormat;
-use kvchat::chat_template::TemplateFamily;
+use kvchat::chat_template::ChatTemplate;
 use kvchat::gguf::Gguf;
 use kvchat::kv_cache::{AttentionWindow, KvCacheConfig, KvDType};
 use kvchat::model::config::LlamaConfig;
@@ -125,9 +125,9 @@ fn tokenizer(g: &Gguf) -> Vec<(&'static str, String)> {
 fn template(g: &Gguf) -> String {
     match g.get_str("tokenizer.chat_template") {
         Err(_) => "none: a base model, plain completion only".into(),
-        Ok(t) => match TemplateFamily::detect(t) {
-            Ok(f) => format!("{} characters, {f:?} family", thousands(t.len())),
-            Err(_) => format!("{} characters, a family kvchat does not render: raw prompts only", thousands(t.len())),
+        Ok(t) => match ChatTemplate::new(t, "", "") {
+            Ok(_) => format!("{} characters, renders", thousands(t.len())),
+            Err(e) => format!("{} characters, does not render ({e}): raw prompts only", thousands(t.len())),
         },
     }
 }
