@@ -242,7 +242,7 @@ fn simd_kernels_equal_the_portable_kernels_bit_for_bit() {
 #[wasm_bindgen_test(unsupported = test)]
 fn q4_layouts_and_kernels_agree_with_the_dequantized_product() {
     use candle_core::quantized::QTensor;
-    use kvchat::backend::cpu::quant::{Q4Layout, QActivations, QFormat, QMatrix, Values};
+    use kvchat::backend::cpu::quant::{Q4Layout, QActivations, QFormat, QMatrix};
     let mut rng = kvchat::sampler::Rng::new(11);
     for f in QFormat::ALL {
         // Whole super-blocks for the K-quants.
@@ -253,11 +253,7 @@ fn q4_layouts_and_kernels_agree_with_the_dequantized_product() {
         let data = qt.data().unwrap();
         let ggml = QMatrix::from_blocks_with_layout(f, rows, cols, &data, Q4Layout::Ggml).unwrap();
         let lanes = QMatrix::from_blocks_with_layout(f, rows, cols, &data, Q4Layout::Lanes).unwrap();
-        // Five-bit values have no relaxed-SIMD kernel (wasm reads them in the Lanes layout).
-        let rows4 = QMatrix::from_blocks_with_layout(f, rows, cols, &data, Q4Layout::Rows4).unwrap_or_else(|| {
-            assert_eq!(f.values(), Values::Five, "{f:?} refused by Rows4");
-            lanes.clone()
-        });
+        let rows4 = QMatrix::from_blocks_with_layout(f, rows, cols, &data, Q4Layout::Rows4).unwrap();
         // The AVX-512 layout holds the formats its kernels read; the others take the AVX2 one there.
         let rows16 = QMatrix::from_blocks_with_layout(f, rows, cols, &data, Q4Layout::Rows16).unwrap_or_else(|| {
             assert!(![QFormat::Q4_0, QFormat::Q4_1, QFormat::Q8_0].contains(&f), "{f:?} refused by Rows16");

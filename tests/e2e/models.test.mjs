@@ -11,8 +11,8 @@ import { join } from 'node:path';
 import { serve, browser, watch, ROOT } from './harness.mjs';
 
 const MODELS = {
-  gemma3: { file: 'models/gemma-3-270m-q4_k_m.gguf', id: 'gemma-3-270m', fixture: 'gemma3-llamacpp.json', prompt: 'g1', chat: false },
-  qwen2: { file: 'models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf', id: 'qwen2.5-coder-0.5b', fixture: 'qwen2-llamacpp.json', prompt: 'q3', chat: true },
+  gemma3: { file: 'models/gemma-3-270m-q4_k_m.gguf', id: 'gemma-3-270m', name: 'Gemma 3 270M (base)', fixture: 'gemma3-llamacpp.json', prompt: 'g1', chat: false },
+  qwen2: { file: 'models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf', id: 'qwen2.5-coder-0.5b', name: 'Qwen2.5-Coder-0.5B-Instruct', fixture: 'qwen2-llamacpp.json', prompt: 'q3', chat: true },
 };
 const wanted = (process.env.KVCHAT_E2E_MODELS ?? 'gemma3').split(',').filter(Boolean);
 
@@ -37,7 +37,8 @@ for (const name of wanted) {
     const { prompt, gen_text: want, gen_ids: ids } = gold();
     const got = await page.evaluate(async ({ model, prompt, n }) => {
       const { KvChat } = await import('/www/kvchat.js');
-      const llm = await KvChat.load({ model, cache: false, simd: 'relaxed', threads: 1, backend: 'cpu' });
+      // An f16 cache, llama.cpp's default (the reference was made with it).
+      const llm = await KvChat.load({ model, cache: false, simd: 'relaxed', threads: 1, backend: 'cpu', kvF16: true });
       let text = '';
       for await (const piece of llm.generate(prompt, { maxTokens: n, temperature: 0, ignoreEos: true })) text += piece;
       const stats = await llm.stats();
@@ -57,7 +58,7 @@ for (const name of wanted) {
     await page.check(`[data-testid=model-list] input[value="${m.id}"]`);
     await page.click('[data-testid=load-model]');
     await page.waitForFunction((n) => document.querySelector('[data-testid=progress]').dataset.state === 'ready'
-      && document.querySelector('[data-testid=model-name]').textContent.includes(n), m.file.split('/').pop(), { timeout: 120_000 });
+      && document.querySelector('[data-testid=model-name]').textContent.startsWith(n), m.name, { timeout: 120_000 });
     assert.match(await page.textContent('[data-testid=mode]'), m.chat ? /^chat model/ : /^base model: plain completion/);
     await page.fill('.settings-form [name=maxTokens]', '12');
     await page.fill('.settings-form [name=temperature]', '0');

@@ -218,12 +218,12 @@ pub enum Q4Layout {
 }
 
 impl Q4Layout {
-    /// The layout this target's fastest kernel for `format` reads (five-bit
-    /// values have no interleaved kernel: the AVX2 one natively, simd128's in wasm).
+    /// The layout this target's fastest kernel for `format` reads (the
+    /// AVX-512 kernels read the three formats they were written for: the others
+    /// take the AVX2 layout there).
     pub fn native_for(format: QFormat) -> Self {
         match Self::native() {
             Q4Layout::Rows16 if !format.in_rows16() => Q4Layout::Ggml,
-            Q4Layout::Rows4 if format.values() == Values::Five => Q4Layout::Lanes,
             layout => layout,
         }
     }
@@ -241,6 +241,13 @@ impl Q4Layout {
         } else {
             Q4Layout::Ggml
         }
+    }
+
+    /// The bit of a row's fifth-bit word that holds value `j` in the Rows4 layout
+    /// (byte `i` holds values `8k + i` at bit `k` and `8k + 4 + i` at bit `4 + k`).
+    fn rows4_fifth_bit(j: usize) -> usize {
+        let (k, p) = (j / 8, j % 8);
+        8 * (p % 4) + if p < 4 { k } else { 4 + k }
     }
 
     /// Rows whose block scales (and, interleaved, quants) are stored together.
@@ -311,7 +318,11 @@ pub struct QMatrix {
     qs: Vec<u8>,
     /// Q6_K: the two integer scales of each block (values 0..16, 16..32), `[row][block][2]`.
     sub: Vec<i8>,
-    /// Five-bit formats: each block's fifth bits (bit `j` for value `j`), `[row][block]`.
+    /// Five-bit formats: each block's fifth bits in one word, `[row][block]`
+    /// with bit `j` for value `j`; in [`Q4Layout::Rows4`] `[rows / 4][block][4]`
+    /// (the four rows' words side by side: one 16-byte load) with bits in the
+    /// nibbles' order: byte `i` of a row's word holds values `8k + i` (bit `k`)
+    /// and `8k + 4 + i` (bit `4 + k`).
     qh: Vec<u32>,
 }
 
@@ -365,7 +376,12 @@ impl QMatrix {
         if self.qh.is_empty() {
             return low;
         }
-        low | (((self.qh[r * (self.cols / QK) + b] >> j) & 1) << 4) as u8
+        let nb = self.cols / QK;
+        let (word, bit) = match self.layout {
+            Q4Layout::Rows4 => (self.qh[((r / 4) * nb + b) * 4 + r % 4], Q4Layout::rows4_fifth_bit(j)),
+            _ => (self.qh[r * nb + b], j),
+        };
+        low | (((word >> bit) & 1) << 4) as u8
     }
 
     /// Four-bit value `j` (0..32) of row `r`, block `b`.
@@ -432,7 +448,7 @@ impl QMatrix {
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         {
             #[cfg(target_feature = "relaxed-simd")]
-            if self.layout == Q4Layout::Rows4 && self.format.values() == Values::Four {
+            if self.layout == Q4Layout::Rows4 && !self.format.bytes() {
                 relaxed::matmul(self, rows, t_rows, act, out);
                 return;
             }

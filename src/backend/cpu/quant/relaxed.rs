@@ -1,5 +1,6 @@
 //! wasm relaxed-SIMD kernels over the [`Q4Layout::Rows4`](super::Q4Layout::Rows4)
-//! layout (Q4 blocks; Q8 blocks take the simd128 kernels):
+//! layout (four- and five-bit blocks, the fifth bits added after unpacking;
+//! byte blocks take the simd128 kernels):
 //! `i16x8.relaxed_dot_i8x16_i7x16_s` with the nibbles as the 7-bit operand
 //! (pmaddubsw on x86, sdot on ARM) against four activation bytes splatted to
 //! every lane leaves each of four rows' sums in its own lane: no widening and
@@ -50,8 +51,8 @@ fn rows4_block_pass(m: &QMatrix, rows: Range<usize>, t_rows: usize, act: &QActiv
 }
 
 /// Σ over one Rows4 block: lane `j` = row `4g+j`'s integer dot with the 32
-/// activation bytes at `y`. The 16 pair sums per i16 lane stay below
-/// 16 · 15 · 127 < 2^15: no overflow.
+/// activation bytes at `y`. Each i16 pair sum (pmaddubsw's, which saturates)
+/// stays below 2 · 31 · 127 < 2^15 for five-bit values: no overflow.
 #[inline(always)]
 unsafe fn rows4_block(w: &[v128; 8], y: *const i8) -> v128 {
     let sp = |o: usize| v128_load32_splat(y.add(o) as *const u32);
@@ -72,6 +73,17 @@ unsafe fn rows4_unpack(w: *const u8) -> [v128; 8] {
     };
     let ((a, b), (c, d), (e, f), (g, h)) = (nib(0), nib(1), nib(2), nib(3));
     [a, b, c, d, e, f, g, h]
+}
+
+/// Adds a Rows4 block's fifth bits (the four rows' words, `h`) to its
+/// unpacked values: vector `2k` takes bit `k` of each byte, `2k + 1` bit `4 + k`.
+#[inline(always)]
+unsafe fn add_fifth_bits(w: &mut [v128; 8], h: v128) {
+    let sixteen = u8x16_splat(0x10);
+    for k in 0..4u32 {
+        w[2 * k as usize] = v128_or(w[2 * k as usize], v128_and(i8x16_shl(h, 4 - k), sixteen));
+        w[2 * k as usize + 1] = v128_or(w[2 * k as usize + 1], v128_and(u8x16_shr(h, k), sixteen));
+    }
 }
 
 /// Stores rows `4g..4g+4` of token `t` (fewer past the last row).
@@ -113,7 +125,10 @@ unsafe fn g4_xn<const T: usize>(m: &QMatrix, g: usize, t0: usize, act: &QActivat
     let yd = act.d.as_ptr().add(t0 * nb);
     let mut acc = [f32x4_splat(0.0); T];
     for b in 0..nb {
-        let wv = rows4_unpack(w.add(b * 64));
+        let mut wv = rows4_unpack(w.add(b * 64));
+        if !m.qh.is_empty() {
+            add_fifth_bits(&mut wv, ld(m.qh.as_ptr().add((g * nb + b) * 4)));
+        }
         let dw = ld(d4.add(b * 4));
         for (i, a) in acc.iter_mut().enumerate() {
             let v = rows4_block(&wv, y.add(i * m.cols + b * QK));

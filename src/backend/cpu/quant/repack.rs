@@ -27,8 +27,7 @@ impl QMatrix {
     /// compare them); `None` for a format the layout's kernels do not read.
     pub fn from_blocks_with_layout(format: QFormat, rows: usize, cols: usize, data: &[u8], layout: Q4Layout) -> Option<Self> {
         let per = format.block_values();
-        let interleaved = layout == Q4Layout::Rows16 || (layout == Q4Layout::Rows4 && format.values() == Values::Five);
-        if cols % per != 0 || (interleaved && !format.in_rows16()) {
+        if cols % per != 0 || (layout == Q4Layout::Rows16 && !format.in_rows16()) {
             return None;
         }
         if data.len() != rows.checked_mul(cols / per)?.checked_mul(format.block_bytes())? {
@@ -108,7 +107,7 @@ impl Packer {
             m: vec![0f32; if has_offset { slots } else { 0 }],
             qs: vec![0u8; if padded { slots } else { rows * nbr } * qlen],
             sub: vec![0i8; if format.sub_scales() { 2 * rows * nbr } else { 0 }],
-            qh: vec![0u32; if format.values() == Values::Five { rows * nbr } else { 0 }],
+            qh: vec![0u32; if format.values() == Values::Five { rows.div_ceil(4) * 4 * nbr } else { 0 }],
         }
     }
 
@@ -136,7 +135,12 @@ impl Packer {
     fn five(&mut self, r: usize, b: usize, d: f32, m: f32, v: &[u8]) {
         let nibbles: [u8; 16] = std::array::from_fn(|j| (v[j] & 0x0F) | (v[j + 16] & 0x0F) << 4);
         self.nibbles(r, b, d, m, &nibbles);
-        self.qh[r * self.nbr + b] = v.iter().enumerate().fold(0u32, |h, (j, &x)| h | (((x >> 4) & 1) as u32) << j);
+        let word = |bit: fn(usize) -> usize| v.iter().enumerate().fold(0u32, |h, (j, &x)| h | (((x >> 4) & 1) as u32) << bit(j));
+        if self.layout == Q4Layout::Rows4 {
+            self.qh[((r / 4) * self.nbr + b) * 4 + r % 4] = word(Q4Layout::rows4_fifth_bit);
+        } else {
+            self.qh[r * self.nbr + b] = word(|j| j);
+        }
     }
 
     /// A byte block: 32 signed values.
