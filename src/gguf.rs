@@ -327,6 +327,30 @@ fn ggml_dtype(t: u32) -> Option<GgmlDType> {
     })
 }
 
+/// The name ggml gives a weight type no kernel here reads (ggml.h's `ggml_type`), for the refusal.
+fn ggml_type_name(t: u32) -> Option<&'static str> {
+    Some(match t {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => return None,
+    })
+}
+
 /// Checks every length, count and offset in a GGUF header against the bytes present.
 pub fn validate(bytes: &[u8]) -> Result<()> {
     if bytes.is_empty() {
@@ -410,9 +434,9 @@ fn read_tensor_info(r: &mut Reader, alignment: u64) -> Result<(String, u64, u64)
     let name = String::from_utf8_lossy(r.string("tensor name")?).into_owned();
     let (first, elems) = read_tensor_dims(r, &name)?;
     let ty = r.u32("tensor type")?;
-    let dtype = ggml_dtype(ty).ok_or_else(|| Error::Tensor {
-        name: name.clone(),
-        reason: format!("unknown or unsupported weight type {ty}"),
+    let dtype = ggml_dtype(ty).ok_or_else(|| match ggml_type_name(ty) {
+        Some(known) => Error::Unsupported(format!("tensor {name} is {known}: kvchat has no kernel for it")),
+        None => Error::Tensor { name: name.clone(), reason: format!("unknown or unsupported weight type {ty}") },
     })?;
     let block = dtype.block_size() as u64;
     if first % block != 0 {

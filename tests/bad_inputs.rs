@@ -111,6 +111,11 @@ fn tensor_offsets_past_the_end_and_unknown_types() {
     x[type_at..type_at + 4].copy_from_slice(&77u32.to_le_bytes());
     let e = expect_err(&x, "type");
     assert!(e.to_string().contains("weight type 77"), "{e}");
+    // A type ggml has and no kernel here reads: refused by its name.
+    let mut x = b.clone();
+    x[type_at..type_at + 4].copy_from_slice(&17u32.to_le_bytes());
+    let e = expect_err(&x, "iq2_xs");
+    assert!(matches!(&e, Error::Unsupported(m) if m.contains("tensor output_norm.weight is IQ2_XS")), "{e}");
     // A dimension of zero and an overflowing one.
     let mut x = b.clone();
     x[at + 4..at + 12].copy_from_slice(&0u64.to_le_bytes());
