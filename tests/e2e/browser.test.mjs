@@ -206,7 +206,7 @@ test('the JS API: tokenize, options, errors, abort, one generation at a time, di
   assert.ok(r.chat.length > 0);
   assert.equal(r.stats.backend, 'cpu');
   for (const k of ['promptTokens', 'generatedTokens', 'prefillTokensPerSec', 'decodeTokensPerSec', 'timeToFirstTokenMs', 'wasmMemoryBytes']) assert.equal(typeof r.stats[k], 'number', k);
-  assert.deepEqual(Object.keys(r.stats.kv).sort(), ['bytes', 'capacity', 'evicted', 'sinks', 'used']);
+  assert.deepEqual(Object.keys(r.stats.kv).sort(), ['bytes', 'capacity', 'evicted', 'globalBytes', 'localBytes', 'localWindow', 'sinks', 'used']);
   assert.equal(r.stats.kv.capacity, 512);
   assert.ok(r.afterDispose.message);
   assert.deepEqual(errors.filter((e) => !/404|Failed to load resource/.test(e)), []);
