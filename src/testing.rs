@@ -161,6 +161,108 @@ impl TinyGguf {
     }
 }
 
+/// The architectures' tiny models (the block variants on a few layers):
+/// built from the llama one, renamed and given the tensors and keys the
+/// architecture reads.
+impl TinyGguf {
+    /// Renamed to architecture `arch` (its `llama.*` keys moved to `arch.*`).
+    pub fn as_arch(mut self, arch: &str) -> Self {
+        for (k, _) in self.metadata.iter_mut() {
+            if let Some(rest) = k.strip_prefix("llama.") {
+                *k = format!("{arch}.{rest}");
+            }
+        }
+        self.set("general.architecture", Value::String(arch.into()));
+        self
+    }
+
+    /// Adds F32 vector `name` of `n` values around 1 (norm weights).
+    pub fn add_norm(&mut self, name: String, n: usize, seed: usize) {
+        let v: Vec<f32> = (0..n).map(|i| 1.0 + 0.3 * (((i * 7 + seed * 13) % 11) as f32 / 10.0 - 0.5)).collect();
+        self.tensors.push((name, QTensor::quantize(&Tensor::from_vec(v, n, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap()));
+    }
+
+    /// Adds F32 vector `name` of `n` small values around 0 (biases).
+    pub fn add_bias(&mut self, name: String, n: usize, seed: usize) {
+        let v: Vec<f32> = (0..n).map(|i| 0.2 * (((i * 5 + seed * 11) % 13) as f32 / 12.0 - 0.5)).collect();
+        self.tensors.push((name, QTensor::quantize(&Tensor::from_vec(v, n, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap()));
+    }
+
+    /// Copies layer `from`'s tensors (as F32) as layer `to`: a deeper model from the tiny one.
+    pub fn copy_layer(&mut self, from: usize, to: usize) {
+        let copies: Vec<(String, QTensor)> = self
+            .tensors
+            .iter()
+            .filter_map(|(n, q)| n.strip_prefix(&format!("blk.{from}.")).map(|rest| (format!("blk.{to}.{rest}"), QTensor::quantize(&q.dequantize(&Device::Cpu).unwrap(), GgmlDType::F32).unwrap())))
+            .collect();
+        self.tensors.extend(copies);
+    }
+
+    /// Every matrix re-quantized, in turn, to each format with an own kernel
+    /// on every backend (the K-quants where the width is whole super-blocks of
+    /// 256), so a model exercises all of them; vectors stay F32.
+    pub fn requantized(mut self) -> Self {
+        use crate::backend::cpu::quant::QFormat;
+        let mut turn = 0;
+        for (_, q) in self.tensors.iter_mut() {
+            let dims = q.shape().dims().to_vec();
+            if dims.len() != 2 {
+                continue;
+            }
+            let fits: Vec<QFormat> = QFormat::ALL.into_iter().filter(|f| dims[1] % f.block_values() == 0).collect();
+            let format = fits[turn % fits.len()];
+            turn += 1;
+            *q = QTensor::quantize(&q.dequantize(&Device::Cpu).unwrap(), format.ggml()).unwrap();
+        }
+        self
+    }
+
+    /// A 2-layer qwen3 (QK-norm, NeoX RoPE) with F32 weights.
+    pub fn qwen3(seed: u64) -> Self {
+        let mut t = Self::new_f32(seed).as_arch("qwen3");
+        for l in 0..N_LAYER {
+            t.add_norm(format!("blk.{l}.attn_q_norm.weight"), N_EMBD / N_HEAD, l);
+            t.add_norm(format!("blk.{l}.attn_k_norm.weight"), N_EMBD / N_HEAD, l + 5);
+        }
+        t
+    }
+
+    /// A 2-layer qwen2 (Q/K/V biases, NeoX RoPE) with F32 weights.
+    pub fn qwen2(seed: u64) -> Self {
+        let mut t = Self::new_f32(seed).as_arch("qwen2");
+        let hd = N_EMBD / N_HEAD;
+        for l in 0..N_LAYER {
+            t.add_bias(format!("blk.{l}.attn_q.bias"), N_HEAD * hd, l);
+            t.add_bias(format!("blk.{l}.attn_k.bias"), N_HEAD_KV * hd, l + 3);
+            t.add_bias(format!("blk.{l}.attn_v.bias"), N_HEAD_KV * hd, l + 7);
+        }
+        t
+    }
+
+    /// A 6-layer gemma3 with F32 weights: five sliding layers of `window`
+    /// positions and a global sixth (llama.cpp's pattern), QK-norm,
+    /// post-norms, GELU, scaled embeddings, two RoPE bases.
+    pub fn gemma3(seed: u64, window: u32) -> Self {
+        let mut t = Self::new_f32(seed).as_arch("gemma3");
+        for l in 2..6 {
+            t.copy_layer(l % 2, l);
+        }
+        let hd = (N_EMBD / N_HEAD) as u32;
+        t.set("gemma3.block_count", Value::U32(6));
+        t.set("gemma3.attention.sliding_window", Value::U32(window));
+        t.set("gemma3.attention.key_length", Value::U32(hd));
+        t.set("gemma3.attention.value_length", Value::U32(hd));
+        t.set("gemma3.rope.freq_base", Value::F32(1e6));
+        for l in 0..6 {
+            t.add_norm(format!("blk.{l}.attn_q_norm.weight"), N_EMBD / N_HEAD, l);
+            t.add_norm(format!("blk.{l}.attn_k_norm.weight"), N_EMBD / N_HEAD, l + 1);
+            t.add_norm(format!("blk.{l}.post_attention_norm.weight"), N_EMBD, l + 2);
+            t.add_norm(format!("blk.{l}.post_ffw_norm.weight"), N_EMBD, l + 3);
+        }
+        t
+    }
+}
+
 /// The default tiny model's bytes.
 pub fn tiny_llama_gguf(seed: u64) -> Vec<u8> {
     TinyGguf::new(seed).to_bytes()

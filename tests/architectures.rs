@@ -6,9 +6,7 @@
 //! past the sliding window so the local layers' rings wrap.
 
 mod common;
-use candle_core::quantized::gguf_file::Value;
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use kvchat::testing::{TinyGguf, N_EMBD, N_HEAD, N_HEAD_KV};
 use kvchat::{Engine, EngineOptions, KvCacheConfig, KvDType};
 
@@ -111,33 +109,6 @@ fn reference(t: &TinyGguf, layers: &[Layer], embed_scale: f64, eps: f64, ids: &[
     x.iter().map(|xp| matvec(&emb, &rms_norm(xp, &vector(t, "output_norm.weight"), eps))).collect()
 }
 
-/// `t` renamed to architecture `arch` (its `llama.*` keys moved to `arch.*`).
-fn as_arch(mut t: TinyGguf, arch: &str) -> TinyGguf {
-    for (k, _) in t.metadata.iter_mut() {
-        if let Some(rest) = k.strip_prefix("llama.") {
-            *k = format!("{arch}.{rest}");
-        }
-    }
-    t.set("general.architecture", Value::String(arch.into()));
-    t
-}
-
-/// Adds F32 weight `name` with values around 1 (norm weights).
-fn add_norm(t: &mut TinyGguf, name: String, n: usize, seed: usize) {
-    let v: Vec<f32> = (0..n).map(|i| 1.0 + 0.3 * (((i * 7 + seed * 13) % 11) as f32 / 10.0 - 0.5)).collect();
-    t.tensors.push((name, QTensor::quantize(&Tensor::from_vec(v, n, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap()));
-}
-
-/// Copies layer `from`'s tensors as layer `to` (a deeper model from the tiny one).
-fn copy_layer(t: &mut TinyGguf, from: usize, to: usize) {
-    let copies: Vec<(String, QTensor)> = t
-        .tensors
-        .iter()
-        .filter_map(|(n, q)| n.strip_prefix(&format!("blk.{from}.")).map(|rest| (format!("blk.{to}.{rest}"), QTensor::quantize(&q.dequantize(&Device::Cpu).unwrap(), GgmlDType::F32).unwrap())))
-        .collect();
-    t.tensors.extend(copies);
-}
-
 /// Our logits after every token against the reference, relative to the logits' size.
 fn assert_matches_reference(t: &TinyGguf, layers: &[Layer], embed_scale: f64, label: &str) {
     let opts = EngineOptions { kv: KvCacheConfig { window: 64, sinks: 4, dtype: KvDType::F32 }, prefill_chunk: 5, ..Default::default() };
@@ -154,11 +125,7 @@ fn assert_matches_reference(t: &TinyGguf, layers: &[Layer], embed_scale: f64, la
 
 #[test]
 fn qwen3_blocks_compute_the_formulas() {
-    let mut t = as_arch(TinyGguf::new_f32(5), "qwen3");
-    for l in 0..2 {
-        add_norm(&mut t, format!("blk.{l}.attn_q_norm.weight"), N_EMBD / N_HEAD, l);
-        add_norm(&mut t, format!("blk.{l}.attn_k_norm.weight"), N_EMBD / N_HEAD, l + 5);
-    }
+    let t = TinyGguf::qwen3(5);
     let layer = Layer { qk_norm: true, post_norms: false, gelu: false, rope_base: 10_000.0, window: None };
     let e = Engine::load(&t.to_bytes(), EngineOptions::default()).unwrap();
     assert_eq!(e.config().arch, kvchat::model::config::Architecture::Qwen3);
@@ -169,21 +136,7 @@ fn qwen3_blocks_compute_the_formulas() {
 fn gemma3_blocks_compute_the_formulas_past_the_sliding_window() {
     // Six layers (five sliding of 8 positions, the sixth global: llama.cpp's pattern),
     // 30 tokens: the sliding layers' rings wrap three times.
-    let mut t = as_arch(TinyGguf::new_f32(6), "gemma3");
-    for l in 2..6 {
-        copy_layer(&mut t, l % 2, l);
-    }
-    t.set("gemma3.block_count", Value::U32(6));
-    t.set("gemma3.attention.sliding_window", Value::U32(8));
-    t.set("gemma3.attention.key_length", Value::U32((N_EMBD / N_HEAD) as u32));
-    t.set("gemma3.attention.value_length", Value::U32((N_EMBD / N_HEAD) as u32));
-    t.set("gemma3.rope.freq_base", Value::F32(1e6));
-    for l in 0..6 {
-        add_norm(&mut t, format!("blk.{l}.attn_q_norm.weight"), N_EMBD / N_HEAD, l);
-        add_norm(&mut t, format!("blk.{l}.attn_k_norm.weight"), N_EMBD / N_HEAD, l + 1);
-        add_norm(&mut t, format!("blk.{l}.post_attention_norm.weight"), N_EMBD, l + 2);
-        add_norm(&mut t, format!("blk.{l}.post_ffw_norm.weight"), N_EMBD, l + 3);
-    }
+    let t = TinyGguf::gemma3(6, 8);
     let local = Layer { qk_norm: true, post_norms: true, gelu: true, rope_base: 10_000.0, window: Some(8) };
     let global = Layer { rope_base: 1e6, window: None, ..local };
     let layers = [local, local, local, local, local, global];

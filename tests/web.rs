@@ -435,7 +435,7 @@ mod webgpu_browser {
             let qkv: Vec<f32> = (0..(n_head + 2 * n_kv) * hd).map(|_| r(8.0)).collect();
             let (mut cos, mut sin) = (vec![0f32; hd / 2], vec![0f32; hd / 2]);
             rope.angles(pos, &mut cos, &mut sin);
-            let (gq, gk) = probe::rope(&ctx, n_head, n_kv, hd, &qkv, &cos, &sin).await.unwrap();
+            let (gq, gk, _) = probe::rope(&ctx, n_head, n_kv, hd, &qkv, &cos, &sin, probe::RopeInput::default()).await.unwrap();
             let mut want = qkv[..(n_head + n_kv) * hd].to_vec();
             for head in want.chunks_exact_mut(hd) {
                 ops::rope(head, &cos, &sin);

@@ -23,9 +23,17 @@ fn gpu() -> Option<GpuContext> {
     }
 }
 
-/// Random GGUF blocks of `format` with realistic scales.
+/// Random GGUF blocks of `format` with realistic scales (raw random blocks for
+/// the 32-value formats; ggml's quantization of random weights for the others,
+/// whose packed scales random bytes would not make realistic).
 fn random_blocks(format: QFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-    kvchat::testing::random_q_blocks(format, rows * cols / 32, seed)
+    if matches!(format, QFormat::Q4_0 | QFormat::Q4_1 | QFormat::Q8_0) {
+        return kvchat::testing::random_q_blocks(format, rows * cols / 32, seed);
+    }
+    let mut rng = kvchat::sampler::Rng::new(seed);
+    let w: Vec<f32> = (0..rows * cols).map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * 0.05).collect();
+    let t = candle_core::Tensor::from_vec(w, (rows, cols), &candle_core::Device::Cpu).unwrap();
+    candle_core::quantized::QTensor::quantize(&t, format.ggml()).unwrap().data().unwrap().to_vec()
 }
 
 fn random_x(n: usize, seed: u64) -> Vec<f32> {
@@ -36,8 +44,9 @@ fn random_x(n: usize, seed: u64) -> Vec<f32> {
 #[test]
 fn matmul_kernels_equal_the_cpu_kernels() {
     let Some(ctx) = gpu() else { return };
-    for format in [QFormat::Q4_0, QFormat::Q4_1, QFormat::Q8_0] {
-        for (rows, cols, t) in [(200, 576, 1), (67, 1536, 5), (129, 64, 8)] {
+    for format in QFormat::ALL {
+        // Widths in whole K-quant super-blocks (256) for every format.
+        for (rows, cols, t) in [(200, 768, 1), (67, 1536, 5), (129, 256, 8)] {
             let blocks = random_blocks(format, rows, cols, rows as u64);
             let cpu = QMatrix::from_blocks(format, rows, cols, &blocks).unwrap();
             let m = GpuMatrix::from_blocks(&ctx, "w", format, rows, cols, &blocks).unwrap();
@@ -432,5 +441,117 @@ fn attention_kernel_equals_the_cpu_cache_bit_for_bit() {
         let differ = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         eprintln!("attention over {used} keys: {differ} of {} outputs differ from the CPU's (max |d| {:.1e})", got.len(), max_abs_diff(&got, &want));
         assert_eq!(differ, 0, "{used} keys");
+    }
+}
+
+/// The rope_kv kernel's block variants (biases, QK-norm, NeoX pairs) at
+/// SmolLM2's, Qwen2's and Gemma 3's head sizes against the CPU's ops, in the
+/// CPU pass's order: bias, per-head RMSNorm, rotation.
+#[test]
+fn rope_kernel_variants_equal_the_cpu_ops() {
+    use kvchat::backend::cpu::ops;
+    use kvchat::backend::webgpu::ops::RopeVariant;
+    let Some(ctx) = gpu() else { return };
+    let mut rng = kvchat::sampler::Rng::new(41);
+    let mut r = |scale: f32| (rng.next_f64() as f32 * 2.0 - 1.0) * scale;
+    for (n_head, n_kv, hd) in [(9, 3, 64), (14, 2, 64), (4, 1, 256)] {
+        let (qd, kvd) = (n_head * hd, n_kv * hd);
+        let rope = kvchat::model::rope::Rope::new(hd, 1e6);
+        for bits in 0..8u32 {
+            let variant = RopeVariant { bias: bits & 1 != 0, qk_norm: bits & 2 != 0, rope_halves: bits & 4 != 0 };
+            let qkv: Vec<f32> = (0..qd + 2 * kvd).map(|_| r(8.0)).collect();
+            let bias: Vec<f32> = (0..qd + 2 * kvd).map(|_| r(1.0)).collect();
+            let norms: Vec<f32> = (0..2 * hd).map(|_| 1.0 + r(0.3)).collect();
+            let (mut cos, mut sin) = (vec![0f32; hd / 2], vec![0f32; hd / 2]);
+            rope.angles(1234, &mut cos, &mut sin);
+            let input = probe::RopeInput { variant, bias: if variant.bias { &bias } else { &[] }, norms: if variant.qk_norm { &norms } else { &[] }, eps: 1e-6 };
+            let (gq, gk, gv) = pollster::block_on(probe::rope(&ctx, n_head, n_kv, hd, &qkv, &cos, &sin, input)).unwrap();
+            let mut want = qkv.clone();
+            if variant.bias {
+                ops::add_rows(&mut want, &bias);
+            }
+            for (h, head) in want[..qd + kvd].chunks_exact_mut(hd).enumerate() {
+                if variant.qk_norm {
+                    ops::rms_norm_in_place(head, &norms[if h < n_head { 0 } else { hd }..][..hd], 1e-6);
+                }
+                if variant.rope_halves {
+                    ops::rope_halves(head, &cos, &sin);
+                } else {
+                    ops::rope(head, &cos, &sin);
+                }
+            }
+            let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same(&gq, &want[..qd]), "{variant:?} hd {hd}: queries differ by up to {}", max_abs_diff(&gq, &want[..qd]));
+            assert!(same(&gk, &want[qd..qd + kvd]), "{variant:?} hd {hd}: keys differ by up to {}", max_abs_diff(&gk, &want[qd..qd + kvd]));
+            assert!(same(&gv, &want[qd + kvd..]), "{variant:?} hd {hd}: values");
+        }
+    }
+}
+
+/// Tiny models of every architecture (llama, qwen2's biases, qwen3's
+/// QK-norm, gemma 3's sliding layers, post-norms, GELU and two RoPE bases),
+/// every matrix in one of the seven formats: the GPU's logits are the CPU's
+/// bits through the global window's evictions and the sliding rings' wraps,
+/// in both cache types, and greedy generation after a chunked prefill agrees.
+#[test]
+fn every_architecture_and_format_on_the_gpu_equals_the_cpu() {
+    use kvchat::testing::TinyGguf;
+    let Some(ctx) = gpu() else { return };
+    let models = [("llama", TinyGguf::new_f32(3)), ("qwen2", TinyGguf::qwen2(4)), ("qwen3", TinyGguf::qwen3(5)), ("gemma3", TinyGguf::gemma3(6, 8))];
+    for (name, t) in models {
+        let bytes = t.requantized().to_bytes();
+        for dtype in [KvDType::F32, KvDType::F16] {
+            // A 24-token window with 4 sinks: 60 tokens evict 36 of them; gemma 3's rings of 8 wrap 7 times.
+            let (mut cpu, mut gpu) = engines(&bytes, &ctx, 24, 4, dtype);
+            assert_eq!(gpu.backend(), "webgpu", "{name}");
+            let ids = ids(60, 7, cpu.config().vocab_size);
+            let a = cpu.logits_all(&ids).unwrap();
+            let b = gpu.logits_all(&ids).unwrap();
+            let differ: Vec<usize> = (0..a.len()).filter(|&j| a[j].iter().zip(&b[j]).any(|(x, y)| x.to_bits() != y.to_bits())).collect();
+            eprintln!("{name} {dtype:?}: {} of {} positions' logits differ from the CPU's", differ.len(), a.len());
+            assert!(differ.is_empty(), "{name} {dtype:?}: positions {differ:?}, first max |gpu - cpu| {}", differ.first().map(|&j| max_abs_diff(&a[j], &b[j])).unwrap_or(0.0));
+            let opts = GenerateOptions { max_tokens: 20, sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
+            let (mut cpu, mut gpu) = engines(&bytes, &ctx, 24, 4, dtype);
+            let c = cpu.generate(Prompt::Ids(&ids[..30]), &opts, |_| true).unwrap();
+            let g = gpu.generate(Prompt::Ids(&ids[..30]), &opts, |_| true).unwrap();
+            assert_eq!(c.generated_ids, g.generated_ids, "{name} {dtype:?}: greedy generation");
+            assert_eq!(cpu.kv_stats(), gpu.kv_stats(), "{name} {dtype:?}: the cache's occupancy and bytes per attention kind");
+            // A batch sharing a 20-token prefix (gemma 3's rings of 8 have wrapped in it), two slots.
+            let doc = &ids[..20];
+            let prompts: Vec<Vec<u32>> = (0..3).map(|i| [doc, &ids[30 + 3 * i..33 + 3 * i]].concat()).collect();
+            let inputs: Vec<(Prompt, GenerateOptions)> = prompts.iter().map(|p| (Prompt::Ids(p), GenerateOptions { max_tokens: 16, ..opts.clone() })).collect();
+            let bo = kvchat::BatchOptions { batch_size: 2, kv: None, share_prefix: true };
+            let (on_gpu, stats) = run_batch(&mut gpu, &inputs, bo);
+            assert_eq!(stats.backend, "webgpu", "{name}");
+            let (on_cpu, _) = run_batch(&mut cpu, &inputs, bo);
+            assert_eq!(on_gpu, on_cpu, "{name} {dtype:?}: the GPU batch equals the CPU batch");
+        }
+    }
+}
+
+/// The two extra models on the GPU: their first greedy tokens on a reference
+/// prompt equal the CPU backend's (Gemma 3 270M: head size 256, sliding
+/// layers, its 262,144-row Q8_0 output; Qwen2.5-Coder-0.5B: Q5_0, Q4_K and
+/// Q6_K matrices, biases), with llama.cpp's f16 cache.
+#[test]
+fn the_extra_models_on_the_gpu_equal_the_cpu() {
+    let Some(ctx) = gpu() else { return };
+    for (file, fixture, prompt_id) in [("models/gemma-3-270m-q4_k_m.gguf", "tests/fixtures/gemma3-llamacpp.json", "g1"), ("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "tests/fixtures/qwen2-llamacpp.json", "q3")] {
+        let Some(bytes) = extra_model(file) else { continue };
+        let gold: Value = serde_json::from_str(&std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture)).unwrap()).unwrap();
+        let g = gold["generate"].as_array().unwrap().iter().find(|g| g["id"] == prompt_id).unwrap();
+        let prompt = ids_of(&g["prompt_ids"]);
+        let (mut cpu, mut gpu) = engines(&bytes, &ctx, 512, 4, KvDType::F16);
+        assert_eq!(gpu.backend(), "webgpu", "{file}");
+        let opts = GenerateOptions { max_tokens: 12, sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
+        let t0 = std::time::Instant::now();
+        let c = cpu.generate(Prompt::Ids(&prompt), &opts, |_| true).unwrap();
+        let t1 = std::time::Instant::now();
+        let b = gpu.generate(Prompt::Ids(&prompt), &opts, |_| true).unwrap();
+        eprintln!("{file}: cpu {:.1} s, gpu {:.1} s; {:?}", (t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64(), b.text);
+        assert_eq!(c.generated_ids, b.generated_ids, "{file}");
+        let l = cpu.logits(&prompt).unwrap();
+        let lg = gpu.logits(&prompt).unwrap();
+        assert!(l.iter().zip(&lg).all(|(x, y)| x.to_bits() == y.to_bits()), "{file}: the prompt's last logits differ by up to {}", max_abs_diff(&l, &lg));
     }
 }

@@ -28,7 +28,7 @@ pub(crate) struct GpuRunner {
 
 impl GpuRunner {
     pub(crate) fn new(model: GpuLlama, bytes: Arc<Vec<u8>>) -> Result<Self> {
-        let policy = KvPolicy::new(model.kv_config())?;
+        let policy = KvPolicy::for_layers(model.kv_config(), &model.config().windows())?;
         Ok(Self { model, policy, bytes, cpu: None })
     }
 
@@ -110,7 +110,7 @@ impl Runner for GpuRunner {
         &mut self.policy
     }
     fn kv_stats(&self) -> KvStats {
-        self.policy.stats(self.model.kv_bytes())
+        self.model.kv_stats(&self.policy)
     }
     fn submit(&mut self, ids: &[u32], want: &Want) -> Result<()> {
         let (readback, penalty) = Self::readback(want);
@@ -141,7 +141,8 @@ impl Runner for GpuRunner {
             return self.cpu()?.new_batch(kv, regions);
         }
         let storage = self.model.new_batch(kv, regions)?;
-        let policies = (0..regions).map(|_| KvPolicy::new(kv)).collect::<Result<Vec<_>>>()?;
+        let windows = self.model.config().windows();
+        let policies = (0..regions).map(|_| KvPolicy::for_layers(kv, &windows)).collect::<Result<Vec<_>>>()?;
         Ok(BatchKv { store: BatchStore::Gpu { storage, policies } })
     }
     fn submit_in(&mut self, batch: &mut BatchKv, seq: usize, ids: &[u32], want: &Want) -> Result<()> {

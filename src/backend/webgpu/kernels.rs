@@ -6,7 +6,7 @@
 
 use super::ops::{self, Bindings};
 use super::GpuContext;
-use crate::backend::cpu::quant::QFormat;
+use crate::backend::cpu::quant::{Offset, QFormat, Values};
 use std::collections::HashMap;
 
 const COMMON: &str = include_str!("shaders/common.wgsl");
@@ -97,19 +97,22 @@ pub enum QuantMode {
     Norm = 0,
     Plain = 1,
     Silu = 2,
+    Gelu = 3,
 }
 
-fn format_id(f: QFormat) -> f64 {
-    match f {
-        QFormat::Q4_0 => 0.0,
-        QFormat::Q4_1 => 1.0,
-        QFormat::Q8_0 => 2.0,
-        // Refused when a matrix is made (`matrix::on_gpu`): no pipeline is asked for them.
-        QFormat::Q5_0 => 3.0,
-        QFormat::Q4K => 4.0,
-        QFormat::Q5K => 5.0,
-        QFormat::Q6K => 6.0,
-    }
+/// A format's override constants: how its values are packed (QUANTS) and its offset term (OFFSET).
+fn format_constants(f: QFormat) -> [(&'static str, f64); 2] {
+    let quants = match f.values() {
+        Values::Four => 0.0,
+        Values::Five => 1.0,
+        Values::Eight => 2.0,
+    };
+    let offset = match f.offset() {
+        Offset::None => 0.0,
+        Offset::Rounded => 1.0,
+        Offset::Exact => 2.0,
+    };
+    [("QUANTS", quants), ("OFFSET", offset)]
 }
 
 /// Every pipeline of the forward pass (matmul and embedding variants made on demand).
@@ -119,7 +122,8 @@ pub struct Kernels {
     quant: HashMap<QuantMode, Kernel>,
     matmul: HashMap<(QFormat, bool), Kernel>,
     embed: HashMap<QFormat, Kernel>,
-    pub(super) rope_kv: Kernel,
+    rope_kv: HashMap<ops::RopeVariant, Kernel>,
+    pub(super) norm_add: Kernel,
     pub(super) attention: Kernel,
     pub(super) argmax: Kernel,
     pub(super) penalty: Kernel,
@@ -135,7 +139,8 @@ impl Kernels {
             quant: HashMap::new(),
             matmul: HashMap::new(),
             embed: HashMap::new(),
-            rope_kv: Kernel::new(ctx, &ops::ROPE_KV, &[("KV_F16", f)]),
+            rope_kv: HashMap::new(),
+            norm_add: Kernel::new(ctx, &ops::NORM_ADD, &[]),
             attention: Kernel::new(ctx, &ops::ATTENTION, &[("KV_F16", f)]),
             argmax: Kernel::new(ctx, &ops::ARGMAX, &[]),
             penalty: Kernel::new(ctx, &ops::PENALTY, &[]),
@@ -154,10 +159,19 @@ impl Kernels {
         })
     }
 
+    pub fn rope_kv(&mut self, v: ops::RopeVariant) -> &Kernel {
+        let (ctx, f) = (&self.ctx, if self.kv_f16 { 1.0 } else { 0.0 });
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        self.rope_kv.entry(v).or_insert_with(|| {
+            Kernel::new(ctx, &ops::ROPE_KV, &[("KV_F16", f), ("BIAS", flag(v.bias)), ("QK_NORM", flag(v.qk_norm)), ("ROPE_HALVES", flag(v.rope_halves))])
+        })
+    }
+
     pub fn matmul(&mut self, format: QFormat, acc: bool) -> &Kernel {
         let ctx = &self.ctx;
         self.matmul.entry((format, acc)).or_insert_with(|| {
-            Kernel::new(ctx, &ops::MATMUL, &[("FORMAT", format_id(format)), ("ACC", if acc { 1.0 } else { 0.0 })])
+            let [quants, offset] = format_constants(format);
+            Kernel::new(ctx, &ops::MATMUL, &[quants, offset, ("ACC", if acc { 1.0 } else { 0.0 })])
         })
     }
 
@@ -165,6 +179,6 @@ impl Kernels {
         let ctx = &self.ctx;
         self.embed
             .entry(format)
-            .or_insert_with(|| Kernel::new(ctx, &ops::EMBED, &[("FORMAT", format_id(format))]))
+            .or_insert_with(|| Kernel::new(ctx, &ops::EMBED, &[format_constants(format)[0]]))
     }
 }

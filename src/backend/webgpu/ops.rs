@@ -12,7 +12,7 @@
 
 use super::kernels::{Bind, Kernel, Kernels, QuantMode, Shader};
 use super::matrix::quant_bytes;
-use super::uniforms::{EmbedParams, KvParams, MatmulParams, PenaltyParams, QuantParams, Step, Uniform, VocabParams};
+use super::uniforms::{EmbedParams, KvParams, MatmulParams, NormParams, PenaltyParams, QuantParams, Step, Uniform, VocabParams};
 use super::GpuContext;
 use crate::backend::cpu::quant::{QFormat, QK};
 use crate::error::{Error, Result};
@@ -126,7 +126,7 @@ fn ensure(kernel: &str, ok: bool, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// A `[rows, nb]` block matrix part: quants and (scale, offset) pairs.
+/// A `[rows, nb]` block matrix part: quants and two words per block.
 fn weights(kernel: &str, format: QFormat, rows: usize, nb: usize, qs: &wgpu::Buffer, ws: &wgpu::Buffer) -> Result<()> {
     holds(kernel, "qs", qs, rows * nb * quant_bytes(format) / 4)?;
     holds(kernel, "ws", ws, rows * nb * 2)
@@ -141,7 +141,7 @@ bindings! {
         ids: Read,
         /// `[nb, rows]` blocks of quants (this part's rows).
         qs: Read,
-        /// `[nb, rows, 2]` f32 scale and offset.
+        /// `[nb, rows, 2]` u32: the scale's f32 bits, the offset's or the sub-scales (matrix.rs).
         ws: Read,
         /// `[t, cols]` f32.
         x: ReadWrite,
@@ -184,7 +184,8 @@ pub fn quantize(k: &mut Kernels, ctx: &GpuContext, mode: QuantMode, tokens: usiz
     let p = &b.p;
     let (cols, stride, up) = (p.cols as usize, p.in_stride as usize, p.up_offset as usize);
     ensure("quantize", cols % QK == 0, "columns are not whole blocks")?;
-    ensure("quantize", if mode == QuantMode::Silu { up >= cols && up + cols <= stride } else { cols <= stride }, "rows narrower than the columns read")?;
+    let gated = matches!(mode, QuantMode::Silu | QuantMode::Gelu);
+    ensure("quantize", if gated { up >= cols && up + cols <= stride } else { cols <= stride }, "rows narrower than the columns read")?;
     holds("quantize", "x", b.x, tokens * stride)?;
     holds("quantize", "w", b.w, if mode == QuantMode::Norm { cols } else { 0 })?;
     holds("quantize", "q", b.q, tokens * cols / 4)?;
@@ -200,7 +201,7 @@ bindings! {
         step: Uniform<Step>,
         /// `[nb, rows]` blocks of quants.
         qs: Read,
-        /// `[nb, rows, 2]` f32 scale and offset.
+        /// `[nb, rows, 2]` u32: the scale's f32 bits, the offset's or the sub-scales (matrix.rs).
         ws: Read,
         /// `[t, nb, 8]` u32 activation quants (quantize.wgsl's `q`).
         aq: Read,
@@ -252,6 +253,10 @@ bindings! {
         tok: Read,
         /// `[1 + t, hd]` f32: `hd / 2` cosines then sines; row 0 the sink query position.
         cs: Read,
+        /// `[qkv_stride]` f32 Q/K/V biases (read by the BIAS variant).
+        bias: Read,
+        /// `[2, hd]` f32 query then key head norm weights (read by the QK_NORM variant).
+        norms: Read,
         /// `[t, qd]` f32 rotated queries.
         q: ReadWrite,
         /// `[t, qd]` f32 queries rotated at the sink query position.
@@ -265,15 +270,51 @@ bindings! {
 
 pub const ROPE_KV: Shader = Shader { name: "rope_kv", body: include_str!("shaders/rope_kv.wgsl"), kv: true, binds: RopeKv::BINDS };
 
-/// RoPE and the cache write; one workgroup per token.
-pub fn rope_kv(k: &Kernels, ctx: &GpuContext, tokens: usize, b: RopeKv<'_>) -> Result<Pass> {
+/// The block's preparation of queries and keys before the cache (rope_kv.wgsl's override constants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct RopeVariant {
+    pub bias: bool,
+    pub qk_norm: bool,
+    pub rope_halves: bool,
+}
+
+/// Biases, QK-norm, RoPE and the cache write; one workgroup per token.
+pub fn rope_kv(k: &mut Kernels, ctx: &GpuContext, variant: RopeVariant, tokens: usize, b: RopeKv<'_>) -> Result<Pass> {
     let p = &b.p;
     let hd = p.hd as usize;
     ensure("rope_kv", p.qkv_stride >= (p.n_head + 2 * p.n_kv) * p.hd, "qkv rows narrower than q, k and v")?;
+    ensure("rope_kv", hd % 4 == 0 && p.n_head + p.n_kv <= 64, "head_dim must be a multiple of 4, query and key heads at most 64")?;
     kv_shapes("rope_kv", k, p, tokens, b.tok, [b.q, b.q_sink], [b.kc, b.vc])?;
     holds("rope_kv", "qkv", b.qkv, tokens * p.qkv_stride as usize)?;
     holds("rope_kv", "cs", b.cs, (1 + tokens) * hd)?;
-    Ok(Pass::new(&k.rope_kv, ctx, &b, Grid::Tokens))
+    holds("rope_kv", "bias", b.bias, if variant.bias { p.qkv_stride as usize } else { 0 })?;
+    holds("rope_kv", "norms", b.norms, if variant.qk_norm { 2 * hd } else { 0 })?;
+    Ok(Pass::new(k.rope_kv(variant), ctx, &b, Grid::Tokens))
+}
+
+bindings! {
+    /// norm_add.wgsl: `x[t] += RMSNorm(o[t]) * w` (the post-norm residual add).
+    pub struct NormAdd {
+        p: Params<NormParams>,
+        step: Uniform<Step>,
+        /// `[t, cols]` f32 the block's output.
+        o: Read,
+        /// `[cols]` f32 norm weights.
+        w: Read,
+        /// `[t, cols]` f32 the residual stream.
+        x: ReadWrite,
+    }
+}
+
+pub const NORM_ADD: Shader = Shader { name: "norm_add", body: include_str!("shaders/norm_add.wgsl"), kv: false, binds: NormAdd::BINDS };
+
+/// The post-norm residual add; one workgroup per token.
+pub fn norm_add(k: &Kernels, ctx: &GpuContext, tokens: usize, b: NormAdd<'_>) -> Result<Pass> {
+    let cols = b.p.cols as usize;
+    holds("norm_add", "o", b.o, tokens * cols)?;
+    holds("norm_add", "w", b.w, cols)?;
+    holds("norm_add", "x", b.x, tokens * cols)?;
+    Ok(Pass::new(&k.norm_add, ctx, &b, Grid::Tokens))
 }
 
 bindings! {
@@ -386,4 +427,4 @@ pub fn elementwise(ctx: &GpuContext, func: u32, n: usize, b: Elementwise<'_>) ->
 
 /// Every kernel's declaration (for the layout tests).
 #[cfg(test)]
-pub(crate) const SHADERS: [Shader; 9] = [EMBED, QUANTIZE, MATMUL, ROPE_KV, ATTENTION, PENALTY, ARGMAX, TOPK, PROBE];
+pub(crate) const SHADERS: [Shader; 10] = [EMBED, QUANTIZE, MATMUL, ROPE_KV, NORM_ADD, ATTENTION, PENALTY, ARGMAX, TOPK, PROBE];

@@ -147,13 +147,24 @@ async fn elementwise(ctx: &GpuContext, func: u32, x: &[f32]) -> Result<Vec<f32>>
     Ok(bytemuck::cast_slice(&read(ctx, &yb, x.len() * 4).await?).to_vec())
 }
 
+/// What the RoPE kernel does before rotating (the block's variant): biases
+/// (`[q | k | v]` wide) and QK-norm weights (query heads', then key heads').
+#[derive(Default)]
+pub struct RopeInput<'a> {
+    pub variant: ops::RopeVariant,
+    pub bias: &'a [f32],
+    pub norms: &'a [f32],
+    pub eps: f32,
+}
+
 /// The RoPE kernel alone on one token's `[q | k | v]` row at the angles
 /// `cos`/`sin` (`hd / 2` each; f32 cache, slot 0): returns the rotated
-/// queries `[n_head * hd]` and keys `[n_kv * hd]`.
-pub async fn rope(ctx: &GpuContext, n_head: usize, n_kv: usize, hd: usize, qkv: &[f32], cos: &[f32], sin: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
-    let k_all = Kernels::new(ctx, false);
+/// queries `[n_head * hd]`, keys `[n_kv * hd]` and the values as stored.
+#[allow(clippy::too_many_arguments)]
+pub async fn rope(ctx: &GpuContext, n_head: usize, n_kv: usize, hd: usize, qkv: &[f32], cos: &[f32], sin: &[f32], input: RopeInput<'_>) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let mut k_all = Kernels::new(ctx, false);
     let cap = 1;
-    let p = KvParams { qkv_stride: qkv.len() as u32, ..KvParams::new(n_head, n_kv, hd, cap) };
+    let p = KvParams { qkv_stride: qkv.len() as u32, eps: input.eps, ..KvParams::new(n_head, n_kv, hd, cap) };
     let (st, step) = step(ctx, 1);
     let info = TokenInfo { base: 0, slot: 0, used: 1, sink_until: 0 };
     let tok = buf(ctx, bytemuck::bytes_of(&info), wgpu::BufferUsages::empty());
@@ -162,13 +173,16 @@ pub async fn rope(ctx: &GpuContext, n_head: usize, n_kv: usize, hd: usize, qkv: 
     cs.extend_from_slice(sin);
     let csb = buf(ctx, bytemuck::cast_slice(&cs), wgpu::BufferUsages::empty());
     let qkvb = buf(ctx, bytemuck::cast_slice(qkv), wgpu::BufferUsages::empty());
+    let bias = buf(ctx, bytemuck::cast_slice(input.bias), wgpu::BufferUsages::empty());
+    let norms = buf(ctx, bytemuck::cast_slice(input.norms), wgpu::BufferUsages::empty());
     let q = buf(ctx, &vec![0u8; n_head * hd * 4], wgpu::BufferUsages::empty());
     let q_sink = buf(ctx, &vec![0u8; n_head * hd * 4], wgpu::BufferUsages::empty());
     let kc = buf(ctx, &vec![0u8; n_kv * hd * 4], wgpu::BufferUsages::empty());
     let vc = buf(ctx, &vec![0u8; n_kv * hd * 4], wgpu::BufferUsages::empty());
-    let b = ops::RopeKv { p, step: &step, qkv: &qkvb, tok: &tok, cs: &csb, q: &q, q_sink: &q_sink, kc: &kc, vc: &vc };
-    run(ctx, &[ops::rope_kv(&k_all, ctx, 1, b)?], &st);
+    let b = ops::RopeKv { p, step: &step, qkv: &qkvb, tok: &tok, cs: &csb, bias: &bias, norms: &norms, q: &q, q_sink: &q_sink, kc: &kc, vc: &vc };
+    run(ctx, &[ops::rope_kv(&mut k_all, ctx, input.variant, 1, b)?], &st);
     let qr = bytemuck::cast_slice(&read(ctx, &q, n_head * hd * 4).await?).to_vec();
     let kr = bytemuck::cast_slice(&read(ctx, &kc, n_kv * hd * 4).await?).to_vec();
-    Ok((qr, kr))
+    let vr = bytemuck::cast_slice(&read(ctx, &vc, n_kv * hd * 4).await?).to_vec();
+    Ok((qr, kr, vr))
 }

@@ -76,7 +76,8 @@ uniform_struct! {
         pub qkv_stride: u32,
         /// 1 / sqrt(head_dim).
         pub scale: f32,
-        pub _p0: u32,
+        /// The QK-norm's epsilon.
+        pub eps: f32,
         pub _p1: u32,
     }
 }
@@ -98,12 +99,22 @@ impl KvParams {
 }
 
 uniform_struct! {
+    /// norm_add.wgsl `Params`.
+    pub struct NormParams {
+        pub cols: u32,
+        pub eps: f32,
+        pub _p0: u32,
+        pub _p1: u32,
+    }
+}
+
+uniform_struct! {
     /// embed.wgsl `Params`: the part of the embedding matrix one dispatch reads.
     pub struct EmbedParams {
         pub cols: u32,
         pub row_start: u32,
         pub rows: u32,
-        pub _p0: u32,
+        pub scale: f32,
     }
 }
 
@@ -245,6 +256,7 @@ mod tests {
             match name {
                 "rope_kv" | "attention" => check::<KvParams>(name, &m, "KvParams"),
                 "embed" => check::<EmbedParams>(name, &m, "Params"),
+                "norm_add" => check::<NormParams>(name, &m, "Params"),
                 "quantize" => check::<QuantParams>(name, &m, "Params"),
                 "matmul" => check::<MatmulParams>(name, &m, "Params"),
                 "penalty" => check::<PenaltyParams>(name, &m, "Params"),

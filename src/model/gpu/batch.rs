@@ -1,12 +1,13 @@
 //! Batches on the GPU: every sequence's cache in one buffer per layer
-//! ([`GpuBatch`], the sequence's offset in each row's token info), copies of
+//! ([`GpuBatch`], the sequence's offset in each row's token info, per
+//! attention window since a sliding layer's block is its own size), copies of
 //! the model's passes with only the two cache kernels rebound, a sequence's
 //! prefill chunks ([`GpuLlama::submit_in`]), one decode step for every row
 //! ([`GpuLlama::submit_rows`]) and the shared prefix copied between sequences.
 
 use super::buffers::{scores_bytes, storage};
 use super::load::{cache_passes, n_kv_elems};
-use super::{kv_params, token_info, GpuLlama, Readback, Rows, GPU_MAX_CHUNK};
+use super::{kv_params, token_info, window_cap, GpuLlama, Readback, Rows, GPU_MAX_CHUNK};
 use crate::backend::webgpu::ops::Pass;
 use crate::backend::webgpu::uniforms::TokenInfo;
 use crate::error::{Error, Result};
@@ -16,10 +17,10 @@ use crate::kv_cache::{KvCacheConfig, KvDType, KvPolicy};
 pub struct GpuBatch {
     pub(super) kv: KvCacheConfig,
     pub(super) seqs: usize,
-    /// Elements (and bytes) of one sequence's block in a layer's buffer.
-    seq_elems: usize,
-    seq_bytes: usize,
-    kv_buffers: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    /// Elements of one sequence's block in a layer's buffer, per attention window.
+    seq_elems: Vec<usize>,
+    /// Each layer's buffers and the bytes of one sequence's block in them.
+    kv_buffers: Vec<(wgpu::Buffer, wgpu::Buffer, usize)>,
     staging: wgpu::Buffer,
     pub(super) passes: Vec<Pass>,
     bytes: usize,
@@ -38,9 +39,9 @@ impl GpuBatch {
     pub fn kv_bytes_per_sequence(&self) -> usize {
         self.bytes / self.seqs
     }
-    /// Where sequence `seq`'s cache starts in each layer's buffers, in elements.
-    pub(super) fn base(&self, seq: usize) -> u32 {
-        (seq * self.seq_elems) as u32
+    /// Where sequence `seq`'s cache starts in the buffers of the layers of attention window `w`, in elements.
+    pub(super) fn base(&self, seq: usize, w: usize) -> u32 {
+        (seq * self.seq_elems[w]) as u32
     }
 }
 
@@ -49,40 +50,43 @@ impl GpuLlama {
     /// `kv` (the engine's storage type): one buffer per layer holding every
     /// sequence's `[n_kv, window, head_dim]` block, and copies of the passes
     /// whose cache kernels bind them.
-    pub fn new_batch(&self, kv: KvCacheConfig, seqs: usize) -> Result<GpuBatch> {
+    pub fn new_batch(&mut self, kv: KvCacheConfig, seqs: usize) -> Result<GpuBatch> {
         kv.validate()?;
-        let c = &self.cfg;
         if kv.dtype != self.kv.dtype {
             return Err(Error::Unsupported("a batch on the GPU keeps its caches in the engine's cache type".into()));
         }
         if seqs == 0 || seqs > GPU_MAX_CHUNK {
             return Err(Error::InvalidOption(format!("a GPU batch holds 1 to {GPU_MAX_CHUNK} sequences")));
         }
-        let ctx = &self.ctx;
-        let cap = kv.window;
-        let seq_elems = n_kv_elems(c, cap);
+        let (c, ctx) = (&self.cfg, &self.ctx);
         let elem = if kv.dtype == KvDType::F16 { 2 } else { 4 };
-        let layer_bytes = seqs * seq_elems * elem;
-        let scores_bytes = scores_bytes(c, cap);
+        let caps: Vec<usize> = self.windows.iter().map(|&w| window_cap(&kv, w)).collect();
+        let seq_elems: Vec<usize> = caps.iter().map(|&cap| n_kv_elems(c, cap)).collect();
+        let max_cap = caps.iter().copied().max().unwrap_or(kv.window);
+        let scores_bytes = scores_bytes(c, max_cap);
+        let layer_bytes = seqs * seq_elems.iter().max().copied().unwrap_or(0) * elem;
         if layer_bytes.max(scores_bytes) as u64 > ctx.info.max_storage_binding {
             return Err(Error::Memory(format!(
-                "{seqs} sequences' {cap}-token caches ({} MiB per layer) exceed the GPU's largest buffer binding ({} MiB)",
+                "{seqs} sequences' {max_cap}-token caches ({} MiB per layer) exceed the GPU's largest buffer binding ({} MiB)",
                 layer_bytes >> 20,
                 ctx.info.max_storage_binding >> 20
             )));
         }
-        let kvp = kv_params(c, cap);
         let scores = storage(ctx, "batch_scores", scores_bytes);
         let mut passes = self.passes.clone();
         let mut kv_buffers = Vec::with_capacity(c.n_layer);
-        for &(ri, ai) in &self.kv_passes {
-            let kc = storage(ctx, "batch_k_cache", layer_bytes);
-            let vc = storage(ctx, "batch_v_cache", layer_bytes);
-            (passes[ri], passes[ai]) = cache_passes(&self.kernels, ctx, &self.b, kvp, &kc, &vc, &scores)?;
-            kv_buffers.push((kc, vc));
+        let mut bytes = 0;
+        for l in &self.layers {
+            let seq_bytes = seq_elems[l.window] * elem;
+            let kc = storage(ctx, "batch_k_cache", seqs * seq_bytes);
+            let vc = storage(ctx, "batch_v_cache", seqs * seq_bytes);
+            let (ri, ai) = l.passes;
+            (passes[ri], passes[ai]) = cache_passes(&mut self.kernels, ctx, &self.b, l, kv_params(c, caps[l.window]), &kc, &vc, &scores)?;
+            kv_buffers.push((kc, vc, seq_bytes));
+            bytes += 2 * seqs * seq_bytes;
         }
-        let staging = storage(ctx, "batch_copy", seq_elems * elem);
-        Ok(GpuBatch { kv, seqs, seq_elems, seq_bytes: seq_elems * elem, kv_buffers, staging, passes, bytes: 2 * c.n_layer * layer_bytes })
+        let staging = storage(ctx, "batch_copy", seq_elems.iter().max().copied().unwrap_or(0) * elem);
+        Ok(GpuBatch { kv, seqs, seq_elems, kv_buffers, staging, passes, bytes })
     }
 
     /// Copies sequence `from`'s keys and values to sequence `to` (a shared
@@ -93,9 +97,9 @@ impl GpuLlama {
         if from >= batch.seqs || to >= batch.seqs {
             return Err(Error::Backend("no such sequence in the GPU batch".into()));
         }
-        let n = batch.seq_bytes as u64;
         let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kvchat batch copy") });
-        for (kc, vc) in &batch.kv_buffers {
+        for (kc, vc, n) in &batch.kv_buffers {
+            let n = *n as u64;
             for buf in [kc, vc] {
                 enc.copy_buffer_to_buffer(buf, from as u64 * n, &batch.staging, 0, n);
                 enc.copy_buffer_to_buffer(&batch.staging, 0, buf, to as u64 * n, n);
@@ -131,7 +135,9 @@ impl GpuLlama {
         let ids: Vec<u32> = rows.iter().map(|r| r.1).collect();
         self.check_ids(&ids)?;
         let positions: Vec<usize> = caches.iter().map(|cache| cache.len()).collect();
-        let tok: Vec<TokenInfo> = rows.iter().zip(caches.iter()).zip(&positions).map(|((&(seq, _), cache), &p)| token_info(batch.base(seq), cache, p)).collect();
+        let tok: Vec<Vec<TokenInfo>> = (self.windows.iter().enumerate())
+            .map(|(w, &window)| rows.iter().zip(caches.iter()).zip(&positions).map(|((&(seq, _), cache), &p)| token_info(batch.base(seq, w), cache, window, p)).collect())
+            .collect();
         let rows = Rows { ids: &ids, tok: &tok, positions: &positions, sink_pos: batch.kv.window - 1 };
         self.encode(Some(batch), &rows, true, readback, 0)?;
         for (cache, id) in caches.iter_mut().zip(&ids) {

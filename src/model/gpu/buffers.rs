@@ -35,12 +35,14 @@ pub(super) struct Buffers {
     pub step: Uniform<Step>,
     /// `[t]` token ids.
     pub ids: wgpu::Buffer,
-    /// `[t]` TokenInfo.
-    pub tok: wgpu::Buffer,
-    /// `[1 + t, head_dim]` RoPE cosines and sines.
-    pub cs: wgpu::Buffer,
+    /// `[t]` TokenInfo, one buffer per attention window.
+    pub tok: Vec<wgpu::Buffer>,
+    /// `[1 + t, head_dim]` RoPE cosines and sines, one buffer per RoPE table.
+    pub cs: Vec<wgpu::Buffer>,
     /// `[t, n_embd]` the residual stream.
     pub x: wgpu::Buffer,
+    /// `[t, n_embd]` a block's output before its post-norm.
+    pub o: wgpu::Buffer,
     /// `[t, qd + 2 kvd]`.
     pub qkv: wgpu::Buffer,
     /// `[t, qd]` rotated queries, and rotated at the sink query position.
@@ -66,8 +68,9 @@ pub(super) struct Buffers {
 }
 
 impl Buffers {
-    /// The buffers of a model `c` with a window of `cap` slots.
-    pub fn new(ctx: &GpuContext, c: &LlamaConfig, cap: usize) -> Result<Self> {
+    /// The buffers of a model `c` whose largest cache has `cap` slots, with
+    /// `windows` attention windows and `tables` RoPE tables.
+    pub fn new(ctx: &GpuContext, c: &LlamaConfig, cap: usize, windows: usize, tables: usize) -> Result<Self> {
         let tmax = GPU_MAX_CHUNK;
         let (e, hd, ff, vocab) = (c.n_embd, c.head_dim, c.n_ff, c.vocab_size);
         let (qd, kvd) = (c.n_head * hd, c.n_head_kv * hd);
@@ -79,9 +82,10 @@ impl Buffers {
         Ok(Self {
             step: Uniform::new(ctx, "step", &Step::default()),
             ids: storage(ctx, "ids", tmax * 4),
-            tok: storage(ctx, "tok", tmax * 16),
-            cs: storage(ctx, "cs", (1 + tmax) * hd * 4),
+            tok: (0..windows).map(|_| storage(ctx, "tok", tmax * 16)).collect(),
+            cs: (0..tables).map(|_| storage(ctx, "cs", (1 + tmax) * hd * 4)).collect(),
             x: storage(ctx, "x", tmax * e * 4),
+            o: storage(ctx, "o", tmax * e * 4),
             qkv: storage(ctx, "qkv", tmax * (qd + 2 * kvd) * 4),
             q: storage(ctx, "q", tmax * qd * 4),
             q_sink: storage(ctx, "q_sink", tmax * qd * 4),

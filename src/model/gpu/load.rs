@@ -1,20 +1,21 @@
 //! [`GpuLlama::load`]: the weights uploaded layer by layer and the forward
-//! pass recorded as it goes, in the CPU's order: the embedding, per layer
-//! norm → QKV → RoPE and cache write → attention → output projection →
-//! norm → gate/up → SiLU → down, then the final norm, the output projection
-//! and the tail (penalty, argmax, top-k).
+//! pass recorded as it goes, in the CPU's order: the embedding (scaled where
+//! the model says), per layer norm → QKV → biases, QK-norm, RoPE and cache
+//! write → attention → output projection (post-normed) → norm → gate/up →
+//! SiLU or GELU → down (post-normed), then the final norm, the output
+//! projection and the tail (penalty, argmax, top-k).
 
 use super::buffers::{f32_buffer, storage, Buffers};
-use super::{kv_params, GpuLlama, Tail, GPU_MAX_CHUNK, GPU_MAX_PENALTY_IDS, GPU_TOP_K};
+use super::{distinct, kv_params, window_cap, GpuLayer, GpuLlama, Tail, GPU_MAX_CHUNK, GPU_MAX_PENALTY_IDS, GPU_TOP_K};
 use crate::backend::cpu::quant::QK;
 use crate::backend::webgpu::kernels::QuantMode;
 use crate::backend::webgpu::ops::{self, Pass};
-use crate::backend::webgpu::uniforms::{EmbedParams, KvParams, MatmulParams, QuantParams, VocabParams};
+use crate::backend::webgpu::uniforms::{EmbedParams, KvParams, MatmulParams, NormParams, QuantParams, VocabParams};
 use crate::backend::webgpu::{GpuContext, GpuMatrix, Kernels};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::kv_cache::{KvCacheConfig, KvDType};
-use crate::model::block::{Activation, BlockSupport};
+use crate::kv_cache::{AttentionWindow, KvCacheConfig, KvDType};
+use crate::model::block::{Activation, NormPlacement, RopeStyle};
 use crate::model::config::LlamaConfig;
 use crate::model::tensors::{LayerTensor, ModelTensor};
 use crate::model::rope::Rope;
@@ -29,35 +30,32 @@ pub(super) fn n_kv_elems(c: &LlamaConfig, cap: usize) -> usize {
     c.n_head_kv * cap * c.head_dim
 }
 
-/// A layer's rope_kv and attention passes over the caches `kc` / `vc` (the
-/// model's, or a batch's with its own `scores`).
-pub(super) fn cache_passes(k: &Kernels, ctx: &GpuContext, b: &Buffers, p: KvParams, kc: &wgpu::Buffer, vc: &wgpu::Buffer, scores: &wgpu::Buffer) -> Result<(Pass, Pass)> {
-    let rope = ops::rope_kv(k, ctx, TOKENS, ops::RopeKv { p, step: &b.step, qkv: &b.qkv, tok: &b.tok, cs: &b.cs, q: &b.q, q_sink: &b.q_sink, kc, vc })?;
-    let att = ops::Attention { p, step: &b.step, tok: &b.tok, q: &b.q, q_sink: &b.q_sink, kc, vc, scores, out: &b.attn };
+/// Layer `l`'s rope_kv and attention passes over the caches `kc` / `vc`
+/// (the model's, or a batch's with its own `scores`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn cache_passes(k: &mut Kernels, ctx: &GpuContext, b: &Buffers, l: &GpuLayer, p: KvParams, kc: &wgpu::Buffer, vc: &wgpu::Buffer, scores: &wgpu::Buffer) -> Result<(Pass, Pass)> {
+    let (tok, cs) = (&b.tok[l.window], &b.cs[l.rope]);
+    let rope = ops::RopeKv { p, step: &b.step, qkv: &b.qkv, tok, cs, bias: &l.bias, norms: &l.norms, q: &b.q, q_sink: &b.q_sink, kc, vc };
+    let rope = ops::rope_kv(k, ctx, l.variant, TOKENS, rope)?;
+    let att = ops::Attention { p, step: &b.step, tok, q: &b.q, q_sink: &b.q_sink, kc, vc, scores, out: &b.attn };
     Ok((rope, ops::attention(k, ctx, TOKENS, att)?))
 }
 
 fn check_supported(c: &LlamaConfig) -> Result<()> {
     let (e, hd, ff) = (c.n_embd, c.head_dim, c.n_ff);
     let qd = c.n_head * hd;
-    if hd > 256 || hd % 2 != 0 || e % QK != 0 || ff % QK != 0 || qd % QK != 0 {
-        return Err(Error::Unsupported(format!("the WebGPU kernels need head_dim <= 256 and widths in blocks of 32 (head_dim {hd})")));
+    if hd > 256 || hd % 4 != 0 || e % QK != 0 || ff % QK != 0 || qd % QK != 0 || c.n_head + c.n_head_kv > 64 {
+        return Err(Error::Unsupported(format!("the WebGPU kernels need head_dim <= 256 in fours, at most 64 query and key heads and widths in blocks of 32 (head_dim {hd})")));
     }
     if c.rope_dim != hd {
         return Err(Error::Unsupported("partial RoPE is not implemented on the WebGPU backend".into()));
     }
-    // The WGSL kernels compute the llama block: pre-norm, SiLU, adjacent-pair RoPE, global attention.
-    for b in &c.blocks {
-        b.check("WebGPU", &BlockSupport::default())?;
-    }
-    c.rope_base()?;
     Ok(())
 }
 
-/// Bytes of one layer's K (or V) cache, checked against the device's largest binding.
-fn kv_layer_bytes(ctx: &GpuContext, c: &LlamaConfig, kv: &KvCacheConfig) -> Result<usize> {
-    let cap = kv.window;
-    let elem = if kv.dtype == KvDType::F16 { 2 } else { 4 };
+/// Bytes of one layer's K (or V) cache of `cap` slots, checked against the device's largest binding.
+fn kv_layer_bytes(ctx: &GpuContext, c: &LlamaConfig, cap: usize, dtype: KvDType) -> Result<usize> {
+    let elem = if dtype == KvDType::F16 { 2 } else { 4 };
     let bytes = n_kv_elems(c, cap) * elem;
     if bytes as u64 > ctx.info.max_storage_binding {
         return Err(Error::Memory(format!(
@@ -74,17 +72,24 @@ impl GpuLlama {
     pub fn load(g: &Gguf, cfg: LlamaConfig, kv: KvCacheConfig, ctx: &GpuContext) -> Result<Self> {
         check_supported(&cfg)?;
         kv.validate()?;
-        let layer_bytes = kv_layer_bytes(ctx, &cfg, &kv)?;
-        let b = Buffers::new(ctx, &cfg, kv.window)?;
-        let mut l = Loader { g, ctx, c: &cfg, b: &b, k: Kernels::new(ctx, kv.dtype == KvDType::F16), passes: Vec::new(), weight_bytes: 0 };
+        let (windows, window_of) = distinct(cfg.blocks.iter().map(|b| b.window));
+        let (bases, rope_of) = distinct(cfg.blocks.iter().map(|b| b.rope_base));
+        let caps: Vec<usize> = windows.iter().map(|&w| window_cap(&kv, w)).collect();
+        let b = Buffers::new(ctx, &cfg, caps.iter().copied().max().unwrap_or(kv.window), windows.len(), bases.len())?;
+        let mut l = Loader { g, ctx, c: &cfg, b: &b, k: Kernels::new(ctx, kv.dtype == KvDType::F16), passes: Vec::new(), weight_bytes: 0, kv_bytes: (0, 0) };
         let embed = l.embedding()?;
-        let kvp = kv_params(&cfg, kv.window);
-        let kv_passes = (0..cfg.n_layer).map(|i| l.layer(i, kvp, layer_bytes)).collect::<Result<Vec<_>>>()?;
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let (w, r) = (window_of[i], rope_of[i]);
+            layers.push(l.layer(i, w, r, windows[w], caps[w], kv.dtype)?);
+        }
         let tail = l.output(embed)?;
-        let Loader { k: kernels, passes, weight_bytes, .. } = l;
+        let Loader { k: kernels, passes, weight_bytes, kv_bytes, .. } = l;
         Ok(Self {
-            rope: Rope::new(cfg.head_dim, cfg.rope_base()?),
-            kv_bytes: 2 * cfg.n_layer * layer_bytes,
+            ropes: bases.iter().map(|&base| Rope::new(cfg.head_dim, base)).collect(),
+            windows,
+            layers,
+            kv_bytes,
             cfg,
             ctx: ctx.clone(),
             kv,
@@ -92,7 +97,6 @@ impl GpuLlama {
             kernels,
             passes,
             tail,
-            kv_passes,
             weight_bytes,
             pending: None,
             last_dispatches: 0,
@@ -106,6 +110,8 @@ impl GpuLlama {
 struct LayerWeights {
     attn_norm: wgpu::Buffer,
     ffn_norm: wgpu::Buffer,
+    /// Post-norm weights of the attention and FFN outputs (gemma 3).
+    post_norms: Option<(wgpu::Buffer, wgpu::Buffer)>,
     qkv: Vec<(GpuMatrix, usize)>,
     wo: GpuMatrix,
     gu: Vec<(GpuMatrix, usize)>,
@@ -121,6 +127,7 @@ struct Loader<'a> {
     k: Kernels,
     passes: Vec<Pass>,
     weight_bytes: usize,
+    kv_bytes: (usize, usize),
 }
 
 impl Loader<'_> {
@@ -132,10 +139,35 @@ impl Loader<'_> {
         GpuMatrix::from_tensors(self.ctx, name, &[&self.tensor(name, dims)?])
     }
 
+    /// A vector's values (`n` of them), dequantized.
+    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+        Ok(self.tensor(name, &[n])?.dequantize(&Device::Cpu)?.to_vec1::<f32>()?)
+    }
+
     /// A norm's weights (`[n_embd]`), dequantized.
     fn norm(&self, name: &str) -> Result<wgpu::Buffer> {
-        let v = self.tensor(name, &[self.c.n_embd])?.dequantize(&Device::Cpu)?.to_vec1::<f32>()?;
-        Ok(f32_buffer(self.ctx, name, &v))
+        Ok(f32_buffer(self.ctx, name, &self.vector(name, self.c.n_embd)?))
+    }
+
+    /// Layer `i`'s `[q | k | v]` biases and `[q | k]` QK-norm weights as the
+    /// rope_kv kernel reads them (16 unread bytes where the block has none).
+    fn cache_inputs(&self, i: usize) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+        use LayerTensor::*;
+        let spec = &self.c.blocks[i];
+        let mut bias = Vec::new();
+        if spec.qkv_bias {
+            for t in [AttnQ, AttnK, AttnV] {
+                bias.extend(self.vector(&t.bias_name(i), t.dims(self.c)[0])?);
+            }
+        }
+        let mut norms = Vec::new();
+        if spec.qk_norm {
+            for t in [AttnQNorm, AttnKNorm] {
+                norms.extend(self.vector(&t.name(i), self.c.head_dim)?);
+            }
+        }
+        let buffer = |name: &str, v: &[f32]| if v.is_empty() { storage(self.ctx, name, 16) } else { f32_buffer(self.ctx, name, v) };
+        Ok((buffer("qkv_bias", &bias), buffer("qk_norm", &norms)))
     }
 
     /// Stacks same-type tensors into one matrix (one dispatch), else keeps them apart.
@@ -188,7 +220,7 @@ impl Loader<'_> {
         let embed = self.matrix(ModelTensor::TokenEmbedding.name(), &ModelTensor::TokenEmbedding.dims(self.c))?;
         self.weight_bytes += embed.bytes();
         for part in &embed.parts {
-            let p = EmbedParams { cols: e as u32, row_start: part.row_start as u32, rows: part.rows as u32, _p0: 0 };
+            let p = EmbedParams { cols: e as u32, row_start: part.row_start as u32, rows: part.rows as u32, scale: self.c.embedding_scale };
             let b = ops::Embed { p, step: &self.b.step, ids: &self.b.ids, qs: &part.qs, ws: &part.ws, x: &self.b.x };
             self.passes.push(ops::embed(&mut self.k, self.ctx, embed.format, TOKENS, b)?);
         }
@@ -205,6 +237,10 @@ impl Loader<'_> {
         Ok(LayerWeights {
             attn_norm: self.norm(&name(AttnNorm))?,
             ffn_norm: self.norm(&name(FfnNorm))?,
+            post_norms: match self.c.blocks[i].norms {
+                NormPlacement::PreAndPost => Some((self.norm(&name(AttnPostNorm))?, self.norm(&name(FfnPostNorm))?)),
+                NormPlacement::Pre => None,
+            },
             qkv: self.stacked(&[(&q, rows(AttnQ)), (&k, rows(AttnK)), (&v, rows(AttnV))], e)?,
             wo: self.matrix(&name(AttnOutput), &AttnOutput.dims(self.c))?,
             gu: self.stacked(&[(&gate, rows(FfnGate)), (&up, rows(FfnUp))], e)?,
@@ -212,33 +248,55 @@ impl Loader<'_> {
         })
     }
 
-    /// Uploads layer `i` with caches of `layer_bytes` and records its passes;
-    /// returns where its rope_kv and attention passes sit.
-    fn layer(&mut self, i: usize, kvp: KvParams, layer_bytes: usize) -> Result<(usize, usize)> {
+    /// A block output's way into the residual stream: the matmul adds to `x`,
+    /// or (post-norm blocks) writes `o`, normed and added by norm_add.
+    fn project_into_residual(&mut self, m: &GpuMatrix, post_norm: Option<&wgpu::Buffer>) -> Result<()> {
+        let (b, e) = (self.b, self.c.n_embd);
+        let Some(w) = post_norm else { return self.matmul(&[(m, 0)], e, true, false, &b.x) };
+        self.matmul(&[(m, 0)], e, false, false, &b.o)?;
+        let p = NormParams { cols: e as u32, eps: self.c.rms_eps, ..Default::default() };
+        self.passes.push(ops::norm_add(&self.k, self.ctx, TOKENS, ops::NormAdd { p, step: &b.step, o: &b.o, w, x: &b.x })?);
+        Ok(())
+    }
+
+    /// Uploads layer `i` (attention window kind `window` of `cap` slots, RoPE
+    /// table `rope`) with its caches and records its passes.
+    fn layer(&mut self, i: usize, window: usize, rope: usize, attends: AttentionWindow, cap: usize, dtype: KvDType) -> Result<GpuLayer> {
         let w = self.layer_weights(i)?;
         let c = self.c;
+        let spec = c.blocks[i];
         let (e, ff, qd) = (c.n_embd, c.n_ff, c.n_head * c.head_dim);
-        let qkv_stride = kvp.qkv_stride as usize;
-        self.weight_bytes += w.qkv.iter().chain(&w.gu).map(|(m, _)| m.bytes()).sum::<usize>() + w.wo.bytes() + w.down.bytes() + 2 * e * 4;
+        let kvp = kv_params(c, cap);
+        let layer_bytes = kv_layer_bytes(self.ctx, c, cap, dtype)?;
+        let (bias, norms) = self.cache_inputs(i)?;
+        let extra = w.post_norms.as_ref().map_or(0, |_| 2 * e * 4) + (bias.size() + norms.size()) as usize;
+        self.weight_bytes += w.qkv.iter().chain(&w.gu).map(|(m, _)| m.bytes()).sum::<usize>() + w.wo.bytes() + w.down.bytes() + 2 * e * 4 + extra;
+        match attends {
+            AttentionWindow::Global => self.kv_bytes.0 += 2 * layer_bytes,
+            AttentionWindow::Sliding(_) => self.kv_bytes.1 += 2 * layer_bytes,
+        }
         let (kc, vc) = (storage(self.ctx, "k_cache", layer_bytes), storage(self.ctx, "v_cache", layer_bytes));
         let b = self.b;
+        let variant = ops::RopeVariant { bias: spec.qkv_bias, qk_norm: spec.qk_norm, rope_halves: spec.rope_style == RopeStyle::Halves };
 
         self.quant(QuantMode::Norm, e, e, 0, false, &b.x, &w.attn_norm)?;
-        self.matmul(&w.qkv.iter().map(|(m, o)| (m, *o)).collect::<Vec<_>>(), qkv_stride, false, false, &b.qkv)?;
+        self.matmul(&w.qkv.iter().map(|(m, o)| (m, *o)).collect::<Vec<_>>(), kvp.qkv_stride as usize, false, false, &b.qkv)?;
         let at = self.passes.len();
-        let (rope, attention) = cache_passes(&self.k, self.ctx, b, kvp, &kc, &vc, &b.scores)?;
-        self.passes.extend([rope, attention]);
+        let mut layer = GpuLayer { window, rope, variant, bias, norms, passes: (at, at + 1) };
+        let (rope_pass, attention) = cache_passes(&mut self.k, self.ctx, b, &layer, kvp, &kc, &vc, &b.scores)?;
+        self.passes.extend([rope_pass, attention]);
         self.quant(QuantMode::Plain, qd, qd, 0, false, &b.attn, &w.attn_norm)?;
-        self.matmul(&[(&w.wo, 0)], e, true, false, &b.x)?;
+        self.project_into_residual(&w.wo, w.post_norms.as_ref().map(|p| &p.0))?;
         self.quant(QuantMode::Norm, e, e, 0, false, &b.x, &w.ffn_norm)?;
         self.matmul(&w.gu.iter().map(|(m, o)| (m, *o)).collect::<Vec<_>>(), 2 * ff, false, false, &b.gu)?;
-        let activation = match self.c.blocks[i].activation {
+        let activation = match spec.activation {
             Activation::Silu => QuantMode::Silu,
-            other => return Err(Error::Unsupported(format!("the WebGPU backend has no {other:?} FFN"))),
+            Activation::GeluTanh => QuantMode::Gelu,
         };
         self.quant(activation, ff, 2 * ff, ff, false, &b.gu, &w.attn_norm)?;
-        self.matmul(&[(&w.down, 0)], e, true, false, &b.x)?;
-        Ok((at, at + 1))
+        self.project_into_residual(&w.down, w.post_norms.as_ref().map(|p| &p.1))?;
+        layer.passes = (at, at + 1);
+        Ok(layer)
     }
 
     /// The final norm and output projection (`embed` when the weights are tied), and the tail.

@@ -1,9 +1,13 @@
 //! The llama forward pass on the GPU: the same sequence of operations as
 //! [`Llama`](super::Llama), recorded once at load as a list of dispatches
 //! (pipelines and bind groups created once) and replayed into one command
-//! buffer per chunk. The cache policy (slots, sinks, eviction, prefix reuse)
-//! is the CPU's [`KvPolicy`] (the bookkeeping without storage); the keys and values live in
-//! one GPU buffer per layer with the same `[n_kv, window, head_dim]` layout.
+//! buffer per chunk. What each block adds (biases, QK-norm, post-norms, GELU,
+//! NeoX RoPE, its RoPE base, a sliding window) is read from its
+//! [`BlockSpec`](super::block::BlockSpec), as on the CPU. The cache policy
+//! (slots, sinks, eviction, prefix reuse) is the CPU's [`KvPolicy`] (the
+//! bookkeeping without storage), planned per attention window; the keys and
+//! values live in one GPU buffer per layer with the CPU's `[n_kv, cap,
+//! head_dim]` layout (`cap` the window, or a sliding layer's own window).
 //!
 //! A step ends with the logits in a GPU buffer and either the greedy token
 //! (8 bytes) or the wanted logits rows copied to a mappable buffer. Reading
@@ -24,11 +28,11 @@ pub use batch::GpuBatch;
 
 use super::config::LlamaConfig;
 use super::rope::Rope;
-use crate::backend::webgpu::ops::Pass;
+use crate::backend::webgpu::ops::{self, Pass};
 use crate::backend::webgpu::uniforms::{KvParams, PenaltyParams, Step, TokenInfo};
 use crate::backend::webgpu::{GpuContext, Kernels};
 use crate::error::{Error, Result};
-use crate::kv_cache::{KvCacheConfig, KvPolicy};
+use crate::kv_cache::{AttentionWindow, KvCacheConfig, KvPolicy, KvStats};
 use buffers::Buffers;
 use readback::Pending;
 
@@ -72,22 +76,54 @@ struct Tail {
     topk: Pass,
 }
 
+/// The distinct values of `per_layer` in first-seen order, and each layer's index among them.
+fn distinct<T: PartialEq + Copy>(per_layer: impl Iterator<Item = T>) -> (Vec<T>, Vec<usize>) {
+    let mut kinds: Vec<T> = Vec::new();
+    let of_layer = per_layer
+        .map(|v| match kinds.iter().position(|&k| k == v) {
+            Some(i) => i,
+            None => {
+                kinds.push(v);
+                kinds.len() - 1
+            }
+        })
+        .collect();
+    (kinds, of_layer)
+}
+
+/// One layer's cache kernels and what they read besides the shared buffers.
+pub(super) struct GpuLayer {
+    /// Index of its attention window in [`GpuLlama::windows`] (its token-info buffer).
+    window: usize,
+    /// Index of its RoPE table (its angles buffer).
+    rope: usize,
+    variant: ops::RopeVariant,
+    /// `[q | k | v]` biases and the QK-norm weights (16 unread bytes where the block has none).
+    bias: wgpu::Buffer,
+    norms: wgpu::Buffer,
+    /// Where its rope_kv and attention passes sit in `passes` (a batch
+    /// records its own copies of them, bound to its caches).
+    passes: (usize, usize),
+}
+
 /// A llama-family model on the GPU (weights, KV storage, the recorded passes).
 pub struct GpuLlama {
     cfg: LlamaConfig,
     ctx: GpuContext,
     kv: KvCacheConfig,
-    rope: Rope,
+    /// The distinct attention windows of the layers (one token-info buffer each).
+    windows: Vec<AttentionWindow>,
+    /// The distinct RoPE bases' angle tables (one angles buffer each).
+    ropes: Vec<Rope>,
+    layers: Vec<GpuLayer>,
     b: Buffers,
     kernels: Kernels,
     /// Embedding, layers and output projection, dispatched for every group of tokens.
     passes: Vec<Pass>,
     tail: Tail,
-    /// Where each layer's rope_kv and attention passes sit in `passes` (a
-    /// batch records its own copies of them, bound to its caches).
-    kv_passes: Vec<(usize, usize)>,
     weight_bytes: usize,
-    kv_bytes: usize,
+    /// K/V bytes of the global layers and of the sliding ones.
+    kv_bytes: (usize, usize),
     pending: Option<Pending>,
     /// Dispatches and bytes read back by the last decode step (for the notes and stats).
     pub last_dispatches: usize,
@@ -97,22 +133,32 @@ pub struct GpuLlama {
 /// The cache kernels' parameters for a window of `cap` slots (the model's
 /// own caches and a batch's).
 fn kv_params(c: &LlamaConfig, cap: usize) -> KvParams {
-    KvParams::new(c.n_head, c.n_head_kv, c.head_dim, cap)
+    KvParams { eps: c.rms_eps, ..KvParams::new(c.n_head, c.n_head_kv, c.head_dim, cap) }
 }
 
-/// Token info of absolute position `p` of `cache`'s sequence, whose cache
-/// starts at element `base` of the layer buffers: the position's plan (its
-/// slot, the slots in use once it is written, where the sinks seen from the
-/// shifted query end), the same rule the CPU follows.
-fn token_info(base: u32, cache: &KvPolicy, p: usize) -> TokenInfo {
-    let plan = cache.plan(p);
+/// Slots of a layer attending over `window` with a cache of `kv`: the
+/// configured window, or a sliding layer's own (the CPU storage's rule).
+fn window_cap(kv: &KvCacheConfig, window: AttentionWindow) -> usize {
+    match window {
+        AttentionWindow::Global => kv.window,
+        AttentionWindow::Sliding(n) => n,
+    }
+}
+
+/// Token info of absolute position `p` of `cache`'s sequence in layers
+/// attending over `window`, whose cache starts at element `base` of their
+/// buffers: the position's plan (its slot, the slots in use once it is
+/// written, where the sinks seen from the shifted query end), the same rule
+/// the CPU follows.
+fn token_info(base: u32, cache: &KvPolicy, window: AttentionWindow, p: usize) -> TokenInfo {
+    let plan = cache.plan_in(window, p);
     TokenInfo { base, slot: plan.slot as u32, used: plan.used as u32, sink_until: plan.sink_until as u32 }
 }
 
-/// The rows of one submission: token ids, their infos and absolute positions.
+/// The rows of one submission: token ids, their infos (per attention window) and absolute positions.
 struct Rows<'a> {
     ids: &'a [u32],
-    tok: &'a [TokenInfo],
+    tok: &'a [Vec<TokenInfo>],
     positions: &'a [usize],
     /// The position the sink query is rotated at.
     sink_pos: usize,
@@ -131,7 +177,15 @@ impl GpuLlama {
     }
     /// Bytes of K/V storage on the GPU.
     pub fn kv_bytes(&self) -> usize {
-        self.kv_bytes
+        self.kv_bytes.0 + self.kv_bytes.1
+    }
+    /// The cache's occupancy under `policy`, its bytes counted per attention kind.
+    pub fn kv_stats(&self, policy: &KvPolicy) -> KvStats {
+        KvStats { global_bytes: self.kv_bytes.0, local_bytes: self.kv_bytes.1, ..policy.stats(self.kv_bytes()) }
+    }
+    /// Slots of the caches of window kind `w`.
+    fn cap(&self, w: usize) -> usize {
+        window_cap(&self.kv, self.windows[w])
     }
     /// The cache configuration the GPU storage was made for.
     pub fn kv_config(&self) -> KvCacheConfig {
@@ -179,18 +233,22 @@ impl GpuLlama {
             return Err(Error::Backend("the cache was made for another configuration".into()));
         }
         self.check_ids(ids)?;
-        let base = batch.map_or(0, |(b, seq)| b.base(seq));
         let n0 = cache.len();
         let positions: Vec<usize> = (n0..n0 + t).collect();
-        let tok: Vec<TokenInfo> = positions.iter().map(|&p| token_info(base, cache, p)).collect();
+        let tok: Vec<Vec<TokenInfo>> = (self.windows.iter().enumerate())
+            .map(|(w, &window)| {
+                let base = batch.map_or(0, |(b, seq)| b.base(seq, w));
+                positions.iter().map(|&p| token_info(base, cache, window, p)).collect()
+            })
+            .collect();
         let gpu_tail = matches!(readback, Readback::Argmax | Readback::TopK);
         let n_pen = match penalty {
             Some((pids, value)) if gpu_tail => self.write_penalty(pids, value)?,
             _ => 0,
         };
-        // A chunk that wraps the ring runs token by token (its later keys would
+        // A chunk that wraps a ring runs token by token (its later keys would
         // overwrite slots its earlier tokens still attend to); others in one pass.
-        let one_pass = n0 + t <= cache.capacity();
+        let one_pass = (0..self.windows.len()).all(|w| n0 + t <= self.cap(w));
         let rows = Rows { ids, tok: &tok, positions: &positions, sink_pos: cache.sink_query_position() };
         self.encode(batch.map(|b| b.0), &rows, one_pass, readback, n_pen)?;
         cache.commit(ids);
@@ -208,15 +266,18 @@ impl GpuLlama {
         Ok(pids.len())
     }
 
-    /// RoPE angles: row 0 the sink query position, row 1 + j token j's position.
-    fn angles(&self, sink_pos: usize, positions: &[usize]) -> Vec<f32> {
+    /// RoPE angles of each table: row 0 the sink query position, row 1 + j token j's position.
+    fn angles(&self, sink_pos: usize, positions: &[usize]) -> Vec<Vec<f32>> {
         let half = self.cfg.head_dim / 2;
-        let mut cs = vec![0f32; (1 + positions.len()) * 2 * half];
-        for (j, &p) in std::iter::once(&sink_pos).chain(positions).enumerate() {
-            let (c, s) = cs[j * 2 * half..(j + 1) * 2 * half].split_at_mut(half);
-            self.rope.angles(p, c, s);
-        }
-        cs
+        let table = |rope: &Rope| {
+            let mut cs = vec![0f32; (1 + positions.len()) * 2 * half];
+            for (j, &p) in std::iter::once(&sink_pos).chain(positions).enumerate() {
+                let (c, s) = cs[j * 2 * half..(j + 1) * 2 * half].split_at_mut(half);
+                rope.angles(p, c, s);
+            }
+            cs
+        };
+        self.ropes.iter().map(table).collect()
     }
 
     /// Records and submits the passes (the batch's, or the model's own) for
@@ -239,10 +300,14 @@ impl GpuLlama {
             let q = &self.ctx.queue;
             self.b.step.write(q, &step);
             q.write_buffer(&self.b.ids, 0, bytemuck::cast_slice(&rows.ids[j0..j0 + n]));
-            q.write_buffer(&self.b.tok, 0, bytemuck::cast_slice(&rows.tok[j0..j0 + n]));
-            let mut angles = cs[..hd].to_vec();
-            angles.extend_from_slice(&cs[(1 + j0) * hd..(1 + j0 + n) * hd]);
-            q.write_buffer(&self.b.cs, 0, bytemuck::cast_slice(&angles));
+            for (buf, tok) in self.b.tok.iter().zip(rows.tok) {
+                q.write_buffer(buf, 0, bytemuck::cast_slice(&tok[j0..j0 + n]));
+            }
+            for (buf, cs) in self.b.cs.iter().zip(&cs) {
+                let mut angles = cs[..hd].to_vec();
+                angles.extend_from_slice(&cs[(1 + j0) * hd..(1 + j0 + n) * hd]);
+                q.write_buffer(buf, 0, bytemuck::cast_slice(&angles));
+            }
             let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kvchat step") });
             {
                 let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });

@@ -5,12 +5,16 @@
 //! arithmetic is ggml's `dequantize_row_*` (ggml-quants.c), regrouped:
 //! `value = (q · sub) · d + m`, where `d` and `m` are exact products (an f16
 //! times a six- or eight-bit integer fits an f32's mantissa).
+//!
+//! [`for_each_block32`] decodes any format this way, in file order: the
+//! WebGPU matrices are packed from it, so both backends read the same values,
+//! scales and offsets.
 
 use super::repack::f16_to_f32;
 
 /// One 32-value block as the repacked layouts store it.
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Block32 {
+pub struct Block32 {
     /// Four-bit formats: 16 bytes in the GGML order (byte `j`: value `j` in the
     /// low nibble, `j + 16` in the high one). Five-bit formats: 32 values 0..32.
     /// Byte formats: 32 values as i8.
@@ -110,5 +114,33 @@ pub(super) fn k_quant(format: super::QFormat, blk: &[u8], out: &mut [Block32; 8]
         super::QFormat::Q4K => q4k(blk, out),
         super::QFormat::Q5K => q5k(blk, out),
         _ => q6k(blk, out),
+    }
+}
+
+/// Every 32-value block of `data` (GGUF blocks of `format`, a whole number of
+/// them) in file order: `f(i, block)` for block `i` (row-major, `cols / 32`
+/// per row). Q4_0, Q4_1 and Q8_0 keep their bytes (Q4_0's offset is `-8d`).
+pub fn for_each_block32(format: super::QFormat, data: &[u8], mut f: impl FnMut(usize, &Block32)) {
+    use super::QFormat;
+    let bb = format.block_bytes();
+    let mut subs = [Block32::default(); 8];
+    for (i, blk) in data.chunks_exact(bb).enumerate() {
+        let one = |d: f32, m: f32, q: &[u8]| {
+            let mut b = Block32 { d, m, sub: [1, 1], ..Default::default() };
+            b.q[..q.len()].copy_from_slice(q);
+            b
+        };
+        match format {
+            QFormat::Q4_0 => f(i, &one(f16_at(blk, 0), -8.0 * f16_at(blk, 0), &blk[2..18])),
+            QFormat::Q4_1 => f(i, &one(f16_at(blk, 0), f16_at(blk, 2), &blk[4..20])),
+            QFormat::Q8_0 => f(i, &one(f16_at(blk, 0), 0.0, &blk[2..34])),
+            QFormat::Q5_0 => f(i, &q5_0(blk)),
+            QFormat::Q4K | QFormat::Q5K | QFormat::Q6K => {
+                k_quant(format, blk, &mut subs);
+                for (k, b) in subs.iter().enumerate() {
+                    f(8 * i + k, b);
+                }
+            }
+        }
     }
 }

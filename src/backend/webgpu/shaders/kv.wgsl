@@ -13,6 +13,7 @@ struct KvParams {
     qkv_stride: u32,
     // 1 / sqrt(head_dim).
     scale: f32,
-    _p0: u32,
+    // The QK-norm's epsilon (rope_kv.wgsl).
+    eps: f32,
     _p1: u32,
 }

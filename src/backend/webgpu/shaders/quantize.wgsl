@@ -2,7 +2,8 @@
 // (quantize_row_q8_0 / quantize_row_q8_1): d = amax / 127, q = roundf(x / d),
 // d stored as f16, s = d * sum(q) as f16 (Q4_1's offset) and sum(q) * d_f16 (Q4_0's).
 // MODE 0: RMSNorm first (x * scale * w); 1: the rows as they are; 2: SiLU(gate) * up
-// from rows that hold gate then up. One workgroup per row.
+// from rows that hold gate then up; 3: GELU(gate) * up (tanh approximation, as
+// x * sigmoid(2t): the CPU's ops::gelu_mul). One workgroup per row.
 
 override MODE: u32 = 0u;
 
@@ -38,6 +39,11 @@ fn value(base: u32, i: u32, scale: f32) -> f32 {
     if MODE == 2u {
         let g = x[base + i];
         return g / (1.0 + kv_exp(-g)) * x[base + p.up_offset + i];
+    }
+    if MODE == 3u {
+        let g = x[base + i];
+        let t = 0.7978846 * (g + 0.044715 * g * g * g);
+        return g / (1.0 + kv_exp(-2.0 * t)) * x[base + p.up_offset + i];
     }
     return x[base + i];
 }
