@@ -23,9 +23,12 @@ pub struct SamplerConfig {
     pub seed: Option<u64>,
 }
 
+/// The one set of defaults of every entry point (JS API, CLI, protocol): no
+/// repetition penalty unless asked for, so temperature 0 is plain argmax
+/// and the browser's greedy text is the CLI's and llama.cpp's.
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { temperature: 0.7, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.1, repeat_last_n: 64, seed: None }
+        Self { temperature: 0.7, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: None }
     }
 }
 

@@ -382,6 +382,56 @@ mod webgpu_browser {
         report.push(("f16 rounding", bits(&y, &want), y.len()));
         let mut rng = kvchat::sampler::Rng::new(5);
         let mut r = |s: f32| (rng.next_f64() as f32 - 0.5) * s;
+        // The formats ggml quantizes from floats (Q5_0 and the K-quants), at widths of whole super-blocks.
+        for format in [QFormat::Q5_0, QFormat::Q4K, QFormat::Q5K, QFormat::Q6K] {
+            let (rows, cols, t) = (70, 512, 3);
+            let w: Vec<f32> = (0..rows * cols).map(|_| r(0.1)).collect();
+            let qt = candle_core::quantized::QTensor::quantize(&candle_core::Tensor::from_vec(w, (rows, cols), &candle_core::Device::Cpu).unwrap(), format.ggml()).unwrap();
+            let blocks = qt.data().unwrap();
+            let cpu = QMatrix::from_blocks(format, rows, cols, &blocks).unwrap();
+            let m = GpuMatrix::from_blocks(&ctx, "w", format, rows, cols, &blocks).unwrap();
+            let xs: Vec<f32> = (0..t * cols).map(|_| r(4.0)).collect();
+            let (mut act, mut want) = (QActivations::default(), vec![0f32; t * rows]);
+            cpu.matmul(&xs, t, &mut act, &mut want);
+            let (got, _, _) = probe::matmul(&ctx, &m, &xs, t, probe::Input::Plain).await.unwrap();
+            let name = match format { QFormat::Q5_0 => "matmul Q5_0", QFormat::Q4K => "matmul Q4_K", QFormat::Q5K => "matmul Q5_K", _ => "matmul Q6_K" };
+            report.push((name, bits(&got, &want), got.len()));
+            if format == QFormat::Q4K {
+                // GELU(gate) * up before the product (gemma 3's FFN).
+                let gu: Vec<f32> = (0..t * 2 * cols).map(|i| r(8.0) * 10f32.powi((i / (2 * cols)) as i32 % 3 - 1)).collect();
+                let mut g = Vec::new();
+                for j in 0..t {
+                    let mut gate = gu[j * 2 * cols..j * 2 * cols + cols].to_vec();
+                    ops::gelu_mul(&mut gate, &gu[j * 2 * cols + cols..(j + 1) * 2 * cols]);
+                    g.extend(gate);
+                }
+                cpu.matmul(&g, t, &mut act, &mut want);
+                let (got, _, _) = probe::matmul(&ctx, &m, &gu, t, probe::Input::Gelu).await.unwrap();
+                report.push(("gelu + matmul", bits(&got, &want), got.len()));
+            }
+        }
+        // Biases, QK-norm and NeoX pairs before the rotation, at Gemma 3's head size.
+        {
+            use kvchat::backend::webgpu::ops::RopeVariant;
+            let (n_head, n_kv, hd) = (4, 1, 256);
+            let rope = kvchat::model::rope::Rope::new(hd, 10_000.0);
+            let (mut cos, mut sin) = (vec![0f32; hd / 2], vec![0f32; hd / 2]);
+            rope.angles(777, &mut cos, &mut sin);
+            let n = (n_head + 2 * n_kv) * hd;
+            let qkv: Vec<f32> = (0..n).map(|_| r(8.0)).collect();
+            let bias: Vec<f32> = (0..n).map(|_| r(1.0)).collect();
+            let norms: Vec<f32> = (0..2 * hd).map(|_| 1.0 + r(0.3)).collect();
+            let variant = RopeVariant { bias: true, qk_norm: true, rope_halves: true };
+            let input = probe::RopeInput { variant, bias: &bias, norms: &norms, eps: 1e-6 };
+            let (gq, gk, _) = probe::rope(&ctx, n_head, n_kv, hd, &qkv, &cos, &sin, input).await.unwrap();
+            let mut want = qkv.clone();
+            ops::add_rows(&mut want, &bias);
+            for (h, head) in want[..(n_head + n_kv) * hd].chunks_exact_mut(hd).enumerate() {
+                ops::rms_norm_in_place(head, &norms[if h < n_head { 0 } else { hd }..][..hd], 1e-6);
+                ops::rope_halves(head, &cos, &sin);
+            }
+            report.push(("rope with biases, QK-norm, NeoX pairs", bits(&gq, &want[..n_head * hd]) + bits(&gk, &want[n_head * hd..(n_head + n_kv) * hd]), (n_head + n_kv) * hd));
+        }
         for (format, rows, cols, t) in [(QFormat::Q4_1, 96, 576, 1), (QFormat::Q4_1, 64, 1536, 5), (QFormat::Q8_0, 96, 576, 2), (QFormat::Q4_0, 64, 576, 4)] {
             let blocks = kvchat::testing::random_q_blocks(format, rows * cols / 32, rows as u64);
             let cpu = QMatrix::from_blocks(format, rows, cols, &blocks).unwrap();
@@ -456,6 +506,65 @@ mod webgpu_browser {
             web_sys::console::log_1(&format!("{what}: {differ} of {n} results differ from the wasm CPU's").into());
         }
         assert!(report.iter().all(|r| r.1 == 0), "{report:?}");
+    }
+
+    /// Gemma 3 270M's own weights through the wasm CPU kernels and the WGSL
+    /// kernels (which equal the native CPU's bits: tests/webgpu.rs), matrix by
+    /// matrix, then its attention shape (four query heads on one kv head of
+    /// 256) and the prompt's logits through both engines.
+    #[wasm_bindgen_test]
+    async fn gemma3_weights_on_the_wasm_cpu_equal_the_gpu() {
+        use kvchat::backend::cpu::quant::{QActivations, QFormat, QMatrix};
+        use kvchat::backend::webgpu::{probe, GpuMatrix};
+        let Some(url) = option_env!("KVCHAT_MODEL_URL") else {
+            web_sys::console::log_1(&"SKIPPED: KVCHAT_MODEL_URL was not set at build time (run `make test-wasm`)".into());
+            return;
+        };
+        let url = format!("{}/gemma-3-270m-q4_k_m.gguf", &url[..url.rfind('/').unwrap()]);
+        let ctx = kvchat::backend::webgpu::GpuContext::new().await.expect("a WebGPU adapter");
+        let bytes: js_sys::Uint8Array = fetch_bytes(&url).await.expect("make models fetched Gemma 3").unchecked_into();
+        let bytes = bytes.to_vec();
+        let g = kvchat::gguf::Gguf::parse(&bytes).unwrap();
+        let bits = |a: &[f32], b: &[f32]| a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+        let mut rng = kvchat::sampler::Rng::new(3);
+        let mut report = Vec::new();
+        for name in ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight", "blk.0.attn_output.weight", "blk.0.ffn_gate.weight", "blk.0.ffn_up.weight", "blk.0.ffn_down.weight", "blk.5.ffn_down.weight", "token_embd.weight"] {
+            let dims = g.tensor_dims(name).unwrap();
+            let (data, dt) = g.tensor_data(name, &dims).unwrap();
+            let format = QFormat::of(dt).unwrap();
+            let (rows, cols) = (dims[0], dims[1]);
+            let cpu = QMatrix::from_blocks(format, rows, cols, data).unwrap();
+            let m = GpuMatrix::from_blocks(&ctx, name, format, rows, cols, data).unwrap();
+            for t in [1, 7] {
+                let xs: Vec<f32> = (0..t * cols).map(|_| (rng.next_f64() as f32 - 0.5) * 4.0).collect();
+                let (mut act, mut want) = (QActivations::default(), vec![0f32; t * rows]);
+                cpu.matmul(&xs, t, &mut act, &mut want);
+                let (got, _, _) = probe::matmul(&ctx, &m, &xs, t, probe::Input::Plain).await.unwrap();
+                report.push((format!("{name} ({format:?}) t={t}"), bits(&got, &want), got.len()));
+            }
+        }
+        for used in [1, 7, 8, 9, 33] {
+            let c = kvchat::testing::attention_case(4, 1, 256, 64, used, used as u64);
+            let got = probe::attention(&ctx, 4, 1, 256, 64, used, &c.q, &c.k, &c.v).await.unwrap();
+            report.push((format!("attention 4 heads on 1 of 256, {used} keys"), bits(&got, &c.out), got.len()));
+        }
+        drop(g);
+        let prompt = [2u32, 818, 4083, 529, 506, 10995, 23436];
+        let opts = EngineOptions { kv: KvCacheConfig { window: 256, sinks: 4, dtype: KvDType::F32 }, ..Default::default() };
+        let mut cpu = Engine::load(&bytes, opts.clone()).unwrap();
+        let want = run(&mut cpu, &prompt, 12, None).await.generated_ids;
+        drop(cpu);
+        let mut gpu = Engine::load_gpu(bytes, opts, &ctx).unwrap();
+        let got = run(&mut gpu, &prompt, 12, None).await.generated_ids;
+        // llama.cpp's greedy tokens (tests/fixtures/gemma3-llamacpp.json, g1), which the native pass keeps.
+        let gold = [563u32, 496, 27858, 886, 236761, 1030, 691, 496, 990, 529, 1822, 10534];
+        web_sys::console::log_1(&format!("greedy: wasm CPU {want:?}, GPU {got:?}, llama.cpp {gold:?}").into());
+        report.push(("greedy tokens, wasm CPU vs GPU".into(), want.iter().zip(&got).filter(|(a, b)| a != b).count(), 12));
+        report.push(("greedy tokens, wasm CPU vs llama.cpp".into(), want.iter().zip(&gold).filter(|(a, b)| a != b).count(), 12));
+        for (what, differ, n) in &report {
+            web_sys::console::log_1(&format!("{what}: {differ} of {n} differ between the wasm CPU and the GPU").into());
+        }
+        assert!(report.iter().all(|r| r.1 == 0), "{:?}", report.iter().filter(|r| r.1 > 0).collect::<Vec<_>>());
     }
 
     #[wasm_bindgen_test]

@@ -77,6 +77,8 @@ pub enum Input<'a> {
     Norm(&'a [f32], f32),
     /// `x` is `[t, 2 cols]`, gate then up: SiLU(gate) * up.
     Silu,
+    /// As `Silu` with GELU (tanh approximation).
+    Gelu,
 }
 
 /// `t` rows of `x` prepared as `input` says, quantized to Q8 and multiplied
@@ -93,6 +95,7 @@ pub async fn matmul(ctx: &GpuContext, m: &GpuMatrix, x: &[f32], t: usize, input:
         Input::Norm(w, eps) => (w, eps, QuantMode::Norm, cols),
         Input::Plain => (&ones[..], 0.0, QuantMode::Plain, cols),
         Input::Silu => (&ones[..], 0.0, QuantMode::Silu, 2 * cols),
+        Input::Gelu => (&ones[..], 0.0, QuantMode::Gelu, 2 * cols),
     };
     let wb = buf(ctx, bytemuck::cast_slice(w), wgpu::BufferUsages::empty());
     let aq = buf(ctx, &vec![0u8; t * cols], wgpu::BufferUsages::empty());
