@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
+use std::borrow::Cow;
 use std::io::Cursor;
 
 /// Upper bound for the in-memory size of the parsed metadata (vocab arrays and
@@ -22,16 +23,47 @@ const MAX_DEPTH: usize = 4;
 /// In-memory cost of one parsed `Value` (an enum holding a String/Vec).
 const VALUE_SIZE: u64 = std::mem::size_of::<Value>() as u64;
 
-/// A parsed, validated GGUF file that borrows the model bytes.
+/// A GGUF file's bytes kept somewhere other than wasm memory (the browser's
+/// ArrayBuffer) and read on demand, so that loading need not hold the whole
+/// file beside the weights it becomes.
+pub trait ByteSource {
+    /// The file's length in bytes.
+    fn byte_len(&self) -> u64;
+    /// Fills `out` with the file's bytes from `offset` (a range inside the file).
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> Result<()>;
+}
+
+/// Where a parsed file's tensors are read from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// The whole file in memory: tensors are read in place.
+    Memory(&'a [u8]),
+    Reader(&'a dyn ByteSource),
+}
+
+impl<'a> Source<'a> {
+    fn byte_len(&self) -> u64 {
+        match self {
+            Source::Memory(b) => b.len() as u64,
+            Source::Reader(r) => r.byte_len(),
+        }
+    }
+}
+
+/// The most header bytes read from a [`ByteSource`] that is not in memory
+/// (metadata within [`MAX_METADATA_BYTES`] and the tensor table).
+const MAX_HEADER_BYTES: u64 = MAX_METADATA_BYTES + (64 << 20);
+
+/// A parsed, validated GGUF file, its tensors read from its [`ByteSource`].
 pub struct Gguf<'a> {
-    bytes: &'a [u8],
+    source: Source<'a>,
     content: gguf_file::Content,
 }
 
 impl std::fmt::Debug for Gguf<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gguf")
-            .field("bytes", &self.bytes.len())
+            .field("bytes", &self.source.byte_len())
             .field("metadata", &self.content.metadata.len())
             .field("tensors", &self.content.tensor_infos.len())
             .finish()
@@ -42,10 +74,15 @@ impl<'a> Gguf<'a> {
     /// Validates the header, then parses it.
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
         validate(bytes)?;
-        let mut cursor = Cursor::new(bytes);
-        let content =
-            gguf_file::Content::read(&mut cursor).map_err(|e| Error::Gguf(e.to_string()))?;
-        Ok(Self { bytes, content })
+        Ok(Self { source: Source::Memory(bytes), content: read_content(bytes)? })
+    }
+
+    /// Validates and parses the header of the file in `source`, reading only
+    /// the header (a prefix doubled until it holds it); tensors are read
+    /// from the source when they are asked for.
+    pub fn read(source: &'a dyn ByteSource) -> Result<Self> {
+        let header = read_header(source, source.byte_len())?;
+        Ok(Self { source: Source::Reader(source), content: read_content(&header)? })
     }
 
     pub fn metadata(&self, key: &str) -> Option<&Value> {
@@ -85,16 +122,54 @@ impl<'a> Gguf<'a> {
                 reason: format!("shape {dims:?} disagrees with the hyper-parameters {expected:?}"),
             });
         }
-        let mut cursor = Cursor::new(self.bytes);
-        self.content
-            .tensor(&mut cursor, name, device)
+        let (data, dt) = self.tensor_data(name, expected)?;
+        candle_core::quantized::ggml_file::qtensor_from_ggml(dt, &data, dims, device)
             .map_err(|e| Error::Tensor { name: name.into(), reason: e.to_string() })
     }
 
-    /// The raw block bytes of one tensor, in place in the file (no copy), with
-    /// its type; the shape is checked against `expected` (candle order) and the
-    /// byte range against the file.
-    pub fn tensor_data(&self, name: &str, expected: &[usize]) -> Result<(&'a [u8], GgmlDType)> {
+    /// The raw block bytes of one tensor with its type: in place when the file
+    /// is in memory, else read from the source. The shape is checked against
+    /// `expected` (candle order) and the byte range against the file.
+    pub fn tensor_data(&self, name: &str, expected: &[usize]) -> Result<(Cow<'a, [u8]>, GgmlDType)> {
+        let (start, len, dt) = self.tensor_range(name, expected)?;
+        match self.source {
+            Source::Memory(bytes) => Ok((Cow::Borrowed(&bytes[start as usize..][..len]), dt)),
+            Source::Reader(source) => {
+                let mut data = vec![0u8; len];
+                source.read_at(start, &mut data)?;
+                Ok((Cow::Owned(data), dt))
+            }
+        }
+    }
+
+    /// Visits one tensor's raw bytes in pieces of whole rows, at most
+    /// `max_bytes` each (at least one row): `visit(first_row, bytes)`. A file in
+    /// memory is one piece read in place; otherwise only one piece is held at a
+    /// time. Returns the tensor's type.
+    pub fn tensor_rows(&self, name: &str, expected: &[usize], max_bytes: usize, mut visit: impl FnMut(usize, &[u8]) -> Result<()>) -> Result<GgmlDType> {
+        let (start, len, dt) = self.tensor_range(name, expected)?;
+        let source = match self.source {
+            Source::Memory(bytes) => {
+                visit(0, &bytes[start as usize..][..len])?;
+                return Ok(dt);
+            }
+            Source::Reader(source) => source,
+        };
+        let rows = if expected.len() >= 2 { expected[0].max(1) } else { 1 };
+        let row_bytes = len / rows;
+        let per_piece = (max_bytes / row_bytes.max(1)).clamp(1, rows);
+        let mut piece = vec![0u8; per_piece * row_bytes];
+        for first in (0..rows).step_by(per_piece) {
+            let n = per_piece.min(rows - first);
+            let buf = &mut piece[..n * row_bytes];
+            source.read_at(start + (first * row_bytes) as u64, buf)?;
+            visit(first, buf)?;
+        }
+        Ok(dt)
+    }
+
+    /// A tensor's byte range in the file (start, length) and type, checked.
+    fn tensor_range(&self, name: &str, expected: &[usize]) -> Result<(u64, usize, GgmlDType)> {
         let bad = |reason: String| Error::Tensor { name: name.into(), reason };
         let info = self.content.tensor_infos.get(name).ok_or_else(|| bad("missing from the file".into()))?;
         let dims = info.shape.dims();
@@ -108,9 +183,11 @@ impl<'a> Gguf<'a> {
         }
         let len = (elems / dt.block_size()).checked_mul(dt.type_size()).ok_or_else(|| bad("too large".into()))?;
         let start = self.content.tensor_data_offset.checked_add(info.offset).ok_or_else(|| bad("offset overflows".into()))?;
-        let start = usize::try_from(start).map_err(|_| bad("offset beyond the file".into()))?;
-        let end = start.checked_add(len).filter(|&e| e <= self.bytes.len()).ok_or_else(|| bad(format!("data ({len} bytes at {start}) runs past the end of the file")))?;
-        Ok((&self.bytes[start..end], dt))
+        start
+            .checked_add(len as u64)
+            .filter(|&end| end <= self.source.byte_len() && usize::try_from(end).is_ok())
+            .ok_or_else(|| bad(format!("data ({len} bytes at {start}) runs past the end of the file")))?;
+        Ok((start, len, dt))
     }
 
     // ---- typed metadata getters -------------------------------------------------
@@ -195,20 +272,35 @@ fn meta_err(key: &str, reason: impl Into<String>) -> Error {
     Error::Metadata { key: key.into(), reason: reason.into() }
 }
 
-/// A bounds-checked little-endian reader over the header.
+/// A bounds-checked little-endian reader over the header: `bytes` are the
+/// file's first bytes (all of them, or a prefix), `file_len` its length.
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    file_len: u64,
+    /// Set when a read failed only because the prefix ended before the file.
+    short: bool,
 }
 
 impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], file_len: u64) -> Self {
+        Self { bytes, pos: 0, file_len, short: false }
+    }
+    /// Bytes left in the file from the current position.
+    fn remaining(&self) -> u64 {
+        self.file_len.saturating_sub(self.pos as u64)
+    }
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
-        let remaining = (self.bytes.len() - self.pos) as u64;
+        let remaining = self.remaining();
         if n > remaining {
             return Err(Error::Gguf(format!(
                 "truncated: {what} needs {n} bytes at offset {}, only {remaining} left",
                 self.pos
             )));
+        }
+        if n > (self.bytes.len() - self.pos) as u64 {
+            self.short = true;
+            return Err(Error::Gguf(format!("the header runs past the {} bytes read", self.bytes.len())));
         }
         let s = &self.bytes[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -265,7 +357,7 @@ fn skip_value(r: &mut Reader, t: u32, depth: usize) -> Result<u64> {
     // Array: element type, count, elements.
     let et = r.u32("array element type")?;
     let n = r.u64("array length")?;
-    let remaining = (r.bytes.len() - r.pos) as u64;
+    let remaining = r.remaining();
     match scalar_size(et)? {
         Some(size) => {
             let need = n.checked_mul(size).ok_or_else(|| Error::Gguf(format!("array length {n} overflows")))?;
@@ -353,23 +445,59 @@ fn ggml_type_name(t: u32) -> Option<&'static str> {
 
 /// Checks every length, count and offset in a GGUF header against the bytes present.
 pub fn validate(bytes: &[u8]) -> Result<()> {
-    if bytes.is_empty() {
+    validate_header(bytes, bytes.len() as u64).map(|_| ())
+}
+
+/// The header of a `file_len`-byte file from its first bytes, read from
+/// `source` in a prefix doubled until the header fits (at most
+/// [`MAX_HEADER_BYTES`]), validated.
+fn read_header(source: &dyn ByteSource, file_len: u64) -> Result<Vec<u8>> {
+    let mut n = file_len.min(1 << 20);
+    loop {
+        let mut prefix = vec![0u8; n as usize];
+        source.read_at(0, &mut prefix)?;
+        match validate_header(&prefix, file_len)? {
+            Some(_) => return Ok(prefix),
+            None if n >= MAX_HEADER_BYTES => return Err(Error::Memory(format!("the header is larger than {} MiB", MAX_HEADER_BYTES >> 20))),
+            None => n = file_len.min(n * 2).min(MAX_HEADER_BYTES),
+        }
+    }
+}
+
+/// candle's metadata map and tensor table from a validated header.
+fn read_content(header: &[u8]) -> Result<gguf_file::Content> {
+    gguf_file::Content::read(&mut Cursor::new(header)).map_err(|e| Error::Gguf(e.to_string()))
+}
+
+/// Validates the header found in `prefix`, the first bytes of a `file_len`-byte
+/// file: the tensor data's start, or None when the header goes on past the prefix.
+fn validate_header(prefix: &[u8], file_len: u64) -> Result<Option<u64>> {
+    let mut r = Reader::new(prefix, file_len);
+    match walk_header(&mut r) {
+        Ok(start) => Ok(Some(start)),
+        Err(_) if r.short => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn walk_header(r: &mut Reader) -> Result<u64> {
+    if r.file_len == 0 {
         return Err(Error::Gguf("the file is empty".into()));
     }
-    let mut r = Reader { bytes, pos: 0 };
-    let (n_tensors, n_kv) = read_preamble(&mut r)?;
-    let alignment = walk_metadata(&mut r, n_kv)?;
+    let (n_tensors, n_kv) = read_preamble(r)?;
+    let alignment = walk_metadata(r, n_kv)?;
     let mut infos = Vec::with_capacity(n_tensors as usize);
     for _ in 0..n_tensors {
-        infos.push(read_tensor_info(&mut r, alignment)?);
+        infos.push(read_tensor_info(r, alignment)?);
     }
     let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
-    check_tensor_data_in_file(infos, data_start, bytes.len() as u64)
+    check_tensor_data_in_file(infos, data_start, r.file_len)?;
+    Ok(data_start)
 }
 
 /// Magic and version; returns the declared tensor and metadata-entry counts, each bounded.
 fn read_preamble(r: &mut Reader) -> Result<(u64, u64)> {
-    let len = r.bytes.len();
+    let len = r.file_len;
     let magic = r.take(4, "magic").map_err(|_| {
         Error::Gguf(format!("only {len} bytes: too short to be a GGUF file"))
     })?;

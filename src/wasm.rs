@@ -8,6 +8,7 @@ use crate::chat_template::Message;
 use crate::{Batch, BatchOptions};
 use crate::engine::{Engine, EngineOptions, GenerateOptions, Prompt, Session, Step};
 use crate::error::Error;
+use crate::gguf::ByteSource;
 use crate::kv_cache::{KvCacheConfig, KvDType};
 use crate::protocol::{
     BatchStats, BatchStepEvent, BatchStepReply, EngineBatchOptions, EngineGenerateOptions, EngineLoadOptions, EngineStats, ModelInfo, Profile, StepReply,
@@ -137,14 +138,32 @@ impl KvEngine {
     }
 }
 
+/// A model file left in its JS `Uint8Array`, read into wasm memory on demand.
+struct JsBytes(js_sys::Uint8Array);
+
+impl ByteSource for JsBytes {
+    fn byte_len(&self) -> u64 {
+        self.0.length() as u64
+    }
+
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> Result<(), Error> {
+        let end = offset.checked_add(out.len() as u64).filter(|&e| e <= self.byte_len());
+        let end = end.ok_or_else(|| Error::Gguf(format!("{} bytes at {offset} run past the file", out.len())))?;
+        self.0.subarray(offset as u32, end as u32).copy_to(out);
+        Ok(())
+    }
+}
+
 #[wasm_bindgen]
 impl KvEngine {
-    /// Loads a GGUF model from its bytes (CPU backend).
+    /// Loads a GGUF model from its bytes (CPU backend). The bytes stay in
+    /// their ArrayBuffer: the header and then one piece of a tensor at a time
+    /// are copied into wasm memory, whose high-water mark (it never shrinks)
+    /// is then the weights and the cache, not the file besides.
     #[wasm_bindgen(constructor)]
-    pub fn new(bytes: Vec<u8>, options: JsValue) -> Result<KvEngine, JsValue> {
+    pub fn new(bytes: js_sys::Uint8Array, options: JsValue) -> Result<KvEngine, JsValue> {
         let opts = engine_options(options)?;
-        // Owned: the bytes are freed before the KV cache is allocated (a lower peak).
-        let engine = Engine::load_owned(bytes, opts).map_err(to_js)?;
+        let engine = Engine::load_from(&JsBytes(bytes), opts).map_err(to_js)?;
         Ok(KvEngine { engine, session: None, batch: None })
     }
 

@@ -5,8 +5,27 @@ use candle_core::quantized::gguf_file::Value;
 use kvchat::testing::TinyGguf;
 use kvchat::{Engine, EngineOptions, Error};
 
+/// A file read on demand (the browser's path: the bytes stay outside wasm memory).
+struct Outside<'a>(&'a [u8]);
+
+impl kvchat::gguf::ByteSource for Outside<'_> {
+    fn byte_len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> kvchat::Result<()> {
+        out.copy_from_slice(&self.0[offset as usize..][..out.len()]);
+        Ok(())
+    }
+}
+
+/// Loads from bytes in memory and from the same bytes read on demand: both
+/// paths give the same verdict.
 fn load(bytes: &[u8]) -> Result<Engine, Error> {
-    Engine::load(bytes, EngineOptions::default())
+    let outside = Engine::load_from(&Outside(bytes), EngineOptions::default());
+    let inside = Engine::load(bytes, EngineOptions::default());
+    let verdict = |r: &Result<Engine, Error>| r.as_ref().err().map(|e| e.to_string());
+    assert_eq!(verdict(&outside), verdict(&inside), "read in place and read on demand disagree");
+    inside
 }
 
 fn expect_err(bytes: &[u8], what: &str) -> Error {

@@ -171,3 +171,37 @@ fn gemma3_cache_at_a_4096_window_holds_under_30_percent_of_a_uniform_one() {
     assert_eq!((kv.local_window, kv.global_bytes, kv.local_bytes), (512, 3 * 4096 * slot, 15 * 512 * slot));
     assert!(kv.bytes * 100 <= uniform * 30, "{} of {uniform}", kv.bytes);
 }
+
+/// A file read on demand, as the browser's ArrayBuffer is read into wasm memory:
+/// it records the largest single read (what loading holds of the file at once).
+struct Outside<'a> {
+    bytes: &'a [u8],
+    largest: std::cell::Cell<usize>,
+}
+
+impl kvchat::gguf::ByteSource for Outside<'_> {
+    fn byte_len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> kvchat::Result<()> {
+        self.largest.set(self.largest.get().max(out.len()));
+        out.copy_from_slice(&self.bytes[offset as usize..][..out.len()]);
+        Ok(())
+    }
+}
+
+#[test]
+fn gemma3_loaded_piece_by_piece_from_outside_memory_gives_the_same_logits() {
+    // The browser's load: the header, then every tensor in pieces of whole rows (the tied
+    // 262,144-row Q8_0 embedding is 178 MB, every K-quant and Q5_0 matrix on the way).
+    let Some(bytes) = model() else { return };
+    let outside = Outside { bytes: &bytes, largest: Default::default() };
+    let opts = EngineOptions { kv: KvCacheConfig { window: 64, sinks: 4, dtype: KvDType::F32 }, ..Default::default() };
+    let mut whole = Engine::load(&bytes, opts.clone()).unwrap();
+    let mut pieces = Engine::load_from(&outside, opts).unwrap();
+    let ids = [2, 818, 4083, 529, 506, 10995, 23436];
+    let (a, b) = (whole.logits(&ids).unwrap(), pieces.logits(&ids).unwrap());
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "the logits differ");
+    println!("gemma3 from outside memory: largest read {} bytes of a {}-byte file", outside.largest.get(), bytes.len());
+    assert!(outside.largest.get() <= 16 << 20, "read {} bytes at once", outside.largest.get());
+}

@@ -9,7 +9,7 @@ use super::{Engine, EngineOptions, LoadTimings};
 use crate::backend::webgpu::GpuContext;
 use crate::chat_template::ChatTemplate;
 use crate::error::{Error, Result};
-use crate::gguf::Gguf;
+use crate::gguf::{ByteSource, Gguf};
 use crate::kv_cache::KvCacheConfig;
 use crate::model::{GpuLlama, Llama, LlamaConfig};
 use crate::tokenizer::{IncrementalEncoder, Tokenizer};
@@ -17,24 +17,32 @@ use candle_core::Device;
 use std::sync::Arc;
 use web_time::Instant;
 
-/// A model file's bytes, borrowed or handed over.
+/// A model file's bytes, borrowed, handed over, or read on demand from outside memory.
 pub(super) enum Bytes<'a> {
     Borrowed(&'a [u8]),
     Owned(Vec<u8>),
+    Outside(&'a dyn ByteSource),
 }
 
 impl Bytes<'_> {
-    fn as_slice(&self) -> &[u8] {
+    fn gguf(&self) -> Result<Gguf<'_>> {
         match self {
-            Bytes::Borrowed(b) => b,
-            Bytes::Owned(v) => v,
+            Bytes::Borrowed(b) => Gguf::parse(b),
+            Bytes::Owned(v) => Gguf::parse(v),
+            Bytes::Outside(source) => Gguf::read(*source),
         }
     }
-    fn into_vec(self) -> Vec<u8> {
-        match self {
+    fn into_vec(self) -> Result<Vec<u8>> {
+        Ok(match self {
             Bytes::Borrowed(b) => b.to_vec(),
             Bytes::Owned(v) => v,
-        }
+            Bytes::Outside(source) => {
+                let len = usize::try_from(source.byte_len()).map_err(|_| Error::Memory("the file does not fit in memory".into()))?;
+                let mut v = vec![0u8; len];
+                source.read_at(0, &mut v)?;
+                v
+            }
+        })
     }
 }
 
@@ -56,6 +64,14 @@ impl Engine {
         Self::load_on(Bytes::Owned(bytes), opts, None)
     }
 
+    /// [`load`](Self::load) reading the file from `source` on demand (the
+    /// browser's ArrayBuffer, outside wasm memory): only the header and one
+    /// piece of a tensor at a time are copied in, so the peak memory of
+    /// loading is the weights plus the header, never the whole file.
+    pub fn load_from(source: &dyn ByteSource, opts: EngineOptions) -> Result<Self> {
+        Self::load_on(Bytes::Outside(source), opts, None)
+    }
+
     /// Loads a model onto the GPU of `ctx` (WebGPU kernels for the whole forward
     /// pass). The engine keeps the file's bytes: if the device is lost it moves
     /// to the CPU and rebuilds the cache from the token history.
@@ -69,7 +85,7 @@ impl Engine {
         }
         let mut load = LoadTimings::default();
         let t = Instant::now();
-        let g = Gguf::parse(bytes.as_slice())?;
+        let g = bytes.gguf()?;
         let cfg = LlamaConfig::from_gguf(&g)?;
         load.parse_ms = ms(t);
         let t = Instant::now();
@@ -104,7 +120,7 @@ impl Engine {
                 let model = GpuLlama::load(&g, cfg, opts.kv, ctx)?;
                 drop(g);
                 load.weights_ms = ms(t);
-                Box::new(GpuRunner::new(model, Arc::new(bytes.into_vec()))?)
+                Box::new(GpuRunner::new(model, Arc::new(bytes.into_vec()?))?)
             }
         };
         Ok(Self {

@@ -42,13 +42,19 @@ for (const name of wanted) {
       let text = '';
       for await (const piece of llm.generate(prompt, { maxTokens: n, temperature: 0, ignoreEos: true })) text += piece;
       const stats = await llm.stats();
+      const weightBytes = llm.info.weightBytes;
       await llm.dispose();
-      return { text, stats };
+      return { text, stats, weightBytes };
     }, { model: `/${m.file}`, prompt, n: ids.length });
     // Greedy with no penalty (the default) is argmax: the browser's text is llama.cpp's, every token.
     console.log(`${name}: browser ${JSON.stringify(got.text)}\n${name}: llama.cpp ${JSON.stringify(want)}`);
     assert.equal(got.text, want);
     console.log(`${name}: ${got.stats.generatedTokens} tokens; prefill ${got.stats.prefillTokensPerSec.toFixed(1)}, decode ${got.stats.decodeTokensPerSec.toFixed(1)} tok/s; wasm memory ${(got.stats.wasmMemoryBytes / 2 ** 20).toFixed(0)} MiB`);
+    // The file stays in its ArrayBuffer and reaches wasm a piece at a time: the memory's
+    // high-water mark is the weights and the cache, not the file besides (issue 16's target).
+    const bound = got.weightBytes + got.stats.kv.bytes + 64 * 2 ** 20;
+    console.log(`${name}: wasm memory ${(got.stats.wasmMemoryBytes / 2 ** 20).toFixed(1)} MiB <= weights ${(got.weightBytes / 2 ** 20).toFixed(1)} + KV ${(got.stats.kv.bytes / 2 ** 20).toFixed(1)} + 64 MiB`);
+    assert.ok(got.stats.wasmMemoryBytes <= bound, `wasm memory ${got.stats.wasmMemoryBytes} > ${bound}`);
     assert.deepEqual(errors, []);
     await page.close();
   });

@@ -29,6 +29,10 @@ fn loaded_bytes(g: &Gguf, name: &str) -> usize {
     }
 }
 
+/// The most file bytes held at once while a matrix is repacked from a file
+/// outside memory (the browser's): whole rows up to this size.
+const PIECE_BYTES: usize = 4 << 20;
+
 /// Reads the tensors of one file for one config.
 struct Reader<'a> {
     g: &'a Gguf<'a>,
@@ -39,11 +43,21 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// A matrix for the own kernels where its type has one, else candle's.
     fn linear(&self, name: &str, dims: &[usize]) -> Result<Linear> {
-        let (data, dt) = self.g.tensor_data(name, dims)?;
-        if let Some(m) = QFormat::of(dt).and_then(|f| QMatrix::from_blocks(f, dims[0], dims[1], data)) {
+        if let Some(m) = self.own_matrix(name, dims)? {
             return Ok(Linear::Own(Arc::new(m)));
         }
         Linear::new(Arc::new(self.g.tensor(name, dims, self.device)?))
+    }
+
+    /// The `[rows, cols]` matrix repacked for the own kernels, read from the
+    /// file in pieces of whole rows (a file outside memory is never held whole:
+    /// the peak is the weights plus one piece); None where its type has no kernel.
+    fn own_matrix(&self, name: &str, dims: &[usize]) -> Result<Option<QMatrix>> {
+        let Some(format) = self.g.tensor_dtype(name).and_then(QFormat::of) else { return Ok(None) };
+        let Some(mut builder) = QMatrix::builder(format, dims[0], dims[1]) else { return Ok(None) };
+        let bad = || Error::Tensor { name: name.into(), reason: "its blocks do not fill whole rows".into() };
+        self.g.tensor_rows(name, dims, PIECE_BYTES, |first, bytes| builder.add_rows(first, bytes).then_some(()).ok_or_else(bad))?;
+        builder.finish().map(Some).ok_or_else(bad)
     }
 
     /// A norm weight of `n_embd` values as f32.
@@ -103,12 +117,12 @@ impl Reader<'_> {
     fn embedding(&self) -> Result<(Embedding, Option<Linear>)> {
         let c = self.c;
         let (name, dims) = (ModelTensor::TokenEmbedding.name(), ModelTensor::TokenEmbedding.dims(c));
-        let (data, dt) = self.g.tensor_data(name, &dims)?;
+        let dt = self.g.tensor_dtype(name).ok_or_else(|| Error::Tensor { name: name.into(), reason: "missing from the file".into() })?;
         if dt.block_size() > c.n_embd || c.n_embd % dt.block_size() != 0 {
             return Err(Error::Tensor { name: name.into(), reason: "rows are not whole blocks".into() });
         }
         let tied = !self.g.has_tensor(ModelTensor::Output.name());
-        Ok(match QFormat::of(dt).and_then(|f| QMatrix::from_blocks(f, dims[0], dims[1], data)) {
+        Ok(match self.own_matrix(name, &dims)? {
             Some(m) => {
                 let m = Arc::new(m);
                 (Embedding::Own(m.clone()), tied.then_some(Linear::Own(m)))

@@ -42,7 +42,7 @@ mod simd128;
 
 pub use activations::QActivations;
 pub use decode::{for_each_block32, Block32};
-pub use repack::f16_to_f32;
+pub use repack::{f16_to_f32, QMatrixBuilder};
 
 pub const QK: usize = 32;
 

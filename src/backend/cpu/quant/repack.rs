@@ -26,19 +26,52 @@ impl QMatrix {
     /// As [`from_blocks`](Self::from_blocks) with an explicit Q4 layout (tests
     /// compare them); `None` for a format the layout's kernels do not read.
     pub fn from_blocks_with_layout(format: QFormat, rows: usize, cols: usize, data: &[u8], layout: Q4Layout) -> Option<Self> {
-        let per = format.block_values();
-        if cols % per != 0 || (layout == Q4Layout::Rows16 && !format.in_rows16()) {
+        let mut builder = QMatrixBuilder::with_layout(format, rows, cols, layout)?;
+        builder.add_rows(0, data).then_some(())?;
+        builder.finish()
+    }
+
+    /// A matrix filled from its GGUF blocks in pieces of whole rows, so the
+    /// file's bytes need not be held whole (`None` as for `from_blocks`).
+    pub fn builder(format: QFormat, rows: usize, cols: usize) -> Option<QMatrixBuilder> {
+        QMatrixBuilder::with_layout(format, rows, cols, Q4Layout::native_for(format))
+    }
+}
+
+/// A [`QMatrix`] being repacked piece by piece (see [`QMatrix::builder`]).
+pub struct QMatrixBuilder {
+    format: QFormat,
+    rows: usize,
+    cols: usize,
+    packer: Packer,
+    /// Rows given so far (pieces come in order).
+    filled: usize,
+}
+
+impl QMatrixBuilder {
+    fn with_layout(format: QFormat, rows: usize, cols: usize, layout: Q4Layout) -> Option<Self> {
+        if cols % format.block_values() != 0 || (layout == Q4Layout::Rows16 && !format.in_rows16()) {
             return None;
         }
-        if data.len() != rows.checked_mul(cols / per)?.checked_mul(format.block_bytes())? {
-            return None;
+        rows.checked_mul(cols)?;
+        Some(Self { format, rows, cols, packer: Packer::new(format, rows, cols, layout), filled: 0 })
+    }
+
+    /// The file's blocks of rows `first_row..`, whole rows following the last
+    /// piece; false (and nothing stored) for a piece out of order or not whole rows.
+    pub fn add_rows(&mut self, first_row: usize, data: &[u8]) -> bool {
+        let format = self.format;
+        let row_bytes = self.cols / format.block_values() * format.block_bytes();
+        if first_row != self.filled || data.len() % row_bytes != 0 || data.len() / row_bytes > self.rows - first_row {
+            return false;
         }
-        let mut p = Packer::new(format, rows, cols, layout);
-        let bb = format.block_bytes();
+        let (bb, p) = (format.block_bytes(), &mut self.packer);
+        let first_block = first_row * (self.cols / format.block_values());
         match format {
             QFormat::Q4_0 | QFormat::Q4_1 | QFormat::Q8_0 => {
                 // One pass over the file's blocks, each written straight to its place.
                 for (i, blk) in data.chunks_exact(bb).enumerate() {
+                    let i = first_block + i;
                     let (r, b) = (i / p.nbr, i % p.nbr);
                     let scale = f16_at(blk, 0);
                     match format {
@@ -50,6 +83,7 @@ impl QMatrix {
             }
             QFormat::Q5_0 => {
                 for (i, blk) in data.chunks_exact(bb).enumerate() {
+                    let i = first_block + i;
                     let v = decode::q5_0(blk);
                     p.five(i / p.nbr, i % p.nbr, v.d, v.m, &v.q);
                 }
@@ -57,6 +91,7 @@ impl QMatrix {
             QFormat::Q4K | QFormat::Q5K | QFormat::Q6K => {
                 let mut subs = [Block32::default(); 8];
                 for (i, blk) in data.chunks_exact(bb).enumerate() {
+                    let i = first_block + i;
                     decode::k_quant(format, blk, &mut subs);
                     let (r, b0) = ((8 * i) / p.nbr, (8 * i) % p.nbr);
                     for (k, v) in subs.iter().enumerate() {
@@ -72,7 +107,17 @@ impl QMatrix {
                 }
             }
         }
-        Some(Self { format, rows, cols, layout, d: p.d, m: p.m, qs: p.qs, sub: p.sub, qh: p.qh })
+        self.filled += data.len() / row_bytes;
+        true
+    }
+
+    /// The matrix, once every row was given.
+    pub fn finish(self) -> Option<QMatrix> {
+        if self.filled != self.rows {
+            return None;
+        }
+        let (format, rows, cols, p) = (self.format, self.rows, self.cols, self.packer);
+        Some(QMatrix { format, rows, cols, layout: p.layout, d: p.d, m: p.m, qs: p.qs, sub: p.sub, qh: p.qh })
     }
 }
 
