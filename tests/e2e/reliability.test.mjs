@@ -35,7 +35,7 @@ test('hostile model files give typed errors; a good model loads afterwards', asy
     out.truncatedHeader = await err(real.slice(0, 3000).buffer);
     out.truncatedData = await err(real.slice(0, 50_000_000).buffer);
     out.blob = await err(new Blob([tiny]));
-    out.notGgufUrl = await err('/README.md');
+    out.notGgufUrl = await err('/www/style.css');
     out.missingUrl = await err('/models/none.gguf');
     out.badWindow = await (async () => { try { await KvChat.load({ model: TINY, kvWindow: 4, kvSinks: 8 }); return 'loaded'; } catch (e) { return `${e.kind}: ${e.message}`; } })();
     out.good = await err(TINY);
