@@ -45,7 +45,7 @@ test: setup test-native test-wasm test-e2e
 test-native: model models
 	KVCHAT_REQUIRE_MODEL=1 KVCHAT_REQUIRE_GPU=1 cargo test --release
 
-test-wasm: model
+test-wasm: model models
 	./scripts/test-wasm.sh
 
 # The browser runs of the extra models: Gemma 3 270M here (the smaller; `make test-models` runs both).

@@ -533,8 +533,8 @@ mod webgpu_browser {
             let (data, dt) = g.tensor_data(name, &dims).unwrap();
             let format = QFormat::of(dt).unwrap();
             let (rows, cols) = (dims[0], dims[1]);
-            let cpu = QMatrix::from_blocks(format, rows, cols, data).unwrap();
-            let m = GpuMatrix::from_blocks(&ctx, name, format, rows, cols, data).unwrap();
+            let cpu = QMatrix::from_blocks(format, rows, cols, &data).unwrap();
+            let m = GpuMatrix::from_blocks(&ctx, name, format, rows, cols, &data).unwrap();
             for t in [1, 7] {
                 let xs: Vec<f32> = (0..t * cols).map(|_| (rng.next_f64() as f32 - 0.5) * 4.0).collect();
                 let (mut act, mut want) = (QActivations::default(), vec![0f32; t * rows]);
