@@ -597,6 +597,10 @@ fn read_tensor_dims(r: &mut Reader, name: &str) -> Result<(u64, u64)> {
         if dim == 0 {
             return Err(Error::Tensor { name: name.into(), reason: "has a zero dimension".into() });
         }
+        // Dimensions become `usize` when read, 32 bits in wasm: a larger one would wrap.
+        if dim > u32::MAX as u64 {
+            return Err(Error::Tensor { name: name.into(), reason: format!("dimension {dim} is larger than 2^32 - 1") });
+        }
         elems = elems.checked_mul(dim).filter(|&e| e <= 1 << 40).ok_or_else(|| Error::Tensor {
             name: name.into(),
             reason: "element count overflows".into(),
@@ -605,8 +609,12 @@ fn read_tensor_dims(r: &mut Reader, name: &str) -> Result<(u64, u64)> {
     Ok((first, elems))
 }
 
-/// Checks that every tensor's data, from `data_start`, ends inside the `len`-byte file.
-fn check_tensor_data_in_file(infos: Vec<(String, u64, u64)>, data_start: u64, len: u64) -> Result<()> {
+/// Checks that every tensor's data, from `data_start`, ends inside the
+/// `len`-byte file, that no two tensors share a name and that no two tensors'
+/// bytes overlap (one weight read as two would be a model the file's author
+/// did not describe honestly).
+fn check_tensor_data_in_file(mut infos: Vec<(String, u64, u64)>, data_start: u64, len: u64) -> Result<()> {
+    check_tensor_ranges_disjoint(&mut infos)?;
     for (name, offset, size) in infos {
         let end = data_start.checked_add(offset).and_then(|s| s.checked_add(size));
         match end {
@@ -619,6 +627,23 @@ fn check_tensor_data_in_file(infos: Vec<(String, u64, u64)>, data_start: u64, le
                     ),
                 })
             }
+        }
+    }
+    Ok(())
+}
+
+/// Sorts the tensor table by offset and refuses repeated names and overlapping byte ranges.
+fn check_tensor_ranges_disjoint(infos: &mut [(String, u64, u64)]) -> Result<()> {
+    let mut names: Vec<&str> = infos.iter().map(|(n, _, _)| n.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::Tensor { name: w[0].into(), reason: "appears twice in the tensor table".into() });
+    }
+    infos.sort_unstable_by_key(|&(_, offset, _)| offset);
+    for w in infos.windows(2) {
+        let ((a, a_offset, a_size), (b, b_offset, _)) = (&w[0], &w[1]);
+        if a_offset.saturating_add(*a_size) > *b_offset {
+            return Err(Error::Tensor { name: b.clone(), reason: format!("data at offset {b_offset} overlaps tensor {a}'s ({a_size} bytes at offset {a_offset})") });
         }
     }
     Ok(())

@@ -1,9 +1,11 @@
 //! Hostile model files: every one gives a typed error (never a panic), and a
-//! good model loads afterwards in the same process.
+//! good model loads afterwards in the same process. `tests/web.rs` runs this
+//! file in the browser too, where `usize` is 32 bits.
 
 use candle_core::quantized::gguf_file::Value;
 use kvchat::testing::TinyGguf;
 use kvchat::{Engine, EngineOptions, Error};
+use wasm_bindgen_test::wasm_bindgen_test;
 
 /// A file read on demand (the browser's path: the bytes stay outside wasm memory).
 struct Outside<'a>(&'a [u8]);
@@ -38,7 +40,7 @@ fn expect_err(bytes: &[u8], what: &str) -> Error {
     }
 }
 
-#[test]
+#[wasm_bindgen_test(unsupported = test)]
 fn empty_short_and_foreign_files() {
     assert!(matches!(expect_err(b"", "empty"), Error::Gguf(m) if m.contains("empty")));
     assert!(matches!(expect_err(b"GG", "two bytes"), Error::Gguf(m) if m.contains("too short")));
@@ -46,7 +48,7 @@ fn empty_short_and_foreign_files() {
     assert!(matches!(expect_err(&[0u8; 4096], "zeros"), Error::Gguf(_)));
 }
 
-#[test]
+#[wasm_bindgen_test(unsupported = test)]
 fn old_and_future_versions() {
     let mut b = TinyGguf::new(1).to_bytes();
     b[4..8].copy_from_slice(&1u32.to_le_bytes());
@@ -58,7 +60,7 @@ fn old_and_future_versions() {
     load(&b).unwrap();
 }
 
-#[test]
+#[wasm_bindgen_test(unsupported = test)]
 fn truncated_anywhere() {
     let b = TinyGguf::new(1).to_bytes();
     // Every prefix length across the header, then a stride through the tensor data.
@@ -71,7 +73,7 @@ fn truncated_anywhere() {
     load(&b).unwrap();
 }
 
-#[test]
+#[wasm_bindgen_test(unsupported = test)]
 fn absurd_counts_and_lengths() {
     let b = TinyGguf::new(1).to_bytes();
     // Tensor count and metadata count in the header.
@@ -96,7 +98,7 @@ fn absurd_counts_and_lengths() {
     assert!(e.to_string().contains("array"), "{e}");
 }
 
-#[test]
+#[wasm_bindgen_test(unsupported = test)]
 fn a_huge_metadata_array_is_refused_before_allocating() {
     // 40 million u8 elements: 40 MB on disk but ~1.3 GB as parsed values.
     let mut g = TinyGguf::new(1);
@@ -114,7 +116,7 @@ fn a_huge_metadata_array_is_refused_before_allocating() {
     assert!(matches!(expect_err(&x, "huge array"), Error::Memory(_)));
 }
 
-#[test]
+#[wasm_bindgen_test(unsupported = test)]
 fn tensor_offsets_past_the_end_and_unknown_types() {
     let b = TinyGguf::new(1).to_bytes();
     let name = b"output_norm.weight";
@@ -142,9 +144,39 @@ fn tensor_offsets_past_the_end_and_unknown_types() {
     let mut x = b.clone();
     x[at + 4..at + 12].copy_from_slice(&u64::MAX.to_le_bytes());
     expect_err(&x, "huge dim");
+    // A dimension that would wrap a 32-bit usize (wasm's) while the element count stays small.
+    let mut x = b.clone();
+    x[at + 4..at + 12].copy_from_slice(&(1u64 << 33).to_le_bytes());
+    let e = expect_err(&x, "dim past u32");
+    assert!(e.to_string().contains("larger than 2^32"), "{e}");
 }
 
-#[test]
+/// The offset field of tensor `name`'s entry in the table.
+fn offset_field(b: &[u8], name: &[u8]) -> usize {
+    let at = b.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    let n_dims = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    at + 4 + 8 * n_dims + 4
+}
+
+#[wasm_bindgen_test(unsupported = test)]
+fn overlapping_and_repeated_tensors_are_refused() {
+    let b = TinyGguf::new(1).to_bytes();
+    // Two tensors reading the same bytes: the norm pointed at the attention output's data.
+    let (from, to) = (offset_field(&b, b"blk.0.attn_output.weight"), offset_field(&b, b"output_norm.weight"));
+    let mut x = b.clone();
+    let shared = x[from..from + 8].to_vec();
+    x[to..to + 8].copy_from_slice(&shared);
+    let e = expect_err(&x, "overlap");
+    assert!(e.to_string().contains("overlaps"), "{e}");
+    // One name twice in the table.
+    let mut x = b.clone();
+    let k = x.windows(19).position(|w| w == b"blk.0.attn_k.weight").unwrap();
+    x[k..k + 19].copy_from_slice(b"blk.0.attn_q.weight");
+    let e = expect_err(&x, "repeated name");
+    assert!(e.to_string().contains("appears twice"), "{e}");
+}
+
+#[wasm_bindgen_test(unsupported = test)]
 fn unknown_architecture_and_tokenizer() {
     let mut g = TinyGguf::new(1);
     g.set("general.architecture", Value::String("mamba".into()));
@@ -161,7 +193,7 @@ fn unknown_architecture_and_tokenizer() {
     assert!(matches!(expect_err(&g.to_bytes(), "pre"), Error::Unsupported(m) if m.contains("klingon")));
 }
 
-#[test]
+#[wasm_bindgen_test(unsupported = test)]
 fn missing_metadata_and_tensors_and_wrong_shapes() {
     for key in ["general.architecture", "llama.block_count", "llama.embedding_length", "tokenizer.ggml.tokens", "tokenizer.ggml.merges"] {
         let mut g = TinyGguf::new(1);
@@ -195,13 +227,13 @@ fn missing_metadata_and_tensors_and_wrong_shapes() {
     expect_err(&g.to_bytes(), "string count");
 }
 
-#[test]
+#[wasm_bindgen_test(unsupported = test)]
 fn a_good_model_loads_after_all_of_that() {
     let mut e = load(&TinyGguf::new(1).to_bytes()).unwrap();
     assert!(e.logits(&[4, 5]).is_ok());
 }
 
-#[test]
+#[wasm_bindgen_test(unsupported = test)]
 fn merges_outside_the_vocabulary_are_refused() {
     // Found by the tokenizer_build fuzzer: the tokenizers crate indexed out of bounds on a
     // merge whose result is not in the vocabulary.

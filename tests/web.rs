@@ -12,6 +12,11 @@ use wasm_bindgen_test::*;
 // WebDriver polling while a long test computes.
 wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
+// The hostile-file suite, once more in wasm32 (a 32-bit usize): natively it is its own test binary.
+#[cfg(target_arch = "wasm32")]
+#[path = "bad_inputs.rs"]
+mod bad_inputs;
+
 fn tiny(window: usize, sinks: usize, chunk: usize) -> Engine {
     let opts = EngineOptions { kv: KvCacheConfig { window, sinks, dtype: KvDType::F32 }, prefill_chunk: chunk, ..Default::default() };
     Engine::load(&TinyGguf::new_f32(7).to_bytes(), opts).unwrap()

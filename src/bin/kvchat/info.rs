@@ -20,7 +20,7 @@ pub fn report(bytes: &[u8]) -> kvchat::Result<String> {
     let g = Gguf::parse(bytes)?;
     let cfg = LlamaConfig::from_gguf(&g)?;
     let mut lines = vec![
-        ("file", format!("{} bytes, weights {} once loaded", thousands(bytes.len()), mib(Llama::estimate_bytes(&g, &cfg)))),
+        ("file", format!("{} bytes, weights {} once loaded", thousands(bytes.len()), mib(Llama::estimate_bytes(&g, &cfg) as usize))),
         ("name", g.get_str("general.name").unwrap_or("–").to_string()),
     ];
     lines.extend(shape(&cfg));

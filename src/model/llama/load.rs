@@ -4,7 +4,7 @@
 //! computed from the header alone.
 
 use super::{Block, Embedding, Llama, RopeTables, Workspace};
-use crate::backend::cpu::quant::{QFormat, QMatrix};
+use crate::backend::cpu::quant::{QFormat, QMatrix, QK};
 use crate::backend::cpu::Linear;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -17,15 +17,16 @@ use std::sync::Arc;
 
 /// Bytes a tensor occupies once loaded (repacked for the own kernels; F16/BF16
 /// weights are widened to f32 by Linear).
-fn loaded_bytes(g: &Gguf, name: &str) -> usize {
+fn loaded_bytes(g: &Gguf, name: &str) -> u64 {
     let (Some(dims), Some(dt)) = (g.tensor_dims(name), g.tensor_dtype(name)) else { return 0 };
-    let elems: usize = dims.iter().product();
+    // u64 throughout: `usize` is 32 bits in wasm, and the header bounds a tensor at 2^40 elements.
+    let elems = dims.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
     if let Some(f) = QFormat::of(dt) {
-        return f.repacked_bytes(elems);
+        return elems / QK as u64 * f.repacked_block_bytes() as u64;
     }
     match dt {
-        GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::F32 => elems * 4,
-        dt => elems / dt.block_size() * dt.type_size(),
+        GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::F32 => elems.saturating_mul(4),
+        dt => elems / dt.block_size() as u64 * dt.type_size() as u64,
     }
 }
 
@@ -139,11 +140,11 @@ impl Reader<'_> {
 impl Llama {
     /// Bytes the weights of this file will need once loaded, computed from the
     /// header alone, so a model that cannot fit is refused before allocating.
-    pub fn estimate_bytes(g: &Gguf, cfg: &LlamaConfig) -> usize {
-        let model: usize = [ModelTensor::TokenEmbedding, ModelTensor::OutputNorm, ModelTensor::Output].iter().map(|t| loaded_bytes(g, t.name())).sum();
-        let layers: usize = (0..cfg.n_layer).flat_map(|i| LayerTensor::ALL.iter().map(move |t| loaded_bytes(g, &t.name(i)))).sum();
-        let biases: usize = (0..cfg.n_layer).flat_map(|i| [LayerTensor::AttnQ, LayerTensor::AttnK, LayerTensor::AttnV].map(|t| loaded_bytes(g, &t.bias_name(i)))).sum();
-        model + layers + biases
+    pub fn estimate_bytes(g: &Gguf, cfg: &LlamaConfig) -> u64 {
+        let model = [ModelTensor::TokenEmbedding, ModelTensor::OutputNorm, ModelTensor::Output].iter().map(|t| loaded_bytes(g, t.name()));
+        let layers = (0..cfg.n_layer).flat_map(|i| LayerTensor::ALL.iter().map(move |t| loaded_bytes(g, &t.name(i))));
+        let biases = (0..cfg.n_layer).flat_map(|i| [LayerTensor::AttnQ, LayerTensor::AttnK, LayerTensor::AttnV].map(|t| loaded_bytes(g, &t.bias_name(i))));
+        model.chain(layers).chain(biases).fold(0u64, u64::saturating_add)
     }
 
     pub fn load(g: &Gguf, cfg: LlamaConfig, device: &Device) -> Result<Self> {
@@ -160,7 +161,7 @@ impl Llama {
             Some(o) => o,
             None => r.linear(ModelTensor::Output.name(), &ModelTensor::Output.dims(&cfg))?,
         };
-        let weight_bytes = Self::estimate_bytes(g, &cfg);
+        let weight_bytes = usize::try_from(Self::estimate_bytes(g, &cfg)).unwrap_or(usize::MAX);
         let ropes = RopeTables::new(&cfg);
         Ok(Self { ropes, cfg, embed, blocks, norm, output, weight_bytes, ws: Workspace::default() })
     }

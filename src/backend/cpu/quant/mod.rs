@@ -142,13 +142,17 @@ impl QFormat {
     /// Bytes `values` weights take once repacked (quants, fifth bits, f32
     /// scale, f32 offset, sub-scales; without the padding of interleaved layouts).
     pub fn repacked_bytes(self, values: usize) -> usize {
+        values / QK * self.repacked_block_bytes()
+    }
+
+    /// Bytes of one repacked 32-value block: quants, scale, offset, sub-scales.
+    pub fn repacked_block_bytes(self) -> usize {
         let quants = match self.values() {
             Values::Four => 16,
             Values::Five => 20,
             Values::Eight => 32,
         };
-        let per_block = quants + 4 + if self.offset() == Offset::None { 0 } else { 4 } + if self.sub_scales() { 2 } else { 0 };
-        values / QK * per_block
+        quants + 4 + if self.offset() == Offset::None { 0 } else { 4 } + if self.sub_scales() { 2 } else { 0 }
     }
 
     pub fn values(self) -> Values {
