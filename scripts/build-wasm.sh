@@ -54,3 +54,10 @@ wasm-bindgen --target web --out-dir pkg-threads --out-name kvchat "$THREADS/wasm
 cp pkg-threads/kvchat_bg.wasm "$THREADS/kvchat_bg.unopt.wasm"
 $OPT --enable-relaxed-simd --enable-threads "$THREADS/kvchat_bg.unopt.wasm" -o pkg-threads/kvchat_bg.wasm
 report "$THREADS/kvchat_bg.unopt.wasm" pkg-threads/kvchat_bg.wasm
+
+# The build's id, which names the service worker's cache (sw.js imports it): a new build
+# installs into a cache of its own and the old one is deleted, so offline the page never
+# mixes JS glue from one build with wasm from another.
+BUILD_ID=$(cat pkg/kvchat.js pkg/kvchat_bg.wasm pkg/kvchat_relaxed_bg.wasm index.html www/* | sha256sum | cut -c1-16)
+echo "self.KVCHAT_BUILD = '$BUILD_ID';" > pkg/build-id.js
+echo "build-wasm: build id $BUILD_ID (pkg/build-id.js)"

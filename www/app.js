@@ -1,7 +1,8 @@
 // The demo page: pick a model, chat with it (or continue text, for a base model
 // without a chat template), watch the KV cache and the speed.
 // All model output and error text is inserted with textContent, never as HTML.
-import { KvChat, DEFAULT_MODEL } from './kvchat.js';
+import { KvChat, DEFAULT_MODEL, listCachedModels } from './kvchat.js';
+import { formatBytes } from './format.js';
 import { createPicker } from './picker.js';
 import { showCachedModels } from './cache-panel.js';
 
@@ -361,5 +362,28 @@ if ('serviceWorker' in navigator && location.protocol !== 'file:') {
   navigator.serviceWorker.register(new URL('../sw.js', import.meta.url)).catch(() => {});
 }
 
+/**
+ * A shared link's `?model=` on another origin is untrusted: it would download up to
+ * gigabytes into this browser's storage and show that file's text as the answer. The
+ * page says where the model comes from and its size, and waits for a click (a model
+ * already in the cache was accepted before).
+ */
+async function askBeforeForeignModel(picked) {
+  const url = new URL(picked.source, document.baseURI);
+  let size = 'size unknown';
+  try {
+    const head = await fetch(url, { method: 'HEAD' });
+    const n = Number(head.headers.get('content-length'));
+    if (head.ok && n) size = formatBytes(n);
+  } catch { /* no CORS for HEAD, or offline: the size stays unknown */ }
+  setProgress('idle', 0, 'waiting for your confirmation');
+  el.modelName.textContent = url.href;
+  showBanner(`This link asks to download a model from ${url.origin} (${size}). Its answers are whatever that file produces.`, { label: 'Download and load it', run: load });
+}
+
 showCachedModels(el.cacheList);
-load();
+// (Not http(s): no question to ask, the load fails with its error.)
+const linked = choice?.kind === 'url' ? new URL(choice.source, document.baseURI) : null;
+const foreign = linked && /^https?:$/.test(linked.protocol) && linked.origin !== location.origin;
+if (foreign && !(await listCachedModels()).some((m) => m.url === linked.href)) askBeforeForeignModel(choice);
+else load();

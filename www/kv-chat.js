@@ -1,18 +1,25 @@
-// <kv-chat model="…" backend="auto" kv-window="1024"></kv-chat>: a compact chat box
-// for any static page. Model output is inserted as text, never as HTML.
+// <kv-chat model="…" backend="auto" kv-window="1024" allowed-origins="https://…"></kv-chat>:
+// a compact chat box for any static page. Model output is inserted as text, never as HTML.
+// Removing the element stops its worker (also mid-load); putting it back loads again.
 import { KvChat, DEFAULT_MODEL } from './kvchat.js';
 
 const num = (v) => (v === null || v === '' ? undefined : Number(v));
+const list = (v) => (v === null ? undefined : v.split(/[\s,]+/).filter(Boolean));
+// The conversation kept: past this many messages the oldest half is dropped (in
+// one step, so the engine's prefix reuse breaks once per half, not every turn).
+const MAX_MESSAGES = 64;
 
 class KvChatElement extends HTMLElement {
   #llm = null;
   #messages = [];
   #controller = null;
   #ui = null;
+  #loads = 0;
 
   connectedCallback() {
     if (this.#ui) return;
-    const root = this.attachShadow({ mode: 'open' });
+    // Reconnected: the shadow root stays from the first time; its contents are rebuilt.
+    const root = this.shadowRoot ?? this.attachShadow({ mode: 'open' });
     const css = document.createElement('link');
     css.rel = 'stylesheet';
     css.href = new URL('./kv-chat.css', import.meta.url).href;
@@ -23,7 +30,8 @@ class KvChatElement extends HTMLElement {
       <div class="log" part="log" aria-live="polite"></div>
       <form part="form"><input part="input" placeholder="Ask something…" disabled>
       <button type="submit" part="send" disabled>Send</button><button type="button" part="stop" disabled>Stop</button></form>`;
-    root.append(css, box);
+    root.replaceChildren(css, box);
+    this.#messages = [];
     const q = (s) => box.querySelector(s);
     this.#ui = { status: q('.status'), log: q('.log'), form: q('form'), input: q('input'), send: q('[part=send]'), stop: q('[part=stop]') };
     this.#ui.form.addEventListener('submit', (e) => { e.preventDefault(); this.ask(this.#ui.input.value); this.#ui.input.value = ''; });
@@ -32,6 +40,7 @@ class KvChatElement extends HTMLElement {
   }
 
   disconnectedCallback() {
+    this.#loads++; // a load still running sees this and disposes what it loaded
     this.#controller?.abort();
     this.#llm?.dispose();
     this.#llm = null;
@@ -43,20 +52,25 @@ class KvChatElement extends HTMLElement {
 
   async #load() {
     const ui = this.#ui;
+    const load = ++this.#loads;
     try {
-      this.#llm = await KvChat.load({
+      const llm = await KvChat.load({
         model: this.getAttribute('model') || DEFAULT_MODEL,
         backend: this.getAttribute('backend') || 'auto',
         kvWindow: num(this.getAttribute('kv-window')),
         kvSinks: num(this.getAttribute('kv-sinks')),
+        allowedOrigins: list(this.getAttribute('allowed-origins')),
         onProgress: ({ phase, loaded, total }) => {
           ui.status.textContent = phase === 'init' ? 'starting the engine…' : `${phase === 'cache' ? 'reading cache' : 'downloading'} ${total ? Math.round((100 * loaded) / total) : 0}%`;
         },
       });
+      if (load !== this.#loads) { await llm.dispose(); return; } // removed while loading
+      this.#llm = llm;
       ui.status.textContent = 'ready';
       ui.input.disabled = ui.send.disabled = false;
       this.dispatchEvent(new CustomEvent('ready'));
     } catch (e) {
+      if (load !== this.#loads) return;
       ui.status.textContent = `could not load the model: ${e.message}`;
       this.dispatchEvent(new CustomEvent('error', { detail: e }));
     }
@@ -66,6 +80,10 @@ class KvChatElement extends HTMLElement {
     const ui = this.#ui;
     if (!this.#llm || !text.trim() || this.#controller) return;
     const add = (cls, t) => { const d = document.createElement('div'); d.className = `msg ${cls}`; d.textContent = t; ui.log.append(d); ui.log.scrollTop = ui.log.scrollHeight; return d; };
+    if (this.#messages.length >= MAX_MESSAGES) {
+      this.#messages.splice(0, MAX_MESSAGES / 2);
+      while (ui.log.childElementCount > MAX_MESSAGES / 2) ui.log.firstElementChild.remove();
+    }
     this.#messages.push({ role: 'user', content: text });
     add('user', text);
     const out = add('assistant', '');
@@ -85,8 +103,10 @@ class KvChatElement extends HTMLElement {
     } finally {
       this.#messages.push({ role: 'assistant', content: answer });
       this.#controller = null;
-      ui.send.disabled = false;
-      ui.stop.disabled = true;
+      if (this.#ui === ui) { // else removed while answering
+        ui.send.disabled = false;
+        ui.stop.disabled = true;
+      }
       this.dispatchEvent(new CustomEvent('answer', { detail: answer }));
     }
   }

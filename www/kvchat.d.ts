@@ -80,13 +80,15 @@ export interface LoadOptions extends Pick<EngineLoadOptions, 'kvWindow' | 'kvSin
   model?: string | Blob | ArrayBuffer;
   /** Default 'auto': WebGPU when an adapter with the needed limits exists, else the CPU. 'webgpu' rejects (kind 'gpu') without one. */
   backend?: Backend;
-  /** Keep the downloaded model in the browser's Cache API (default true). */
+  /** Keep the model in the browser's Cache API once it has loaded (default true; at most 4 models / 4 GiB kept, revalidated against the server). */
   cache?: boolean;
   /** Which wasm build runs: 'auto' (default) takes relaxed SIMD where the browser has it, 'baseline' plain simd128. */
   simd?: 'auto' | 'relaxed' | 'baseline';
   /** Threads for the matmuls (threaded build). Default: up to 4 when the page is cross-origin isolated, else 1. */
   threads?: number;
   onProgress?: (p: Progress) => void;
+  /** Origins a model URL may come from (the page's own always may); default: any. Others are refused (kind 'invalid-option') before fetching. */
+  allowedOrigins?: string[];
 }
 
 export interface Message {

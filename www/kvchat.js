@@ -20,6 +20,20 @@ export { listCachedModels, deleteCachedModel } from './model-cache.js';
 export const DEFAULT_MODEL = modelUrl(MODELS[0]);
 
 /** An error from the engine; `kind` says what went wrong ('gguf', 'network', 'invalid-option', ...). */
+/**
+ * A model URL's origin checked against the embedder's list (`allowedOrigins`, or the
+ * `<kv-chat allowed-origins>` attribute): a model from anywhere is untrusted input
+ * that costs the visitor a download, so an embedder can pin where models come from.
+ * @param {URL} url @param {string[]|undefined} allowed @returns {URL}
+ */
+function checkOrigin(url, allowed) {
+  if (allowed === undefined) return url;
+  if (!Array.isArray(allowed) || !allowed.every((o) => typeof o === 'string')) throw new KvChatError('allowedOrigins must be an array of origins', 'invalid-option');
+  const origins = allowed.map((o) => { try { return new URL(o).origin; } catch { throw new KvChatError(`allowedOrigins: ${o} is not an origin`, 'invalid-option'); } });
+  if (url.origin === location.origin || origins.includes(url.origin)) return url;
+  throw new KvChatError(`models from ${url.origin} are not allowed here (allowed: ${[location.origin, ...origins].join(', ')})`, 'invalid-option');
+}
+
 export class KvChatError extends Error {
   constructor(message, kind = 'error') {
     super(message);
@@ -63,13 +77,15 @@ export class KvChat {
    * @param {'auto'|'relaxed'|'baseline'} [options.simd] wasm build: relaxed SIMD where supported (default), or plain simd128.
    * @param {number} [options.threads] threads for the matmuls; default: up to 4 on a cross-origin-isolated page, else 1.
    * @param {(p: {phase: 'download'|'cache'|'init', loaded: number, total: number}) => void} [options.onProgress]
+   * @param {string[]} [options.allowedOrigins] origins a model URL may come from (e.g. `['https://huggingface.co']`;
+   *   the page's own origin is always allowed); default: any origin.
    */
   static async load(options = {}) {
-    const { model = DEFAULT_MODEL, backend = 'auto', kvWindow, kvSinks, kvF16, onProgress, cache, simd, threads } = options;
+    const { model = DEFAULT_MODEL, backend = 'auto', kvWindow, kvSinks, kvF16, onProgress, cache, simd, threads, allowedOrigins } = options;
     if (!['auto', 'cpu', 'webgpu'].includes(backend)) throw new KvChatError(`backend must be 'auto', 'cpu' or 'webgpu' (got ${backend})`, 'invalid-option');
+    const source = typeof model === 'string' ? checkOrigin(new URL(model, globalThis.document?.baseURI ?? location.href), allowedOrigins).href : model;
     const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'kvchat-engine' });
     const llm = new KvChat(worker);
-    const source = typeof model === 'string' ? new URL(model, globalThis.document?.baseURI ?? location.href).href : model;
     const t0 = performance.now();
     let fetchDone = 0;
     try {

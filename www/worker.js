@@ -7,7 +7,7 @@
 /** @typedef {import('./protocol.js').WorkerRequest} WorkerRequest */
 /** @typedef {import('./protocol.js').WorkerMessage} WorkerMessage */
 /** @typedef {import('./protocol.js').WorkerStats} WorkerStats */
-import { openModelCache } from './model-cache.js';
+import { openModelCache, storeModel, isCurrent } from './model-cache.js';
 // The engine module is imported once the load options are known (see initWasm).
 let KvEngine = null;
 let wasmMemoryBytes = () => 0;
@@ -120,10 +120,11 @@ async function fetchModel(url, id, useCache) {
   const cache = useCache ? await openModelCache() : null;
   if (cache) {
     const hit = await cache.match(url);
-    if (hit) {
+    if (hit && await isCurrent(url, hit)) {
       const total = Number(hit.headers.get('content-length')) || 0;
       return { bytes: await readBody(hit, 'cache', id, total), fromCache: true };
     }
+    if (hit) post({ type: 'warning', id, message: 'the stored copy of the model differs from the server\'s: downloading it again' });
   }
   let response;
   try {
@@ -136,14 +137,8 @@ async function fetchModel(url, id, useCache) {
   if (total > MAX_MODEL_BYTES) throw Object.assign(new Error(`the model is ${total} bytes: too large for wasm32 memory`), { kind: 'memory' });
   const bytes = await readBody(response, 'download', id, total);
   checkGguf(bytes, url);
-  if (cache) {
-    try {
-      await cache.put(url, new Response(bytes, { headers: { 'content-type': 'application/octet-stream', 'content-length': String(bytes.byteLength) } }));
-    } catch (e) {
-      post({ type: 'warning', id, message: `the model could not be stored for offline use: ${e.message}` });
-    }
-  }
-  return { bytes, fromCache: false };
+  const validators = { etag: response.headers.get('etag'), lastModified: response.headers.get('last-modified') };
+  return { bytes, fromCache: false, cache, validators };
 }
 
 function checkGguf(bytes, what) {
@@ -161,8 +156,10 @@ async function load(msg) {
   await initWasm(options.simd, options.threads);
   let bytes;
   let fromCache = false;
+  let cache = null;
+  let validators;
   if (typeof model === 'string') {
-    ({ bytes, fromCache } = await fetchModel(model, id, options.cache !== false));
+    ({ bytes, fromCache, cache, validators } = await fetchModel(model, id, options.cache !== false));
   } else if (model instanceof Blob) {
     bytes = await readBody(new Response(model), 'download', id, model.size);
   } else if (model instanceof ArrayBuffer || ArrayBuffer.isView(model)) {
@@ -197,6 +194,15 @@ async function load(msg) {
     if (!engine && backend === 'webgpu') throw Object.assign(new Error(`backend 'webgpu' is not available: ${gpuError}`), { kind: 'gpu' });
   }
   if (!engine) engine = new KvEngine(bytes, options);
+  // Stored only once an engine has loaded it: a file that fails to load is never
+  // cached, so it cannot fail again on every visit.
+  if (cache) {
+    try {
+      await storeModel(cache, model, bytes, validators);
+    } catch (e) {
+      post({ type: 'warning', id, message: `the model could not be stored for offline use: ${e.message}` });
+    }
+  }
   bytes = null;
   post({ type: 'progress', id, phase: 'init', loaded: 1, total: 1 });
   return { info: engine.info(), fromCache, initMs: performance.now() - t0 };

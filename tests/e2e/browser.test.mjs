@@ -19,7 +19,7 @@ async function openDemo(ctx, base, query = '') {
   const page = await ctx.newPage();
   const errors = watch(page);
   const requests = [];
-  page.on('request', (r) => requests.push(r.url()));
+  page.on('request', (r) => requests.push(`${r.method()} ${r.url()}`));
   await page.goto(`${base}/index.html${query}`);
   await page.waitForSelector(READY, { timeout: 120_000 });
   return { page, errors, requests };
@@ -43,7 +43,7 @@ test('the demo page loads, streams an answer, stops, starts a new chat, and relo
   const ctx = await b.newContext();
   const { page, errors, requests } = await openDemo(ctx, srv.url);
   assert.match(await page.textContent('.progress-label'), /ready \(downloaded/);
-  assert.ok(requests.some((u) => u.endsWith('.gguf')), 'the model was downloaded');
+  assert.ok(requests.some((r) => /^GET .*\.gguf$/.test(r)), 'the model was downloaded');
 
   // A streamed answer: the text grows while the model generates.
   await setField(page, 'maxTokens', 48);
@@ -92,10 +92,19 @@ test('the demo page loads, streams an answer, stops, starts a new chat, and relo
   await page.reload();
   await page.waitForSelector(READY, { timeout: 120_000 });
   assert.match(await page.textContent('.progress-label'), /from cache/);
-  assert.ok(!requests.some((u) => u.endsWith('.gguf')), 'no model download on the second visit');
+  assert.ok(!requests.some((r) => /^GET .*\.gguf$/.test(r)), 'no model download on the second visit');
 
   // Offline: the page's files come from the service worker, the model from the Cache API.
   await page.evaluate(() => navigator.serviceWorker.ready);
+  // One shell cache, named after this build (pkg/build-id.js), holding both wasm builds and the embed.
+  const shell = await page.evaluate(async () => {
+    const names = (await caches.keys()).filter((n) => n.startsWith('kvchat-shell-'));
+    const id = (await (await fetch('/pkg/build-id.js')).text()).match(/'([0-9a-f]+)'/)[1];
+    const files = names.length === 1 ? (await (await caches.open(names[0])).keys()).map((r) => new URL(r.url).pathname) : [];
+    return { names, id, files };
+  });
+  assert.deepEqual(shell.names, [`kvchat-shell-${shell.id}`]);
+  for (const f of ['/pkg/kvchat_relaxed_bg.wasm', '/pkg/kvchat_bg.wasm', '/www/kv-chat.js']) assert.ok(shell.files.includes(f), `${f} is precached`);
   await ctx.setOffline(true);
   await page.reload();
   await page.waitForSelector(READY, { timeout: 120_000 });
@@ -227,6 +236,32 @@ test('the <kv-chat> embed answers on a static page', async () => {
   }));
   assert.ok(answer.length > 0);
   assert.equal(await page.evaluate(() => document.querySelector('kv-chat').shadowRoot.querySelectorAll('.msg.assistant').length), 1);
+
+  // Removed and put back: it loads again (one worker), and removing it mid-load stops that load's worker.
+  const status = () => page.evaluate(() => document.querySelector('kv-chat')?.shadowRoot?.querySelector('.status')?.textContent);
+  // The engine workers (a threaded build's thread pool adds workers of its own).
+  const isEngine = (w) => new URL(w.url()).pathname === '/www/worker.js';
+  const engines = () => page.workers().filter(isEngine).length;
+  await page.evaluate(() => { const el = document.querySelector('kv-chat'); el.remove(); document.body.append(el); });
+  await page.waitForFunction(() => document.querySelector('kv-chat').shadowRoot.querySelector('.status').textContent === 'ready', null, { timeout: 120_000 });
+  for (let i = 0; i < 100 && engines() !== 1; i++) await page.waitForTimeout(100); // the old one ends after its dispose reply
+  assert.equal(engines(), 1, 'one engine worker after a reconnect');
+  const started = page.waitForEvent('worker', { predicate: isEngine });
+  await page.evaluate(() => { const el = document.createElement('kv-chat'); document.body.append(el); setTimeout(() => el.remove(), 50); });
+  const second = await started;
+  await new Promise((resolve, reject) => { second.once('close', resolve); setTimeout(() => reject(new Error('the removed element\'s worker still runs after 60 s')), 60_000); });
+  assert.equal(engines(), 1, 'only the first element\'s worker is left');
+  assert.equal(await status(), 'ready');
+
+  // An embedder's origin list: a model from elsewhere is refused before any download.
+  const refused = await page.evaluate(() => new Promise((resolve) => {
+    const el = document.createElement('kv-chat');
+    el.setAttribute('allowed-origins', 'https://models.example.org');
+    el.setAttribute('model', 'https://elsewhere.example.com/m.gguf');
+    el.addEventListener('error', () => resolve(el.shadowRoot.querySelector('.status').textContent), { once: true });
+    document.body.append(el);
+  }));
+  assert.match(refused, /models from https:\/\/elsewhere\.example\.com are not allowed/);
   assert.deepEqual(errors, []);
   await ctx.close();
 });

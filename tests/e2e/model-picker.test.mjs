@@ -94,3 +94,22 @@ test('the picker shows sizes and licenses, loads a local file, continues text fo
   assert.deepEqual(errors, []);
   await ctx.close();
 });
+
+test('a ?model= link to another origin waits for a click that names the origin; nothing is downloaded before', async () => {
+  const ctx = await b.newContext();
+  const page = await ctx.newPage();
+  const requests = [];
+  page.on('request', (r) => requests.push([r.method(), r.url()]));
+  // localhost and 127.0.0.1 are two origins to the browser: the link's model is "elsewhere".
+  const elsewhere = `${srv.url.replace('127.0.0.1', 'localhost')}${TINY}`;
+  await page.goto(`${srv.url}/?model=${encodeURIComponent(elsewhere)}`);
+  await page.waitForFunction(() => !document.querySelector('.banner').hidden, null, { timeout: 30_000 });
+  const banner = await page.textContent('.banner');
+  assert.match(banner, new RegExp(`download a model from ${new URL(elsewhere).origin.replace(/[.]/g, '\\.')} \\(`));
+  assert.match(banner, /Download and load it/);
+  assert.equal(await page.textContent('[data-testid=progress] .progress-label'), 'waiting for your confirmation');
+  await page.waitForTimeout(500);
+  assert.deepEqual(requests.filter(([method, u]) => method === 'GET' && new URL(u).pathname.endsWith('.gguf')), [], 'no model download before the click');
+  assert.equal(await page.evaluate(() => document.querySelector('[data-testid=send]')?.disabled ?? true), true);
+  await ctx.close();
+});

@@ -4,6 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { serve, browser, watch } from './harness.mjs';
+import { readFileSync, writeFileSync } from 'node:fs';
 
 let srv, b, page, errors;
 before(async () => {
@@ -54,6 +55,48 @@ test('hostile model files give typed errors; a good model loads afterwards', asy
   assert.match(r.missingUrl, /^network: .*HTTP 404/);
   assert.match(r.badWindow, /^invalid-option: .*larger than the number of sink tokens/);
   assert.equal(r.good, 'loaded');
+});
+
+test('a model that fails to load is not cached; one that loads is', async () => {
+  const tiny = readFileSync('target/tiny/tiny.gguf');
+  writeFileSync('target/tiny/broken.gguf', tiny.subarray(0, tiny.length >> 1));
+  const r = await page.evaluate(async () => {
+    const { KvChat } = await import('/www/kvchat.js');
+    const cached = async (url) => {
+      for (const name of await caches.keys()) if (await (await caches.open(name)).match(new URL(url, location.href).href)) return true;
+      return false;
+    };
+    let error = null;
+    try { await KvChat.load({ model: '/target/tiny/broken.gguf' }); } catch (e) { error = `${e.kind}: ${e.message}`; }
+    const llm = await KvChat.load({ model: '/target/tiny/tiny-base.gguf' });
+    await llm.dispose();
+    return { error, brokenCached: await cached('/target/tiny/broken.gguf'), goodCached: await cached('/target/tiny/tiny-base.gguf') };
+  });
+  assert.match(r.error, /^tensor: .*runs past the end/);
+  assert.equal(r.brokenCached, false, 'a file that failed to load was cached');
+  assert.equal(r.goodCached, true, 'a model that loaded was not cached');
+});
+
+test('a stored model is checked against the server, and the store keeps at most four models', async () => {
+  const [tiny, base] = [readFileSync('target/tiny/tiny.gguf'), readFileSync('target/tiny/tiny-base.gguf')];
+  assert.notEqual(tiny.length, base.length, 'the two tiny files differ in length');
+  writeFileSync('target/tiny/changing.gguf', tiny);
+  for (let i = 1; i <= 5; i++) writeFileSync(`target/tiny/copy-${i}.gguf`, tiny);
+  const run = (url) => page.evaluate(async (url) => {
+    const { KvChat } = await import('/www/kvchat.js');
+    const llm = await KvChat.load({ model: url });
+    const r = { fromCache: llm.fromCache, vocab: llm.info.vocabSize ?? null };
+    await llm.dispose();
+    return r;
+  }, url);
+  assert.equal((await run('/target/tiny/changing.gguf')).fromCache, false);
+  assert.equal((await run('/target/tiny/changing.gguf')).fromCache, true, 'unchanged on the server: read from the cache');
+  writeFileSync('target/tiny/changing.gguf', base);
+  assert.equal((await run('/target/tiny/changing.gguf')).fromCache, false, 'changed on the server: downloaded again');
+  assert.equal((await run('/target/tiny/changing.gguf')).fromCache, true);
+  for (let i = 1; i <= 5; i++) await run(`/target/tiny/copy-${i}.gguf`);
+  const stored = await page.evaluate(async () => (await (await import('/www/kvchat.js')).listCachedModels()).map((m) => new URL(m.url).pathname));
+  assert.deepEqual(stored, ['/target/tiny/copy-2.gguf', '/target/tiny/copy-3.gguf', '/target/tiny/copy-4.gguf', '/target/tiny/copy-5.gguf']);
 });
 
 test('hostile prompts and options give typed errors and the engine stays usable', async () => {
