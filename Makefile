@@ -28,7 +28,11 @@ $(QWEN2) $(GEMMA3):
 build-native:
 	cargo build --release
 
-build-wasm:
+# The wasm builds are redone only when what goes into them changed (pkg/build-id.js is
+# written last, so an interrupted build runs again): a no-op `make build` takes a second.
+WASM_INPUTS := $(shell find src -name '*.rs' -o -name '*.wgsl') Cargo.toml Cargo.lock .cargo/config.toml scripts/build-wasm.sh index.html $(wildcard www/*)
+build-wasm: pkg/build-id.js
+pkg/build-id.js: $(WASM_INPUTS)
 	./scripts/build-wasm.sh
 
 # The wasm package and the model: everything the page needs, no server.

@@ -17,6 +17,19 @@ wasm_bindgen_test_configure!(run_in_dedicated_worker);
 #[path = "bad_inputs.rs"]
 mod bad_inputs;
 
+/// The real model's URL (`make test-wasm` sets KVCHAT_MODEL_URL at build time), or None
+/// with the reason logged; with KVCHAT_REQUIRE_MODEL set at build time (as `make test-wasm`
+/// does) a missing URL fails the test instead of skipping it.
+#[cfg(target_arch = "wasm32")]
+fn model_url() -> Option<&'static str> {
+    let url = option_env!("KVCHAT_MODEL_URL");
+    if url.is_none() {
+        assert!(option_env!("KVCHAT_REQUIRE_MODEL").is_none(), "KVCHAT_MODEL_URL was not set at build time and KVCHAT_REQUIRE_MODEL is");
+        web_sys::console::log_1(&"SKIPPED: KVCHAT_MODEL_URL was not set at build time (run `make test-wasm`)".into());
+    }
+    url
+}
+
 fn tiny(window: usize, sinks: usize, chunk: usize) -> Engine {
     let opts = EngineOptions { kv: KvCacheConfig { window, sinks, dtype: KvDType::F32 }, prefill_chunk: chunk, ..Default::default() };
     Engine::load(&TinyGguf::new_f32(7).to_bytes(), opts).unwrap()
@@ -106,11 +119,7 @@ mod real_model {
 
     #[wasm_bindgen_test]
     async fn golden_prompts_match_llama_cpp_in_the_browser() {
-        let Some(url) = option_env!("KVCHAT_MODEL_URL") else {
-            // `make test-wasm` always sets it; a bare `wasm-pack test` says so instead of passing silently.
-            web_sys::console::log_1(&"SKIPPED: KVCHAT_MODEL_URL was not set at build time (run `make test-wasm`)".into());
-            return;
-        };
+        let Some(url) = crate::model_url() else { return };
         let bytes: js_sys::Uint8Array = fetch_bytes(url).await.expect("the model server answers").unchecked_into();
         let bytes = bytes.to_vec();
         let opts = EngineOptions { kv: KvCacheConfig { window: 2048, sinks: 4, dtype: KvDType::F16 }, ..Default::default() };
@@ -521,10 +530,7 @@ mod webgpu_browser {
     async fn gemma3_weights_on_the_wasm_cpu_equal_the_gpu() {
         use kvchat::backend::cpu::quant::{QActivations, QFormat, QMatrix};
         use kvchat::backend::webgpu::{probe, GpuMatrix};
-        let Some(url) = option_env!("KVCHAT_MODEL_URL") else {
-            web_sys::console::log_1(&"SKIPPED: KVCHAT_MODEL_URL was not set at build time (run `make test-wasm`)".into());
-            return;
-        };
+        let Some(url) = crate::model_url() else { return };
         let url = format!("{}/gemma-3-270m-q4_k_m.gguf", &url[..url.rfind('/').unwrap()]);
         let ctx = kvchat::backend::webgpu::GpuContext::new().await.expect("a WebGPU adapter");
         let bytes: js_sys::Uint8Array = fetch_bytes(&url).await.expect("make models fetched Gemma 3").unchecked_into();
@@ -574,10 +580,7 @@ mod webgpu_browser {
 
     #[wasm_bindgen_test]
     async fn webgpu_greedy_equals_the_cpu_in_the_browser() {
-        let Some(url) = option_env!("KVCHAT_MODEL_URL") else {
-            web_sys::console::log_1(&"SKIPPED: KVCHAT_MODEL_URL was not set at build time (run `make test-wasm`)".into());
-            return;
-        };
+        let Some(url) = crate::model_url() else { return };
         let ctx = match kvchat::backend::webgpu::GpuContext::new().await {
             Ok(c) => c,
             Err(e) => panic!("no WebGPU adapter in this Chromium (webdriver.json passes --enable-unsafe-webgpu): {e}"),

@@ -173,8 +173,13 @@ function setMode(chat) {
 }
 
 let loads = 0;
+let loading = null; // the AbortController of the load in flight
 async function load() {
   const ticket = ++loads;
+  // A new load (Reload, Retry, another model) stops the one in flight: one worker, one download.
+  loading?.abort();
+  const controller = new AbortController();
+  loading = controller;
   const picked = choice;
   llm?.dispose();
   llm = null;
@@ -187,15 +192,17 @@ async function load() {
   try {
     // A load overtaken by a newer one no longer draws the progress line.
     const onProgress = (p) => { if (ticket === loads) showLoadProgress(picked, p); };
-    loaded = await KvChat.load({ model: picked.source, ...engine, onProgress });
+    loaded = await KvChat.load({ model: picked.source, ...engine, onProgress, signal: controller.signal });
   } catch (e) {
     if (ticket !== loads) return;
+    loading = null;
     setProgress('error', 1, 'failed');
     showBanner(`Could not load the model: ${e.message}`, { label: 'Retry', run: load });
     return;
   }
   // Another model was chosen while this one loaded.
   if (ticket !== loads) { loaded.dispose(); return; }
+  loading = null;
   llm = loaded;
   llm.onCrash = (e) => {
     llm = null;

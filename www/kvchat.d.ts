@@ -89,6 +89,8 @@ export interface LoadOptions extends Pick<EngineLoadOptions, 'kvWindow' | 'kvSin
   onProgress?: (p: Progress) => void;
   /** Origins a model URL may come from (the page's own always may); default: any. Others are refused (kind 'invalid-option') before fetching. */
   allowedOrigins?: string[];
+  /** Aborting stops the load at once (its worker and download end) and rejects with an AbortError. */
+  signal?: AbortSignal;
 }
 
 export interface Message {

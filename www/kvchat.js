@@ -77,11 +77,13 @@ export class KvChat {
    * @param {'auto'|'relaxed'|'baseline'} [options.simd] wasm build: relaxed SIMD where supported (default), or plain simd128.
    * @param {number} [options.threads] threads for the matmuls; default: up to 4 on a cross-origin-isolated page, else 1.
    * @param {(p: {phase: 'download'|'cache'|'init', loaded: number, total: number}) => void} [options.onProgress]
+   * @param {AbortSignal} [options.signal] stops the load (its worker and download) and rejects with an AbortError.
    * @param {string[]} [options.allowedOrigins] origins a model URL may come from (e.g. `['https://huggingface.co']`;
    *   the page's own origin is always allowed); default: any origin.
    */
   static async load(options = {}) {
-    const { model = DEFAULT_MODEL, backend = 'auto', kvWindow, kvSinks, kvF16, onProgress, cache, simd, threads, allowedOrigins } = options;
+    const { model = DEFAULT_MODEL, backend = 'auto', kvWindow, kvSinks, kvF16, onProgress, cache, simd, threads, allowedOrigins, signal } = options;
+    if (signal?.aborted) throw new DOMException('The load was aborted', 'AbortError');
     if (!['auto', 'cpu', 'webgpu'].includes(backend)) throw new KvChatError(`backend must be 'auto', 'cpu' or 'webgpu' (got ${backend})`, 'invalid-option');
     const source = typeof model === 'string' ? checkOrigin(new URL(model, globalThis.document?.baseURI ?? location.href), allowedOrigins).href : model;
     const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'kvchat-engine' });
@@ -90,12 +92,16 @@ export class KvChat {
     let fetchDone = 0;
     try {
       const transfer = model instanceof ArrayBuffer ? [model] : [];
-      const r = await llm.#call('load', { model: source, options: { kvWindow, kvSinks, kvF16, cache, simd, threads, backend } }, (m) => {
+      const loading = llm.#call('load', { model: source, options: { kvWindow, kvSinks, kvF16, cache, simd, threads, backend } }, (m) => {
         if (m.type === 'progress') {
           if (m.phase === 'init' && !fetchDone) fetchDone = performance.now();
           onProgress?.({ phase: m.phase, loaded: m.loaded, total: m.total });
         }
       }, transfer);
+      // An abort ends the worker (and with it the download) at once; the catch below terminates it.
+      const aborted = new Promise((_, reject) => signal?.addEventListener('abort', () => reject(new DOMException('The load was aborted', 'AbortError')), { once: true }));
+      loading.catch(() => {}); // settled by the race below; an aborted load's end is not an error
+      const r = await Promise.race([loading, aborted]);
       llm.info = r.info;
       llm.#backend = r.info.backend ?? 'cpu';
       llm.fromCache = r.fromCache;

@@ -77,6 +77,23 @@ test('a model that fails to load is not cached; one that loads is', async () => 
   assert.equal(r.goodCached, true, 'a model that loaded was not cached');
 });
 
+test('an aborted load rejects at once and its worker ends', async () => {
+  const isEngine = (w) => new URL(w.url()).pathname === '/www/worker.js';
+  const started = page.waitForEvent('worker', { predicate: isEngine });
+  const r = page.evaluate(async () => {
+    const { KvChat } = await import('/www/kvchat.js');
+    const controller = new AbortController();
+    const t0 = performance.now();
+    setTimeout(() => controller.abort(), 100);
+    try { await KvChat.load({ model: '/models/SmolLM2-135M-Instruct.Q4_1.gguf', cache: false, signal: controller.signal }); return 'loaded'; } catch (e) { return `${e.name} after ${Math.round(performance.now() - t0)} ms`; }
+  });
+  const worker = await started;
+  const closed = new Promise((resolve) => worker.once('close', resolve));
+  assert.match(await r, /^AbortError after \d+ ms$/);
+  assert.ok(Number((await r).match(/(\d+) ms/)[1]) < 2000, await r);
+  await Promise.race([closed, new Promise((_, reject) => setTimeout(() => reject(new Error('the aborted load\'s worker still runs')), 10_000))]);
+});
+
 test('a stored model is checked against the server, and the store keeps at most four models', async () => {
   const [tiny, base] = [readFileSync('target/tiny/tiny.gguf'), readFileSync('target/tiny/tiny-base.gguf')];
   assert.notEqual(tiny.length, base.length, 'the two tiny files differ in length');

@@ -22,6 +22,11 @@ use web_time::Instant;
 /// How long a helper waits for the next piece of work before giving its thread back.
 pub const IDLE: Duration = Duration::from_millis(3);
 
+/// How long the poster waits for its helpers before it takes one for dead. A piece
+/// of one matmul takes microseconds to a few hundred milliseconds; a helper whose
+/// Web Worker trapped never finishes, and waiting for it would spin forever.
+const STUCK: Duration = Duration::from_secs(30);
+
 const EXITED: u8 = 0;
 const SPINNING: u8 = 1;
 const ASSIGNED: u8 = 2;
@@ -104,7 +109,16 @@ pub fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
         }
     }
     f(0);
+    let started = Instant::now();
+    let mut spins = 0u32;
     while team.pending.load(Ordering::Acquire) != 0 {
         std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        // Returning would free `f` under a helper that may still run it; a panic
+        // (an abort, a trap in wasm) ends the engine instead, and the page sees a
+        // crash it can recover from by loading again, not a hang.
+        if spins % 4096 == 0 && started.elapsed() > STUCK {
+            panic!("a matmul helper thread has not finished in {} s (it trapped or was killed): the engine stops", STUCK.as_secs());
+        }
     }
 }
