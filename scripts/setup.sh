@@ -24,9 +24,11 @@ fi
 
 WB_VERSION=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
 if ! need wasm-bindgen || [ "$(wasm-bindgen --version | awk '{print $2}')" != "$WB_VERSION" ]; then
-  say "installing wasm-bindgen-cli $WB_VERSION"; cargo install --locked wasm-bindgen-cli --version "$WB_VERSION"
+  # Pinned to Cargo.lock's wasm-bindgen; not --locked: its published lock file names a
+  # webpki-roots release the registry no longer offers (the install fails with it).
+  say "installing wasm-bindgen-cli $WB_VERSION"; cargo install wasm-bindgen-cli --version "$WB_VERSION"
 fi
-# Pinned, and built from their own lock files (--locked), so a fresh machine builds what was tested.
+# Pinned, and built from its own lock file (--locked), so a fresh machine builds what was tested.
 WASM_PACK_VERSION=0.15.1
 if ! need wasm-pack || [ "$(wasm-pack --version | awk '{print $2}')" != "$WASM_PACK_VERSION" ]; then
   say "installing wasm-pack $WASM_PACK_VERSION"; cargo install --locked wasm-pack --version "$WASM_PACK_VERSION"
