@@ -191,6 +191,13 @@ impl KvEngine {
         self.engine.lose_gpu_device();
     }
 
+    /// Traps, as a bug in the engine would (tests of crash recovery): the
+    /// instance is poisoned and the worker reports `crash`.
+    #[wasm_bindgen(js_name = simulateCrash)]
+    pub fn simulate_crash(&self) {
+        std::process::abort();
+    }
+
     /// `"webgpu"` or `"cpu"` (after a lost device, `"cpu"`).
     pub fn backend(&self) -> String {
         self.engine.backend().to_string()

@@ -153,6 +153,8 @@ export declare class KvChat {
   profile(on?: boolean): Promise<Profile | null>;
   /** Destroys the GPU device (to test the fallback: generation continues on the CPU). */
   loseGpuDevice(): Promise<void>;
+  /** Makes the engine's wasm trap, as a bug would (tests): rejects with kind 'crash', `onCrash` runs, `crashed` is set; load again to recover. */
+  simulateCrash(): Promise<void>;
   /** Empties the cache and the history. */
   reset(): Promise<void>;
   dispose(): Promise<void>;

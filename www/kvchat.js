@@ -221,6 +221,8 @@ export class KvChat {
 
   /** Destroys the GPU device (to test the fallback: generation continues on the CPU). */
   async loseGpuDevice() { await this.#call('loseGpuDevice', {}); }
+  /** Makes the engine's wasm trap, as a bug would (tests): the call rejects with kind 'crash', `onCrash` runs, `crashed` is set. */
+  async simulateCrash() { await this.#call('simulateCrash', {}); }
   /** Empties the cache and the history. */
   reset() { return this.#call('reset', {}); }
   /** Ends the worker and frees its memory. */

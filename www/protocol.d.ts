@@ -397,6 +397,9 @@ export type WorkerRequest = {
   "type": "loseGpuDevice",
   id: number,
 } | {
+  "type": "simulateCrash",
+  id: number,
+} | {
   "type": "profile",
   id: number,
   on?: boolean,

@@ -259,6 +259,7 @@ const handlers = {
   detokenize: async ({ ids }) => engine.detokenize(Uint32Array.from(ids)),
   stats: async () => statsOf(),
   loseGpuDevice: async () => { engine?.loseGpuDevice(); return true; },
+  simulateCrash: async () => { if (!engine) throw fail('no model is loaded', 'invalid-option'); engine.simulateCrash(); return true; },
   profile: async ({ on }) => { if (on !== undefined) engine?.setProfiling(Boolean(on)); return engine ? engine.profile() : null; },
   reset: async () => { if (current) current.aborted = true; engine?.reset(); return true; },
   dispose: async () => { if (current) current.aborted = true; engine?.free(); engine = null; return true; },

@@ -139,6 +139,8 @@ pub enum WorkerRequest {
     Stats { id: f64 },
     /// Destroy the GPU device (a test of the fallback to the CPU).
     LoseGpuDevice { id: f64 },
+    /// Make the engine's wasm trap (a test of crash recovery: `crash`, then a new load).
+    SimulateCrash { id: f64 },
     /// Switch profiling on or off (`on` absent: leave it), and read it.
     Profile {
         id: f64,

@@ -94,6 +94,25 @@ test('an aborted load rejects at once and its worker ends', async () => {
   await Promise.race([closed, new Promise((_, reject) => setTimeout(() => reject(new Error('the aborted load\'s worker still runs')), 10_000))]);
 });
 
+test('a trap inside the engine: the call fails with crash, onCrash runs, and a new load works', async () => {
+  const r = await page.evaluate(async (TINY) => {
+    const { KvChat } = await import('/www/kvchat.js');
+    const llm = await KvChat.load({ model: TINY, cache: false });
+    let notified = null;
+    llm.onCrash = (e) => { notified = e.kind; };
+    let call = null;
+    try { await llm.simulateCrash(); call = 'returned'; } catch (e) { call = e.kind; }
+    let after = null;
+    try { await llm.tokenize('hello'); after = 'answered'; } catch (e) { after = e.kind; }
+    const again = await KvChat.load({ model: TINY, cache: false });
+    let text = '';
+    for await (const piece of again.generate('the', { maxTokens: 4, temperature: 0 })) text += piece;
+    await again.dispose();
+    return { call, notified, crashed: Boolean(llm.crashed), after, generated: text.length > 0 };
+  }, TINY);
+  assert.deepEqual(r, { call: 'crash', notified: 'crash', crashed: true, after: 'crash', generated: true });
+});
+
 test('a stored model is checked against the server, and the store keeps at most four models', async () => {
   const [tiny, base] = [readFileSync('target/tiny/tiny.gguf'), readFileSync('target/tiny/tiny-base.gguf')];
   assert.notEqual(tiny.length, base.length, 'the two tiny files differ in length');
