@@ -14,7 +14,7 @@ class KvChatElement extends HTMLElement {
   #messages = [];
   #controller = null;
   #ui = null;
-  #loads = 0;
+  #loading = null; // the AbortController of the load in flight
 
   connectedCallback() {
     if (this.#ui) return;
@@ -40,7 +40,7 @@ class KvChatElement extends HTMLElement {
   }
 
   disconnectedCallback() {
-    this.#loads++; // a load still running sees this and disposes what it loaded
+    this.#loading?.abort(); // a load still running ends with its worker
     this.#controller?.abort();
     this.#llm?.dispose();
     this.#llm = null;
@@ -52,7 +52,8 @@ class KvChatElement extends HTMLElement {
 
   async #load() {
     const ui = this.#ui;
-    const load = ++this.#loads;
+    const loading = new AbortController();
+    this.#loading = loading;
     try {
       const llm = await KvChat.load({
         model: this.getAttribute('model') || DEFAULT_MODEL,
@@ -60,17 +61,17 @@ class KvChatElement extends HTMLElement {
         kvWindow: num(this.getAttribute('kv-window')),
         kvSinks: num(this.getAttribute('kv-sinks')),
         allowedOrigins: list(this.getAttribute('allowed-origins')),
+        signal: loading.signal,
         onProgress: ({ phase, loaded, total }) => {
           ui.status.textContent = phase === 'init' ? 'starting the engine…' : `${phase === 'cache' ? 'reading cache' : 'downloading'} ${total ? Math.round((100 * loaded) / total) : 0}%`;
         },
       });
-      if (load !== this.#loads) { await llm.dispose(); return; } // removed while loading
       this.#llm = llm;
       ui.status.textContent = 'ready';
       ui.input.disabled = ui.send.disabled = false;
       this.dispatchEvent(new CustomEvent('ready'));
     } catch (e) {
-      if (load !== this.#loads) return;
+      if (loading.signal.aborted) return; // removed while loading
       ui.status.textContent = `could not load the model: ${e.message}`;
       this.dispatchEvent(new CustomEvent('error', { detail: e }));
     }

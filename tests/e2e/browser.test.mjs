@@ -3,7 +3,7 @@
 // Run with `node --test tests/e2e/` after `make build`.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { serve, browser, watch } from './harness.mjs';
+import { serve, browser, watch, isEngineWorker } from './harness.mjs';
 
 let srv, cspSrv, b;
 before(async () => {
@@ -239,14 +239,12 @@ test('the <kv-chat> embed answers on a static page', async () => {
 
   // Removed and put back: it loads again (one worker), and removing it mid-load stops that load's worker.
   const status = () => page.evaluate(() => document.querySelector('kv-chat')?.shadowRoot?.querySelector('.status')?.textContent);
-  // The engine workers (a threaded build's thread pool adds workers of its own).
-  const isEngine = (w) => new URL(w.url()).pathname === '/www/worker.js';
-  const engines = () => page.workers().filter(isEngine).length;
+  const engines = () => page.workers().filter(isEngineWorker).length;
   await page.evaluate(() => { const el = document.querySelector('kv-chat'); el.remove(); document.body.append(el); });
   await page.waitForFunction(() => document.querySelector('kv-chat').shadowRoot.querySelector('.status').textContent === 'ready', null, { timeout: 120_000 });
   for (let i = 0; i < 100 && engines() !== 1; i++) await page.waitForTimeout(100); // the old one ends after its dispose reply
   assert.equal(engines(), 1, 'one engine worker after a reconnect');
-  const started = page.waitForEvent('worker', { predicate: isEngine });
+  const started = page.waitForEvent('worker', { predicate: isEngineWorker });
   await page.evaluate(() => { const el = document.createElement('kv-chat'); document.body.append(el); setTimeout(() => el.remove(), 50); });
   const second = await started;
   await new Promise((resolve, reject) => { second.once('close', resolve); setTimeout(() => reject(new Error('the removed element\'s worker still runs after 60 s')), 60_000); });

@@ -39,3 +39,6 @@ export function watch(page) {
   page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()}`); });
   return errors;
 }
+
+/** True for kvchat's engine worker (a threaded build's thread pool adds workers of its own). */
+export const isEngineWorker = (w) => new URL(w.url()).pathname === '/www/worker.js';

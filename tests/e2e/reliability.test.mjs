@@ -3,7 +3,7 @@
 // `cargo run --release --example write_tiny_gguf -- target/tiny/tiny.gguf` (make test-e2e does both).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { serve, browser, watch } from './harness.mjs';
+import { serve, browser, watch, isEngineWorker } from './harness.mjs';
 import { readFileSync, writeFileSync } from 'node:fs';
 
 let srv, b, page, errors;
@@ -78,8 +78,7 @@ test('a model that fails to load is not cached; one that loads is', async () => 
 });
 
 test('an aborted load rejects at once and its worker ends', async () => {
-  const isEngine = (w) => new URL(w.url()).pathname === '/www/worker.js';
-  const started = page.waitForEvent('worker', { predicate: isEngine });
+  const started = page.waitForEvent('worker', { predicate: isEngineWorker });
   const r = page.evaluate(async () => {
     const { KvChat } = await import('/www/kvchat.js');
     const controller = new AbortController();
