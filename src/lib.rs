@@ -23,5 +23,5 @@ pub use engine::batch::{Batch, BatchEvent, BatchOptions, BatchStats};
 pub use chat_template::Message;
 pub use engine::{Engine, EngineOptions, GenerateOptions, Generation, Prompt, Session, Step, StopReason};
 pub use error::{Error, Result};
-pub use kv_cache::{KvCacheConfig, KvDType, KvStats};
+pub use kv_cache::{ColdBits, ColdConfig, ColdStats, KvCacheConfig, KvDType, KvStats};
 pub use sampler::SamplerConfig;

@@ -280,7 +280,7 @@ pub mod fuzz {
     /// Arbitrary bytes as a model file: a typed error or an engine that generates.
     pub fn gguf_load(data: &[u8]) {
         let opts = EngineOptions {
-            kv: KvCacheConfig { window: 32, sinks: 2, dtype: KvDType::F32 },
+            kv: KvCacheConfig { window: 32, sinks: 2, dtype: KvDType::F32, cold: None },
             memory_budget: 64 << 20,
             ..Default::default()
         };
@@ -396,7 +396,7 @@ pub fn attention_case(n_head: usize, n_kv: usize, hd: usize, cap: usize, used: u
     use crate::kv_cache::{AttnScratch, KvCache, KvCacheConfig, KvDType};
     let mut rng = Rng::new(seed);
     let mut r = |s: f32| (rng.next_f64() as f32 - 0.5) * s;
-    let mut cache = KvCache::uniform(KvCacheConfig { window: cap, sinks: 0, dtype: KvDType::F32 }, 1, n_kv, hd).expect("a valid cache");
+    let mut cache = KvCache::uniform(KvCacheConfig { window: cap, sinks: 0, dtype: KvDType::F32, cold: None }, 1, n_kv, hd).expect("a valid cache");
     let mut scratch = AttnScratch::default();
     let (mut kc, mut vc) = (vec![0f32; n_kv * cap * hd], vec![0f32; n_kv * cap * hd]);
     let (mut out, mut q) = (vec![0f32; n_head * hd], Vec::new());
@@ -409,7 +409,7 @@ pub fn attention_case(n_head: usize, n_kv: usize, hd: usize, cap: usize, used: u
             vc[(g * cap + p) * hd..(g * cap + p + 1) * hd].copy_from_slice(&v[g * hd..(g + 1) * hd]);
         }
         let plan = cache.plan(p);
-        cache.attend(0, plan, &q, &[], &k, &v, &mut scratch, &mut out);
+        cache.attend(0, plan, &q, &[], &k, &v, None, &mut scratch, &mut out);
     }
     AttentionCase { q, k: kc, v: vc, out }
 }

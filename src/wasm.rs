@@ -9,7 +9,7 @@ use crate::{Batch, BatchOptions};
 use crate::engine::{Engine, EngineOptions, GenerateOptions, Prompt, Session, Step};
 use crate::error::Error;
 use crate::gguf::ByteSource;
-use crate::kv_cache::{KvCacheConfig, KvDType};
+use crate::kv_cache::{ColdBits, ColdConfig, KvCacheConfig, KvDType};
 use crate::protocol::{
     BatchStats, BatchStepEvent, BatchStepReply, EngineBatchOptions, EngineGenerateOptions, EngineLoadOptions, EngineStats, ModelInfo, Profile, StepReply,
 };
@@ -313,7 +313,7 @@ impl KvEngine {
             .collect();
         let d = self.engine.options().kv;
         let window = count(bo.kv_window, "kvWindow", d.window.min(512), 1, 1 << 20)?;
-        let kv = KvCacheConfig { window, sinks: count(bo.kv_sinks, "kvSinks", d.sinks.min(window.saturating_sub(1)), 0, 1 << 20)?, dtype: d.dtype };
+        let kv = KvCacheConfig { window, sinks: count(bo.kv_sinks, "kvSinks", d.sinks.min(window.saturating_sub(1)), 0, 1 << 20)?, dtype: d.dtype, cold: None };
         let opts = BatchOptions { batch_size: count(bo.batch_size, "batchSize", 8, 1, 64)?, kv: Some(kv), share_prefix: bo.share_prefix.unwrap_or(true) };
         let b = self.engine.start_batch(&prompts, opts).map_err(to_js)?;
         let stats = to_value(&BatchStats::from(&b.stats()));

@@ -111,7 +111,7 @@ fn reference(t: &TinyGguf, layers: &[Layer], embed_scale: f64, eps: f64, ids: &[
 
 /// Our logits after every token against the reference, relative to the logits' size.
 fn assert_matches_reference(t: &TinyGguf, layers: &[Layer], embed_scale: f64, label: &str) {
-    let opts = EngineOptions { kv: KvCacheConfig { window: 64, sinks: 4, dtype: KvDType::F32 }, prefill_chunk: 5, ..Default::default() };
+    let opts = EngineOptions { kv: KvCacheConfig { window: 64, sinks: 4, dtype: KvDType::F32, cold: None }, prefill_chunk: 5, ..Default::default() };
     let mut e = Engine::load(&t.to_bytes(), opts).unwrap_or_else(|err| panic!("{label}: {err}"));
     let ids = common::ids(30, 3, e.config().vocab_size);
     let ours = e.logits_all(&ids).unwrap();
@@ -142,7 +142,7 @@ fn gemma3_blocks_compute_the_formulas_past_the_sliding_window() {
     let layers = [local, local, local, local, local, global];
     assert_matches_reference(&t, &layers, (N_EMBD as f64).sqrt(), "gemma3");
     // The cache: five rings of 8 slots beside one layer of the configured window.
-    let e = Engine::load(&t.to_bytes(), EngineOptions { kv: KvCacheConfig { window: 64, sinks: 4, dtype: KvDType::F32 }, ..Default::default() }).unwrap();
+    let e = Engine::load(&t.to_bytes(), EngineOptions { kv: KvCacheConfig { window: 64, sinks: 4, dtype: KvDType::F32, cold: None }, ..Default::default() }).unwrap();
     let kv = e.kv_stats();
     let slot = 2 * N_HEAD_KV * (N_EMBD / N_HEAD) * 4;
     assert_eq!((kv.local_window, kv.local_bytes, kv.global_bytes), (8, 5 * 8 * slot, 64 * slot));

@@ -86,7 +86,7 @@ fn each_cache_stays_bounded_and_evicts_like_a_single_sequence() {
     let vocab = e.config().vocab_size;
     let prompts: Vec<Vec<u32>> = (0..3).map(|i| ids(10 + i, 7 + i as u64, vocab)).collect();
     let inputs: Vec<(Prompt, GenerateOptions)> = prompts.iter().map(|p| (Prompt::Ids(p), greedy(60))).collect();
-    let kv = KvCacheConfig { window: 32, sinks: 2, dtype: KvDType::F32 };
+    let kv = KvCacheConfig { window: 32, sinks: 2, dtype: KvDType::F32, cold: None };
     let (got, _, stats) = run_batch(&mut e, &inputs, BatchOptions { batch_size: 3, kv: Some(kv), share_prefix: false });
     assert_eq!(stats.kv_bytes_per_sequence, kv.window * kv.bytes_per_token(e.config().n_layer, e.config().kv_dim()));
     for (i, (p, o)) in inputs.iter().enumerate() {
@@ -108,7 +108,7 @@ fn bad_batches_give_typed_errors_and_the_engine_stays_usable() {
     // A batch that cannot fit the memory budget is refused before anything is allocated.
     let mut small = Engine::load(&tiny_bytes(), EngineOptions { memory_budget: 4 << 20, ..opts(64, 2, 8) }).unwrap();
     let many = [(Prompt::Ids(&p), greedy(4))];
-    let huge = KvCacheConfig { window: 100_000, sinks: 4, dtype: KvDType::F32 };
+    let huge = KvCacheConfig { window: 100_000, sinks: 4, dtype: KvDType::F32, cold: None };
     assert!(matches!(small.start_batch(&many, BatchOptions { kv: Some(huge), ..Default::default() }), Err(Error::Memory(_))));
     // Still usable.
     let (got, _, _) = run_batch(&mut e, &one, BatchOptions::default());
@@ -118,7 +118,7 @@ fn bad_batches_give_typed_errors_and_the_engine_stays_usable() {
 #[test]
 fn golden_prompts_as_one_batch_equal_their_single_greedy_runs() {
     let Some(bytes) = real_model() else { return };
-    let kv = KvCacheConfig { window: 512, sinks: 4, dtype: KvDType::F16 };
+    let kv = KvCacheConfig { window: 512, sinks: 4, dtype: KvDType::F16, cold: None };
     let mut e = Engine::load(&bytes, EngineOptions { kv, ..Default::default() }).unwrap();
     let golden: Vec<Value> = serde_json::from_str(include_str!("fixtures/golden-llamacpp.json")).unwrap();
     let prompts: Vec<Vec<u32>> = golden.iter().map(|p| p["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()).collect();

@@ -27,7 +27,7 @@ fn model() -> Option<Vec<u8>> {
 
 fn engine(bytes: &[u8], window: usize) -> Engine {
     // llama.cpp's default cache type is f16 (the reference was made with it).
-    let opts = EngineOptions { kv: KvCacheConfig { window, sinks: 4, dtype: KvDType::F16 }, ..Default::default() };
+    let opts = EngineOptions { kv: KvCacheConfig { window, sinks: 4, dtype: KvDType::F16, cold: None }, ..Default::default() };
     Engine::load(bytes, opts).unwrap()
 }
 
@@ -165,7 +165,7 @@ fn gemma3_cache_at_a_4096_window_holds_under_30_percent_of_a_uniform_one() {
     let e = engine(&bytes, 4096);
     let kv = e.kv_stats();
     let c = e.config();
-    let uniform = KvCacheConfig { window: 4096, sinks: 4, dtype: KvDType::F16 }.bytes_per_token(c.n_layer, c.kv_dim()) * 4096;
+    let uniform = KvCacheConfig { window: 4096, sinks: 4, dtype: KvDType::F16, cold: None }.bytes_per_token(c.n_layer, c.kv_dim()) * 4096;
     println!("gemma3 KV at 4096 (f16): {} bytes (global {}, sliding {}) against {uniform} uniform", kv.bytes, kv.global_bytes, kv.local_bytes);
     let slot = 2 * c.kv_dim() * 2;
     assert_eq!((kv.local_window, kv.global_bytes, kv.local_bytes), (512, 3 * 4096 * slot, 15 * 512 * slot));
@@ -196,7 +196,7 @@ fn gemma3_loaded_piece_by_piece_from_outside_memory_gives_the_same_logits() {
     // 262,144-row Q8_0 embedding is 178 MB, every K-quant and Q5_0 matrix on the way).
     let Some(bytes) = model() else { return };
     let outside = Outside { bytes: &bytes, largest: Default::default() };
-    let opts = EngineOptions { kv: KvCacheConfig { window: 64, sinks: 4, dtype: KvDType::F32 }, ..Default::default() };
+    let opts = EngineOptions { kv: KvCacheConfig { window: 64, sinks: 4, dtype: KvDType::F32, cold: None }, ..Default::default() };
     let mut whole = Engine::load(&bytes, opts.clone()).unwrap();
     let mut pieces = Engine::load_from(&outside, opts).unwrap();
     let ids = [2, 818, 4083, 529, 506, 10995, 23436];

@@ -28,7 +28,7 @@ fn ids_of(v: &Value) -> Vec<u32> {
 
 fn engine(bytes: &[u8]) -> Engine {
     // llama.cpp's default cache type is f16 (the reference was made with it).
-    let opts = EngineOptions { kv: KvCacheConfig { window: 1024, sinks: 4, dtype: KvDType::F16 }, ..Default::default() };
+    let opts = EngineOptions { kv: KvCacheConfig { window: 1024, sinks: 4, dtype: KvDType::F16, cold: None }, ..Default::default() };
     Engine::load(bytes, opts).unwrap()
 }
 

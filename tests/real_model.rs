@@ -31,7 +31,7 @@ fn ids_of(v: &Value) -> Vec<u32> {
 
 fn engine(bytes: &[u8], dtype: KvDType) -> Engine {
     // llama.cpp's default cache type is f16 (the golden file was made with it).
-    let opts = EngineOptions { kv: KvCacheConfig { window: 2048, sinks: 4, dtype }, ..Default::default() };
+    let opts = EngineOptions { kv: KvCacheConfig { window: 2048, sinks: 4, dtype, cold: None }, ..Default::default() };
     Engine::load(bytes, opts).unwrap()
 }
 
@@ -114,7 +114,7 @@ fn perplexity_matches_llama_cpp_and_sinks_matter() {
         }
     };
     let ppl = |window: usize, sinks: usize, n: usize| {
-        let opts = EngineOptions { kv: KvCacheConfig { window, sinks, dtype: KvDType::F32 }, ..Default::default() };
+        let opts = EngineOptions { kv: KvCacheConfig { window, sinks, dtype: KvDType::F32, cold: None }, ..Default::default() };
         let mut e = Engine::load(&bytes, opts).unwrap();
         let ids = e.tokenize(&text).unwrap();
         let (scored, nll) = e.perplexity(&ids[..n], |_, _| {}).unwrap();

@@ -31,7 +31,7 @@ fn model_url() -> Option<&'static str> {
 }
 
 fn tiny(window: usize, sinks: usize, chunk: usize) -> Engine {
-    let opts = EngineOptions { kv: KvCacheConfig { window, sinks, dtype: KvDType::F32 }, prefill_chunk: chunk, ..Default::default() };
+    let opts = EngineOptions { kv: KvCacheConfig { window, sinks, dtype: KvDType::F32, cold: None }, prefill_chunk: chunk, ..Default::default() };
     Engine::load(&TinyGguf::new_f32(7).to_bytes(), opts).unwrap()
 }
 
@@ -62,7 +62,7 @@ fn cached_logits_equal_uncached_in_the_browser() {
 fn eviction_and_rope_after_eviction_in_the_browser() {
     let bytes = TinyGguf::new_f32(7).with_layers(1).to_bytes();
     let (window, sinks) = (12, 3);
-    let opts = EngineOptions { kv: KvCacheConfig { window, sinks, dtype: KvDType::F32 }, prefill_chunk: 5, ..Default::default() };
+    let opts = EngineOptions { kv: KvCacheConfig { window, sinks, dtype: KvDType::F32, cold: None }, prefill_chunk: 5, ..Default::default() };
     let mut e = Engine::load(&bytes, opts).unwrap();
     let s = seq(40);
     let streamed = e.logits_all(&s).unwrap();
@@ -122,7 +122,7 @@ mod real_model {
         let Some(url) = crate::model_url() else { return };
         let bytes: js_sys::Uint8Array = fetch_bytes(url).await.expect("the model server answers").unchecked_into();
         let bytes = bytes.to_vec();
-        let opts = EngineOptions { kv: KvCacheConfig { window: 2048, sinks: 4, dtype: KvDType::F16 }, ..Default::default() };
+        let opts = EngineOptions { kv: KvCacheConfig { window: 2048, sinks: 4, dtype: KvDType::F16, cold: None }, ..Default::default() };
         let mut e = Engine::load(&bytes, opts).unwrap();
         drop(bytes);
         let golden: Vec<serde_json::Value> = serde_json::from_str(include_str!("fixtures/golden-llamacpp.json")).unwrap();
@@ -561,7 +561,7 @@ mod webgpu_browser {
         }
         drop(g);
         let prompt = [2u32, 818, 4083, 529, 506, 10995, 23436];
-        let opts = EngineOptions { kv: KvCacheConfig { window: 256, sinks: 4, dtype: KvDType::F32 }, ..Default::default() };
+        let opts = EngineOptions { kv: KvCacheConfig { window: 256, sinks: 4, dtype: KvDType::F32, cold: None }, ..Default::default() };
         let mut cpu = Engine::load(&bytes, opts.clone()).unwrap();
         let want = run(&mut cpu, &prompt, 12, None).await.generated_ids;
         drop(cpu);
@@ -595,7 +595,7 @@ mod webgpu_browser {
         let mut engines = None;
         for dtype in [KvDType::F32, KvDType::F16] {
             drop(engines.take()); // the previous pair goes before the next loads
-            let opts = EngineOptions { kv: KvCacheConfig { window: 256, sinks: 4, dtype }, ..Default::default() };
+            let opts = EngineOptions { kv: KvCacheConfig { window: 256, sinks: 4, dtype, cold: None }, ..Default::default() };
             let mut cpu = Engine::load(&bytes, opts.clone()).unwrap();
             let t0 = web_time::Instant::now();
             let mut gpu = Engine::load_gpu(bytes.clone(), opts, &ctx).unwrap();

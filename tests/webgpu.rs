@@ -195,7 +195,7 @@ fn margin(l: &[f32]) -> f32 {
 }
 
 fn engines(bytes: &[u8], ctx: &GpuContext, window: usize, sinks: usize, dtype: KvDType) -> (Engine, Engine) {
-    let opts = EngineOptions { kv: KvCacheConfig { window, sinks, dtype }, ..Default::default() };
+    let opts = EngineOptions { kv: KvCacheConfig { window, sinks, dtype, cold: None }, ..Default::default() };
     (Engine::load(bytes, opts.clone()).unwrap(), Engine::load_gpu(bytes.to_vec(), opts, ctx).unwrap())
 }
 
@@ -303,7 +303,7 @@ fn top_k_readback_with_the_penalty_equals_the_cpu_sampler_on_the_same_logits() {
     let Some(ctx) = gpu() else { return };
     let g = Gguf::parse(&bytes).unwrap();
     let cfg = LlamaConfig::from_gguf(&g).unwrap();
-    let kv = KvCacheConfig { window: 128, sinks: 4, dtype: KvDType::F32 };
+    let kv = KvCacheConfig { window: 128, sinks: 4, dtype: KvDType::F32, cold: None };
     let mut m = GpuLlama::load(&g, cfg.clone(), kv, &ctx).unwrap();
     let prompt = ids(40, 5, cfg.vocab_size);
     let mut recent = prompt[20..].to_vec();
@@ -381,7 +381,7 @@ fn batches_on_the_gpu_equal_each_sequence_alone() {
         assert_eq!(got[i], alone, "golden prompt {i}: batched on the GPU vs alone on the CPU");
     }
     // A shared prefix copied on the GPU, and caches that wrap a 40-token ring with sinks.
-    let kv = KvCacheConfig { window: 40, sinks: 4, dtype: KvDType::F32 };
+    let kv = KvCacheConfig { window: 40, sinks: 4, dtype: KvDType::F32, cold: None };
     let doc = ids(20, 5, 49152);
     let prompts: Vec<Vec<u32>> = (0..3).map(|i| [doc.clone(), ids(3 + 2 * i, 40 + i as u64, 49152)].concat()).collect();
     let inputs: Vec<(Prompt, GenerateOptions)> = prompts.iter().map(|p| (Prompt::Ids(p), GenerateOptions { max_tokens: 36, ..opts.clone() })).collect();

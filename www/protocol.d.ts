@@ -100,6 +100,41 @@ export type KvStats = {
    * The sliding layers' window in tokens (0 for models without).
    */
   localWindow: number,
+  /**
+   * The compressed tier behind the window (`kvCold`); absent without one.
+   */
+  cold?: ColdStats,
+};
+
+/**
+ * The cold tier: tokens that left the window, kept compressed and recalled
+ * by the queries that need them.
+ */
+export type ColdStats = {
+  /**
+   * Tokens it holds at most (`kvCold`, whole blocks).
+   */
+  capacity: number,
+  /**
+   * Tokens it holds now.
+   */
+  used: number,
+  /**
+   * Bytes of its stores (every layer; scales and key summaries included).
+   */
+  bytes: number,
+  /**
+   * Tokens evicted from it, gone for good.
+   */
+  evicted: number,
+  /**
+   * Tokens recalled into each layer and kv head at the last step (at most `kvRecall`).
+   */
+  recalledTokens: number,
+  /**
+   * Blocks dequantized into recall slots so far, over layers and kv heads.
+   */
+  loads: number,
 };
 
 /**
@@ -303,6 +338,20 @@ export type EngineLoadOptions = {
    */
   kvF16?: boolean,
   /**
+   * Tokens a compressed cold tier keeps after they leave the window, recalled
+   * when a query needs them (default 0: none, evicted tokens are dropped).
+   * The cold tier runs on the CPU backend: with it, `backend: 'webgpu'` loads on the CPU.
+   */
+  kvCold?: number,
+  /**
+   * Bits per cold key and value: 8 (default) or 4.
+   */
+  kvColdBits?: number,
+  /**
+   * Tokens recalled from the cold tier per step, for each layer and kv head (default 512).
+   */
+  kvRecall?: number,
+  /**
    * Derive the window from this many bytes of K/V storage instead of `kvWindow`.
    */
   kvBudgetBytes?: number,
@@ -443,6 +492,20 @@ export type WorkerLoadOptions = {
    * Store keys and values as f16 (half the cache memory).
    */
   kvF16?: boolean,
+  /**
+   * Tokens a compressed cold tier keeps after they leave the window, recalled
+   * when a query needs them (default 0: none, evicted tokens are dropped).
+   * The cold tier runs on the CPU backend: with it, `backend: 'webgpu'` loads on the CPU.
+   */
+  kvCold?: number,
+  /**
+   * Bits per cold key and value: 8 (default) or 4.
+   */
+  kvColdBits?: number,
+  /**
+   * Tokens recalled from the cold tier per step, for each layer and kv head (default 512).
+   */
+  kvRecall?: number,
   /**
    * Derive the window from this many bytes of K/V storage instead of `kvWindow`.
    */

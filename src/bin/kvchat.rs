@@ -24,7 +24,7 @@ mod info;
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
     use clap::{Args, Parser, Subcommand};
-    use kvchat::{Engine, EngineOptions, GenerateOptions, KvCacheConfig, KvDType, Message, Prompt, SamplerConfig};
+    use kvchat::{ColdBits, ColdConfig, Engine, EngineOptions, GenerateOptions, KvCacheConfig, KvDType, Message, Prompt, SamplerConfig};
     use std::io::{BufRead, Write};
     use std::path::PathBuf;
 
@@ -49,6 +49,15 @@ mod cli {
         /// Store K/V as f16 instead of f32.
         #[arg(long)]
         kv_f16: bool,
+        /// Tokens the compressed cold tier keeps after they leave the window (0: none, they are dropped).
+        #[arg(long, default_value_t = 0)]
+        kv_cold: usize,
+        /// Bits per cold key and value: 8 or 4.
+        #[arg(long, default_value_t = 8)]
+        kv_cold_bits: u32,
+        /// Tokens recalled from the cold tier per step, for each layer and kv head.
+        #[arg(long, default_value_t = 512)]
+        kv_recall: usize,
         /// `cpu`, `webgpu` (wgpu: Vulkan/Metal/DX12) or `auto` (the GPU when one is found).
         #[arg(long, default_value = "cpu")]
         backend: String,
@@ -208,17 +217,19 @@ mod cli {
 
     type R<T> = Result<T, Box<dyn std::error::Error>>;
 
+    /// The cache the `--kv-*` options describe, with `window` tokens.
+    fn kv_config(m: &ModelArgs, window: usize) -> R<KvCacheConfig> {
+        let cold = match m.kv_cold {
+            0 => None,
+            capacity => Some(ColdConfig { capacity, bits: ColdBits::from_bits(m.kv_cold_bits)?, recall: m.kv_recall }),
+        };
+        Ok(KvCacheConfig { window, sinks: m.kv_sinks, dtype: if m.kv_f16 { KvDType::F16 } else { KvDType::F32 }, cold })
+    }
+
     /// Reads the model file and loads it on the backend `--backend` names.
     fn load(m: &ModelArgs) -> R<Engine> {
         let bytes = std::fs::read(&m.model).map_err(|e| format!("cannot read {}: {e}", m.model.display()))?;
-        let opts = EngineOptions {
-            kv: KvCacheConfig {
-                window: m.kv_window,
-                sinks: m.kv_sinks,
-                dtype: if m.kv_f16 { KvDType::F16 } else { KvDType::F32 },
-            },
-            ..Default::default()
-        };
+        let opts = EngineOptions { kv: kv_config(m, m.kv_window)?, ..Default::default() };
         match m.backend.as_str() {
             "cpu" => Ok(Engine::load(&bytes, opts)?),
             "webgpu" | "auto" => match kvchat::backend::webgpu::GpuContext::new_blocking()
@@ -444,11 +455,7 @@ mod cli {
                 None => (Prompt::Raw(v["prompt"].as_str().unwrap_or("")), o),
             })
             .collect();
-        let kv = KvCacheConfig {
-            window: a.seq_window.unwrap_or(a.m.kv_window.min(512)),
-            sinks: a.m.kv_sinks,
-            dtype: if a.m.kv_f16 { KvDType::F16 } else { KvDType::F32 },
-        };
+        let kv = kv_config(&a.m, a.seq_window.unwrap_or(a.m.kv_window.min(512)))?;
         let bopts = kvchat::BatchOptions { batch_size: a.batch, kv: Some(kv), share_prefix: !a.no_share_prefix };
         let mut b = engine.start_batch(&inputs, bopts)?;
         engine.set_profiling(a.profile);

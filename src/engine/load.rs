@@ -104,6 +104,9 @@ impl Engine {
         let template = chat_template(&g, &tokenizer)?;
         load.tokenizer_ms = ms(t);
         let t = Instant::now();
+        // The cold tier's recall runs on the CPU only: a cache with one loads on the CPU.
+        let fallback = (gpu.is_some() && opts.kv.cold.is_some()).then(|| "the cold KV tier (recall) runs on the CPU backend only; loaded on the CPU".to_string());
+        let gpu = gpu.filter(|_| opts.kv.cold.is_none());
         let runner: Box<dyn Runner> = match gpu {
             None => {
                 let model = Llama::load(&g, cfg, &Device::Cpu)?;
@@ -126,7 +129,7 @@ impl Engine {
         Ok(Self {
             runner,
             in_flight: None,
-            fallback: None,
+            fallback,
             tokenizer,
             template,
             opts,
@@ -162,7 +165,7 @@ impl Engine {
 
 /// Refuses (before allocating) a model whose weights and cache exceed the budget.
 fn check_memory(g: &Gguf, cfg: &LlamaConfig, opts: &EngineOptions) -> Result<()> {
-    let kv_bytes = opts.kv.bytes_for(&cfg.windows(), cfg.kv_dim());
+    let kv_bytes = opts.kv.bytes_for(&cfg.windows(), cfg.kv_dim()) + opts.kv.cold_bytes_for(&cfg.windows(), cfg.n_head_kv, cfg.head_dim);
     let weight_bytes = Llama::estimate_bytes(g, cfg) as u128;
     if weight_bytes + kv_bytes > opts.memory_budget as u128 {
         return Err(Error::Memory(format!(

@@ -5,6 +5,8 @@
 //!   [`PositionPlan`] rule for where a token goes and what its query sees);
 //! * [`storage`]: the CPU's preallocated K/V buffers (f32 or f16) and one
 //!   token's attention read from them in place;
+//! * [`cold`]: the compressed tier behind the window (8 or 4 bits, blocks
+//!   with key summaries) and the recall of the blocks a query needs;
 //! * [`KvCache`]: the two together, the cache of a CPU forward pass. The GPU
 //!   keeps its keys and values in GPU buffers (`model::gpu`) and plans with a
 //!   bare [`KvPolicy`].
@@ -12,11 +14,13 @@
 //! Memory is allocated once and never grows (see ARCHITECTURE.md for the ring,
 //! the sinks and why keys are cached rotated at their absolute position).
 
+pub mod cold;
 pub mod policy;
 pub mod storage;
 
+pub use cold::{ColdBits, ColdConfig, ColdStats};
 pub use policy::{KvPolicy, PositionPlan};
-pub use storage::{AttnScratch, KvStorage};
+pub use storage::{AttnScratch, KvStorage, RecallRope, Rotate, Unrotate};
 
 use crate::error::{Error, Result};
 
@@ -55,11 +59,13 @@ pub struct KvCacheConfig {
     /// Leading tokens that are never evicted.
     pub sinks: usize,
     pub dtype: KvDType,
+    /// The compressed tier the global layers' evicted tokens go to (none: they are dropped).
+    pub cold: Option<ColdConfig>,
 }
 
 impl Default for KvCacheConfig {
     fn default() -> Self {
-        Self { window: 2048, sinks: 4, dtype: KvDType::F32 }
+        Self { window: 2048, sinks: 4, dtype: KvDType::F32, cold: None }
     }
 }
 
@@ -74,6 +80,14 @@ impl KvCacheConfig {
     pub fn bytes_for(&self, windows: &[AttentionWindow], kv_dim: usize) -> u128 {
         let slot = 2 * kv_dim as u128 * self.dtype.size() as u128;
         windows.iter().map(|w| slot * (if let AttentionWindow::Sliding(n) = w { *n } else { self.window }) as u128).sum()
+    }
+
+    /// Bytes of the cold tier and its recall rows, for layers attending over `windows`.
+    pub fn cold_bytes_for(&self, windows: &[AttentionWindow], n_kv: usize, head_dim: usize) -> u128 {
+        let Some(c) = self.cold else { return 0 };
+        let global = windows.iter().filter(|w| **w == AttentionWindow::Global).count() as u128;
+        let recall_rows = (2 * n_kv * head_dim * self.dtype.size() * c.recall_rows()) as u128;
+        global * (c.layer_bytes(n_kv, head_dim) as u128 + recall_rows)
     }
 
     /// The largest window whose cache fits `budget` bytes (the sliding layers' rings counted first).
@@ -94,6 +108,9 @@ impl KvCacheConfig {
                 self.window, self.sinks
             )));
         }
+        if let Some(cold) = &self.cold {
+            cold.validate()?;
+        }
         Ok(())
     }
 }
@@ -113,6 +130,8 @@ pub struct KvStats {
     pub local_bytes: usize,
     /// The sliding layers' window (0 for models without).
     pub local_window: usize,
+    /// The compressed tier behind the window (none when not configured).
+    pub cold: Option<ColdStats>,
 }
 
 /// A CPU cache: the policy and the storage it plans for (each layer's store
@@ -145,7 +164,9 @@ impl KvCache {
 
     pub fn stats(&self) -> KvStats {
         let (global, local) = self.storage.bytes_by_kind();
-        KvStats { global_bytes: global, local_bytes: local, ..self.policy.stats(global + local) }
+        let cold = self.storage.cold_stats(self.policy.len());
+        let cold_bytes = cold.map_or(0, |c| c.bytes);
+        KvStats { global_bytes: global, local_bytes: local, cold, ..self.policy.stats(global + local + cold_bytes) }
     }
 
     /// Makes this cache a copy of `other` (same configuration, nothing evicted
@@ -160,8 +181,22 @@ impl KvCache {
     /// [`KvPolicy::plan`]; the tokens of a chunk are fed in order; call
     /// [`commit`](KvPolicy::commit) after the last layer). See [`KvStorage::attend`].
     #[allow(clippy::too_many_arguments)]
-    pub fn attend(&mut self, layer: usize, plan: PositionPlan, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], scratch: &mut AttnScratch, out: &mut [f32]) {
-        self.storage.attend(layer, plan, q, q_sink, k, v, scratch, out);
+    pub fn attend(&mut self, layer: usize, plan: PositionPlan, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], unrotate: Option<&Unrotate>, scratch: &mut AttnScratch, out: &mut [f32]) {
+        self.storage.attend(layer, plan, q, q_sink, k, v, unrotate, scratch, out);
+    }
+
+    /// Whether evicted tokens go to a cold tier (the forward pass then hands
+    /// over un-rotated queries and the rotations [`recall`](Self::recall) and
+    /// [`attend`](Self::attend) need).
+    pub fn has_cold(&self) -> bool {
+        self.policy.config().cold.is_some()
+    }
+
+    /// Brings back into layer `layer`'s recall rows the cold blocks that the
+    /// chunk's `queries` (un-rotated, `[t][qd]`) need; call before the chunk's
+    /// first [`attend`](Self::attend) in that layer. See [`KvStorage::recall`].
+    pub fn recall(&mut self, layer: usize, queries: &[f32], qd: usize, rope: &RecallRope) {
+        self.storage.recall(layer, self.policy.len(), queries, qd, rope);
     }
 }
 

@@ -33,6 +33,9 @@ pub struct PositionPlan {
     /// Slots below this hold sinks that the query meets at its in-cache
     /// position (the second rotation); 0 while nothing has been evicted.
     pub sink_until: usize,
+    /// The absolute position whose key and value leave the window as this
+    /// token takes its slot (a global layer's ring; the cold tier keeps them).
+    pub evicts: Option<usize>,
 }
 
 impl PositionPlan {
@@ -107,7 +110,7 @@ impl KvPolicy {
     /// Occupancy, with `bytes` of storage (the owner's K/V buffers, all global).
     pub fn stats(&self, bytes: usize) -> KvStats {
         let (sinks, local_window) = (self.sinks().min(self.len()), self.sliding.unwrap_or(0));
-        KvStats { capacity: self.capacity(), used: self.used(), sinks, evicted: self.evicted(), bytes, global_bytes: bytes, local_bytes: 0, local_window }
+        KvStats { capacity: self.capacity(), used: self.used(), sinks, evicted: self.evicted(), bytes, global_bytes: bytes, local_bytes: 0, local_window, cold: None }
     }
 
     /// The slot that absolute position `p` occupies.
@@ -123,20 +126,28 @@ impl KvPolicy {
     /// The plan for the token at absolute position `p` (tokens are fed in order).
     pub fn plan(&self, p: usize) -> PositionPlan {
         let cap = self.capacity();
-        PositionPlan { slot: self.slot(p), used: (p + 1).min(cap), sink_until: if p >= cap { self.cfg.sinks } else { 0 } }
+        let evicting = p >= cap;
+        PositionPlan { slot: self.slot(p), used: (p + 1).min(cap), sink_until: if evicting { self.cfg.sinks } else { 0 }, evicts: evicting.then(|| p - self.ring()) }
     }
 
     /// The plan for position `p` in a layer attending over `window`.
     pub fn plan_in(&self, window: AttentionWindow, p: usize) -> PositionPlan {
         match window {
             AttentionWindow::Global => self.plan(p),
-            AttentionWindow::Sliding(n) => PositionPlan { slot: p % n, used: (p + 1).min(n), sink_until: 0 },
+            AttentionWindow::Sliding(n) => PositionPlan { slot: p % n, used: (p + 1).min(n), sink_until: 0, evicts: None },
         }
     }
 
-    /// In-cache position of a query once evictions happened (the last slot's distance).
+    /// In-cache position of a query once evictions happened: the last slot's,
+    /// past the recall rows of a cold tier (which sit between the sinks and
+    /// the ring: see ARCHITECTURE.md).
     pub fn sink_query_position(&self) -> usize {
-        self.capacity() - 1
+        self.capacity() - 1 + self.recall_rows()
+    }
+
+    /// Rows of recalled keys a global layer attends over at most (0 without a cold tier).
+    pub fn recall_rows(&self) -> usize {
+        self.cfg.cold.map_or(0, |c| c.recall_rows())
     }
 
     /// How many of `want` tokens the next chunk may hold: a chunk either fits

@@ -5,6 +5,7 @@
 //! loops per instruction set are in `backend::cpu::attention`). Where a token
 //! goes and what its query sees comes from the [`PositionPlan`].
 
+use super::cold::{ColdLayer, ColdStats, BLOCK};
 use super::policy::PositionPlan;
 use super::{AttentionWindow, KvCacheConfig, KvDType};
 use crate::backend::cpu::attention::{attend_heads, GroupArgs};
@@ -64,13 +65,40 @@ impl Store {
 }
 
 
-/// One layer's keys and values, `[n_kv, cap, head_dim]` each.
+/// One layer's keys and values, `[n_kv, stride, head_dim]` each: per kv
+/// head the `cap` slots of the window, then (with a cold tier) the rows of
+/// its recall slots.
 struct LayerCache {
     k: Store,
     v: Store,
     /// Slots per kv head: the configured window, or the layer's sliding window.
     cap: usize,
+    /// Rows per kv head: `cap` plus the recall rows.
+    stride: usize,
     local: bool,
+    /// The compressed tier behind the window (global layers, when configured).
+    cold: Option<ColdLayer>,
+}
+
+/// The model's RoPE of one head, `rotate(head, cos, sin)`: the cold tier
+/// un-rotates the keys that leave the window and rotates recalled ones with it.
+pub type Rotate = fn(&mut [f32], &[f32], &[f32]);
+
+/// The inverse rotation of the key leaving the window while a token is
+/// attended: its layer's RoPE, the cosines of the leaving position's angles
+/// and their sines negated.
+pub struct Unrotate<'a> {
+    pub rotate: Rotate,
+    pub cos: &'a [f32],
+    pub neg_sin: &'a [f32],
+}
+
+/// Where recalled keys go: the layer's RoPE and the angles of the recall
+/// rows' in-cache positions (`sinks + row`), `recall_rows × head_dim / 2` each.
+pub struct RecallRope<'a> {
+    pub rotate: Rotate,
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
 }
 
 /// Reusable buffers for [`KvStorage::attend`] (nothing is allocated per token
@@ -129,6 +157,11 @@ pub struct KvStorage {
     dtype: KvDType,
     n_kv: usize,
     head_dim: usize,
+    /// One recalled block's keys and values, dequantized.
+    recall_k: Vec<f32>,
+    recall_v: Vec<f32>,
+    loads: Vec<(usize, usize)>,
+    gather: Vec<f32>,
 }
 
 impl KvStorage {
@@ -141,11 +174,30 @@ impl KvStorage {
                     AttentionWindow::Global => (cfg.window, false),
                     AttentionWindow::Sliding(n) => (n, true),
                 };
-                let n = n_kv.checked_mul(cap).and_then(|v| v.checked_mul(head_dim)).ok_or_else(|| Error::InvalidOption("kv cache size overflows".into()))?;
-                Ok(LayerCache { k: Store::new(cfg.dtype, n), v: Store::new(cfg.dtype, n), cap, local })
+                let cold = cfg.cold.filter(|_| !local);
+                let stride = cap + cold.map_or(0, |c| c.recall_rows());
+                let n = n_kv.checked_mul(stride).and_then(|v| v.checked_mul(head_dim)).ok_or_else(|| Error::InvalidOption("kv cache size overflows".into()))?;
+                let cold = cold.map(|c| ColdLayer::new(c, n_kv, head_dim));
+                Ok(LayerCache { k: Store::new(cfg.dtype, n), v: Store::new(cfg.dtype, n), cap, stride, local, cold })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { layers, dtype: cfg.dtype, n_kv, head_dim })
+        let block = BLOCK * head_dim;
+        Ok(Self { layers, dtype: cfg.dtype, n_kv, head_dim, recall_k: vec![0.0; block], recall_v: vec![0.0; block], loads: Vec::new(), gather: Vec::new() })
+    }
+
+    /// The cold tier's occupancy after `len` tokens (`None` without one).
+    pub fn cold_stats(&self, len: usize) -> Option<ColdStats> {
+        let (first, cap) = self.layers.iter().find_map(|l| l.cold.as_ref().map(|c| (c, l.cap)))?;
+        let left = len.saturating_sub(cap);
+        let stored = first.stored(left);
+        Some(ColdStats {
+            capacity: first.stored(usize::MAX).len() * BLOCK,
+            used: stored.len() * BLOCK,
+            bytes: self.layers.iter().filter_map(|l| l.cold.as_ref()).map(|c| c.bytes()).sum(),
+            evicted: stored.start * BLOCK,
+            recalled_tokens: first.filled() * BLOCK,
+            loads: self.layers.iter().filter_map(|l| l.cold.as_ref()).map(|c| c.loads()).sum(),
+        })
     }
 
     /// Bytes held by the preallocated K/V buffers.
@@ -157,27 +209,82 @@ impl KvStorage {
     /// Bytes of the global layers' and of the sliding layers' buffers.
     pub fn bytes_by_kind(&self) -> (usize, usize) {
         let per_slot = 2 * self.n_kv * self.head_dim * self.dtype.size();
-        let sum = |local: bool| self.layers.iter().filter(|l| l.local == local).map(|l| l.cap * per_slot).sum();
+        let sum = |local: bool| self.layers.iter().filter(|l| l.local == local).map(|l| l.stride * per_slot).sum();
         (sum(false), sum(true))
     }
 
     /// Copies the keys and values `other` holds after `len` tokens (same shape):
     /// each layer's first `min(len, cap)` slots.
     pub fn copy_slots_from(&mut self, other: &KvStorage, len: usize) -> Result<()> {
-        let caps = |s: &KvStorage| s.layers.iter().map(|l| l.cap).collect::<Vec<_>>();
+        let caps = |s: &KvStorage| s.layers.iter().map(|l| (l.cap, l.stride)).collect::<Vec<_>>();
         if (other.dtype, other.n_kv, other.head_dim, caps(other)) != (self.dtype, self.n_kv, self.head_dim, caps(self)) {
             return Err(Error::Backend("copy between caches of different shapes".into()));
         }
         let hd = self.head_dim;
         for (dst, src) in self.layers.iter_mut().zip(&other.layers) {
-            let (cap, used) = (dst.cap, len.min(dst.cap));
+            let (stride, used) = (dst.stride, len.min(dst.cap));
+            if let Some(cold) = &mut dst.cold {
+                cold.forget_slots();
+            }
             for g in 0..self.n_kv {
-                let span = g * cap * hd..(g * cap + used) * hd;
+                let span = g * stride * hd..(g * stride + used) * hd;
                 dst.k.copy_span(&src.k, span.clone());
                 dst.v.copy_span(&src.v, span);
             }
         }
         Ok(())
+    }
+
+    /// The keys `kv head` groups of `queries` (un-rotated, `[t][n_head × head_dim]`)
+    /// need from layer `layer`'s cold tier, loaded into its recall rows:
+    /// each newly chosen block dequantized and its keys rotated at the in-cache
+    /// positions of its recall slot. `len` is the cache's length before the
+    /// chunk. Nothing for layers without a cold tier.
+    pub fn recall(&mut self, layer: usize, len: usize, queries: &[f32], qd: usize, rope: &RecallRope) {
+        let (hd, n_kv) = (self.head_dim, self.n_kv);
+        let Self { layers, recall_k, recall_v, loads, gather: group_q, .. } = self;
+        let lc = &mut layers[layer];
+        let Some(cold) = &mut lc.cold else { return };
+        let stored = cold.stored(len.saturating_sub(lc.cap));
+        let group = qd / n_kv;
+        let half = hd / 2;
+        for g in 0..n_kv {
+            group_q.clear();
+            for row in queries.chunks_exact(qd) {
+                group_q.extend_from_slice(&row[g * group..(g + 1) * group]);
+            }
+            cold.select(g, group_q, stored.clone(), len, loads);
+            for &(slot, id) in loads.iter() {
+                cold.dequantize(g, id, recall_k, recall_v);
+                for (i, key) in recall_k.chunks_exact_mut(hd).enumerate() {
+                    let row = slot * BLOCK + i;
+                    (rope.rotate)(key, &rope.cos[row * half..(row + 1) * half], &rope.sin[row * half..(row + 1) * half]);
+                }
+                let at = (g * lc.stride + lc.cap + slot * BLOCK) * hd;
+                lc.k.write(at, recall_k);
+                lc.v.write(at, recall_v);
+            }
+        }
+    }
+
+    /// Moves the key and value in `plan`'s slot (absolute position
+    /// `leaving`) into the layer's cold tier before they are overwritten: the
+    /// key un-rotated, the block sealed once it is complete.
+    fn move_to_cold(&mut self, layer: usize, slot: usize, leaving: usize, sinks: usize, unrotate: &Unrotate) {
+        let (hd, n_kv) = (self.head_dim, self.n_kv);
+        let Self { layers, gather, .. } = self;
+        let lc = &mut layers[layer];
+        let Some(cold) = &mut lc.cold else { return };
+        let index = leaving - sinks;
+        let (pk, pv) = cold.pending_rows(index);
+        for g in 0..n_kv {
+            let span = (g * lc.stride + slot) * hd..(g * lc.stride + slot + 1) * hd;
+            let key = &mut pk[g * hd..(g + 1) * hd];
+            key.copy_from_slice(lc.k.rows(span.clone(), gather));
+            (unrotate.rotate)(key, unrotate.cos, unrotate.neg_sin);
+            pv[g * hd..(g + 1) * hd].copy_from_slice(lc.v.rows(span, gather));
+        }
+        cold.seal_if_complete(index);
     }
 
     /// Attention of one layer for one token placed by `plan`:
@@ -193,22 +300,30 @@ impl KvStorage {
     /// in place. Later tokens of a chunk are not in the cache yet, so a chunk is
     /// causal without a mask. Writes `[n_head * head_dim]` to `out`.
     #[allow(clippy::too_many_arguments)]
-    pub fn attend(&mut self, layer: usize, plan: PositionPlan, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], scratch: &mut AttnScratch, out: &mut [f32]) {
-        let (hd, n_kv, cap) = (self.head_dim, self.n_kv, self.layers[layer].cap);
+    pub fn attend(&mut self, layer: usize, plan: PositionPlan, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], unrotate: Option<&Unrotate>, scratch: &mut AttnScratch, out: &mut [f32]) {
+        let (hd, n_kv, cap, stride) = (self.head_dim, self.n_kv, self.layers[layer].cap, self.layers[layer].stride);
         let n_head = q.len() / hd;
         let n_rep = n_head / n_kv;
+        if let (Some(leaving), Some(unrotate)) = (plan.evicts, unrotate) {
+            self.move_to_cold(layer, plan.slot, leaving, plan.sink_until, unrotate);
+        }
         let lc = &mut self.layers[layer];
         for g in 0..n_kv {
-            let at = (g * cap + plan.slot) * hd;
+            let at = (g * stride + plan.slot) * hd;
             lc.k.write(at, &k[g * hd..(g + 1) * hd]);
             lc.v.write(at, &v[g * hd..(g + 1) * hd]);
         }
-        let used = plan.used;
+        // Recalled rows follow the window's once it is full (the slots fill from the first).
+        let recalled = match &lc.cold {
+            Some(cold) if plan.used == cap => cold.filled() * BLOCK,
+            _ => 0,
+        };
+        let used = plan.used + recalled;
         let f16 = self.dtype == KvDType::F16;
-        scratch.prepare(q, q_sink, n_kv, n_rep * cap, f16);
+        scratch.prepare(q, q_sink, n_kv, n_rep * stride, f16);
         let AttnScratch { q, q_sink, groups } = scratch;
         let lc = &self.layers[layer];
-        let args = GroupArgs { hd, used, cap, sink_until: plan.sink_until, scale: 1.0 / (hd as f32).sqrt(), f16 };
+        let args = GroupArgs { hd, used, cap: stride, sink_until: plan.sink_until, recall_from: plan.used, scale: 1.0 / (hd as f32).sqrt(), f16 };
         let (q, q_sink) = (&q[..], &q_sink[..]);
         let groups_ptr = SyncPtr(groups.as_mut_ptr());
         let out_ptr = SyncPtr(out.as_mut_ptr());
@@ -218,7 +333,7 @@ impl KvStorage {
             let gs = unsafe { &mut *groups_ptr.get().add(g) };
             let og = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(g * n_rep * hd), n_rep * hd) };
             let heads = g * n_rep * hd..(g + 1) * n_rep * hd;
-            let span = g * cap * hd..(g * cap + used) * hd;
+            let span = g * stride * hd..(g * stride + used) * hd;
             let k = lc.k.rows(span.clone(), &mut gs.kbuf);
             let v = lc.v.rows(span, &mut gs.vbuf);
             attend_heads(&args, n_rep, &q[heads.clone()], &q_sink[heads], k, v, &mut gs.scores, og);

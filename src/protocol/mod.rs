@@ -89,12 +89,40 @@ pub struct KvStats {
     pub local_bytes: usize,
     /// The sliding layers' window in tokens (0 for models without).
     pub local_window: usize,
+    /// The compressed tier behind the window (`kvCold`); absent without one.
+    #[cfg_attr(not(target_arch = "wasm32"), ts(optional))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cold: Option<ColdStats>,
+}
+
+/// The cold tier: tokens that left the window, kept compressed and recalled
+/// by the queries that need them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(TS))]
+#[serde(rename_all = "camelCase")]
+pub struct ColdStats {
+    /// Tokens it holds at most (`kvCold`, whole blocks).
+    pub capacity: usize,
+    /// Tokens it holds now.
+    pub used: usize,
+    /// Bytes of its stores (every layer; scales and key summaries included).
+    pub bytes: usize,
+    /// Tokens evicted from it, gone for good.
+    pub evicted: usize,
+    /// Tokens recalled into each layer and kv head at the last step (at most `kvRecall`).
+    pub recalled_tokens: usize,
+    /// Blocks dequantized into recall slots so far, over layers and kv heads.
+    pub loads: usize,
 }
 
 impl From<&kv_cache::KvStats> for KvStats {
     fn from(s: &kv_cache::KvStats) -> Self {
-        let kv_cache::KvStats { capacity, used, sinks, evicted, bytes, global_bytes, local_bytes, local_window } = *s;
-        KvStats { capacity, used, sinks, evicted, bytes, global_bytes, local_bytes, local_window }
+        let kv_cache::KvStats { capacity, used, sinks, evicted, bytes, global_bytes, local_bytes, local_window, cold } = *s;
+        let cold = cold.map(|c| {
+            let kv_cache::ColdStats { capacity, used, bytes, evicted, recalled_tokens, loads } = c;
+            ColdStats { capacity, used, bytes, evicted, recalled_tokens, loads }
+        });
+        KvStats { capacity, used, sinks, evicted, bytes, global_bytes, local_bytes, local_window, cold }
     }
 }
 
@@ -477,6 +505,14 @@ pub struct EngineLoadOptions {
     pub kv_sinks: Option<f64>,
     /// Store keys and values as f16 (half the cache memory).
     pub kv_f16: Option<bool>,
+    /// Tokens a compressed cold tier keeps after they leave the window, recalled
+    /// when a query needs them (default 0: none, evicted tokens are dropped).
+    /// The cold tier runs on the CPU backend: with it, `backend: 'webgpu'` loads on the CPU.
+    pub kv_cold: Option<f64>,
+    /// Bits per cold key and value: 8 (default) or 4.
+    pub kv_cold_bits: Option<f64>,
+    /// Tokens recalled from the cold tier per step, for each layer and kv head (default 512).
+    pub kv_recall: Option<f64>,
     /// Derive the window from this many bytes of K/V storage instead of `kvWindow`.
     pub kv_budget_bytes: Option<f64>,
     /// Prompt tokens per prefill step (default 64).

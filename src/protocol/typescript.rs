@@ -30,6 +30,7 @@ pub fn declarations() -> String {
         GenerationStats,
         StopReason,
         KvStats,
+        ColdStats,
         BatchStepReply,
         BatchStepEvent,
         BatchStats,

@@ -10,7 +10,7 @@ pub fn tiny_bytes() -> Vec<u8> {
 
 pub fn opts(window: usize, sinks: usize, chunk: usize) -> EngineOptions {
     EngineOptions {
-        kv: KvCacheConfig { window, sinks, dtype: KvDType::F32 },
+        kv: KvCacheConfig { window, sinks, dtype: KvDType::F32, cold: None },
         prefill_chunk: chunk,
         ..Default::default()
     }

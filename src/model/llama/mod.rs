@@ -17,7 +17,7 @@ use super::rope::Rope;
 use crate::backend::cpu::quant::{QActivations, QMatrix};
 use crate::backend::cpu::{ops, Linear};
 use crate::error::{Error, Result};
-use crate::kv_cache::{AttnScratch, KvCache};
+use crate::kv_cache::{AttentionWindow, AttnScratch, KvCache, KvPolicy, RecallRope, Unrotate};
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use std::sync::Arc;
@@ -111,6 +111,16 @@ struct Workspace {
     sin: Vec<f32>,
     sink_cos: Vec<f32>,
     sink_sin: Vec<f32>,
+    /// With a cold tier: the queries before RoPE (`[t][qd]`, for choosing
+    /// blocks), the angles of the position each token evicts (sines negated,
+    /// `[t][table][half]`), and those of the recall rows' in-cache positions
+    /// (`[table][row][half]`, computed once for `recall_for`).
+    q_raw: Vec<f32>,
+    evict_cos: Vec<f32>,
+    evict_neg_sin: Vec<f32>,
+    recall_cos: Vec<f32>,
+    recall_sin: Vec<f32>,
+    recall_for: Option<(usize, usize)>,
     logits: Vec<f32>,
     positions: Vec<usize>,
     act: QActivations,
@@ -199,7 +209,7 @@ impl Llama {
 
     /// The embedding, then every block, leaving the residual stream in `ws.x`.
     fn layers(&mut self, ids: &[u32], positions: &[usize], caches: &mut [&mut KvCache], batch: bool, clock: &mut Clock) -> Result<()> {
-        self.embed(ids, positions, caches[0].sink_query_position())?;
+        self.embed(ids, positions, caches[0].policy())?;
         clock.lap(&mut self.ws.profile, Op::Other);
         let t = ids.len();
         for (i, b) in self.blocks.iter().enumerate() {
@@ -213,8 +223,10 @@ impl Llama {
 
     /// Embedding rows of `ids` into `ws.x` (scaled where the model says), and
     /// the rotation tables of this chunk's positions (and of the in-cache
-    /// position seen from the sinks), for each RoPE base.
-    fn embed(&mut self, ids: &[u32], positions: &[usize], sink_position: usize) -> Result<()> {
+    /// position seen from the sinks; with a cold tier, of the positions
+    /// leaving the window and of the recall rows), for each RoPE base.
+    fn embed(&mut self, ids: &[u32], positions: &[usize], policy: &KvPolicy) -> Result<()> {
+        let sink_position = policy.sink_query_position();
         let (e, half, n) = (self.cfg.n_embd, self.cfg.head_dim / 2, self.ropes.len());
         let ws = &mut self.ws;
         for (j, &id) in ids.iter().enumerate() {
@@ -239,7 +251,38 @@ impl Llama {
         for (r, rope) in self.ropes.tables.iter().enumerate() {
             rope.angles(sink_position, &mut ws.sink_cos[r * half..(r + 1) * half], &mut ws.sink_sin[r * half..(r + 1) * half]);
         }
+        if policy.config().cold.is_some() {
+            self.cold_angles(positions, policy);
+        }
         Ok(())
+    }
+
+    /// The angles the cold tier rotates with (see `Workspace::q_raw`).
+    fn cold_angles(&mut self, positions: &[usize], policy: &KvPolicy) {
+        let (half, n) = (self.cfg.head_dim / 2, self.ropes.len());
+        let ws = &mut self.ws;
+        let (sinks, rows) = (policy.sinks(), policy.recall_rows());
+        grow(&mut ws.evict_cos, positions.len() * n * half);
+        grow(&mut ws.evict_neg_sin, positions.len() * n * half);
+        for (j, &p) in positions.iter().enumerate() {
+            let Some(leaving) = policy.plan(p).evicts else { continue };
+            for (r, rope) in self.ropes.tables.iter().enumerate() {
+                let at = (j * n + r) * half..(j * n + r + 1) * half;
+                rope.angles(leaving, &mut ws.evict_cos[at.clone()], &mut ws.evict_neg_sin[at.clone()]);
+                ws.evict_neg_sin[at].iter_mut().for_each(|s| *s = -*s);
+            }
+        }
+        if ws.recall_for != Some((sinks, rows)) {
+            ws.recall_cos.resize(n * rows * half, 0.0);
+            ws.recall_sin.resize(n * rows * half, 0.0);
+            for (r, rope) in self.ropes.tables.iter().enumerate() {
+                for row in 0..rows {
+                    let at = (r * rows + row) * half..(r * rows + row + 1) * half;
+                    rope.angles(sinks + row, &mut ws.recall_cos[at.clone()], &mut ws.recall_sin[at]);
+                }
+            }
+            ws.recall_for = Some((sinks, rows));
+        }
     }
 
     /// The final norm and the output projection of the wanted rows; returns how many rows.
@@ -296,6 +339,10 @@ fn attention(c: &LlamaConfig, b: &Block, i: usize, rope: (usize, usize), ws: &mu
         clock.lap(&mut ws.profile, Op::Norm);
     }
     let (table, tables) = rope;
+    let cold = spec.window == AttentionWindow::Global && caches[0].has_cold();
+    if cold {
+        recall(caches, i, ws, t, qd, rotate, (table, half), batch);
+    }
     let (sink_cos, sink_sin) = (&ws.sink_cos[table * half..(table + 1) * half], &ws.sink_sin[table * half..(table + 1) * half]);
     for j in 0..t {
         let cache = &mut *caches[if batch { j } else { 0 }];
@@ -318,13 +365,37 @@ fn attention(c: &LlamaConfig, b: &Block, i: usize, rope: (usize, usize), ws: &mu
         clock.lap(&mut ws.profile, Op::Rope);
         let q_sink: &[f32] = if plan.rotates_sink_query() { &ws.q_sink[..qd] } else { &[] };
         let (q, k, v) = (&ws.q[j * qd..(j + 1) * qd], &ws.k[j * kvd..(j + 1) * kvd], &ws.v[j * kvd..(j + 1) * kvd]);
-        cache.attend(i, plan, q, q_sink, k, v, &mut ws.scratch, &mut ws.attn[j * qd..(j + 1) * qd]);
+        let at = (j * tables + table) * half..(j * tables + table + 1) * half;
+        let unrotate = Unrotate { rotate, cos: &ws.evict_cos.get(at.clone()).unwrap_or(&[]), neg_sin: &ws.evict_neg_sin.get(at).unwrap_or(&[]) };
+        let unrotate = (cold && plan.evicts.is_some()).then_some(&unrotate);
+        cache.attend(i, plan, q, q_sink, k, v, unrotate, &mut ws.scratch, &mut ws.attn[j * qd..(j + 1) * qd]);
         clock.lap(&mut ws.profile, Op::Attention);
     }
     b.wo.forward_into(&ws.attn[..t * qd], t, &mut ws.act, &mut ws.o[..t * e])?;
     clock.lap(&mut ws.profile, Op::MatmulO);
     add_residual(&mut ws.x[..t * e], &mut ws.o[..t * e], b.attn_post_norm.as_deref(), eps, e);
     Ok(())
+}
+
+/// Recall for layer `i` (a global layer of caches with a cold tier): the
+/// chunk's queries before RoPE choose the cold blocks of each cache (one
+/// cache per row in a batch), rotated at the recall rows' positions of the
+/// layer's RoPE table (`table.0` of half-size `table.1`).
+#[allow(clippy::too_many_arguments)]
+fn recall(caches: &mut [&mut KvCache], i: usize, ws: &mut Workspace, t: usize, qd: usize, rotate: crate::kv_cache::Rotate, table: (usize, usize), batch: bool) {
+    let (table, half) = table;
+    let rows = caches[0].recall_rows();
+    grow(&mut ws.q_raw, t * qd);
+    ws.q_raw[..t * qd].copy_from_slice(&ws.q[..t * qd]);
+    let span = table * rows * half..(table + 1) * rows * half;
+    let rope = RecallRope { rotate, cos: &ws.recall_cos[span.clone()], sin: &ws.recall_sin[span] };
+    if batch {
+        for (j, cache) in caches.iter_mut().enumerate() {
+            cache.recall(i, &ws.q_raw[j * qd..(j + 1) * qd], qd, &rope);
+        }
+    } else {
+        caches[0].recall(i, &ws.q_raw[..t * qd], qd, &rope);
+    }
 }
 
 /// `x += out`, `out` RMS-normed first (in place, per token of `e` values) where the block post-norms.

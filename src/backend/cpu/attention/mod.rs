@@ -22,6 +22,9 @@ pub struct GroupArgs {
     pub cap: usize,
     /// Slots below this hold sinks seen from the shifted query.
     pub sink_until: usize,
+    /// Rows from here on hold keys recalled from the cold tier, also seen from
+    /// the shifted query (`used` when nothing is recalled).
+    pub recall_from: usize,
     /// `1 / sqrt(head_dim)`.
     pub scale: f32,
     /// Round the attention weights to f16 (an f16 cache, as ggml does).
@@ -29,11 +32,17 @@ pub struct GroupArgs {
 }
 
 impl GroupArgs {
-    /// Key `s + 1` is in use and meets the same query as key `s` (both sinks or
-    /// both not): the score loops take the two keys in one pass.
+    /// Key `s` meets the shifted query (a sink or a recalled key), not the token's own.
+    #[inline(always)]
+    fn shifted(&self, s: usize) -> bool {
+        s < self.sink_until || s >= self.recall_from
+    }
+
+    /// Key `s + 1` is in use and meets the same query as key `s`: the score
+    /// loops take the two keys in one pass.
     #[inline(always)]
     fn pairs_with_next(&self, s: usize) -> bool {
-        s + 1 < self.used && (s + 1 < self.sink_until) == (s < self.sink_until)
+        s + 1 < self.used && self.shifted(s + 1) == self.shifted(s)
     }
 }
 
@@ -104,7 +113,7 @@ fn attend_group<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f
 #[inline(always)]
 fn scores_portable<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32], scores: &mut [f32]) {
     for (s, key) in k.chunks_exact(a.hd).take(a.used).enumerate() {
-        let qq = if s < a.sink_until { q_sink } else { q };
+        let qq = if a.shifted(s) { q_sink } else { q };
         let d = portable::dot_n::<N>(qq, key, a.hd);
         for n in 0..N {
             scores[n * a.cap + s] = d[n] * a.scale;

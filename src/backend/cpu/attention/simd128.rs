@@ -13,7 +13,7 @@ pub fn scores<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32
     let (hd, cap) = (a.hd, a.cap);
     let mut s = 0;
     while s < a.used {
-        let qq = if s < a.sink_until { q_sink } else { q };
+        let qq = if a.shifted(s) { q_sink } else { q };
         if a.pairs_with_next(s) {
             // SAFETY: qq holds N heads of hd; keys s and s + 1 are rows of k.
             let (d0, d1) = unsafe { dot_n2::<N>(qq.as_ptr(), k.as_ptr().add(s * hd), hd) };

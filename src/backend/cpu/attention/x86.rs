@@ -27,7 +27,7 @@ pub unsafe fn scores<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k
     let kp = k.as_ptr();
     let mut s = 0;
     while s < a.used {
-        let qq = if s < a.sink_until { q_sink } else { q }.as_ptr();
+        let qq = if a.shifted(s) { q_sink } else { q }.as_ptr();
         let pair = a.pairs_with_next(s);
         let (k0, k1) = (kp.add(s * hd), kp.add((s + pair as usize) * hd));
         let mut a0 = [_mm256_setzero_ps(); N];
@@ -61,7 +61,7 @@ pub unsafe fn scores_avx512<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[
     let kp = k.as_ptr();
     let mut s = 0;
     while s < a.used {
-        let qq = if s < a.sink_until { q_sink } else { q }.as_ptr();
+        let qq = if a.shifted(s) { q_sink } else { q }.as_ptr();
         let pair = a.pairs_with_next(s);
         let (k0, k1) = (kp.add(s * hd), kp.add((s + pair as usize) * hd));
         let mut acc = [_mm512_setzero_ps(); N];

@@ -1,0 +1,470 @@
+//! The cold tier: keys and values that left the hot ring, kept compressed in
+//! blocks, each with a summary of its keys, so that a query can bring back
+//! the blocks it needs (recall) while memory stays fixed.
+//!
+//! * Tokens leave the ring in order; [`BLOCK`] consecutive ones form a block
+//!   (a block becomes recallable once it is complete).
+//! * Keys arrive rotated at their absolute position and are stored
+//!   un-rotated (position-free): a block is scored against the query's
+//!   content alone, and placed at a bounded position when recalled.
+//! * 8 or 4 bits, split as KIVI does: keys per channel (each channel's min and
+//!   max over the block, kept in f32, which is also the block's summary),
+//!   values per token (min and step in f16).
+//! * The store is a ring of blocks: past its capacity the oldest block is
+//!   evicted (block `id` lives at `id % blocks`).
+//! * Recall: per kv head, every stored block is scored with Quest's upper
+//!   bound of a dot product, `Σ_c max(q_c·min_c, q_c·max_c)`, the best over
+//!   the query heads of the group and the tokens of the chunk; the best
+//!   `slots` blocks are held in recall slots. A block that stays selected
+//!   stays in its slot (it is not dequantized again); a newly selected one
+//!   takes a slot whose block was not selected. Slots fill from the first and
+//!   are never emptied, so the recalled rows are one contiguous run.
+//!
+//! The arithmetic is plain Rust with explicit eight-lane sums, the same on
+//! every target, so native and wasm select the same blocks and recall the
+//! same bits.
+
+use crate::error::{Error, Result};
+use half::f16;
+
+/// Tokens per cold block.
+pub const BLOCK: usize = 32;
+
+/// Bits per stored key or value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColdBits {
+    Eight,
+    Four,
+}
+
+impl ColdBits {
+    pub fn from_bits(bits: u32) -> Result<Self> {
+        match bits {
+            8 => Ok(ColdBits::Eight),
+            4 => Ok(ColdBits::Four),
+            _ => Err(Error::InvalidOption(format!("the cold KV tier stores 8 or 4 bits, not {bits}"))),
+        }
+    }
+
+    pub fn bits(self) -> usize {
+        match self {
+            ColdBits::Eight => 8,
+            ColdBits::Four => 4,
+        }
+    }
+
+    fn levels(self) -> i32 {
+        (1 << self.bits()) - 1
+    }
+
+    /// Bytes of `n` codes (`n` even).
+    fn bytes(self, n: usize) -> usize {
+        n * self.bits() / 8
+    }
+}
+
+/// The cold tier's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColdConfig {
+    /// Tokens the store holds (whole blocks); past it the oldest block is evicted.
+    pub capacity: usize,
+    pub bits: ColdBits,
+    /// Tokens recalled per step (whole blocks), for each layer and kv head.
+    pub recall: usize,
+}
+
+impl ColdConfig {
+    pub fn blocks(&self) -> usize {
+        self.capacity / BLOCK
+    }
+
+    /// Recall slots, one block each.
+    pub fn slots(&self) -> usize {
+        self.recall / BLOCK
+    }
+
+    /// Rows of a layer's store that hold recalled keys (after the window's).
+    pub fn recall_rows(&self) -> usize {
+        self.slots() * BLOCK
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.capacity < BLOCK || self.recall < BLOCK {
+            return Err(Error::InvalidOption(format!(
+                "the cold KV tier needs a capacity and a recall budget of at least one block ({BLOCK} tokens); got {} and {}",
+                self.capacity, self.recall
+            )));
+        }
+        if self.recall > self.capacity {
+            return Err(Error::InvalidOption(format!("a recall budget ({}) larger than the cold tier ({})", self.recall, self.capacity)));
+        }
+        if self.capacity > 1 << 24 {
+            return Err(Error::InvalidOption(format!("a cold tier of {} tokens (at most {})", self.capacity, 1 << 24)));
+        }
+        Ok(())
+    }
+
+    /// Bytes of one block of one kv head of `head_dim` channels: codes, key ranges, value parameters.
+    pub fn block_bytes(&self, head_dim: usize) -> usize {
+        2 * self.bits.bytes(BLOCK * head_dim) + 2 * head_dim * 4 + BLOCK * 2 * 2
+    }
+
+    /// Bytes one layer's store takes (the recall rows live in the hot store).
+    pub fn layer_bytes(&self, n_kv: usize, head_dim: usize) -> usize {
+        self.blocks() * n_kv * self.block_bytes(head_dim)
+    }
+}
+
+/// Occupancy of the cold tier (every layer holds the same tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ColdStats {
+    /// Tokens it can hold.
+    pub capacity: usize,
+    /// Tokens it holds (whole blocks).
+    pub used: usize,
+    /// Bytes of every layer's store.
+    pub bytes: usize,
+    /// Tokens evicted from it (gone for good).
+    pub evicted: usize,
+    /// Tokens recalled into each layer and kv head at the last step.
+    pub recalled_tokens: usize,
+    /// Blocks dequantized into recall slots so far (over layers and kv heads).
+    pub loads: usize,
+}
+
+/// One layer's cold store, every kv head.
+pub struct ColdLayer {
+    cfg: ColdConfig,
+    n_kv: usize,
+    hd: usize,
+    /// `[n_kv][blocks][BLOCK × head_dim codes]`, token-major (4 bits: two channels a byte).
+    k_codes: Vec<u8>,
+    /// `[n_kv][blocks][min × head_dim, max × head_dim]`.
+    k_range: Vec<f32>,
+    v_codes: Vec<u8>,
+    /// `[n_kv][blocks][BLOCK][min, step]`.
+    v_params: Vec<f16>,
+    /// The block being filled: `[BLOCK][n_kv × head_dim]`, keys un-rotated.
+    pending_k: Vec<f32>,
+    pending_v: Vec<f32>,
+    /// `[n_kv][slots]`: the block each recall slot holds.
+    slots: Vec<Option<usize>>,
+    /// The cache length at the last recall (a shorter one means it was emptied).
+    last_len: usize,
+    loads: usize,
+    /// Block scores of one recall, reused.
+    scored: Vec<(f32, usize)>,
+}
+
+impl ColdLayer {
+    pub fn new(cfg: ColdConfig, n_kv: usize, hd: usize) -> Self {
+        let blocks = cfg.blocks();
+        let codes = n_kv * blocks * cfg.bits.bytes(BLOCK * hd);
+        Self {
+            cfg,
+            n_kv,
+            hd,
+            k_codes: vec![0; codes],
+            k_range: vec![0.0; n_kv * blocks * 2 * hd],
+            v_codes: vec![0; codes],
+            v_params: vec![f16::ZERO; n_kv * blocks * BLOCK * 2],
+            pending_k: vec![0.0; BLOCK * n_kv * hd],
+            pending_v: vec![0.0; BLOCK * n_kv * hd],
+            slots: vec![None; n_kv * cfg.slots()],
+            last_len: 0,
+            loads: 0,
+            scored: Vec::new(),
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.cfg.layer_bytes(self.n_kv, self.hd)
+    }
+
+    pub fn loads(&self) -> usize {
+        self.loads
+    }
+
+    /// Recall slots holding a block (the same for every kv head).
+    pub fn filled(&self) -> usize {
+        self.slots[..self.cfg.slots()].iter().filter(|s| s.is_some()).count()
+    }
+
+    /// Forgets what the recall slots hold (the cache was emptied or copied over).
+    pub fn forget_slots(&mut self) {
+        self.slots.fill(None);
+        self.last_len = 0;
+    }
+
+    /// The keys (un-rotated) and values of cold token `index` (its position
+    /// minus the sinks), all kv heads; seals its block when it is the last.
+    /// Returns the pending key row to be un-rotated in place by the caller first.
+    pub fn pending_rows(&mut self, index: usize) -> (&mut [f32], &mut [f32]) {
+        let (kvd, at) = (self.n_kv * self.hd, index % BLOCK);
+        (&mut self.pending_k[at * kvd..(at + 1) * kvd], &mut self.pending_v[at * kvd..(at + 1) * kvd])
+    }
+
+    /// Quantizes the pending block as block `index / BLOCK` when `index` completed it.
+    pub fn seal_if_complete(&mut self, index: usize) {
+        if index % BLOCK != BLOCK - 1 {
+            return;
+        }
+        let (hd, kvd, bits) = (self.hd, self.n_kv * self.hd, self.cfg.bits);
+        let at = (index / BLOCK) % self.cfg.blocks();
+        for g in 0..self.n_kv {
+            let b = g * self.cfg.blocks() + at;
+            let code_bytes = bits.bytes(BLOCK * hd);
+            let range = &mut self.k_range[b * 2 * hd..(b + 1) * 2 * hd];
+            let codes = &mut self.k_codes[b * code_bytes..(b + 1) * code_bytes];
+            quantize_keys(&self.pending_k, kvd, g * hd, hd, bits, range, codes);
+            let params = &mut self.v_params[b * BLOCK * 2..(b + 1) * BLOCK * 2];
+            let codes = &mut self.v_codes[b * code_bytes..(b + 1) * code_bytes];
+            quantize_values(&self.pending_v, kvd, g * hd, hd, bits, params, codes);
+        }
+    }
+
+    /// The stored blocks' ids after `left` tokens have left the ring.
+    pub fn stored(&self, left: usize) -> std::ops::Range<usize> {
+        let complete = left / BLOCK;
+        complete.saturating_sub(self.cfg.blocks())..complete
+    }
+
+    /// Chooses the blocks kv head `g` recalls for `queries` (rows of
+    /// `head_dim`: the group's query heads, un-rotated, for each token of the
+    /// chunk) among the blocks `stored`, and returns the slots to fill as
+    /// `(slot, block id)` into `loads`. `len` is the cache's length.
+    pub fn select(&mut self, g: usize, queries: &[f32], stored: std::ops::Range<usize>, len: usize, loads: &mut Vec<(usize, usize)>) {
+        loads.clear();
+        if len < self.last_len {
+            self.forget_slots();
+        }
+        self.last_len = len;
+        let (hd, blocks, n_slots) = (self.hd, self.cfg.blocks(), self.cfg.slots());
+        self.scored.clear();
+        for id in stored {
+            let b = g * blocks + id % blocks;
+            let (lo, hi) = self.k_range[b * 2 * hd..(b + 1) * 2 * hd].split_at(hd);
+            let best = queries.chunks_exact(hd).map(|q| upper_bound(q, lo, hi)).fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+            self.scored.push((best, id));
+        }
+        // Best score first; among equal scores the newer block.
+        let order = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1));
+        if self.scored.len() > n_slots {
+            self.scored.select_nth_unstable_by(n_slots - 1, order);
+            self.scored.truncate(n_slots);
+        }
+        self.scored.sort_unstable_by(order);
+        let slots = &mut self.slots[g * n_slots..(g + 1) * n_slots];
+        let chosen = |id: usize, scored: &[(f32, usize)]| scored.iter().any(|s| s.1 == id);
+        for &(_, id) in &self.scored {
+            if slots.contains(&Some(id)) {
+                continue;
+            }
+            let free = slots.iter().position(|s| s.is_none_or(|held| !chosen(held, &self.scored)));
+            if let Some(slot) = free {
+                slots[slot] = Some(id);
+                loads.push((slot, id));
+            }
+        }
+        self.loads += loads.len();
+    }
+
+    /// Block `id` of kv head `g` dequantized: keys (un-rotated) and values, `[BLOCK][head_dim]` each.
+    pub fn dequantize(&self, g: usize, id: usize, k: &mut [f32], v: &mut [f32]) {
+        let (hd, bits) = (self.hd, self.cfg.bits);
+        let b = g * self.cfg.blocks() + id % self.cfg.blocks();
+        let code_bytes = bits.bytes(BLOCK * hd);
+        let (lo, hi) = self.k_range[b * 2 * hd..(b + 1) * 2 * hd].split_at(hd);
+        let levels = bits.levels() as f32;
+        let codes = &self.k_codes[b * code_bytes..(b + 1) * code_bytes];
+        for (t, row) in k.chunks_exact_mut(hd).enumerate() {
+            for (c, x) in row.iter_mut().enumerate() {
+                *x = lo[c] + code(codes, bits, t * hd + c) as f32 * ((hi[c] - lo[c]) / levels);
+            }
+        }
+        let params = &self.v_params[b * BLOCK * 2..(b + 1) * BLOCK * 2];
+        let codes = &self.v_codes[b * code_bytes..(b + 1) * code_bytes];
+        for (t, row) in v.chunks_exact_mut(hd).enumerate() {
+            let (min, step) = (params[2 * t].to_f32(), params[2 * t + 1].to_f32());
+            for (c, x) in row.iter_mut().enumerate() {
+                *x = min + code(codes, bits, t * hd + c) as f32 * step;
+            }
+        }
+    }
+}
+
+/// Code `i` of a token-major block (4 bits: even indices in the low nibble).
+#[inline(always)]
+fn code(codes: &[u8], bits: ColdBits, i: usize) -> u8 {
+    match bits {
+        ColdBits::Eight => codes[i],
+        ColdBits::Four => (codes[i / 2] >> (4 * (i % 2))) & 15,
+    }
+}
+
+#[inline(always)]
+fn set_code(codes: &mut [u8], bits: ColdBits, i: usize, c: u8) {
+    match bits {
+        ColdBits::Eight => codes[i] = c,
+        ColdBits::Four => codes[i / 2] = (codes[i / 2] & !(15 << (4 * (i % 2)))) | (c << (4 * (i % 2))),
+    }
+}
+
+/// `x` quantized against `min` with `1 / step` (round half up; NaN → 0).
+#[inline(always)]
+fn quantize(x: f32, min: f32, inv_step: f32, levels: i32) -> u8 {
+    (((x - min) * inv_step + 0.5) as i32).clamp(0, levels) as u8
+}
+
+/// One kv head's keys of a block, per channel: rows of `stride` values, the
+/// head's channels from `offset`.
+fn quantize_keys(rows: &[f32], stride: usize, offset: usize, hd: usize, bits: ColdBits, range: &mut [f32], codes: &mut [u8]) {
+    let levels = bits.levels();
+    let (lo, hi) = range.split_at_mut(hd);
+    for c in 0..hd {
+        let column = rows.chunks_exact(stride).map(|r| r[offset + c]);
+        lo[c] = column.clone().fold(f32::INFINITY, |a, b| if b < a { b } else { a });
+        hi[c] = column.fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+    }
+    for (t, row) in rows.chunks_exact(stride).enumerate() {
+        for c in 0..hd {
+            let step = (hi[c] - lo[c]) / levels as f32;
+            let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
+            set_code(codes, bits, t * hd + c, quantize(row[offset + c], lo[c], inv, levels));
+        }
+    }
+}
+
+/// One kv head's values of a block, per token: min and step in f16.
+fn quantize_values(rows: &[f32], stride: usize, offset: usize, hd: usize, bits: ColdBits, params: &mut [f16], codes: &mut [u8]) {
+    let levels = bits.levels();
+    for (t, row) in rows.chunks_exact(stride).enumerate() {
+        let x = &row[offset..offset + hd];
+        let lo = x.iter().fold(f32::INFINITY, |a, &b| if b < a { b } else { a });
+        let hi = x.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+        let min = f16::from_f32(lo.clamp(-65504.0, 65504.0));
+        let step = f16::from_f32(((hi - min.to_f32()) / levels as f32).clamp(0.0, 65504.0));
+        params[2 * t] = min;
+        params[2 * t + 1] = step;
+        let (min, step) = (min.to_f32(), step.to_f32());
+        let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
+        for (c, &v) in x.iter().enumerate() {
+            set_code(codes, bits, t * hd + c, quantize(v, min, inv, levels));
+        }
+    }
+}
+
+/// Quest's bound on `q · k` for any key `k` within `[lo, hi]` per channel,
+/// summed in eight lanes combined pairwise (the same order everywhere).
+fn upper_bound(q: &[f32], lo: &[f32], hi: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n = q.len() / 8 * 8;
+    for ((qc, lc), hc) in q[..n].chunks_exact(8).zip(lo.chunks_exact(8)).zip(hi.chunks_exact(8)) {
+        for i in 0..8 {
+            let (a, b) = (qc[i] * lc[i], qc[i] * hc[i]);
+            acc[i] += if a > b { a } else { b };
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for i in n..q.len() {
+        let (a, b) = (q[i] * lo[i], q[i] * hi[i]);
+        s += if a > b { a } else { b };
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(bits: ColdBits) -> ColdLayer {
+        ColdLayer::new(ColdConfig { capacity: 4 * BLOCK, bits, recall: 2 * BLOCK }, 2, 16)
+    }
+
+    /// Fills block `id` of both heads with `f(token, channel)` (head 1 negated).
+    fn fill(c: &mut ColdLayer, id: usize, f: impl Fn(usize, usize) -> f32) {
+        for t in 0..BLOCK {
+            let index = id * BLOCK + t;
+            let (k, v) = c.pending_rows(index);
+            for ch in 0..32 {
+                let x = f(t, ch % 16) * if ch < 16 { 1.0 } else { -1.0 };
+                k[ch] = x;
+                v[ch] = 0.5 * x;
+            }
+            c.seal_if_complete(index);
+        }
+    }
+
+    #[test]
+    fn blocks_come_back_within_a_quantization_step() {
+        for (bits, tol) in [(ColdBits::Eight, 1.0 / 255.0), (ColdBits::Four, 1.0 / 15.0)] {
+            let mut c = layer(bits);
+            let f = |t: usize, ch: usize| ((t * 7 + ch * 3) % 11) as f32 / 5.0 - 1.0;
+            fill(&mut c, 0, f);
+            let (mut k, mut v) = (vec![0.0; BLOCK * 16], vec![0.0; BLOCK * 16]);
+            for g in 0..2 {
+                c.dequantize(g, 0, &mut k, &mut v);
+                let sign = if g == 0 { 1.0 } else { -1.0 };
+                for t in 0..BLOCK {
+                    for ch in 0..16 {
+                        let x = sign * f(t, ch);
+                        // range 2: half a step is tol; the f16 value parameters add a little.
+                        assert!((k[t * 16 + ch] - x).abs() <= tol * 1.01, "{bits:?} key {t},{ch}: {} vs {x}", k[t * 16 + ch]);
+                        assert!((v[t * 16 + ch] - 0.5 * x).abs() <= tol * 0.51, "{bits:?} value {t},{ch}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn recall_picks_the_matching_block_and_keeps_slots() {
+        let mut c = layer(ColdBits::Eight);
+        // Four blocks; block 2's keys point along channel 5, the others are small noise.
+        for id in 0..4 {
+            fill(&mut c, id, |t, ch| if id == 2 && ch == 5 { 3.0 } else { ((t + ch + id) % 3) as f32 * 0.01 });
+        }
+        let mut q = vec![0.0; 16];
+        q[5] = 1.0;
+        let mut loads = Vec::new();
+        c.select(0, &q, c.stored(4 * BLOCK), 500, &mut loads);
+        assert_eq!(loads.len(), 2);
+        assert!(loads.iter().any(|&(_, id)| id == 2), "{loads:?}");
+        // The same query again: nothing to load.
+        c.select(0, &q, c.stored(4 * BLOCK), 501, &mut loads);
+        assert!(loads.is_empty());
+        // A fifth block evicts block 0 (capacity 4): the stored range moves.
+        fill(&mut c, 4, |_, ch| if ch == 9 { 3.0 } else { 0.0 });
+        assert_eq!(c.stored(5 * BLOCK), 1..5);
+        q[5] = 0.0;
+        q[9] = 1.0;
+        c.select(0, &q, c.stored(5 * BLOCK), 540, &mut loads);
+        assert!(loads.iter().any(|&(_, id)| id == 4), "{loads:?}");
+        assert_eq!(c.filled(), 2);
+        // A shorter cache (emptied) forgets the slots.
+        c.select(0, &q, 0..0, 10, &mut loads);
+        assert_eq!(c.filled(), 0);
+    }
+
+    #[test]
+    fn hostile_values_do_not_panic() {
+        let mut c = layer(ColdBits::Four);
+        fill(&mut c, 0, |t, _| [f32::NAN, f32::INFINITY, -1e30, 1e30][t % 4]);
+        let (mut k, mut v) = (vec![0.0; BLOCK * 16], vec![0.0; BLOCK * 16]);
+        c.dequantize(1, 0, &mut k, &mut v);
+        let mut loads = Vec::new();
+        c.select(0, &[f32::NAN; 16], c.stored(BLOCK), 100, &mut loads);
+    }
+
+    #[test]
+    fn the_cold_tier_costs_under_a_third_of_f32_at_8_bits() {
+        for (bits, limit) in [(ColdBits::Eight, 0.3), (ColdBits::Four, 0.17)] {
+            let cfg = ColdConfig { capacity: 1024, bits, recall: 256 };
+            for hd in [64, 128, 256] {
+                let per_token = cfg.block_bytes(hd) as f64 / BLOCK as f64;
+                let hot = (2 * hd * 4) as f64;
+                assert!(per_token / hot <= limit, "{bits:?} head_dim {hd}: {:.3}", per_token / hot);
+            }
+        }
+    }
+}
