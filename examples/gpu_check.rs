@@ -9,7 +9,7 @@ fn main() {
     let bytes = std::fs::read("models/SmolLM2-135M-Instruct.Q4_1.gguf").unwrap();
     let g = Gguf::parse(&bytes).unwrap();
     let cfg = LlamaConfig::from_gguf(&g).unwrap();
-    let kv = KvCacheConfig { window: 64, sinks: 4, dtype: KvDType::F32 };
+    let kv = KvCacheConfig { window: 64, sinks: 4, dtype: KvDType::F32, cold: None };
     let t0 = std::time::Instant::now();
     let ctx = GpuContext::new_blocking().unwrap();
     println!("adapter {:?} in {:?}", ctx.info, t0.elapsed());

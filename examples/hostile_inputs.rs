@@ -39,7 +39,7 @@ fn main() {
     let mut g = TinyGguf::new(1);
     g.set("tokenizer.ggml.merges", Value::Array(vec![Value::String("e n".into()), Value::String("en e".into())]));
     show("merge outside vocabulary", load(&g.to_bytes()));
-    show("window smaller than sinks", Engine::load(&tiny, EngineOptions { kv: KvCacheConfig { window: 4, sinks: 8, dtype: KvDType::F32 }, ..Default::default() }));
+    show("window smaller than sinks", Engine::load(&tiny, EngineOptions { kv: KvCacheConfig { window: 4, sinks: 8, dtype: KvDType::F32, cold: None }, ..Default::default() }));
     show("memory budget 1 KiB", Engine::load(&tiny, EngineOptions { memory_budget: 1024, ..Default::default() }));
     let mut e = load(&tiny).unwrap();
     let g = GenerateOptions { max_tokens: 4, sampler: SamplerConfig::greedy(), ..Default::default() };

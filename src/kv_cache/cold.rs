@@ -30,6 +30,11 @@ use half::f16;
 /// Tokens per cold block.
 pub const BLOCK: usize = 32;
 
+/// How much better (relatively) a block's score must be to take the slot of
+/// a block that is held: consecutive queries that rank near-equal blocks in
+/// different orders would otherwise reload blocks at every step.
+const HOLD_MARGIN: f32 = 0.05;
+
 /// Bits per stored key or value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColdBits {
@@ -244,7 +249,11 @@ impl ColdLayer {
         for id in stored {
             let b = g * blocks + id % blocks;
             let (lo, hi) = self.k_range[b * 2 * hd..(b + 1) * 2 * hd].split_at(hd);
-            let best = queries.chunks_exact(hd).map(|q| upper_bound(q, lo, hi)).fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+            let mut best = queries.chunks_exact(hd).map(|q| upper_bound(q, lo, hi)).fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+            if self.slots[g * n_slots..(g + 1) * n_slots].contains(&Some(id)) {
+                // Hysteresis: a held block is only replaced by a clearly better one.
+                best += HOLD_MARGIN * best.abs();
+            }
             self.scored.push((best, id));
         }
         // Best score first; among equal scores the newer block.

@@ -193,10 +193,11 @@ impl KvCache {
     }
 
     /// Brings back into layer `layer`'s recall rows the cold blocks that the
-    /// chunk's `queries` (un-rotated, `[t][qd]`) need; call before the chunk's
-    /// first [`attend`](Self::attend) in that layer. See [`KvStorage::recall`].
-    pub fn recall(&mut self, layer: usize, queries: &[f32], qd: usize, rope: &RecallRope) {
-        self.storage.recall(layer, self.policy.len(), queries, qd, rope);
+    /// `queries` (un-rotated, `[t][qd]`) of the tokens from absolute position
+    /// `position` on need; call before the first of them is attended in that
+    /// layer. See [`KvStorage::recall`].
+    pub fn recall(&mut self, layer: usize, position: usize, queries: &[f32], qd: usize, rope: &RecallRope) {
+        self.storage.recall(layer, position, queries, qd, rope);
     }
 }
 

@@ -12,6 +12,8 @@ pub enum Op {
     MatmulDown,
     MatmulOutput,
     Attention,
+    /// Choosing and dequantizing cold-tier blocks.
+    KvRecall,
     Rope,
     Norm,
     Other,
@@ -19,13 +21,14 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 10] = [
+    pub const ALL: [Op; 11] = [
         Op::MatmulQkv,
         Op::MatmulO,
         Op::MatmulGateUp,
         Op::MatmulDown,
         Op::MatmulOutput,
         Op::Attention,
+        Op::KvRecall,
         Op::Rope,
         Op::Norm,
         Op::Other,
@@ -39,6 +42,7 @@ impl Op {
             Op::MatmulDown => "matmul_down",
             Op::MatmulOutput => "matmul_output",
             Op::Attention => "attention",
+            Op::KvRecall => "kv_recall",
             Op::Rope => "rope",
             Op::Norm => "rms_norm",
             Op::Other => "embed_silu_other",
@@ -50,7 +54,7 @@ impl Op {
 /// Accumulated seconds per [`Op`] and the tokens they covered.
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
-    pub secs: [f64; 10],
+    pub secs: [f64; 11],
     pub tokens: usize,
 }
 

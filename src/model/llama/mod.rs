@@ -341,10 +341,17 @@ fn attention(c: &LlamaConfig, b: &Block, i: usize, rope: (usize, usize), ws: &mu
     let (table, tables) = rope;
     let cold = spec.window == AttentionWindow::Global && caches[0].has_cold();
     if cold {
-        recall(caches, i, ws, t, qd, rotate, (table, half), batch);
+        grow(&mut ws.q_raw, t * qd);
+        ws.q_raw[..t * qd].copy_from_slice(&ws.q[..t * qd]);
     }
-    let (sink_cos, sink_sin) = (&ws.sink_cos[table * half..(table + 1) * half], &ws.sink_sin[table * half..(table + 1) * half]);
     for j in 0..t {
+        // A chunk recalls every `RECALL_EVERY` tokens (a batch, one token per cache, once).
+        if cold && (if batch { j == 0 } else { j % RECALL_EVERY == 0 }) {
+            let rows = if batch { 0..t } else { j..t.min(j + RECALL_EVERY) };
+            recall(caches, i, ws, rows, positions, qd, rotate, (table, half), batch);
+            clock.lap(&mut ws.profile, Op::KvRecall);
+        }
+        let (sink_cos, sink_sin) = (&ws.sink_cos[table * half..(table + 1) * half], &ws.sink_sin[table * half..(table + 1) * half]);
         let cache = &mut *caches[if batch { j } else { 0 }];
         let at = (j * tables + table) * half..(j * tables + table + 1) * half;
         let (cos, sin) = (&ws.cos[at.clone()], &ws.sin[at]);
@@ -366,7 +373,7 @@ fn attention(c: &LlamaConfig, b: &Block, i: usize, rope: (usize, usize), ws: &mu
         let q_sink: &[f32] = if plan.rotates_sink_query() { &ws.q_sink[..qd] } else { &[] };
         let (q, k, v) = (&ws.q[j * qd..(j + 1) * qd], &ws.k[j * kvd..(j + 1) * kvd], &ws.v[j * kvd..(j + 1) * kvd]);
         let at = (j * tables + table) * half..(j * tables + table + 1) * half;
-        let unrotate = Unrotate { rotate, cos: &ws.evict_cos.get(at.clone()).unwrap_or(&[]), neg_sin: &ws.evict_neg_sin.get(at).unwrap_or(&[]) };
+        let unrotate = Unrotate { rotate, cos: ws.evict_cos.get(at.clone()).unwrap_or(&[]), neg_sin: ws.evict_neg_sin.get(at).unwrap_or(&[]) };
         let unrotate = (cold && plan.evicts.is_some()).then_some(&unrotate);
         cache.attend(i, plan, q, q_sink, k, v, unrotate, &mut ws.scratch, &mut ws.attn[j * qd..(j + 1) * qd]);
         clock.lap(&mut ws.profile, Op::Attention);
@@ -377,24 +384,26 @@ fn attention(c: &LlamaConfig, b: &Block, i: usize, rope: (usize, usize), ws: &mu
     Ok(())
 }
 
+/// Tokens of a chunk that share one recall: a block's worth, so that what
+/// leaves the window during a chunk is recallable soon after.
+const RECALL_EVERY: usize = crate::kv_cache::cold::BLOCK;
+
 /// Recall for layer `i` (a global layer of caches with a cold tier): the
-/// chunk's queries before RoPE choose the cold blocks of each cache (one
+/// queries before RoPE of the chunk's `rows` choose the cold blocks (one
 /// cache per row in a batch), rotated at the recall rows' positions of the
 /// layer's RoPE table (`table.0` of half-size `table.1`).
 #[allow(clippy::too_many_arguments)]
-fn recall(caches: &mut [&mut KvCache], i: usize, ws: &mut Workspace, t: usize, qd: usize, rotate: crate::kv_cache::Rotate, table: (usize, usize), batch: bool) {
+fn recall(caches: &mut [&mut KvCache], i: usize, ws: &Workspace, rows: std::ops::Range<usize>, positions: &[usize], qd: usize, rotate: crate::kv_cache::Rotate, table: (usize, usize), batch: bool) {
     let (table, half) = table;
-    let rows = caches[0].recall_rows();
-    grow(&mut ws.q_raw, t * qd);
-    ws.q_raw[..t * qd].copy_from_slice(&ws.q[..t * qd]);
-    let span = table * rows * half..(table + 1) * rows * half;
+    let recall_rows = caches[0].recall_rows();
+    let span = table * recall_rows * half..(table + 1) * recall_rows * half;
     let rope = RecallRope { rotate, cos: &ws.recall_cos[span.clone()], sin: &ws.recall_sin[span] };
     if batch {
         for (j, cache) in caches.iter_mut().enumerate() {
-            cache.recall(i, &ws.q_raw[j * qd..(j + 1) * qd], qd, &rope);
+            cache.recall(i, positions[j], &ws.q_raw[j * qd..(j + 1) * qd], qd, &rope);
         }
     } else {
-        caches[0].recall(i, &ws.q_raw[..t * qd], qd, &rope);
+        caches[0].recall(i, positions[rows.start], &ws.q_raw[rows.start * qd..rows.end * qd], qd, &rope);
     }
 }
 
