@@ -43,6 +43,9 @@ pub enum Error {
     /// An error inside the tensor library: a bug in kvchat if it ever reaches a user.
     #[error("tensor backend: {0}")]
     Backend(String),
+
+    #[error("saved session: {0}")]
+    Session(String),
 }
 
 impl Error {
@@ -62,6 +65,7 @@ impl Error {
             Error::Gpu(_) => "gpu",
             Error::DeviceLost(_) => "device-lost",
             Error::Backend(_) => "backend",
+            Error::Session(_) => "session",
         }
     }
 }

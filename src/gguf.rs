@@ -54,6 +54,23 @@ impl<'a> Source<'a> {
 /// (metadata within [`MAX_METADATA_BYTES`] and the tensor table).
 const MAX_HEADER_BYTES: u64 = MAX_METADATA_BYTES + (64 << 20);
 
+/// FNV-1a, 64 bits.
+pub(crate) struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 /// A parsed, validated GGUF file, its tensors read from its [`ByteSource`].
 pub struct Gguf<'a> {
     source: Source<'a>,
@@ -87,6 +104,42 @@ impl<'a> Gguf<'a> {
 
     pub fn metadata(&self, key: &str) -> Option<&Value> {
         self.content.metadata.get(key)
+    }
+
+    /// A 64-bit identity of the file (FNV-1a): its length, every metadata key
+    /// and scalar value (arrays by length), every tensor's name, type, shape
+    /// and offset, and the first and last 4 KiB of the tensor data. Saved
+    /// sessions carry it, so a cache is restored only into the model that made it.
+    pub fn fingerprint(&self) -> Result<u64> {
+        let mut h = Fnv::default();
+        h.write(&self.source.byte_len().to_le_bytes());
+        h.write(&self.content.tensor_data_offset.to_le_bytes());
+        let mut keys: Vec<_> = self.content.metadata.keys().collect();
+        keys.sort();
+        for k in keys {
+            h.write(k.as_bytes());
+            match &self.content.metadata[k] {
+                Value::Array(a) => h.write(&(a.len() as u64).to_le_bytes()),
+                v => h.write(format!("{v:?}").as_bytes()),
+            }
+        }
+        let mut names: Vec<_> = self.content.tensor_infos.keys().collect();
+        names.sort();
+        for n in names {
+            let t = &self.content.tensor_infos[n];
+            h.write(format!("{n}:{:?}:{:?}:{}", t.ggml_dtype, t.shape.dims(), t.offset).as_bytes());
+        }
+        let (start, end) = (self.content.tensor_data_offset.min(self.source.byte_len()), self.source.byte_len());
+        let n = (end - start).min(4096) as usize;
+        let mut buf = vec![0u8; n];
+        for at in [start, end - n as u64] {
+            match &self.source {
+                Source::Memory(b) => buf.copy_from_slice(&b[at as usize..at as usize + n]),
+                Source::Reader(r) => r.read_at(at, &mut buf)?,
+            }
+            h.write(&buf);
+        }
+        Ok(h.0)
     }
 
     /// The names of every tensor in the file (in no particular order).

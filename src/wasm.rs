@@ -373,4 +373,22 @@ impl KvEngine {
         self.drop_batch();
         self.engine.reset();
     }
+
+    /// The whole cache as bytes (`llm.saveSession` writes them to OPFS).
+    #[wasm_bindgen(js_name = saveSession)]
+    pub fn save_session(&mut self) -> Result<Vec<u8>, JsValue> {
+        if self.session.is_some() {
+            return Err(bad_option("a generation is in progress; save after it"));
+        }
+        self.engine.save_session().map_err(to_js)
+    }
+
+    /// Replaces the cache with saved bytes (same model and cache options); a
+    /// corrupt or foreign file is an error of kind `session`.
+    #[wasm_bindgen(js_name = restoreSession)]
+    pub fn restore_session(&mut self, bytes: &[u8]) -> Result<(), JsValue> {
+        self.session = None;
+        self.drop_batch();
+        self.engine.restore_session(bytes).map_err(to_js)
+    }
 }

@@ -12,7 +12,8 @@ const el = {
   log: $('[data-testid=output]'), prompt: $('[data-testid=prompt]'), send: $('[data-testid=send]'),
   stop: $('[data-testid=stop]'), newChat: $('[data-testid=new-chat]'), composer: $('.composer'),
   settings: $('.settings-form'), reload: $('.reload'), banner: $('.banner'), modelName: $('.model-name'),
-  backend: $('.backend-name'), kvSinks: $('.kv-sinks'), kvUsed: $('.kv-used'), chart: $('.latency'),
+  backend: $('.backend-name'), kvSinks: $('.kv-sinks'), kvUsed: $('.kv-used'),
+  coldView: $('.kv-cold-view'), kvRecalled: $('.kv-recalled'), kvCold: $('.kv-cold'), chart: $('.latency'),
   modelForm: $('.model-form'), loadModel: $('[data-testid=load-model]'), mode: $('[data-testid=mode]'), cacheList: $('[data-testid=cache-list]'),
   stat: (name) => $(`[data-stat=${name}]`),
 };
@@ -141,7 +142,7 @@ function settings() {
   const num = (k) => Number(f.get(k));
   return {
     gen: { temperature: num('temperature'), topK: num('topK'), topP: num('topP'), maxTokens: num('maxTokens'), noCache: f.get('noCache') === 'on' },
-    engine: { kvWindow: num('kvWindow'), kvSinks: num('kvSinks'), backend: f.get('backend') },
+    engine: { kvWindow: num('kvWindow'), kvSinks: num('kvSinks'), kvCold: num('kvCold'), kvRecall: num('kvRecall'), backend: f.get('backend') },
   };
 }
 
@@ -213,6 +214,7 @@ async function load() {
   setProgress('ready', 1, `ready (${src} in ${(llm.timings.fetchMs / 1000).toFixed(1)} s, init ${(llm.timings.initMs / 1000).toFixed(1)} s)`);
   setMode(llm.info.chatTemplate !== false);
   el.backend.textContent = llm.backend;
+  await restoreConversation(picked, engine);
   setBusy(false);
   el.prompt.focus();
   updateStats();
@@ -242,6 +244,14 @@ async function updateStats() {
     el.kvSinks.style.width = `${(100 * kv.sinks) / kv.capacity}%`;
     el.kvUsed.style.width = `${(100 * (kv.used - kv.sinks)) / kv.capacity}%`;
     el.stat('kv').textContent = `${kv.used} / ${kv.capacity} tokens · ${kv.sinks} sinks · ${kv.evicted} evicted · ${mib(kv.bytes)}`;
+    // The cold tier: what left the window, kept compressed; the part recalled at the last step.
+    const cold = kv.cold;
+    el.coldView.hidden = !cold;
+    if (cold) {
+      el.kvRecalled.style.width = `${(100 * Math.min(cold.recalledTokens, cold.used)) / cold.capacity}%`;
+      el.kvCold.style.width = `${(100 * Math.max(0, cold.used - cold.recalledTokens)) / cold.capacity}%`;
+      el.stat('kv-cold').textContent = `cold: ${cold.used} / ${cold.capacity} tokens · ${cold.recalledTokens} recalled per layer and head · ${cold.evicted} dropped · ${mib(cold.bytes)}`;
+    }
   }
 }
 
@@ -312,6 +322,42 @@ async function send(text) {
   const out = addMessage('assistant', '');
   const answer = await stream(messages, out, out);
   messages.push({ role: 'assistant', content: answer });
+  await saveConversation();
+}
+
+// The conversation survives a reload (the third tier of the cache): after each chat turn on the
+// CPU backend the page saves the whole KV cache as a session in the origin-private file system and
+// the messages in sessionStorage (this tab's); a reload with the same model and cache settings
+// restores both, so the next turn prefills only its new tokens. New chat and Reload forget it.
+// (Two tabs share the one saved cache: a restore that does not match the messages costs a
+// re-prefill, never a wrong answer: the engine compares token ids.)
+const SAVED = 'kvchat-page-conversation';
+let conversationKey = null;
+async function saveConversation() {
+  if (!llm || !conversationKey || llm.backend !== 'cpu' || !messages.length) return;
+  try {
+    await llm.saveSession('page');
+    sessionStorage.setItem(SAVED, JSON.stringify({ key: conversationKey, messages }));
+  } catch { /* not saved: the conversation simply will not survive a reload */ }
+}
+async function restoreConversation(picked, engine) {
+  conversationKey = typeof picked.source === 'string' ? JSON.stringify({ model: picked.source, engine }) : null;
+  let saved = null;
+  try { saved = JSON.parse(sessionStorage.getItem(SAVED) ?? 'null'); } catch { /* unreadable: nothing to restore */ }
+  if (!conversationKey || saved?.key !== conversationKey || !saved.messages?.length || llm.backend !== 'cpu') return;
+  try {
+    await llm.restoreSession('page');
+  } catch {
+    return;
+  }
+  messages = saved.messages;
+  el.log.replaceChildren();
+  for (const m of messages) addMessage(m.role, m.content);
+  updateStats();
+}
+function forgetConversation() {
+  sessionStorage.removeItem(SAVED);
+  llm?.deleteSession('page').catch(() => {});
 }
 
 /**
@@ -344,6 +390,7 @@ el.prompt.addEventListener('keydown', (e) => {
 el.stop.addEventListener('click', () => controller?.abort());
 el.newChat.addEventListener('click', async () => {
   messages = [];
+  forgetConversation();
   el.log.replaceChildren();
   const p = document.createElement('p');
   p.className = 'empty';
@@ -355,6 +402,7 @@ el.newChat.addEventListener('click', async () => {
 /** Loads `choice` afresh: a new conversation with it. */
 function restart() {
   messages = [];
+  forgetConversation();
   el.log.replaceChildren();
   load();
 }

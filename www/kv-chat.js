@@ -60,6 +60,8 @@ class KvChatElement extends HTMLElement {
         backend: this.getAttribute('backend') || 'auto',
         kvWindow: num(this.getAttribute('kv-window')),
         kvSinks: num(this.getAttribute('kv-sinks')),
+        kvCold: num(this.getAttribute('kv-cold')),
+        kvRecall: num(this.getAttribute('kv-recall')),
         allowedOrigins: list(this.getAttribute('allowed-origins')),
         signal: loading.signal,
         onProgress: ({ phase, loaded, total }) => {

@@ -75,7 +75,7 @@ export interface Progress {
   total: number;
 }
 
-export interface LoadOptions extends Pick<EngineLoadOptions, 'kvWindow' | 'kvSinks' | 'kvF16'> {
+export interface LoadOptions extends Pick<EngineLoadOptions, 'kvWindow' | 'kvSinks' | 'kvF16' | 'kvCold' | 'kvColdBits' | 'kvRecall'> {
   /** URL string (relative or absolute), Blob or ArrayBuffer. Default: the bundled models/ path. */
   model?: string | Blob | ArrayBuffer;
   /** Default 'auto': WebGPU when an adapter with the needed limits exists, else the CPU. 'webgpu' rejects (kind 'gpu') without one. */
@@ -155,6 +155,12 @@ export declare class KvChat {
   loseGpuDevice(): Promise<void>;
   /** Makes the engine's wasm trap, as a bug would (tests): rejects with kind 'crash', `onCrash` runs, `crashed` is set; load again to recover. */
   simulateCrash(): Promise<void>;
+  /** Writes the whole KV cache (window, cold tier, token ids) to the origin-private file system as `name`; resolves to its size in bytes. CPU backend only. */
+  saveSession(name: string): Promise<number>;
+  /** Replaces the KV cache with the one saved as `name` (same model and cache options); rejects with kind 'session' for a missing, corrupt or foreign file. */
+  restoreSession(name: string): Promise<number>;
+  /** Deletes the session saved as `name`; resolves to whether there was one. */
+  deleteSession(name: string): Promise<boolean>;
   /** Empties the cache and the history. */
   reset(): Promise<void>;
   dispose(): Promise<void>;

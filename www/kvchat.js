@@ -74,6 +74,10 @@ export class KvChat {
    * @param {'auto'|'cpu'|'webgpu'} [options.backend]
    * @param {number} [options.kvWindow] KV cache capacity in tokens (default 2048).
    * @param {number} [options.kvSinks] attention-sink tokens never evicted (default 4).
+   * @param {number} [options.kvCold] tokens a compressed cold tier keeps after they leave the window,
+   *   recalled when a query needs them (default 0: off). Runs on the CPU backend.
+   * @param {number} [options.kvColdBits] 8 (default) or 4 bits per cold key and value.
+   * @param {number} [options.kvRecall] tokens recalled per step for each layer and kv head (default 512).
    * @param {'auto'|'relaxed'|'baseline'} [options.simd] wasm build: relaxed SIMD where supported (default), or plain simd128.
    * @param {number} [options.threads] threads for the matmuls; default: up to 4 on a cross-origin-isolated page, else 1.
    * @param {(p: {phase: 'download'|'cache'|'init', loaded: number, total: number}) => void} [options.onProgress]
@@ -82,7 +86,7 @@ export class KvChat {
    *   the page's own origin is always allowed); default: any origin.
    */
   static async load(options = {}) {
-    const { model = DEFAULT_MODEL, backend = 'auto', kvWindow, kvSinks, kvF16, onProgress, cache, simd, threads, allowedOrigins, signal } = options;
+    const { model = DEFAULT_MODEL, backend = 'auto', kvWindow, kvSinks, kvF16, kvCold, kvColdBits, kvRecall, onProgress, cache, simd, threads, allowedOrigins, signal } = options;
     if (signal?.aborted) throw new DOMException('The load was aborted', 'AbortError');
     if (!['auto', 'cpu', 'webgpu'].includes(backend)) throw new KvChatError(`backend must be 'auto', 'cpu' or 'webgpu' (got ${backend})`, 'invalid-option');
     const source = typeof model === 'string' ? checkOrigin(new URL(model, globalThis.document?.baseURI ?? location.href), allowedOrigins).href : model;
@@ -92,7 +96,7 @@ export class KvChat {
     let fetchDone = 0;
     try {
       const transfer = model instanceof ArrayBuffer ? [model] : [];
-      const loading = llm.#call('load', { model: source, options: { kvWindow, kvSinks, kvF16, cache, simd, threads, backend } }, (m) => {
+      const loading = llm.#call('load', { model: source, options: { kvWindow, kvSinks, kvF16, kvCold, kvColdBits, kvRecall, cache, simd, threads, backend } }, (m) => {
         if (m.type === 'progress') {
           if (m.phase === 'init' && !fetchDone) fetchDone = performance.now();
           onProgress?.({ phase: m.phase, loaded: m.loaded, total: m.total });
@@ -225,6 +229,19 @@ export class KvChat {
   async simulateCrash() { await this.#call('simulateCrash', {}); }
   /** Empties the cache and the history. */
   reset() { return this.#call('reset', {}); }
+  /**
+   * Writes the whole KV cache (window, cold tier, token ids) to the origin-private file system
+   * as `name`; resolves to its size in bytes. The CPU backend only.
+   */
+  saveSession(name) { return this.#call('saveSession', { name }); }
+  /**
+   * Replaces the KV cache with the one saved as `name` (the same model and cache options): the next
+   * turn of that conversation prefills only its new tokens. A missing, corrupt or foreign file
+   * rejects with kind 'session' and the engine stays usable.
+   */
+  restoreSession(name) { return this.#call('restoreSession', { name }); }
+  /** Deletes the session saved as `name`; resolves to whether there was one. */
+  deleteSession(name) { return this.#call('deleteSession', { name }); }
   /** Ends the worker and frees its memory. */
   async dispose() {
     if (this.#crashed) return;

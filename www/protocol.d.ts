@@ -449,6 +449,18 @@ export type WorkerRequest = {
   "type": "simulateCrash",
   id: number,
 } | {
+  "type": "saveSession",
+  id: number,
+  name: string,
+} | {
+  "type": "restoreSession",
+  id: number,
+  name: string,
+} | {
+  "type": "deleteSession",
+  id: number,
+  name: string,
+} | {
   "type": "profile",
   id: number,
   on?: boolean,

@@ -174,8 +174,9 @@ async function load(msg) {
   engine = null;
   // backend 'auto': WebGPU when the browser has an adapter with the limits the
   // kernels need, else the CPU; 'webgpu' fails clearly instead of falling back.
-  const backend = options.backend ?? 'auto';
-  gpuError = null;
+  // The cold KV tier's recall runs on the CPU backend only.
+  const backend = options.kvCold > 0 ? 'cpu' : options.backend ?? 'auto';
+  gpuError = options.kvCold > 0 && options.backend !== 'cpu' ? 'the cold KV tier (kvCold) runs on the CPU backend' : null;
   if (backend !== 'cpu') {
     const adapter = self.navigator?.gpu ? await self.navigator.gpu.requestAdapter().catch(() => null) : null;
     const i = adapter?.info;
@@ -249,6 +250,24 @@ const generateBatch = ({ id, inputs, options }) => drive(id, () => engine.batchS
   return r.done;
 });
 
+// Saved sessions live in the origin-private file system, one file per name.
+async function sessionsDir() {
+  if (!self.navigator?.storage?.getDirectory) throw fail('this browser has no origin-private file system', 'session');
+  return (await self.navigator.storage.getDirectory()).getDirectoryHandle('kvchat-sessions', { create: true });
+}
+
+async function sessionFile(name, create) {
+  if (typeof name !== 'string' || !/^[\w-][\w.-]{0,63}$/.test(name)) {
+    throw fail(`a session name is 1 to 64 letters, digits, '_', '-' or '.' (got ${JSON.stringify(name)})`, 'invalid-option');
+  }
+  const dir = await sessionsDir();
+  try {
+    return await dir.getFileHandle(name, { create });
+  } catch {
+    throw fail(`no session is saved as '${name}'`, 'session');
+  }
+}
+
 /** One handler per WorkerRequest type; what it returns is the `result` message's `value`. */
 const handlers = {
   load,
@@ -260,6 +279,26 @@ const handlers = {
   stats: async () => statsOf(),
   loseGpuDevice: async () => { engine?.loseGpuDevice(); return true; },
   simulateCrash: async () => { if (!engine) throw fail('no model is loaded', 'invalid-option'); engine.simulateCrash(); return true; },
+  saveSession: async ({ name }) => {
+    if (!engine) throw fail('no model is loaded', 'invalid-option');
+    if (current) throw fail('a generation is in progress; save after it', 'invalid-option');
+    const bytes = engine.saveSession();
+    const writable = await (await sessionFile(name, true)).createWritable();
+    await writable.write(bytes);
+    await writable.close();
+    return bytes.length;
+  },
+  restoreSession: async ({ name }) => {
+    if (!engine) throw fail('no model is loaded', 'invalid-option');
+    if (current) throw fail('a generation is in progress; restore after it', 'invalid-option');
+    const bytes = new Uint8Array(await (await (await sessionFile(name, false)).getFile()).arrayBuffer());
+    engine.restoreSession(bytes);
+    return bytes.length;
+  },
+  deleteSession: async ({ name }) => {
+    await sessionFile(name, false).catch(() => null);
+    try { await (await sessionsDir()).removeEntry(name); return true; } catch { return false; }
+  },
   profile: async ({ on }) => { if (on !== undefined) engine?.setProfiling(Boolean(on)); return engine ? engine.profile() : null; },
   reset: async () => { if (current) current.aborted = true; engine?.reset(); return true; },
   dispose: async () => { if (current) current.aborted = true; engine?.free(); engine = null; return true; },

@@ -139,6 +139,11 @@ mod cli {
         /// Optional system prompt (the template's default otherwise).
         #[arg(long)]
         system: Option<String>,
+        /// Continue the conversation saved in FILE (if it exists) and save it there after
+        /// every turn: the whole KV cache (window, cold tier, token ids) in FILE, the messages
+        /// in FILE.messages.json. The next run starts with no re-prefill.
+        #[arg(long)]
+        session: Option<PathBuf>,
     }
 
     // The flags of `tokenize`.
@@ -340,9 +345,18 @@ mod cli {
 
     /// `chat`: reads user turns from stdin until an empty line or end of input; `/reset` starts over.
     fn chat(a: ChatArgs) -> R<()> {
-        let ChatArgs { m, max_tokens, temperature, seed, system } = a;
+        let ChatArgs { m, max_tokens, temperature, seed, system, session } = a;
         let mut engine = load(&m)?;
         let mut messages: Vec<Message> = system.into_iter().map(|s| Message::new("system", s)).collect();
+        let messages_path = session.as_ref().map(|p| p.with_extension("messages.json"));
+        if let (Some(path), Some(mpath)) = (&session, &messages_path) {
+            if path.exists() {
+                let t = std::time::Instant::now();
+                engine.restore_session(&std::fs::read(path)?)?;
+                messages = serde_json::from_slice(&std::fs::read(mpath)?)?;
+                eprintln!("kvchat: restored {} messages and {} cached tokens from {} in {:.0} ms", messages.len(), engine.cached_tokens().len(), path.display(), t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
         let opts = GenerateOptions {
             max_tokens,
             sampler: SamplerConfig { temperature, seed, ..Default::default() },
@@ -365,6 +379,10 @@ mod cli {
             messages.push(Message::new("user", line.trim_end_matches(['\n', '\r'])));
             let reply = chat_turn(&mut engine, &messages, &opts)?;
             messages.push(Message::new("assistant", reply));
+            if let (Some(path), Some(mpath)) = (&session, &messages_path) {
+                std::fs::write(path, engine.save_session()?)?;
+                std::fs::write(mpath, serde_json::to_vec(&messages)?)?;
+            }
         }
         Ok(())
     }

@@ -145,6 +145,9 @@ impl Runner for CpuRunner {
     fn kv_stats(&self) -> KvStats {
         self.cache.stats()
     }
+    fn cpu_cache(&mut self) -> Option<&mut KvCache> {
+        Some(&mut self.cache)
+    }
     fn submit(&mut self, ids: &[u32], want: &Want) -> Result<()> {
         self.forward.chunk(&mut self.cache, ids, want)
     }

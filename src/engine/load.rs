@@ -87,6 +87,7 @@ impl Engine {
         let t = Instant::now();
         let g = bytes.gguf()?;
         let cfg = LlamaConfig::from_gguf(&g)?;
+        let fingerprint = g.fingerprint()?;
         load.parse_ms = ms(t);
         let t = Instant::now();
         let tokenizer = Tokenizer::from_gguf(&g)?;
@@ -136,6 +137,7 @@ impl Engine {
             last: Default::default(),
             encoder: IncrementalEncoder::default(),
             load,
+            fingerprint,
         })
     }
 

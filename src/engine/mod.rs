@@ -55,6 +55,8 @@ pub struct Engine {
     /// Chat prompts re-render the whole conversation; this re-tokenizes only the new part.
     encoder: IncrementalEncoder,
     load: LoadTimings,
+    /// The model file's identity (`Gguf::fingerprint`), carried by saved sessions.
+    fingerprint: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -367,6 +369,39 @@ impl Engine {
         let mut ids = cached[..n].to_vec();
         ids.extend(self.tokenizer.encode_part_text(&text[bytes.len()..])?);
         Ok(Some(ids))
+    }
+}
+
+/// Saved sessions: the cache written out and read back (the third tier).
+impl Engine {
+    /// The whole cache (token ids, sinks and window, recall rows, cold tier) as
+    /// bytes that [`restore_session`](Self::restore_session) reads back into an
+    /// engine of the same model and cache options, with no re-prefill. The CPU
+    /// backend only (a GPU cache lives in GPU buffers: [`Error::Unsupported`]).
+    pub fn save_session(&mut self) -> Result<Vec<u8>> {
+        if self.in_flight.is_some() {
+            return Err(Error::InvalidOption("a step is in flight; save between generations".into()));
+        }
+        let fingerprint = self.fingerprint;
+        match self.runner.cpu_cache() {
+            Some(cache) => Ok(cache.save_image(fingerprint)),
+            None => Err(Error::Unsupported("saving a session needs the CPU backend (this cache lives on the GPU)".into())),
+        }
+    }
+
+    /// Replaces the cache with a saved one (see [`save_session`](Self::save_session)).
+    /// A file that is corrupt, from another model or another cache
+    /// configuration is an [`Error::Session`]; the engine stays usable (with
+    /// its cache as it was, or empty when the file failed past its checks).
+    pub fn restore_session(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.in_flight.is_some() {
+            return Err(Error::InvalidOption("a step is in flight; restore between generations".into()));
+        }
+        let fingerprint = self.fingerprint;
+        let cache = self.runner.cpu_cache().ok_or_else(|| Error::Unsupported("restoring a session needs the CPU backend".into()))?;
+        cache.restore_image(bytes, fingerprint)?;
+        self.encoder = IncrementalEncoder::default();
+        Ok(())
     }
 }
 

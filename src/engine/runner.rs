@@ -115,6 +115,10 @@ pub(crate) trait Runner {
     fn policy(&self) -> &KvPolicy;
     fn policy_mut(&mut self) -> &mut KvPolicy;
     fn kv_stats(&self) -> KvStats;
+    /// The cache itself where it lives in CPU memory (saved sessions); `None` on a GPU.
+    fn cpu_cache(&mut self) -> Option<&mut KvCache> {
+        None
+    }
 
     /// Runs `ids` (planned with [`KvPolicy::next_chunk`]) through the network
     /// into the engine's cache.

@@ -24,6 +24,7 @@
 //! every target, so native and wasm select the same blocks and recall the
 //! same bits.
 
+use super::image::{ImageReader, ImageWriter};
 use crate::error::{Error, Result};
 use half::f16;
 
@@ -299,6 +300,59 @@ impl ColdLayer {
                 *x = min + code(codes, bits, t * hd + c) as f32 * step;
             }
         }
+    }
+}
+
+/// Saved sessions: the stored blocks, the block being filled, the recall slots.
+impl ColdLayer {
+    /// Blocks written after `left` tokens left the ring (the ring's first `m`).
+    fn written(&self, left: usize) -> usize {
+        (left / BLOCK).min(self.cfg.blocks())
+    }
+
+    pub fn write_image(&self, w: &mut ImageWriter, left: usize) {
+        let (m, blocks, hd, cb) = (self.written(left), self.cfg.blocks(), self.hd, self.cfg.bits.bytes(BLOCK * self.hd));
+        for g in 0..self.n_kv {
+            let b = g * blocks;
+            w.bytes(&self.k_codes[b * cb..(b + m) * cb]);
+            w.f32s(&self.k_range[b * 2 * hd..(b + m) * 2 * hd]);
+            w.bytes(&self.v_codes[b * cb..(b + m) * cb]);
+            w.f16s(&self.v_params[b * BLOCK * 2..(b + m) * BLOCK * 2]);
+        }
+        w.f32s(&self.pending_k);
+        w.f32s(&self.pending_v);
+        w.len(self.slots.len());
+        for s in &self.slots {
+            w.u64(s.map_or(u64::MAX, |id| id as u64));
+        }
+        w.len(self.last_len);
+        w.len(self.loads);
+    }
+
+    pub fn read_image(&mut self, r: &mut ImageReader, left: usize) -> Result<()> {
+        let (m, blocks, hd, cb) = (self.written(left), self.cfg.blocks(), self.hd, self.cfg.bits.bytes(BLOCK * self.hd));
+        for g in 0..self.n_kv {
+            let b = g * blocks;
+            r.bytes(&mut self.k_codes[b * cb..(b + m) * cb], "cold key codes")?;
+            r.f32s(&mut self.k_range[b * 2 * hd..(b + m) * 2 * hd], "cold key ranges")?;
+            r.bytes(&mut self.v_codes[b * cb..(b + m) * cb], "cold value codes")?;
+            r.f16s(&mut self.v_params[b * BLOCK * 2..(b + m) * BLOCK * 2], "cold value scales")?;
+        }
+        r.f32s(&mut self.pending_k, "the cold block being filled")?;
+        r.f32s(&mut self.pending_v, "the cold block being filled")?;
+        r.len(self.slots.len(), "recall slots")?;
+        let stored = self.stored(left);
+        let n_slots = self.cfg.slots();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            *slot = match r.u64("a recall slot")? {
+                u64::MAX => None,
+                id if (id as usize) < stored.end => Some(id as usize),
+                id => return Err(Error::Session(format!("recall slot {} holds block {id}, which was never written", i % n_slots))),
+            };
+        }
+        self.last_len = r.u64("the cache length")? as usize;
+        self.loads = r.u64("the load count")? as usize;
+        Ok(())
     }
 }
 

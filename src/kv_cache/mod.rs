@@ -15,6 +15,7 @@
 //! the sinks and why keys are cached rotated at their absolute position).
 
 pub mod cold;
+pub mod image;
 pub mod policy;
 pub mod storage;
 
@@ -183,6 +184,32 @@ impl KvCache {
     #[allow(clippy::too_many_arguments)]
     pub fn attend(&mut self, layer: usize, plan: PositionPlan, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], unrotate: Option<&Unrotate>, scratch: &mut AttnScratch, out: &mut [f32]) {
         self.storage.attend(layer, plan, q, q_sink, k, v, unrotate, scratch, out);
+    }
+
+    /// The whole cache as a saved-session image, tagged with the model's
+    /// `fingerprint` (see [`image`]).
+    pub fn save_image(&self, fingerprint: u64) -> Vec<u8> {
+        let mut w = image::ImageWriter::default();
+        image::write_header(&mut w, fingerprint, &self.policy.config(), self.policy.tokens());
+        self.storage.write_image(&mut w, self.policy.len());
+        image::finish(w)
+    }
+
+    /// Makes this cache the one `bytes` holds (saved by [`save_image`](Self::save_image)
+    /// for the same model and configuration). A file that is not one, is
+    /// corrupt, or was saved for another model or configuration is an
+    /// [`Error::Session`] and changes nothing; one that passes those checks
+    /// and is still inconsistent leaves the cache empty.
+    pub fn restore_image(&mut self, bytes: &[u8], fingerprint: u64) -> Result<()> {
+        let (tokens, mut r) = image::read_header(bytes, fingerprint, &self.policy.config(), bytes.len() / 4)?;
+        self.policy.reset();
+        let read = self.storage.read_image(&mut r, tokens.len()).and_then(|_| image::check_end(&r));
+        if let Err(e) = read {
+            self.storage.forget_recalls();
+            return Err(e);
+        }
+        self.policy.commit(&tokens);
+        Ok(())
     }
 
     /// Whether evicted tokens go to a cold tier (the forward pass then hands

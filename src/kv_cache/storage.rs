@@ -6,6 +6,7 @@
 //! goes and what its query sees comes from the [`PositionPlan`].
 
 use super::cold::{ColdLayer, ColdStats, BLOCK};
+use super::image::{ImageReader, ImageWriter};
 use super::policy::PositionPlan;
 use super::{AttentionWindow, KvCacheConfig, KvDType};
 use crate::backend::cpu::attention::{attend_heads, GroupArgs};
@@ -48,6 +49,27 @@ impl Store {
                 *ds |= *ss;
             }
             _ => {} // impossible: copy_from checks that the configurations (and so the types) match
+        }
+    }
+
+    fn write_image(&self, w: &mut ImageWriter, span: std::ops::Range<usize>) {
+        match self {
+            Store::F32(s) => w.f32s(&s[span]),
+            Store::F16 { data, special } => {
+                w.f16s(&data[span]);
+                w.len(*special as usize);
+            }
+        }
+    }
+
+    fn read_image(&mut self, r: &mut ImageReader, span: std::ops::Range<usize>) -> Result<()> {
+        match self {
+            Store::F32(s) => r.f32s(&mut s[span], "keys or values"),
+            Store::F16 { data, special } => {
+                r.f16s(&mut data[span], "keys or values")?;
+                *special |= r.u64("the f16 flag")? != 0;
+                Ok(())
+            }
         }
     }
 
@@ -285,6 +307,55 @@ impl KvStorage {
             pv[g * hd..(g + 1) * hd].copy_from_slice(lc.v.rows(span, gather));
         }
         cold.seal_if_complete(index);
+    }
+
+    /// Writes what the cache holds after `len` tokens: each layer's slots in
+    /// use and recall rows, and its cold store (see `image`).
+    pub fn write_image(&self, w: &mut ImageWriter, len: usize) {
+        // The cold stores first: their recall slots say how many recall rows follow.
+        for lc in &self.layers {
+            if let Some(cold) = &lc.cold {
+                cold.write_image(w, len.saturating_sub(lc.cap));
+            }
+        }
+        for (lc, span) in self.layers.iter().flat_map(|lc| self.spans(lc, len).map(move |s| (lc, s))) {
+            lc.k.write_image(w, span.clone());
+            lc.v.write_image(w, span);
+        }
+    }
+
+    /// Reads what [`write_image`](Self::write_image) wrote for a cache of `len` tokens.
+    pub fn read_image(&mut self, r: &mut ImageReader, len: usize) -> Result<()> {
+        for lc in &mut self.layers {
+            let cap = lc.cap;
+            if let Some(cold) = &mut lc.cold {
+                cold.read_image(r, len.saturating_sub(cap))?;
+            }
+        }
+        let spans: Vec<Vec<_>> = self.layers.iter().map(|lc| self.spans(lc, len).collect()).collect();
+        for (lc, spans) in self.layers.iter_mut().zip(spans) {
+            for span in spans {
+                lc.k.read_image(r, span.clone())?;
+                lc.v.read_image(r, span)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties every recall slot (a failed restore).
+    pub fn forget_recalls(&mut self) {
+        self.layers.iter_mut().filter_map(|l| l.cold.as_mut()).for_each(|c| c.forget_slots());
+    }
+
+    /// A layer's element ranges in use after `len` tokens: per kv head, the
+    /// window's slots in use, then the recall rows.
+    fn spans<'a>(&self, lc: &'a LayerCache, len: usize) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+        let (hd, used) = (self.head_dim, len.min(lc.cap));
+        let recalled = lc.cold.as_ref().map_or(0, |c| c.filled() * BLOCK);
+        (0..self.n_kv).flat_map(move |g| {
+            let base = g * lc.stride;
+            [base * hd..(base + used) * hd, (base + lc.cap) * hd..(base + lc.cap + recalled) * hd]
+        })
     }
 
     /// Attention of one layer for one token placed by `plan`:

@@ -141,6 +141,12 @@ pub enum WorkerRequest {
     LoseGpuDevice { id: f64 },
     /// Make the engine's wasm trap (a test of crash recovery: `crash`, then a new load).
     SimulateCrash { id: f64 },
+    /// Write the whole KV cache to the origin-private file system as `name` (result: its bytes).
+    SaveSession { id: f64, name: String },
+    /// Replace the KV cache with the one saved as `name` (same model and cache options).
+    RestoreSession { id: f64, name: String },
+    /// Delete the session saved as `name` (result: whether there was one).
+    DeleteSession { id: f64, name: String },
     /// Switch profiling on or off (`on` absent: leave it), and read it.
     Profile {
         id: f64,

@@ -1,0 +1,51 @@
+// The cold KV tier in a real browser: with a 128-token window the model forgets a
+// pass key stated 600 tokens earlier; with kvCold it recalls it (the same case as
+// tests/cold_tier.rs natively). The cold tier runs on the CPU backend: asking for
+// 'auto' loads there and says why.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { serve, browser, watch } from './harness.mjs';
+
+let srv, b;
+before(async () => {
+  srv = await serve({ KVCHAT_NO_ISOLATION: '1' });
+  b = await browser();
+});
+after(async () => { await b?.close(); srv?.close(); });
+
+function passKeyPrompt(fill, before, key) {
+  const intro = 'There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about the important information there.\n';
+  const filler = 'The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ';
+  const fact = `The pass key is ${key}. Remember it. ${key} is the pass key. `;
+  return `${intro}${filler.repeat(before)}${fact}${filler.repeat(fill - before)}\nWhat is the pass key? The pass key is`;
+}
+
+test('the pass key comes back from the cold tier in the browser', async () => {
+  const page = await b.newPage();
+  const errors = watch(page);
+  await page.goto(`${srv.url}/index.html`);
+  const key = '58213';
+  const got = await page.evaluate(async ({ prompt }) => {
+    const { KvChat } = await import('/www/kvchat.js');
+    const run = async (extra) => {
+      const llm = await KvChat.load({ cache: false, simd: 'relaxed', threads: 1, kvWindow: 128, ...extra });
+      let text = '';
+      for await (const piece of llm.generate(prompt, { maxTokens: 6, temperature: 0 })) text += piece;
+      const stats = await llm.stats();
+      await llm.dispose();
+      return { text, stats };
+    };
+    return { plain: await run({ backend: 'cpu' }), cold: await run({ backend: 'auto', kvCold: 1024, kvRecall: 128 }) };
+  }, { prompt: passKeyPrompt(25, 2, key) });
+  console.log(`plain window: ${JSON.stringify(got.plain.text)}; with the cold tier: ${JSON.stringify(got.cold.text)}; cold stats ${JSON.stringify(got.cold.stats.kv.cold)}`);
+  assert.ok(!got.plain.text.includes(key), 'the plain 128-token window forgets the key');
+  assert.ok(got.cold.text.includes(key), `the cold tier recalls it: ${got.cold.text}`);
+  const cold = got.cold.stats.kv.cold;
+  assert.equal(got.cold.stats.backend, 'cpu');
+  assert.equal(cold.capacity, 1024);
+  assert.equal(cold.recalledTokens, 128);
+  assert.ok(cold.used >= 480 && cold.loads > 0 && cold.bytes > 0, JSON.stringify(cold));
+  assert.equal(got.plain.stats.kv.cold, undefined);
+  assert.deepEqual(errors, []);
+  await page.close();
+});
