@@ -212,6 +212,14 @@ fn engine_options(options: JsValue) -> Result<EngineOptions, JsValue> {
             window: count(o.kv_window, "kvWindow", d.window, 1, 1 << 20)?,
             sinks: count(o.kv_sinks, "kvSinks", d.sinks, 0, 1 << 20)?,
             dtype: if o.kv_f16.unwrap_or(false) { KvDType::F16 } else { KvDType::F32 },
+            cold: match count(o.kv_cold, "kvCold", 0, 0, 1 << 24)? {
+                0 => None,
+                capacity => Some(ColdConfig {
+                    capacity,
+                    bits: ColdBits::from_bits(count(o.kv_cold_bits, "kvColdBits", 8, 4, 8)? as u32).map_err(to_js)?,
+                    recall: count(o.kv_recall, "kvRecall", 512, 1, 1 << 20)?,
+                }),
+            },
         };
         let opts = EngineOptions {
             kv,

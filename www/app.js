@@ -13,7 +13,7 @@ const el = {
   stop: $('[data-testid=stop]'), newChat: $('[data-testid=new-chat]'), composer: $('.composer'),
   settings: $('.settings-form'), reload: $('.reload'), banner: $('.banner'), modelName: $('.model-name'),
   backend: $('.backend-name'), kvSinks: $('.kv-sinks'), kvUsed: $('.kv-used'),
-  coldView: $('.kv-cold-view'), kvRecalled: $('.kv-recalled'), kvCold: $('.kv-cold'), chart: $('.latency'),
+  coldView: $('.kv-cold-view'), kvRecalled: $('.kv-recalled'), kvCold: $('.kv-cold'), kvMap: $('.kv-map'), chart: $('.latency'),
   modelForm: $('.model-form'), loadModel: $('[data-testid=load-model]'), mode: $('[data-testid=mode]'), cacheList: $('[data-testid=cache-list]'),
   stat: (name) => $(`[data-stat=${name}]`),
 };
@@ -251,8 +251,40 @@ async function updateStats() {
       el.kvRecalled.style.width = `${(100 * Math.min(cold.recalledTokens, cold.used)) / cold.capacity}%`;
       el.kvCold.style.width = `${(100 * Math.max(0, cold.used - cold.recalledTokens)) / cold.capacity}%`;
       el.stat('kv-cold').textContent = `cold: ${cold.used} / ${cold.capacity} tokens · ${cold.recalledTokens} recalled per layer and head · ${cold.evicted} dropped · ${mib(cold.bytes)}`;
+      drawMemoryMap(kv, s.recalled ?? []);
     }
   }
+}
+
+/**
+ * The conversation's tokens from first to last, colored by where their keys and values live:
+ * sinks, dropped (past the cold tier's capacity), the cold tier (compressed), the window; above
+ * the cold part, the blocks the last token recalled, brighter the more layers and heads chose them.
+ */
+function drawMemoryMap(kv, recalled) {
+  const c = el.kvMap;
+  const ctx = c.getContext('2d');
+  const w = c.width, h = c.height, total = kv.used + kv.evicted;
+  ctx.clearRect(0, 0, w, h);
+  if (!total) return;
+  const x = (p) => (p / total) * w;
+  const span = (from, to, color, top = 10) => {
+    if (to <= from) return;
+    ctx.fillStyle = color;
+    ctx.fillRect(x(from), top, Math.max(1, x(to) - x(from)), h - top);
+  };
+  const sinks = kv.sinks, cold = kv.cold;
+  const hotFrom = total - (kv.used - sinks);
+  span(0, sinks, '#f5b14c');
+  span(sinks, sinks + cold.evicted, '#555');
+  span(sinks + cold.evicted, sinks + cold.evicted + cold.used, '#4a6f96');
+  span(hotFrom, total, '#5eb1ff');
+  const most = Math.max(1, ...recalled.map((b) => b.heads));
+  for (const b of recalled) {
+    ctx.globalAlpha = 0.35 + (0.65 * b.heads) / most;
+    span(b.start, b.start + b.tokens, '#7ee0a1', 0);
+  }
+  ctx.globalAlpha = 1;
 }
 
 function drawChart() {

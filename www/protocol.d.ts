@@ -138,6 +138,21 @@ export type ColdStats = {
 };
 
 /**
+ * A cold-tier block the last step recalled.
+ */
+export type RecalledBlock = {
+  /**
+   * Its first token's position in the conversation.
+   */
+  start: number,
+  tokens: number,
+  /**
+   * How many (layer, KV head) pairs recalled it (of the global layers × `nHeadKv`).
+   */
+  heads: number,
+};
+
+/**
  * `KvEngine.batchStep()`.
  */
 export type BatchStepReply = {
@@ -259,6 +274,10 @@ export type EngineStats = {
    */
   gpuStep: GpuStepCosts | null,
   kv: KvStats,
+  /**
+   * The cold blocks the last step recalled (empty without a cold tier).
+   */
+  recalled: Array<RecalledBlock>,
   /**
    * Bytes of the wasm linear memory (grows, never shrinks).
    */

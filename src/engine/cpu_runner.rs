@@ -145,6 +145,9 @@ impl Runner for CpuRunner {
     fn kv_stats(&self) -> KvStats {
         self.cache.stats()
     }
+    fn recall_map(&self) -> Vec<(usize, usize, usize)> {
+        self.cache.recall_map()
+    }
     fn cpu_cache(&mut self) -> Option<&mut KvCache> {
         Some(&mut self.cache)
     }

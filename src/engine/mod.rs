@@ -127,6 +127,11 @@ impl Engine {
     pub fn kv_stats(&self) -> KvStats {
         self.runner.kv_stats()
     }
+    /// The cold blocks the last step recalled: `(first position, tokens,
+    /// (layer, kv head) pairs holding it)`, by position (empty without a cold tier).
+    pub fn recall_map(&self) -> Vec<(usize, usize, usize)> {
+        self.runner.recall_map()
+    }
     pub fn kv_dtype(&self) -> KvDType {
         self.opts.kv.dtype
     }

@@ -115,6 +115,10 @@ pub(crate) trait Runner {
     fn policy(&self) -> &KvPolicy;
     fn policy_mut(&mut self) -> &mut KvPolicy;
     fn kv_stats(&self) -> KvStats;
+    /// The cold blocks recalled at the last step (see `KvCache::recall_map`).
+    fn recall_map(&self) -> Vec<(usize, usize, usize)> {
+        Vec::new()
+    }
     /// The cache itself where it lives in CPU memory (saved sessions); `None` on a GPU.
     fn cpu_cache(&mut self) -> Option<&mut KvCache> {
         None

@@ -196,6 +196,11 @@ impl ColdLayer {
         self.slots[..self.cfg.slots()].iter().filter(|s| s.is_some()).count()
     }
 
+    /// The blocks held in recall slots, each with how many of this layer's kv heads hold it.
+    pub fn held(&self) -> impl Iterator<Item = usize> + '_ {
+        self.slots.iter().filter_map(|s| *s)
+    }
+
     /// Forgets what the recall slots hold (the cache was emptied or copied over).
     pub fn forget_slots(&mut self) {
         self.slots.fill(None);

@@ -212,6 +212,13 @@ impl KvCache {
         Ok(())
     }
 
+    /// The cold blocks recalled at the last step: `(first position, tokens,
+    /// number of (layer, kv head) pairs holding it)`, by position.
+    pub fn recall_map(&self) -> Vec<(usize, usize, usize)> {
+        let sinks = self.policy.sinks();
+        self.storage.recall_map().into_iter().map(|(id, n)| (sinks + id * cold::BLOCK, cold::BLOCK, n)).collect()
+    }
+
     /// Whether evicted tokens go to a cold tier (the forward pass then hands
     /// over un-rotated queries and the rotations [`recall`](Self::recall) and
     /// [`attend`](Self::attend) need).

@@ -342,6 +342,16 @@ impl KvStorage {
         Ok(())
     }
 
+    /// Which cold blocks the last step recalled: `(block id, number of
+    /// (layer, kv head) pairs holding it)`, by block id.
+    pub fn recall_map(&self) -> Vec<(usize, usize)> {
+        let mut counts = std::collections::BTreeMap::new();
+        for id in self.layers.iter().filter_map(|l| l.cold.as_ref()).flat_map(|c| c.held()) {
+            *counts.entry(id).or_insert(0) += 1;
+        }
+        counts.into_iter().collect()
+    }
+
     /// Empties every recall slot (a failed restore).
     pub fn forget_recalls(&mut self) {
         self.layers.iter_mut().filter_map(|l| l.cold.as_mut()).for_each(|c| c.forget_slots());

@@ -456,8 +456,22 @@ pub struct EngineStats {
     #[serde(flatten)]
     pub last: GenerationStats,
     pub kv: KvStats,
+    /// The cold blocks the last step recalled (empty without a cold tier).
+    pub recalled: Vec<RecalledBlock>,
     /// Bytes of the wasm linear memory (grows, never shrinks).
     pub wasm_memory_bytes: f64,
+}
+
+/// A cold-tier block the last step recalled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(TS))]
+#[serde(rename_all = "camelCase")]
+pub struct RecalledBlock {
+    /// Its first token's position in the conversation.
+    pub start: usize,
+    pub tokens: usize,
+    /// How many (layer, KV head) pairs recalled it (of the global layers × `nHeadKv`).
+    pub heads: usize,
 }
 
 impl EngineStats {
@@ -469,6 +483,7 @@ impl EngineStats {
             gpu_step: e.gpu_step_costs().map(|(dispatches, readback_bytes)| GpuStepCosts { dispatches, readback_bytes }),
             last: e.last_stats().into(),
             kv: (&e.kv_stats()).into(),
+            recalled: e.recall_map().into_iter().map(|(start, tokens, heads)| RecalledBlock { start, tokens, heads }).collect(),
             wasm_memory_bytes,
         }
     }

@@ -31,6 +31,7 @@ pub fn declarations() -> String {
         StopReason,
         KvStats,
         ColdStats,
+        RecalledBlock,
         BatchStepReply,
         BatchStepEvent,
         BatchStats,

@@ -49,3 +49,50 @@ test('the pass key comes back from the cold tier in the browser', async () => {
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test('a saved session survives a page reload: the next turn prefills only its new tokens', async () => {
+  const page = await b.newPage();
+  const errors = watch(page);
+  await page.goto(`${srv.url}/index.html`);
+  const messages = [{ role: 'user', content: 'Name three colors.' }];
+  const opts = { cache: false, simd: 'relaxed', threads: 1, backend: 'cpu', kvWindow: 256, kvCold: 1024, kvRecall: 128 };
+  const first = await page.evaluate(async ({ messages, opts }) => {
+    const { KvChat } = await import('/www/kvchat.js');
+    const llm = await KvChat.load(opts);
+    let text = '';
+    for await (const piece of llm.generate(messages, { maxTokens: 40, temperature: 0 })) text += piece;
+    const bytes = await llm.saveSession('e2e');
+    const next = [...messages, { role: 'assistant', content: text }, { role: 'user', content: 'And three animals?' }];
+    let kept = '';
+    for await (const piece of llm.generate(next, { maxTokens: 24, temperature: 0 })) kept += piece;
+    const stats = await llm.stats();
+    await llm.dispose();
+    return { text, bytes, next, kept, stats };
+  }, { messages, opts });
+  await page.reload();
+  const second = await page.evaluate(async ({ next, opts }) => {
+    const { KvChat } = await import('/www/kvchat.js');
+    const llm = await KvChat.load(opts);
+    // One short generation first, as the uninterrupted engine had its first turn: the wasm
+    // code is then as warm in both, and the times to first token compare.
+    for await (const piece of llm.generate('Hi', { maxTokens: 1, temperature: 0 })) void piece;
+    const errors = [];
+    for (const name of ['no-such-session', '../x']) {
+      try { await llm.restoreSession(name); } catch (e) { errors.push(e.kind); }
+    }
+    await llm.restoreSession('e2e');
+    let text = '';
+    for await (const piece of llm.generate(next, { maxTokens: 24, temperature: 0 })) text += piece;
+    const stats = await llm.stats();
+    const deleted = await llm.deleteSession('e2e');
+    await llm.dispose();
+    return { text, stats, errors, deleted };
+  }, { next: first.next, opts });
+  console.log(`session of ${first.bytes} bytes; after the reload: ${second.stats.promptTokens - second.stats.reusedTokens} new prompt tokens (uninterrupted: ${first.stats.promptTokens - first.stats.reusedTokens}), time to first token ${second.stats.timeToFirstTokenMs.toFixed(1)} ms (uninterrupted ${first.stats.timeToFirstTokenMs.toFixed(1)} ms)`);
+  assert.equal(second.text, first.kept, 'the restored cache continues with the same tokens');
+  assert.equal(second.stats.reusedTokens, first.stats.reusedTokens);
+  assert.deepEqual(second.errors, ['session', 'invalid-option']);
+  assert.equal(second.deleted, true);
+  assert.deepEqual(errors, []);
+  await page.close();
+});
