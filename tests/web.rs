@@ -17,6 +17,11 @@ wasm_bindgen_test_configure!(run_in_dedicated_worker);
 #[path = "bad_inputs.rs"]
 mod bad_inputs;
 
+// The cold tier's bits, checked against the same fixture as natively.
+#[cfg(target_arch = "wasm32")]
+#[path = "cold_bits.rs"]
+mod cold_bits;
+
 /// The real model's URL (`make test-wasm` sets KVCHAT_MODEL_URL at build time), or None
 /// with the reason logged; with KVCHAT_REQUIRE_MODEL set at build time (as `make test-wasm`
 /// does) a missing URL fails the test instead of skipping it.
