@@ -7,6 +7,7 @@
 //! candle's `gguf_file::Content::read` called to build the metadata map.
 
 use crate::error::{Error, Result};
+use crate::fnv::Fnv;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
@@ -53,23 +54,6 @@ impl<'a> Source<'a> {
 /// The most header bytes read from a [`ByteSource`] that is not in memory
 /// (metadata within [`MAX_METADATA_BYTES`] and the tensor table).
 const MAX_HEADER_BYTES: u64 = MAX_METADATA_BYTES + (64 << 20);
-
-/// FNV-1a, 64 bits.
-pub(crate) struct Fnv(pub u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv {
-    pub fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
 
 /// A parsed, validated GGUF file, its tensors read from its [`ByteSource`].
 pub struct Gguf<'a> {

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod chat_template;
 pub mod engine;
 pub mod error;
+mod fnv;
 pub mod gguf;
 pub mod kv_cache;
 pub mod model;

@@ -13,7 +13,7 @@
 
 use super::{KvCacheConfig, KvDType};
 use crate::error::{Error, Result};
-use crate::gguf::Fnv;
+use crate::fnv::Fnv;
 use half::f16;
 
 const MAGIC: &[u8; 8] = b"KVCHATKV";
