@@ -296,8 +296,14 @@ const handlers = {
     return bytes.length;
   },
   deleteSession: async ({ name }) => {
-    await sessionFile(name, false).catch(() => null);
-    try { await (await sessionsDir()).removeEntry(name); return true; } catch { return false; }
+    try {
+      await sessionFile(name, false);
+    } catch (e) {
+      if (e.kind === 'session') return false; // nothing saved under that name
+      throw e; // an invalid name
+    }
+    await (await sessionsDir()).removeEntry(name);
+    return true;
   },
   profile: async ({ on }) => { if (on !== undefined) engine?.setProfiling(Boolean(on)); return engine ? engine.profile() : null; },
   reset: async () => { if (current) current.aborted = true; engine?.reset(); return true; },
