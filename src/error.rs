@@ -46,6 +46,10 @@ pub enum Error {
 
     #[error("saved session: {0}")]
     Session(String),
+    /// Structured output cannot go on: no token satisfies the grammar at this
+    /// step (the grammar itself is checked when the request starts: `InvalidOption`).
+    #[error("constraint: {0}")]
+    Constraint(String),
 }
 
 impl Error {
@@ -66,6 +70,7 @@ impl Error {
             Error::DeviceLost(_) => "device-lost",
             Error::Backend(_) => "backend",
             Error::Session(_) => "session",
+            Error::Constraint(_) => "constraint",
         }
     }
 }

@@ -25,4 +25,5 @@ pub use chat_template::Message;
 pub use engine::{Engine, EngineOptions, GenerateOptions, Generation, Prompt, Session, Step, StopReason};
 pub use error::{Error, Result};
 pub use kv_cache::{ColdBits, ColdConfig, ColdStats, KvCacheConfig, KvDType, KvStats};
+pub use sampler::constraint::OutputFormat;
 pub use sampler::SamplerConfig;

@@ -94,7 +94,26 @@ fn gen_options(o: EngineGenerateOptions) -> Result<GenerateOptions, JsValue> {
         stop: o.stop.unwrap_or_default(),
         ignore_eos: o.ignore_eos.unwrap_or(false),
         no_cache: o.no_cache.unwrap_or(false),
+        format: o.response_format.as_ref().and_then(|f| f.to_engine()),
+        logprobs: match o.logprobs {
+            None => None,
+            Some(n) => Some(count(Some(n), "logprobs", 0, 0, 20)?),
+        },
+        logit_bias: logit_bias(o.logit_bias.unwrap_or_default())?,
+        frequency_penalty: float(o.frequency_penalty, "frequencyPenalty", 0.0)?,
+        presence_penalty: float(o.presence_penalty, "presencePenalty", 0.0)?,
     })
+}
+
+/// `logitBias`: `{ "token id": bias }`.
+fn logit_bias(bias: std::collections::BTreeMap<String, f64>) -> Result<Vec<(u32, f32)>, JsValue> {
+    bias.into_iter()
+        .map(|(id, b)| match id.trim().parse::<u32>() {
+            Ok(id) if b.is_finite() => Ok((id, b as f32)),
+            Ok(_) => Err(bad_option(format!("logitBias for token {id} must be a finite number"))),
+            Err(_) => Err(bad_option(format!("logitBias keys are token ids (got {id:?})"))),
+        })
+        .collect()
 }
 
 enum Input {

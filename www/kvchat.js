@@ -11,6 +11,7 @@
 /** @typedef {import('./protocol.js').WorkerMessage} WorkerMessage */
 
 import { MODELS, modelUrl } from './models.js';
+import { createChatCompletion } from './openai.js';
 
 // The built-in models (name, file, size, license, chat or base) and the models stored in this browser.
 export { MODELS, modelUrl } from './models.js';
@@ -59,6 +60,17 @@ export class KvChat {
   timings = { fetchMs: 0, initMs: 0 };
   /** Called when the worker crashes; the instance is unusable afterwards: load again. */
   onCrash = null;
+  /** The model's name as responses report it (the file name of its URL, or 'local'). */
+  modelName = 'local';
+  /**
+   * OpenAI-style chat completions (the shape WebLLM and OpenAI's SDK use):
+   * `await llm.chat.completions.create({ messages, stream, n, max_tokens, temperature, top_p,
+   * seed, stop, logprobs, top_logprobs, logit_bias, frequency_penalty, presence_penalty,
+   * response_format })` → a `chat.completion`, or with `stream: true` an async iterable of
+   * `chat.completion.chunk`s. `response_format` also takes kvchat's `{ type: 'grammar',
+   * grammar }` (Lark) and `{ type: 'regex', regex }`. A second argument `{ signal }` aborts.
+   */
+  chat = { completions: { create: (request, opts) => createChatCompletion(this, KvChatError, request, opts) } };
 
   constructor(worker) {
     this.#worker = worker;
@@ -107,6 +119,7 @@ export class KvChat {
       loading.catch(() => {}); // settled by the race below; an aborted load's end is not an error
       const r = await Promise.race([loading, aborted]);
       llm.info = r.info;
+      if (typeof model === 'string') llm.modelName = decodeURIComponent(new URL(source).pathname.split('/').pop() || 'model').replace(/\.gguf$/i, '');
       llm.#backend = r.info.backend ?? 'cpu';
       llm.fromCache = r.fromCache;
       llm.timings = { fetchMs: (fetchDone || performance.now()) - t0, initMs: r.initMs };
@@ -127,7 +140,11 @@ export class KvChat {
    * A new call reuses the cached prefix: the next chat turn prefills only its new tokens.
    * @param {string|{role: string, content: string}[]} input
    * @param {object} [opts] maxTokens, temperature (0 = greedy), topK, topP, minP, repeatPenalty,
-   *   seed, stop: string[], ignoreEos, noCache, signal: AbortSignal
+   *   seed, stop: string[], ignoreEos, noCache, signal: AbortSignal;
+   *   responseFormat: `{ type: 'json_object' }`, `{ type: 'json_schema', schema }`, `{ type: 'grammar', grammar }`
+   *   (Lark) or `{ type: 'regex', regex }`, enforced by a token mask at every step;
+   *   logprobs: n (each token's log-probability and n alternatives, in `lastResult.logprobs`);
+   *   logitBias: `{ tokenId: bias }`; frequencyPenalty, presencePenalty (OpenAI's)
    * @returns {AsyncGenerator<string>}
    */
   async *generate(input, opts = {}) {
@@ -155,7 +172,7 @@ export class KvChat {
         this.lastBatchStats = m.stats;
         for (const ev of m.events) {
           if (ev.piece) push({ index: ev.index, piece: ev.piece });
-          if (ev.done) push({ index: ev.index, done: true, text: ev.result.text, stats: ev.result.stats, stopReason: ev.result.stopReason, generatedTokens: ev.result.generatedIds.length });
+          if (ev.done) push({ index: ev.index, done: true, text: ev.result.text, stats: ev.result.stats, stopReason: ev.result.stopReason, generatedTokens: ev.result.generatedIds.length, logprobs: ev.result.logprobs });
         }
       } else if (m.type === 'done') { this.lastBatchStats = m.result; this.lastStats = m.stats; }
     });

@@ -39,6 +39,10 @@ export type GenerationResult = {
    * The cache after the generation.
    */
   kv: KvStats,
+  /**
+   * One entry per generated token (empty unless `logprobs` was asked for).
+   */
+  logprobs: Array<TokenLogprob>,
 };
 
 /**
@@ -56,6 +60,38 @@ export type GenerationStats = {
   prefillTokensPerSec: number,
   decodeTokensPerSec: number,
   timeToFirstTokenMs: number,
+  /**
+   * Compiling the response format's grammar (0 without one).
+   */
+  grammarCompileMs: number,
+  /**
+   * Computing its token masks, all steps together.
+   */
+  maskMs: number,
+};
+
+/**
+ * A generated token's log-probability and the best alternatives at its step.
+ */
+export type TokenLogprob = {
+  id: number,
+  token: string,
+  bytes: Array<number>,
+  logprob: number,
+  topLogprobs: Array<TokenAlternative>,
+};
+
+/**
+ * A token and its log-probability at one step.
+ */
+export type TokenAlternative = {
+  id: number,
+  /**
+   * Its text (invalid UTF-8 replaced: `bytes` holds the exact bytes).
+   */
+  token: string,
+  bytes: Array<number>,
+  logprob: number,
 };
 
 /**
@@ -293,6 +329,14 @@ export type EngineStats = {
   prefillTokensPerSec: number,
   decodeTokensPerSec: number,
   timeToFirstTokenMs: number,
+  /**
+   * Compiling the response format's grammar (0 without one).
+   */
+  grammarCompileMs: number,
+  /**
+   * Computing its token masks, all steps together.
+   */
+  maskMs: number,
 };
 
 /**
@@ -403,6 +447,41 @@ export type EngineGenerateOptions = {
    * Recompute the whole sequence for every token (shows what the KV cache saves).
    */
   noCache?: boolean,
+  /**
+   * What the output must match, enforced by a token mask at every step.
+   */
+  responseFormat?: ResponseFormat,
+  /**
+   * Report every generated token's log-probability with this many alternatives (0 to 20).
+   */
+  logprobs?: number,
+  /**
+   * Added to the logits: token id (a decimal string, as in OpenAI's API) → bias in [-100, 100].
+   */
+  logitBias?: { [key in string]: number },
+  /**
+   * OpenAI's penalties on generated tokens, in [-2, 2] (default 0).
+   */
+  frequencyPenalty?: number,
+  presencePenalty?: number,
+};
+
+/**
+ * `responseFormat`: what a generation's text must match.
+ */
+export type ResponseFormat = {
+  "type": "text",
+} | {
+  "type": "json_object",
+} | {
+  "type": "json_schema",
+  schema: unknown,
+} | {
+  "type": "grammar",
+  grammar: string,
+} | {
+  "type": "regex",
+  regex: string,
 };
 
 /**
@@ -594,6 +673,23 @@ export type BatchInput = PromptInput | {
    * Recompute the whole sequence for every token (shows what the KV cache saves).
    */
   noCache?: boolean,
+  /**
+   * What the output must match, enforced by a token mask at every step.
+   */
+  responseFormat?: ResponseFormat,
+  /**
+   * Report every generated token's log-probability with this many alternatives (0 to 20).
+   */
+  logprobs?: number,
+  /**
+   * Added to the logits: token id (a decimal string, as in OpenAI's API) → bias in [-100, 100].
+   */
+  logitBias?: { [key in string]: number },
+  /**
+   * OpenAI's penalties on generated tokens, in [-2, 2] (default 0).
+   */
+  frequencyPenalty?: number,
+  presencePenalty?: number,
 };
 
 /**
@@ -619,6 +715,23 @@ export type WorkerBatchOptions = {
    * Recompute the whole sequence for every token (shows what the KV cache saves).
    */
   noCache?: boolean,
+  /**
+   * What the output must match, enforced by a token mask at every step.
+   */
+  responseFormat?: ResponseFormat,
+  /**
+   * Report every generated token's log-probability with this many alternatives (0 to 20).
+   */
+  logprobs?: number,
+  /**
+   * Added to the logits: token id (a decimal string, as in OpenAI's API) → bias in [-100, 100].
+   */
+  logitBias?: { [key in string]: number },
+  /**
+   * OpenAI's penalties on generated tokens, in [-2, 2] (default 0).
+   */
+  frequencyPenalty?: number,
+  presencePenalty?: number,
   /**
    * Sequences decoded together (default 8).
    */

@@ -22,7 +22,12 @@ fn main() {
 mod info;
 
 #[cfg(not(target_arch = "wasm32"))]
+#[path = "kvchat/format.rs"]
+mod format;
+
+#[cfg(not(target_arch = "wasm32"))]
 mod cli {
+    use crate::format::{logprobs_json, OutputArgs};
     use clap::{Args, Parser, Subcommand};
     use kvchat::{ColdBits, ColdConfig, Engine, EngineOptions, GenerateOptions, KvCacheConfig, KvDType, Message, Prompt, SamplerConfig};
     use std::io::{BufRead, Write};
@@ -123,6 +128,8 @@ mod cli {
         /// Print one JSON line instead of streaming text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     }
 
     // The flags of `chat`.
@@ -200,6 +207,8 @@ mod cli {
         /// Also print where the forward passes' time went (ms per token, prefill and decode together).
         #[arg(long)]
         profile: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     }
 
     // The flags of `bench`.
@@ -303,7 +312,7 @@ mod cli {
     /// `generate`: streams the continuation of a raw prompt, or prints it as one JSON line.
     fn generate(a: GenerateArgs) -> R<()> {
         let GenerateArgs {
-            m, prompt, prompt_file, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, no_cache, ignore_eos, json,
+            m, prompt, prompt_file, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, no_cache, ignore_eos, json, output,
         } = a;
         let prompt = text_arg(prompt, prompt_file, "prompt")?;
         let mut engine = load(&m)?;
@@ -313,6 +322,9 @@ mod cli {
             stop: Vec::new(),
             ignore_eos,
             no_cache,
+            format: output.format()?,
+            logprobs: output.logprobs,
+            ..Default::default()
         };
         let g = engine.generate(Prompt::Raw(&prompt), &opts, |piece| {
             if !json {
@@ -329,7 +341,10 @@ mod cli {
                 "prefill_tokens_per_sec": g.stats.prefill_tokens_per_sec,
                 "decode_tokens_per_sec": g.stats.decode_tokens_per_sec,
                 "time_to_first_token_ms": g.stats.time_to_first_token_ms,
+                "grammar_compile_ms": g.stats.grammar_compile_ms,
+                "mask_ms": g.stats.mask_ms,
                 "kv": g.kv,
+                "logprobs": output.logprobs.map(|_| logprobs_json(&g.logprobs)),
             });
             println!("{v}");
         } else {
@@ -458,11 +473,12 @@ mod cli {
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", a.prompts_file.display(), i + 1)))
             .collect::<Result<_, _>>()?;
+        let format = a.output.format()?;
         let mut messages: Vec<Option<Vec<Message>>> = Vec::new();
         let mut inputs_opts = Vec::new();
         for (i, v) in lines.iter().enumerate() {
             messages.push(batch_line_messages(i, v)?);
-            inputs_opts.push(batch_line_options(v, &a));
+            inputs_opts.push(batch_line_options(v, &a, &format));
         }
         let inputs: Vec<(Prompt, GenerateOptions)> = lines
             .iter()
@@ -477,7 +493,7 @@ mod cli {
         let bopts = kvchat::BatchOptions { batch_size: a.batch, kv: Some(kv), share_prefix: !a.no_share_prefix };
         let mut b = engine.start_batch(&inputs, bopts)?;
         engine.set_profiling(a.profile);
-        decode_batch(&mut engine, &mut b, a.json)?;
+        decode_batch(&mut engine, &mut b, a.json, a.output.logprobs.is_some())?;
         print_batch_summary(&engine, &b.stats(), a.profile, a.json);
         Ok(())
     }
@@ -492,7 +508,7 @@ mod cli {
     }
 
     /// A batch line's generation options: its own keys where given, the command line's (or the defaults) otherwise.
-    fn batch_line_options(v: &serde_json::Value, a: &BatchArgs) -> GenerateOptions {
+    fn batch_line_options(v: &serde_json::Value, a: &BatchArgs, format: &Option<kvchat::sampler::constraint::OutputFormat>) -> GenerateOptions {
         let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
         let sampler = SamplerConfig {
             temperature: f("temperature").map(|x| x as f32).unwrap_or(a.temperature),
@@ -508,19 +524,27 @@ mod cli {
             stop,
             ignore_eos: v.get("ignore_eos").and_then(|x| x.as_bool()).unwrap_or(a.ignore_eos),
             no_cache: false,
+            format: format.clone(),
+            logprobs: a.output.logprobs,
+            ..Default::default()
         }
     }
 
     /// Steps the batch to the end, printing each sequence (text or a JSON line) when it finishes.
-    fn decode_batch(engine: &mut Engine, b: &mut kvchat::Batch, json: bool) -> R<()> {
+    fn decode_batch(engine: &mut Engine, b: &mut kvchat::Batch, json: bool, logprobs: bool) -> R<()> {
         while !b.is_done() {
             for ev in engine.step_batch(b)? {
                 if let kvchat::BatchEvent::Done { index, generation: g } = ev {
                     if json {
-                        println!("{}", serde_json::json!({
+                        let mut line = serde_json::json!({
                             "index": index, "text": g.text, "generated_tokens": g.stats.generated_tokens,
                             "stop_reason": g.stop_reason, "time_to_first_token_ms": g.stats.time_to_first_token_ms,
-                        }));
+                            "grammar_compile_ms": g.stats.grammar_compile_ms, "mask_ms": g.stats.mask_ms,
+                        });
+                        if logprobs {
+                            line["logprobs"] = logprobs_json(&g.logprobs);
+                        }
+                        println!("{line}");
                     } else {
                         println!("[{index}] {}\n", g.text.trim());
                     }

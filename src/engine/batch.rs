@@ -21,11 +21,10 @@
 //!   job at once, so one CPU step prefills a chunk of every sequence and decodes).
 
 use super::runner::{BatchKv, Ready, Want};
-use super::session::{Advance, Phase};
+use super::session::{Advance, Chooser, Phase};
 use super::{Engine, GenerateOptions, Generation, Prompt, Session, StopReason};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCacheConfig;
-use crate::sampler::Sampler;
 use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use web_time::Instant;
@@ -84,7 +83,7 @@ struct Queued {
     index: usize,
     ids: Vec<u32>,
     opts: GenerateOptions,
-    sampler: Sampler,
+    chooser: Chooser,
 }
 
 struct Running {
@@ -205,18 +204,15 @@ impl Engine {
     }
 
     /// Every input's ids, sampler and options, checked.
-    fn queue_inputs(&self, inputs: &[(Prompt, GenerateOptions)]) -> Result<VecDeque<Queued>> {
+    fn queue_inputs(&mut self, inputs: &[(Prompt, GenerateOptions)]) -> Result<VecDeque<Queued>> {
         let mut queue = VecDeque::with_capacity(inputs.len());
         for (index, (prompt, o)) in inputs.iter().enumerate() {
             let ids = self.standalone_prompt_ids(*prompt).map_err(|e| tag(e, index))?;
-            let sampler = Sampler::new(o.sampler).map_err(|e| tag(e, index))?;
-            if o.stop.iter().any(|s| s.is_empty()) {
-                return Err(tag(Error::InvalidOption("stop strings must not be empty".into()), index));
-            }
+            let chooser = self.chooser(o).map_err(|e| tag(e, index))?;
             if o.no_cache {
                 return Err(tag(Error::InvalidOption("noCache is not available in a batch".into()), index));
             }
-            queue.push_back(Queued { index, ids, opts: o.clone(), sampler });
+            queue.push_back(Queued { index, ids, opts: o.clone(), chooser });
         }
         Ok(queue)
     }
@@ -298,7 +294,7 @@ impl Engine {
             return Ok(true);
         }
         // Decode: sample every sequence, then one row per sequence through one pass.
-        let rows = sample_all(&self.tokenizer, b, events);
+        let rows = sample_all(&self.tokenizer, b, events)?;
         if rows.is_empty() {
             return Ok(false);
         }
@@ -357,7 +353,7 @@ impl Engine {
                 self.runner.copy_in(&mut b.kv, region, slot)?;
             }
             let reused = b.kv.policy_mut(slot).reuse_prefix(&q.ids);
-            b.slots[slot] = Some(Running { index: q.index, session: Session::new(q.ids, reused, q.sampler, &q.opts, Instant::now()) });
+            b.slots[slot] = Some(Running { index: q.index, session: Session::new(q.ids, reused, q.chooser, &q.opts, Instant::now()) });
         }
         Ok(())
     }
@@ -366,7 +362,7 @@ impl Engine {
 /// Samples the next token of every sequence that has a result: pieces and
 /// finished sequences become events (a finished sequence frees its slot).
 /// Returns `(slot, token)` for each sequence to feed.
-fn sample_all(tokenizer: &Tokenizer, b: &mut Batch, events: &mut Vec<BatchEvent>) -> Vec<(usize, u32)> {
+fn sample_all(tokenizer: &Tokenizer, b: &mut Batch, events: &mut Vec<BatchEvent>) -> Result<Vec<(usize, u32)>> {
     let mut rows = Vec::new();
     for (slot, entry) in b.slots.iter_mut().enumerate() {
         let Some(r) = entry else { continue };
@@ -375,7 +371,7 @@ fn sample_all(tokenizer: &Tokenizer, b: &mut Batch, events: &mut Vec<BatchEvent>
             continue;
         }
         let Phase::Choosing(ready) = std::mem::replace(&mut s.phase, Phase::Awaiting) else { continue };
-        match s.advance(tokenizer, ready) {
+        match s.advance(tokenizer, ready).map_err(|e| tag(e, r.index))? {
             Advance::Token { token, piece } => {
                 b.stats.generated_tokens += 1;
                 if let Some(piece) = piece {
@@ -394,7 +390,7 @@ fn sample_all(tokenizer: &Tokenizer, b: &mut Batch, events: &mut Vec<BatchEvent>
             }
         }
     }
-    rows
+    Ok(rows)
 }
 
 /// Names the input an error is about.
@@ -402,6 +398,7 @@ fn tag(e: Error, index: usize) -> Error {
     match e {
         Error::InvalidPrompt(m) => Error::InvalidPrompt(format!("input {index}: {m}")),
         Error::InvalidOption(m) => Error::InvalidOption(format!("input {index}: {m}")),
+        Error::Constraint(m) => Error::Constraint(format!("input {index}: {m}")),
         other => other,
     }
 }

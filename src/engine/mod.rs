@@ -31,10 +31,13 @@ use crate::error::{Error, Result};
 use crate::kv_cache::{KvDType, KvStats};
 use crate::model::profile::Op;
 use crate::model::{LlamaConfig, Profile};
+use crate::sampler::constraint::Grammars;
+use crate::sampler::logprobs::{check_logit_bias, check_occurrence_penalties, MAX_TOP_LOGPROBS};
 use crate::sampler::Sampler;
 use crate::tokenizer::{IncrementalEncoder, Tokenizer};
 use runner::{Ready, Runner, Want};
-use session::{Advance, Phase};
+use session::{Advance, Chooser, Phase};
+use std::sync::Arc;
 use web_time::Instant;
 
 /// The chunk whose result has not been taken yet (a lost device runs it again on the CPU).
@@ -48,7 +51,9 @@ pub struct Engine {
     in_flight: Option<InFlight>,
     /// Why the engine left the GPU, once it has.
     fallback: Option<String>,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
+    /// The grammar compiler over the vocabulary, built on the first request with a response format.
+    grammars: Option<Grammars>,
     template: Option<ChatTemplate>,
     opts: EngineOptions,
     last: GenerationStats,
@@ -443,10 +448,7 @@ impl Engine {
     pub fn start(&mut self, prompt: Prompt, opts: &GenerateOptions) -> Result<Session> {
         let started = Instant::now();
         let prompt_ids = self.prompt_ids(prompt)?;
-        let sampler = Sampler::new(opts.sampler)?;
-        if opts.stop.iter().any(|s| s.is_empty()) {
-            return Err(Error::InvalidOption("stop strings must not be empty".into()));
-        }
+        let chooser = self.chooser(opts)?;
         if opts.no_cache && !self.runner.recomputes_without_cache() {
             return Err(Error::InvalidOption("no_cache runs on the CPU backend only".into()));
         }
@@ -456,7 +458,36 @@ impl Engine {
             self.runner.policy_mut().reset();
         }
         let reused = self.runner.policy_mut().reuse_prefix(&prompt_ids);
-        Ok(Session::new(prompt_ids, reused, sampler, opts, started))
+        Ok(Session::new(prompt_ids, reused, chooser, opts, started))
+    }
+
+    /// A request's sampler and grammar, every choice option checked.
+    pub(crate) fn chooser(&mut self, opts: &GenerateOptions) -> Result<Chooser> {
+        let sampler = Sampler::new(opts.sampler)?;
+        if opts.stop.iter().any(|s| s.is_empty()) {
+            return Err(Error::InvalidOption("stop strings must not be empty".into()));
+        }
+        check_logit_bias(&opts.logit_bias, self.tokenizer.vocab_size())?;
+        check_occurrence_penalties(opts.frequency_penalty, opts.presence_penalty)?;
+        if opts.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(Error::InvalidOption(format!("top logprobs must be 0 to {MAX_TOP_LOGPROBS}")));
+        }
+        let constraint = match &opts.format {
+            None => None,
+            Some(_) if opts.ignore_eos => return Err(Error::InvalidOption("a response format ends where its grammar does: ignore_eos does not apply".into())),
+            Some(format) => {
+                if self.grammars.is_none() {
+                    self.grammars = Some(Grammars::new(self.tokenizer.clone())?);
+                }
+                self.grammars.as_ref().map(|g| g.compile(format)).transpose()?
+            }
+        };
+        Ok(Chooser { sampler, constraint })
+    }
+
+    /// Building the grammar compiler's vocabulary trie took this long (once per engine), in ms.
+    pub fn grammar_setup_ms(&self) -> Option<f64> {
+        self.grammars.as_ref().map(|g| g.build_ms)
     }
 
     /// Advances `session` by one step: collects the result in flight, then
@@ -516,7 +547,7 @@ impl Engine {
             return Ok(self.finish(s, Some(StopReason::Length)));
         }
         let t0 = Instant::now();
-        let advanced = s.advance(&self.tokenizer, ready);
+        let advanced = s.advance(&self.tokenizer, ready)?;
         self.runner.profile_add(Op::Sampling, t0.elapsed().as_secs_f64());
         let (token, piece) = match advanced {
             Advance::Finished(reason) => return Ok(self.finish(s, reason)),

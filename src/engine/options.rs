@@ -3,6 +3,7 @@
 
 use crate::chat_template::Message;
 use crate::kv_cache::KvCacheConfig;
+use crate::sampler::constraint::OutputFormat;
 use crate::sampler::SamplerConfig;
 
 /// Options fixed when the model is loaded.
@@ -51,11 +52,44 @@ pub struct GenerateOptions {
     pub ignore_eos: bool,
     /// Recompute the whole sequence at every step instead of using the cache.
     pub no_cache: bool,
+    /// What the output must match (a JSON schema, any JSON object, a grammar, a regex).
+    pub format: Option<OutputFormat>,
+    /// Report each chosen token's log-probability and this many alternatives (at most 20).
+    pub logprobs: Option<usize>,
+    /// Added to the logits before sampling: `(token, bias)`, bias in [-100, 100].
+    pub logit_bias: Vec<(u32, f32)>,
+    /// OpenAI's penalties on generated tokens, in [-2, 2]: a token's logit drops
+    /// by `frequency × its count + presence` once it has been generated.
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
+}
+
+impl GenerateOptions {
+    /// The choice needs every logit on the host (a mask, a bias, log-probabilities),
+    /// not just the greedy token or the best candidates a GPU can read back.
+    pub fn needs_all_logits(&self) -> bool {
+        self.format.is_some()
+            || self.logprobs.is_some()
+            || !self.logit_bias.is_empty()
+            || self.frequency_penalty != 0.0
+            || self.presence_penalty != 0.0
+    }
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_tokens: 256, sampler: SamplerConfig::default(), stop: Vec::new(), ignore_eos: false, no_cache: false }
+        Self {
+            max_tokens: 256,
+            sampler: SamplerConfig::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+            no_cache: false,
+            format: None,
+            logprobs: None,
+            logit_bias: Vec::new(),
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+        }
     }
 }
 

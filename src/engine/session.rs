@@ -5,7 +5,10 @@
 
 use super::runner::{NextChoice, Ready};
 use super::GenerateOptions;
+use crate::error::Result;
 use crate::kv_cache::KvStats;
+use crate::sampler::constraint::Constraint;
+use crate::sampler::logprobs::{apply_logit_bias, apply_occurrence_penalties, token_logprob, TokenLogprob};
 use crate::sampler::Sampler;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use web_time::Instant;
@@ -34,6 +37,10 @@ pub struct GenerationStats {
     pub prefill_tokens_per_sec: f64,
     pub decode_tokens_per_sec: f64,
     pub time_to_first_token_ms: f64,
+    /// Compiling the response format's grammar (0 without one).
+    pub grammar_compile_ms: f64,
+    /// Computing its token masks, all steps together.
+    pub mask_ms: f64,
 }
 
 /// The result of one request.
@@ -48,6 +55,8 @@ pub struct Generation {
     pub stop_reason: Option<StopReason>,
     pub stats: GenerationStats,
     pub kv: KvStats,
+    /// One entry per generated token when `logprobs` was asked for.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// Where a session is.
@@ -72,10 +81,19 @@ pub(crate) enum Advance {
     Finished(Option<StopReason>),
 }
 
+/// How a request's tokens are chosen: its sampler and its grammar (built and
+/// checked before the request touches the cache).
+pub(crate) struct Chooser {
+    pub sampler: Sampler,
+    pub constraint: Option<Constraint>,
+}
+
 /// A generation in progress (see [`Engine::start`](super::Engine::start)).
 pub struct Session {
     pub(crate) opts: GenerateOptions,
     pub(crate) sampler: Sampler,
+    /// The response format's grammar state.
+    constraint: Option<Constraint>,
     pub(crate) phase: Phase,
     pub(crate) prompt_ids: Vec<u32>,
     /// The prompt and the generated tokens; the cache holds their prefix.
@@ -83,6 +101,7 @@ pub struct Session {
     /// The last result's logits (a buffer reused from step to step).
     pub(crate) logits: Vec<f32>,
     generated: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
     text: String,
     emitted: usize,
     decoder: StreamDecoder,
@@ -92,16 +111,20 @@ pub struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(prompt_ids: Vec<u32>, reused: usize, sampler: Sampler, opts: &GenerateOptions, started: Instant) -> Self {
-        let stats = GenerationStats { prompt_tokens: prompt_ids.len(), reused_tokens: reused, ..Default::default() };
+    pub(crate) fn new(prompt_ids: Vec<u32>, reused: usize, chooser: Chooser, opts: &GenerateOptions, started: Instant) -> Self {
+        let Chooser { sampler, constraint } = chooser;
+        let grammar_compile_ms = constraint.as_ref().map_or(0.0, |c| c.compile_ms);
+        let stats = GenerationStats { prompt_tokens: prompt_ids.len(), reused_tokens: reused, grammar_compile_ms, ..Default::default() };
         Session {
             opts: opts.clone(),
             sampler,
+            constraint,
             phase: Phase::Feeding { fed: reused },
             history: prompt_ids.clone(),
             prompt_ids,
             logits: Vec::new(),
             generated: Vec::new(),
+            logprobs: Vec::new(),
             text: String::new(),
             emitted: 0,
             decoder: StreamDecoder::new(),
@@ -122,7 +145,11 @@ impl Session {
     /// What the sampler needs from the next result.
     pub(crate) fn next_choice(&self) -> NextChoice {
         let c = self.sampler.config();
-        NextChoice { greedy: c.temperature == 0.0, top_k: c.top_k, penalty: self.sampler.penalty_ids(&self.history) }
+        let penalty = self.sampler.penalty_ids(&self.history);
+        if self.opts.needs_all_logits() {
+            return NextChoice { greedy: false, top_k: 0, penalty };
+        }
+        NextChoice { greedy: c.temperature == 0.0, top_k: c.top_k, penalty }
     }
 
     /// The prompt is in the cache: prefill's numbers, decode's clock starts.
@@ -138,14 +165,38 @@ impl Session {
 
     /// Chooses the next token from `ready` (the logits in `self.logits`) and
     /// applies the stop rules (end-of-generation token, stop strings, `max_tokens`).
-    pub(crate) fn advance(&mut self, tokenizer: &Tokenizer, ready: Ready) -> Advance {
+    pub(crate) fn advance(&mut self, tokenizer: &Tokenizer, ready: Ready) -> Result<Advance> {
         let tok = match ready {
             Ready::Token(t) => t,
             Ready::Candidates(c) => self.sampler.sample_candidates(&c),
-            Ready::PenalizedLogits => self.sampler.sample_penalized(&self.logits),
-            Ready::Logits => self.sampler.sample(&mut self.logits, &self.history),
+            Ready::PenalizedLogits => self.choose_from_logits(tokenizer)?,
+            Ready::Logits => {
+                self.sampler.apply_penalty(&mut self.logits, &self.history);
+                self.choose_from_logits(tokenizer)?
+            }
         };
-        self.accept(tokenizer, tok)
+        if let Some(c) = &mut self.constraint {
+            if !tokenizer.is_eog(tok) {
+                c.accept(tok)?;
+            }
+        }
+        Ok(self.accept(tokenizer, tok))
+    }
+
+    /// Occurrence penalties, bias, grammar mask, log-probabilities, then the
+    /// draw (logits with the repetition penalty in `self.logits`).
+    fn choose_from_logits(&mut self, tokenizer: &Tokenizer) -> Result<u32> {
+        apply_occurrence_penalties(&mut self.logits, &self.generated, self.opts.frequency_penalty, self.opts.presence_penalty);
+        apply_logit_bias(&mut self.logits, &self.opts.logit_bias);
+        if let Some(c) = &mut self.constraint {
+            c.mask(&mut self.logits)?;
+            self.stats.mask_ms = c.mask_ms;
+        }
+        let tok = self.sampler.sample_penalized(&self.logits);
+        if let Some(n) = self.opts.logprobs {
+            self.logprobs.push(token_logprob(&self.logits, tok, n, |id| tokenizer.raw_bytes(id).to_vec()));
+        }
+        Ok(tok)
     }
 
     /// Applies the stop rules to a chosen token (see [`advance`](Self::advance)).
@@ -162,6 +213,12 @@ impl Session {
         if let Some(pos) = find_stop(&self.text, &self.opts.stop) {
             self.text.truncate(pos);
             return Advance::Finished(Some(StopReason::StopString));
+        }
+        if self.constraint.as_ref().is_some_and(|c| c.is_finished()) {
+            // The grammar is complete: nothing may follow, as if the model had ended.
+            let rest = self.decoder.finish();
+            self.text.push_str(&rest);
+            return Advance::Finished(Some(StopReason::Eos));
         }
         if self.generated.len() >= self.opts.max_tokens {
             let rest = self.decoder.finish();
@@ -196,6 +253,7 @@ impl Session {
             stop_reason: reason,
             stats: self.stats.clone(),
             kv,
+            logprobs: std::mem::take(&mut self.logprobs),
         }
     }
 

@@ -17,7 +17,7 @@
 use crate::backend::webgpu;
 use crate::engine::{self, Engine, Generation, Step};
 use crate::engine::batch;
-use crate::{kv_cache, model};
+use crate::{kv_cache, model, sampler};
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
 
@@ -198,6 +198,10 @@ pub struct GenerationStats {
     pub prefill_tokens_per_sec: f64,
     pub decode_tokens_per_sec: f64,
     pub time_to_first_token_ms: f64,
+    /// Compiling the response format's grammar (0 without one).
+    pub grammar_compile_ms: f64,
+    /// Computing its token masks, all steps together.
+    pub mask_ms: f64,
 }
 
 impl From<&engine::GenerationStats> for GenerationStats {
@@ -211,6 +215,8 @@ impl From<&engine::GenerationStats> for GenerationStats {
             prefill_tokens_per_sec,
             decode_tokens_per_sec,
             time_to_first_token_ms,
+            grammar_compile_ms,
+            mask_ms,
         } = *s;
         GenerationStats {
             prompt_tokens,
@@ -221,7 +227,47 @@ impl From<&engine::GenerationStats> for GenerationStats {
             prefill_tokens_per_sec,
             decode_tokens_per_sec,
             time_to_first_token_ms,
+            grammar_compile_ms,
+            mask_ms,
         }
+    }
+}
+
+/// A token and its log-probability at one step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(TS))]
+pub struct TokenAlternative {
+    pub id: u32,
+    /// Its text (invalid UTF-8 replaced: `bytes` holds the exact bytes).
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f64,
+}
+
+impl From<&sampler::logprobs::Alternative> for TokenAlternative {
+    fn from(a: &sampler::logprobs::Alternative) -> Self {
+        // A token the mask removed has no probability; OpenAI writes -9999 for it.
+        let logprob = if a.logprob.is_finite() { a.logprob as f64 } else { -9999.0 };
+        TokenAlternative { id: a.token, token: String::from_utf8_lossy(&a.bytes).into_owned(), bytes: a.bytes.clone(), logprob }
+    }
+}
+
+/// A generated token's log-probability and the best alternatives at its step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(TS))]
+#[serde(rename_all = "camelCase")]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f64,
+    pub top_logprobs: Vec<TokenAlternative>,
+}
+
+impl From<&sampler::logprobs::TokenLogprob> for TokenLogprob {
+    fn from(t: &sampler::logprobs::TokenLogprob) -> Self {
+        let TokenAlternative { id, token, bytes, logprob } = (&t.chosen).into();
+        TokenLogprob { id, token, bytes, logprob, top_logprobs: t.top.iter().map(Into::into).collect() }
     }
 }
 
@@ -264,12 +310,14 @@ pub struct GenerationResult {
     pub stats: GenerationStats,
     /// The cache after the generation.
     pub kv: KvStats,
+    /// One entry per generated token (empty unless `logprobs` was asked for).
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl From<&Generation> for GenerationResult {
     fn from(g: &Generation) -> Self {
         // `final_piece` travels in the reply's `piece`.
-        let Generation { prompt_ids, generated_ids, text, final_piece: _, stop_reason, stats, kv } = g;
+        let Generation { prompt_ids, generated_ids, text, final_piece: _, stop_reason, stats, kv, logprobs } = g;
         GenerationResult {
             text: text.clone(),
             generated_ids: generated_ids.clone(),
@@ -277,6 +325,7 @@ impl From<&Generation> for GenerationResult {
             stop_reason: stop_reason.map(StopReason::from),
             stats: stats.into(),
             kv: kv.into(),
+            logprobs: logprobs.iter().map(Into::into).collect(),
         }
     }
 }
@@ -552,6 +601,49 @@ pub struct EngineGenerateOptions {
     pub ignore_eos: Option<bool>,
     /// Recompute the whole sequence for every token (shows what the KV cache saves).
     pub no_cache: Option<bool>,
+    /// What the output must match, enforced by a token mask at every step.
+    pub response_format: Option<ResponseFormat>,
+    /// Report every generated token's log-probability with this many alternatives (0 to 20).
+    pub logprobs: Option<f64>,
+    /// Added to the logits: token id (a decimal string, as in OpenAI's API) → bias in [-100, 100].
+    pub logit_bias: Option<BTreeMap<String, f64>>,
+    /// OpenAI's penalties on generated tokens, in [-2, 2] (default 0).
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+}
+
+/// `responseFormat`: what a generation's text must match.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(TS))]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Free text (no constraint).
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid against `schema` (a JSON schema).
+    JsonSchema {
+        #[cfg_attr(not(target_arch = "wasm32"), ts(type = "unknown"))]
+        schema: serde_json::Value,
+    },
+    /// A grammar in llguidance's Lark dialect (`start: ...`).
+    Grammar { grammar: String },
+    /// A regular expression the whole text matches.
+    Regex { regex: String },
+}
+
+impl ResponseFormat {
+    /// The engine's format (none for free text).
+    pub fn to_engine(&self) -> Option<sampler::constraint::OutputFormat> {
+        use sampler::constraint::OutputFormat;
+        match self {
+            ResponseFormat::Text => None,
+            ResponseFormat::JsonObject => Some(OutputFormat::JsonObject),
+            ResponseFormat::JsonSchema { schema } => Some(OutputFormat::JsonSchema(schema.clone())),
+            ResponseFormat::Grammar { grammar } => Some(OutputFormat::Lark(grammar.clone())),
+            ResponseFormat::Regex { regex } => Some(OutputFormat::Regex(regex.clone())),
+        }
+    }
 }
 
 impl EngineGenerateOptions {
@@ -568,6 +660,11 @@ impl EngineGenerateOptions {
             stop: self.stop.or_else(|| base.stop.clone()),
             ignore_eos: self.ignore_eos.or(base.ignore_eos),
             no_cache: self.no_cache.or(base.no_cache),
+            response_format: self.response_format.or_else(|| base.response_format.clone()),
+            logprobs: self.logprobs.or(base.logprobs),
+            logit_bias: self.logit_bias.or_else(|| base.logit_bias.clone()),
+            frequency_penalty: self.frequency_penalty.or(base.frequency_penalty),
+            presence_penalty: self.presence_penalty.or(base.presence_penalty),
         }
     }
 }

@@ -4,6 +4,9 @@
 
 use crate::error::{Error, Result};
 
+pub mod constraint;
+pub mod logprobs;
+
 /// Sampling settings of one request.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplerConfig {
@@ -122,6 +125,12 @@ impl Sampler {
 
     /// Chooses the next token. `history` is the sequence so far (for the penalty).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        self.apply_penalty(logits, history);
+        self.sample_penalized(logits)
+    }
+
+    /// The repetition penalty, in place.
+    pub fn apply_penalty(&self, logits: &mut [f32], history: &[u32]) {
         if let Some((ids, penalty)) = self.penalty_ids(history) {
             for id in ids {
                 if let Some(l) = logits.get_mut(id as usize) {
@@ -129,7 +138,6 @@ impl Sampler {
                 }
             }
         }
-        self.sample_penalized(logits)
     }
 
     /// The distinct recent ids the repetition penalty applies to, and the
@@ -152,7 +160,8 @@ impl Sampler {
             return argmax(logits);
         }
         self.candidates.clear();
-        self.candidates.extend(logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l)));
+        // A masked or banned token (-inf) is never a candidate.
+        self.candidates.extend(logits.iter().enumerate().filter(|(_, l)| !l.is_nan() && **l > f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l)));
         self.pick()
     }
 
