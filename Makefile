@@ -85,6 +85,7 @@ bench: model build-native build-wasm
 	@echo "WebGPU backend natively (on lavapipe here: a software adapter, for regressions only):"
 	-./target/release/kvchat bench --model $(MODEL) --prompt-file $(BENCH_PROMPT) --gen 32 --runs 1 --json --backend webgpu
 	node scripts/bench-browser.mjs 3
+	node scripts/bench-structured.mjs 3
 	node scripts/bench-batch.mjs 1,4,8,16
 	node scripts/bench-long-context.mjs
 	./scripts/bench-wllama.sh

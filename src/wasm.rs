@@ -6,6 +6,7 @@
 
 use crate::chat_template::Message;
 use crate::{Batch, BatchOptions};
+use crate::chat_template::tools::{ToolChoice, Tools};
 use crate::engine::{Engine, EngineOptions, GenerateOptions, Prompt, Session, Step};
 use crate::error::Error;
 use crate::gguf::ByteSource;
@@ -102,6 +103,14 @@ fn gen_options(o: EngineGenerateOptions) -> Result<GenerateOptions, JsValue> {
         logit_bias: logit_bias(o.logit_bias.unwrap_or_default())?,
         frequency_penalty: float(o.frequency_penalty, "frequencyPenalty", 0.0)?,
         presence_penalty: float(o.presence_penalty, "presencePenalty", 0.0)?,
+        tools: match o.tools {
+            None if o.tool_choice.is_some() => return Err(bad_option("toolChoice needs tools")),
+            None => None,
+            Some(specs) => {
+                let choice = o.tool_choice.as_ref().map_or(ToolChoice::Auto, |c| c.to_engine());
+                Some(Tools::new(specs, choice).map_err(to_js)?)
+            }
+        },
     })
 }
 

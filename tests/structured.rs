@@ -107,7 +107,7 @@ fn valid_inside(text: &str, schema: &Value) -> bool {
 
 fn prompt(title: &str, schema: &Value) -> Vec<Message> {
     let user = format!("Write {title} as JSON following this JSON schema: {schema}. Answer with the JSON only.");
-    vec![Message { role: "user".into(), content: user }]
+    vec![Message::new("user", user)]
 }
 
 fn engine(bytes: &[u8]) -> Engine {
@@ -165,7 +165,7 @@ fn every_constrained_completion_parses_and_validates() {
 fn grammars_and_regexes_shape_the_text() {
     let Some(bytes) = real_model() else { return };
     let mut e = engine(&bytes);
-    let ask = [Message { role: "user".into(), content: "What is the capital of France?".into() }];
+    let ask = [Message::new("user", "What is the capital of France?")];
     let greedy = |format| GenerateOptions { max_tokens: 40, sampler: SamplerConfig::greedy(), format: Some(format), ..Default::default() };
     let g = e.generate(Prompt::Chat(&ask), &greedy(OutputFormat::Regex("(Yes|No), [A-Z][a-z]+\\.".into())), |_| true).unwrap();
     assert!(regex::Regex::new("^(Yes|No), [A-Z][a-z]+\\.$").unwrap().is_match(&g.text), "{:?}", g.text);

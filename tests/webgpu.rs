@@ -555,3 +555,28 @@ fn the_extra_models_on_the_gpu_equal_the_cpu() {
         assert!(l.iter().zip(&lg).all(|(x, y)| x.to_bits() == y.to_bits()), "{file}: the prompt's last logits differ by up to {}", max_abs_diff(&l, &lg));
     }
 }
+
+#[test]
+fn structured_output_and_logprobs_on_the_gpu_equal_the_cpu() {
+    let Some(bytes) = real_model() else { return };
+    let Some(ctx) = gpu() else { return };
+    let (mut cpu, mut gpu) = engines(&bytes, &ctx, 512, 4, KvDType::F32);
+    let schema = serde_json::json!({ "type": "object", "properties": { "city": { "type": "string", "maxLength": 20 }, "population": { "type": "integer", "minimum": 0 } }, "required": ["city", "population"] });
+    let messages = [kvchat::Message::new("user", "Name a big city and its population, as JSON.")];
+    // The mask, the bias and the log-probabilities all read every logit: the GPU reads back the whole row.
+    let opts = GenerateOptions {
+        max_tokens: 40,
+        sampler: SamplerConfig::greedy(),
+        format: Some(kvchat::OutputFormat::JsonSchema(schema)),
+        logprobs: Some(3),
+        logit_bias: vec![(28, -2.0)],
+        ..Default::default()
+    };
+    let a = cpu.generate(Prompt::Chat(&messages), &opts, |_| true).unwrap();
+    let b = gpu.generate(Prompt::Chat(&messages), &opts, |_| true).unwrap();
+    eprintln!("cpu {:?}\ngpu {:?}", a.text, b.text);
+    assert_eq!(gpu.backend(), "webgpu");
+    assert_eq!(a.generated_ids, b.generated_ids);
+    assert_eq!(a.logprobs, b.logprobs, "the same logits give the same log-probabilities");
+    assert!(serde_json::from_str::<serde_json::Value>(&b.text).unwrap()["city"].is_string());
+}

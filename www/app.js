@@ -22,6 +22,7 @@ const el = {
 const batchUi = {
   view: $('[data-testid=batch]'), form: $('.batch-form'), run: $('[data-testid=batch-run]'),
   stop: $('[data-testid=batch-stop]'), results: $('[data-testid=batch-results]'), summary: $('[data-testid=batch-summary]'),
+  table: $('[data-testid=batch-table]'),
 };
 let batchRunning = false;
 let batchController = null;
@@ -40,6 +41,9 @@ async function runBatch() {
   const items = String(f.get('items') || '').split('\n').map((l) => l.trim()).filter(Boolean);
   if (!items.length || !llm) return;
   const { gen } = settings();
+  const fields = f.get('extract') === 'on' ? String(f.get('fields') || '').split(',').map((x) => x.trim()).filter(Boolean) : [];
+  const responseFormat = fields.length ? { type: 'json_schema', schema: extractionSchema(fields) } : undefined;
+  showTable(fields, items);
   // A base model has no chat template: the instruction and the item as plain text.
   const inputs = items.map((item) => (chatMode ? [
     ...(instruction ? [{ role: 'system', content: instruction }] : []),
@@ -65,12 +69,13 @@ async function runBatch() {
   let tokens = 0;
   let finished = 0;
   try {
-    const opts = { ...gen, noCache: undefined, batchSize: Number(f.get('batchSize')) || 8, signal: batchController.signal };
+    const opts = { ...gen, responseFormat, noCache: undefined, batchSize: Number(f.get('batchSize')) || 8, signal: batchController.signal };
     for await (const ev of llm.generateBatch(inputs, opts)) {
       const { li, a } = answers[ev.index];
       if (ev.done) {
         li.className = 'done';
         a.textContent = ev.text;
+        if (fields.length) fillRow(ev.index, fields, ev.text);
         tokens += ev.generatedTokens;
         finished += 1;
       } else {
@@ -93,6 +98,33 @@ async function runBatch() {
     updateStats();
   }
 }
+/** Each field a short string (the mask writes the object; the model fills in the values). */
+function extractionSchema(fields) {
+  const properties = Object.fromEntries(fields.map((name) => [name, { type: 'string', maxLength: 60 }]));
+  return { type: 'object', properties, required: fields, additionalProperties: false };
+}
+
+/** The extraction table: one row per line, one column per field (hidden without fields). */
+function showTable(fields, items) {
+  batchUi.table.hidden = !fields.length;
+  batchUi.results.hidden = fields.length > 0;
+  const head = document.createElement('tr');
+  for (const name of ['line', ...fields]) head.append(Object.assign(document.createElement('th'), { textContent: name }));
+  batchUi.table.tHead.replaceChildren(head);
+  batchUi.table.tBodies[0].replaceChildren(...items.map((item) => {
+    const tr = document.createElement('tr');
+    tr.append(Object.assign(document.createElement('td'), { textContent: item }), ...fields.map(() => document.createElement('td')));
+    return tr;
+  }));
+}
+
+function fillRow(index, fields, text) {
+  const cells = batchUi.table.tBodies[0].rows[index].cells;
+  let value = null;
+  try { value = JSON.parse(text); } catch { /* cut short by max tokens: shown as it is */ }
+  fields.forEach((name, i) => { cells[i + 1].textContent = value ? String(value[name] ?? '') : text; });
+}
+
 batchUi.form.addEventListener('submit', (e) => { e.preventDefault(); runBatch(); });
 batchUi.stop.addEventListener('click', () => batchController?.abort());
 
@@ -314,7 +346,6 @@ function drawChart() {
  * streaming cursor. Returns the generated text (so far, when stopped).
  */
 async function stream(input, box, out) {
-  const { gen } = settings();
   box.classList.add('streaming');
   controller = new AbortController();
   setBusy(true);
@@ -323,7 +354,9 @@ async function stream(input, box, out) {
   let last = performance.now();
   const timer = setInterval(updateStats, 500);
   try {
-    for await (const piece of llm.generate(input, { ...gen, signal: controller.signal })) {
+    const { gen } = settings();
+    const responseFormat = chatFormat(new FormData(el.settings));
+    for await (const piece of llm.generate(input, { ...gen, responseFormat, signal: controller.signal })) {
       const now = performance.now();
       // The first piece waits for the prefill: the chart shows decode latency only.
       if (text) latencies.push(now - last);
@@ -346,6 +379,15 @@ async function stream(input, box, out) {
   }
   return text;
 }
+
+/** The structured-output switch: a JSON schema from the box (invalid JSON throws, shown as the turn's error). */
+function chatFormat(f) {
+  if (f.get('structured') !== 'on') return undefined;
+  let schema;
+  try { schema = JSON.parse(String(f.get('schema'))); } catch (e) { throw new Error(`the schema is not JSON: ${e.message}`); }
+  return { type: 'json_schema', schema };
+}
+el.settings.elements.structured.addEventListener('change', (e) => { el.settings.elements.schema.hidden = !e.target.checked; });
 
 /** A chat turn: the conversation so far through the model's chat template. */
 async function send(text) {

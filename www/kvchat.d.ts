@@ -15,6 +15,8 @@ import type {
   ModelInfo,
   Profile,
   StopReason,
+  TokenLogprob,
+  ToolCallReply,
   WasmBuild,
 } from './protocol.js';
 
@@ -29,7 +31,12 @@ export type {
   LoadTimings,
   ModelInfo,
   Profile,
+  ResponseFormat,
   StopReason,
+  TokenAlternative,
+  TokenLogprob,
+  ToolCallReply,
+  ToolChoiceOption,
 } from './protocol.js';
 
 /** The first built-in model, SmolLM2-135M-Instruct. */
@@ -107,7 +114,108 @@ export interface BatchOptions extends GenerateOptions, EngineBatchOptions {}
 
 export type BatchEvent =
   | { index: number; piece: string; done?: undefined }
-  | { index: number; done: true; text: string; stats: GenerationStats; stopReason: StopReason | null; generatedTokens: number };
+  | { index: number; done: true; text: string; stats: GenerationStats; stopReason: StopReason | null; generatedTokens: number; logprobs: TokenLogprob[]; toolCalls: ToolCallReply[]; content: string };
+
+/** OpenAI's chat-completion request, as far as kvchat honours it (any other field is an 'invalid-option' error). */
+/** A tool call in OpenAI's shape: `arguments` is a JSON string. */
+export interface ChatCompletionMessageToolCall {
+  id: string;
+  type: 'function';
+  function: { name: string; arguments: string };
+}
+
+export interface ChatCompletionRequest {
+  messages: Array<{
+    role: 'system' | 'user' | 'assistant' | 'tool';
+    content: string | null | Array<{ type: 'text'; text: string }>;
+    tool_calls?: ChatCompletionMessageToolCall[];
+    tool_call_id?: string;
+  }>;
+  /** Described through the model's chat template where it takes tools (Qwen2.5's does; others: 'unsupported'). */
+  tools?: Array<{ type: 'function'; function: { name: string; description?: string; parameters?: unknown } }>;
+  /** 'auto' (default): calls are read out of the text; 'required' or a named function: a grammar forces the call. */
+  tool_choice?: 'none' | 'auto' | 'required' | { type: 'function'; function: { name: string } };
+  parallel_tool_calls?: boolean;
+  stream?: boolean;
+  stream_options?: { include_usage?: boolean };
+  /** Choices, decoded together as a batch (1 to 64). */
+  n?: number;
+  max_tokens?: number;
+  max_completion_tokens?: number;
+  /** Default 1, as OpenAI's; 0 is greedy. */
+  temperature?: number;
+  top_p?: number;
+  seed?: number;
+  stop?: string | string[];
+  frequency_penalty?: number;
+  presence_penalty?: number;
+  /** Token id (as a string) → bias in [-100, 100]; -100 bans the token. */
+  logit_bias?: Record<string, number>;
+  logprobs?: boolean;
+  /** Alternatives per token, 0 to 20. */
+  top_logprobs?: number;
+  response_format?:
+    | { type: 'text' | 'json_object' }
+    | { type: 'json_schema'; json_schema: { name?: string; schema: unknown; strict?: boolean; description?: string } }
+    /** kvchat's additions: a Lark grammar (llguidance's dialect) or a regular expression. */
+    | { type: 'grammar'; grammar: string }
+    | { type: 'regex'; regex: string };
+  /** kvchat's own sampling knobs (default off). */
+  top_k?: number;
+  min_p?: number;
+  repetition_penalty?: number;
+  model?: string;
+  user?: string;
+}
+
+export interface ChatCompletionTokenLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[];
+  top_logprobs: Array<{ token: string; logprob: number; bytes: number[] }>;
+}
+
+export interface CompletionUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  /** `cached_tokens`: the prompt prefix the KV cache already held (not recomputed). */
+  prompt_tokens_details: { cached_tokens: number };
+}
+
+export type FinishReason = 'stop' | 'length' | 'tool_calls';
+
+export interface ChatCompletion {
+  id: string;
+  object: 'chat.completion';
+  created: number;
+  model: string;
+  system_fingerprint: string;
+  choices: Array<{
+    index: number;
+    message: { role: 'assistant'; content: string | null; refusal: null; tool_calls?: ChatCompletionMessageToolCall[] };
+    logprobs: { content: ChatCompletionTokenLogprob[]; refusal: null } | null;
+    finish_reason: FinishReason | null;
+  }>;
+  usage: CompletionUsage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: 'chat.completion.chunk';
+  created: number;
+  model: string;
+  system_fingerprint: string;
+  choices: Array<{
+    index: number;
+    delta: { role?: 'assistant'; content?: string | null; tool_calls?: Array<ChatCompletionMessageToolCall & { index: number }> };
+    /** On each choice's last chunk (kvchat streams whole characters, not tokens). */
+    logprobs: { content: ChatCompletionTokenLogprob[]; refusal: null } | null;
+    finish_reason: FinishReason | null;
+  }>;
+  /** On the final chunk, with `stream_options.include_usage`. */
+  usage?: CompletionUsage;
+}
 
 /** `stats()`: the engine's numbers plus what the worker knows. */
 export interface Stats extends EngineStats {
@@ -136,6 +244,15 @@ export declare class KvChat {
   fromCache: boolean;
   timings: { fetchMs: number; initMs: number };
   onCrash: ((error: KvChatError) => void) | null;
+  /** The model's name as chat completions report it. */
+  modelName: string;
+  /** OpenAI-style chat completions; `{ signal }` aborts (the promise or stream rejects with an AbortError). */
+  chat: {
+    completions: {
+      create(request: ChatCompletionRequest & { stream?: false }, opts?: { signal?: AbortSignal }): Promise<ChatCompletion>;
+      create(request: ChatCompletionRequest & { stream: true }, opts?: { signal?: AbortSignal }): Promise<AsyncIterable<ChatCompletionChunk>>;
+    };
+  };
   /** Streams text pieces; the next call reuses the cached prefix. Aborting throws an AbortError. */
   generate(input: string | Message[], opts?: GenerateOptions): AsyncGenerator<string, void, undefined>;
   /** The result of the last generation that ran to its end (`generate`). */

@@ -172,7 +172,7 @@ export class KvChat {
         this.lastBatchStats = m.stats;
         for (const ev of m.events) {
           if (ev.piece) push({ index: ev.index, piece: ev.piece });
-          if (ev.done) push({ index: ev.index, done: true, text: ev.result.text, stats: ev.result.stats, stopReason: ev.result.stopReason, generatedTokens: ev.result.generatedIds.length, logprobs: ev.result.logprobs });
+          if (ev.done) push({ index: ev.index, done: true, text: ev.result.text, stats: ev.result.stats, stopReason: ev.result.stopReason, generatedTokens: ev.result.generatedIds.length, logprobs: ev.result.logprobs, toolCalls: ev.result.toolCalls, content: ev.result.content });
         }
       } else if (m.type === 'done') { this.lastBatchStats = m.result; this.lastStats = m.stats; }
     });

@@ -11,7 +11,7 @@ const PASSIVE = ['model', 'user', 'stream_options', 'metadata', 'store', 'parall
 /** Request fields with a meaning here. */
 const HANDLED = [
   'messages', 'stream', 'n', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'seed', 'stop',
-  'frequency_penalty', 'presence_penalty', 'logit_bias', 'logprobs', 'top_logprobs', 'response_format',
+  'frequency_penalty', 'presence_penalty', 'logit_bias', 'logprobs', 'top_logprobs', 'response_format', 'tools', 'tool_choice',
   // kvchat's own sampling knobs, for callers that want them.
   'top_k', 'min_p', 'repetition_penalty',
 ];
@@ -30,8 +30,7 @@ function toOptions(KvChatError, req) {
   if (!Array.isArray(req.messages) || !req.messages.length) throw invalid(KvChatError, 'messages must be a non-empty array');
   const messages = req.messages.map((m, i) => {
     if (!m || typeof m.role !== 'string') throw invalid(KvChatError, `messages[${i}] needs a role`);
-    if (m.tool_calls || m.role === 'tool') throw invalid(KvChatError, `messages[${i}]: tool messages are not supported`);
-    let content = m.content;
+    let content = m.content ?? (m.tool_calls ? '' : m.content);
     // Content parts: text parts are joined; any other kind (images, audio) cannot be read here.
     if (Array.isArray(content)) {
       content = content.map((p, j) => {
@@ -40,7 +39,14 @@ function toOptions(KvChatError, req) {
       }).join('');
     }
     if (typeof content !== 'string') throw invalid(KvChatError, `messages[${i}].content must be a string or text parts`);
-    return { role: m.role, content };
+    if (!m.tool_calls) return { role: m.role, content };
+    // A call the model made earlier, back in the template's shape: arguments as an object.
+    const toolCalls = m.tool_calls.map((c, j) => {
+      let args = c?.function?.arguments;
+      try { args = typeof args === 'string' ? JSON.parse(args) : args; } catch { throw invalid(KvChatError, `messages[${i}].tool_calls[${j}].function.arguments is not JSON`); }
+      return { id: c.id, type: 'function', function: { name: c?.function?.name, arguments: args } };
+    });
+    return { role: m.role, content, tool_calls: toolCalls };
   });
   const o = {};
   const maxTokens = req.max_completion_tokens ?? req.max_tokens;
@@ -70,12 +76,36 @@ function toOptions(KvChatError, req) {
       throw invalid(KvChatError, `response_format.type must be 'text', 'json_object', 'json_schema', 'grammar' or 'regex' (got ${rf.type})`);
     }
   }
+  if (req.tools != null) {
+    if (!Array.isArray(req.tools) || !req.tools.every((t) => t?.type === 'function' && typeof t.function?.name === 'string')) {
+      throw invalid(KvChatError, "tools must be [{ type: 'function', function: { name, description, parameters } }]");
+    }
+    if (o.responseFormat && o.responseFormat.type !== 'text') throw invalid(KvChatError, 'tools and a response_format cannot be combined');
+    const choice = req.tool_choice ?? 'auto';
+    o.tools = req.tools;
+    if (['none', 'auto', 'required'].includes(choice)) o.toolChoice = choice;
+    else if (choice?.type === 'function' && typeof choice.function?.name === 'string') o.toolChoice = { function: choice.function.name };
+    else throw invalid(KvChatError, "tool_choice must be 'none', 'auto', 'required' or { type: 'function', function: { name } }");
+  } else if (req.tool_choice != null) {
+    throw invalid(KvChatError, 'tool_choice needs tools');
+  }
   const n = req.n ?? 1;
   if (!Number.isInteger(n) || n < 1 || n > 64) throw invalid(KvChatError, `n must be an integer from 1 to 64 (got ${n})`);
   return { messages, options: o, n };
 }
 
-const finishReason = (stopReason) => (stopReason === 'length' ? 'length' : stopReason ? 'stop' : null);
+const finishReason = (r) => (r.toolCalls?.length ? 'tool_calls' : r.stopReason === 'length' ? 'length' : r.stopReason ? 'stop' : null);
+
+/** A choice's message: the text, or the tool calls the model made (OpenAI's shape: arguments as a JSON string). */
+function messageOf(r, index) {
+  if (!r.toolCalls?.length) return { role: 'assistant', content: r.text, refusal: null };
+  return {
+    role: 'assistant',
+    content: r.content || null,
+    refusal: null,
+    tool_calls: r.toolCalls.map((c, i) => ({ id: `call_${index}_${i}_${Math.random().toString(36).slice(2, 10)}`, type: 'function', function: { name: c.name, arguments: JSON.stringify(c.arguments) } })),
+  };
+}
 
 /** kvchat's per-token log-probabilities as OpenAI's `choice.logprobs`. */
 function toLogprobs(list, wanted) {
@@ -111,9 +141,9 @@ export async function createChatCompletion(llm, KvChatError, req, { signal } = {
     object: 'chat.completion',
     choices: results.map((r, index) => ({
       index,
-      message: { role: 'assistant', content: r.text, refusal: null },
+      message: messageOf(r, index),
       logprobs: toLogprobs(r.logprobs, wantLogprobs),
-      finish_reason: finishReason(r.stopReason),
+      finish_reason: finishReason(r),
     })),
     usage: usageOf(results[0].promptTokens, results.reduce((a, r) => a + r.completionTokens, 0), results[0].cachedTokens),
   };
@@ -129,14 +159,14 @@ async function runChoices(llm, messages, options, n, signal, onPiece) {
     let text = '';
     for await (const piece of llm.generate(messages, { ...options, signal })) { text += piece; onPiece(0, piece); }
     const r = llm.lastResult;
-    return [{ text, stopReason: r.stopReason, logprobs: r.logprobs, promptTokens: r.promptTokens, completionTokens: r.generatedIds.length, cachedTokens: r.stats.reusedTokens }];
+    return [{ text, stopReason: r.stopReason, logprobs: r.logprobs, toolCalls: r.toolCalls, content: r.content, promptTokens: r.promptTokens, completionTokens: r.generatedIds.length, cachedTokens: r.stats.reusedTokens }];
   }
   const seed = options.seed;
   const inputs = Array.from({ length: n }, (_, i) => ({ input: messages, ...(seed != null ? { seed: seed + i } : {}) }));
   const results = new Array(n);
   for await (const ev of llm.generateBatch(inputs, { ...options, batchSize: n, signal })) {
     if (ev.piece) onPiece(ev.index, ev.piece);
-    if (ev.done) results[ev.index] = { text: ev.text, stopReason: ev.stopReason, logprobs: ev.logprobs, promptTokens: ev.stats.promptTokens, completionTokens: ev.generatedTokens, cachedTokens: 0 };
+    if (ev.done) results[ev.index] = { text: ev.text, stopReason: ev.stopReason, logprobs: ev.logprobs, toolCalls: ev.toolCalls, content: ev.content, promptTokens: ev.stats.promptTokens, completionTokens: ev.generatedTokens, cachedTokens: 0 };
   }
   return results;
 }
@@ -151,8 +181,10 @@ async function* streamChunks(llm, messages, options, n, meta, wantLogprobs, incl
   let settled = false;
   let failure = null;
   let results = null;
+  // With tools the text may turn out to be a call: each choice comes whole at its end.
+  const streamText = !options.tools || options.toolChoice === 'none';
   const run = runChoices(llm, messages, options, n, signal, (index, piece) => {
-    if (piece) push(chunk([{ index, delta: { content: piece }, logprobs: null, finish_reason: null }]));
+    if (piece && streamText) push(chunk([{ index, delta: { content: piece }, logprobs: null, finish_reason: null }]));
   }).then((r) => { results = r; }, (e) => { failure = e; }).finally(() => { settled = true; push(null); });
   for (;;) {
     if (!queue.length) await new Promise((r) => { wake = r; });
@@ -168,7 +200,12 @@ async function* streamChunks(llm, messages, options, n, meta, wantLogprobs, incl
   // Log-probabilities come with each choice's last chunk (kvchat streams text by
   // whole characters, which do not always fall on token boundaries).
   for (const [index, r] of results.entries()) {
-    yield chunk([{ index, delta: {}, logprobs: toLogprobs(r.logprobs, wantLogprobs), finish_reason: finishReason(r.stopReason) }]);
+    let delta = {};
+    if (!streamText) {
+      const m = messageOf(r, index);
+      delta = m.tool_calls ? { tool_calls: m.tool_calls.map((c, i) => ({ index: i, ...c })) } : { content: m.content };
+    }
+    yield chunk([{ index, delta, logprobs: toLogprobs(r.logprobs, wantLogprobs), finish_reason: finishReason(r) }]);
   }
   if (includeUsage) {
     yield chunk([], { usage: usageOf(results[0].promptTokens, results.reduce((a, r) => a + r.completionTokens, 0), results[0].cachedTokens) });

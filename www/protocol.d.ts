@@ -43,6 +43,11 @@ export type GenerationResult = {
    * One entry per generated token (empty unless `logprobs` was asked for).
    */
   logprobs: Array<TokenLogprob>,
+  /**
+   * With tools: the calls written in the text, and the text outside them (`content`, else the text).
+   */
+  toolCalls: Array<ToolCallReply>,
+  content: string,
 };
 
 /**
@@ -92,6 +97,17 @@ export type TokenAlternative = {
   token: string,
   bytes: Array<number>,
   logprob: number,
+};
+
+/**
+ * One tool call the model made.
+ */
+export type ToolCallReply = {
+  name: string,
+  /**
+   * The call's arguments (JSON, usually an object).
+   */
+  arguments: unknown,
 };
 
 /**
@@ -464,6 +480,14 @@ export type EngineGenerateOptions = {
    */
   frequencyPenalty?: number,
   presencePenalty?: number,
+  /**
+   * Tools described through the chat template: `[{ type: 'function', function: { name, description, parameters } }]`.
+   */
+  tools: unknown[],
+  /**
+   * 'auto' (default with tools), 'none', 'required', or `{ function: name }`.
+   */
+  toolChoice?: ToolChoiceOption,
 };
 
 /**
@@ -483,6 +507,15 @@ export type ResponseFormat = {
   "type": "regex",
   regex: string,
 };
+
+/**
+ * `toolChoice`.
+ */
+export type ToolChoiceOption = ToolMode | {
+  function: string,
+};
+
+export type ToolMode = "none" | "auto" | "required";
 
 /**
  * The batch's own options (`KvEngine.batchStart`, next to the generate options).
@@ -645,8 +678,15 @@ export type PromptInput = string | Array<ChatMessage>;
  * One chat message of a prompt.
  */
 export type ChatMessage = {
+  /**
+   * system, user, assistant, or tool (a tool's result, where the template takes tools).
+   */
   role: string,
   content: string,
+  /**
+   * An assistant's earlier calls: `[{ type: 'function', function: { name, arguments } }]` (arguments an object).
+   */
+  tool_calls?: unknown[],
 };
 
 /**
@@ -690,6 +730,14 @@ export type BatchInput = PromptInput | {
    */
   frequencyPenalty?: number,
   presencePenalty?: number,
+  /**
+   * Tools described through the chat template: `[{ type: 'function', function: { name, description, parameters } }]`.
+   */
+  tools: unknown[],
+  /**
+   * 'auto' (default with tools), 'none', 'required', or `{ function: name }`.
+   */
+  toolChoice?: ToolChoiceOption,
 };
 
 /**
@@ -732,6 +780,14 @@ export type WorkerBatchOptions = {
    */
   frequencyPenalty?: number,
   presencePenalty?: number,
+  /**
+   * Tools described through the chat template: `[{ type: 'function', function: { name, description, parameters } }]`.
+   */
+  tools: unknown[],
+  /**
+   * 'auto' (default with tools), 'none', 'required', or `{ function: name }`.
+   */
+  toolChoice?: ToolChoiceOption,
   /**
    * Sequences decoded together (default 8).
    */

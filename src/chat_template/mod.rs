@@ -6,13 +6,16 @@
 //! loop, runaway recursion or a huge output into [`Error::ChatTemplate`].
 //! The environment follows Hugging Face's `apply_chat_template`: `trim_blocks`,
 //! `lstrip_blocks`, loop controls, Python string methods, `raise_exception`,
-//! `strftime_now`, `tojson`, and `tools` = none.
+//! `strftime_now`, `tojson`, and `tools` (none, or a request's tools where the
+//! template takes them: [`tools`]).
 
 mod strftime;
 mod tojson;
+pub mod tools;
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+use tools::ToolFormat;
 
 /// Instructions one rendering may run: far above any real template on a long
 /// conversation (tens of instructions per message), far below a second of work.
@@ -22,16 +25,19 @@ const RECURSION_LIMIT: usize = 200;
 /// The output may be this much longer than the messages it renders.
 const OUTPUT_SLACK: usize = 1 << 20;
 
-/// One chat message.
+/// One chat message (`tool` messages carry a tool's result; an `assistant`
+/// message may carry the calls it made, `[{ type, function: { name, arguments } }]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
 }
 
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self { role: role.into(), content: content.into(), tool_calls: None }
     }
 }
 
@@ -40,6 +46,8 @@ pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
     bos: String,
     eos: String,
+    /// How the template writes tool calls (None: it takes no tools).
+    tool_format: Option<ToolFormat>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -89,33 +97,51 @@ impl ChatTemplate {
         let mut env = environment();
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| Error::ChatTemplate(format!("the model's template does not parse: {e}")))?;
-        let t = Self { env, bos: bos.into(), eos: eos.into() };
+        let t = Self { env, bos: bos.into(), eos: eos.into(), tool_format: ToolFormat::of_template(source) };
         // Fail at load, not at the first message, if the template does not render.
         t.render(&[Message::new("user", "hi")], true)?;
         Ok(t)
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// How this template writes tool calls; None when it takes no tools.
+    pub fn tool_format(&self) -> Option<ToolFormat> {
+        self.tool_format
+    }
+
+    /// [`render`](Self::render) with a request's tools (OpenAI's function specs) described
+    /// to the model as its template does; a template without tools refuses them.
+    pub fn render_with_tools(&self, messages: &[Message], tools: Option<&[serde_json::Value]>, add_generation_prompt: bool) -> Result<String> {
         if messages.is_empty() {
             return Err(Error::InvalidPrompt("no messages".into()));
         }
+        let takes_tools = self.tool_format.is_some();
+        if tools.is_some() && !takes_tools {
+            return Err(Error::Unsupported("this model's chat template does not take tools".into()));
+        }
         for m in messages {
-            if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-                return Err(Error::InvalidPrompt(format!(
-                    "unknown role `{}` (use system, user or assistant)",
-                    m.role
-                )));
+            let tool_role = m.role == "tool" || m.tool_calls.is_some();
+            if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") || (tool_role && !takes_tools) {
+                let roles = if takes_tools { "system, user, assistant or tool" } else { "system, user or assistant" };
+                return Err(Error::InvalidPrompt(format!("unknown role `{}` (use {roles})", m.role)));
+            }
+            if m.tool_calls.is_some() && m.role != "assistant" {
+                return Err(Error::InvalidPrompt("only assistant messages carry tool calls".into()));
             }
         }
         let tmpl = self.env.get_template("chat").map_err(|e| Error::ChatTemplate(e.to_string()))?;
-        let input: usize = messages.iter().map(|m| m.content.len()).sum();
+        let described: usize = tools.map_or(0, |t| t.iter().map(|t| t.to_string().len()).sum());
+        let input: usize = messages.iter().map(|m| m.content.len()).sum::<usize>() + described;
         let mut out = Bounded { out: Vec::new(), limit: input.saturating_mul(4).saturating_add(OUTPUT_SLACK) };
         let ctx = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos,
             eos_token => self.eos,
-            tools => (),
+            tools => tools,
         };
         match tmpl.render_captured_to(ctx, &mut out) {
             Ok(_) => String::from_utf8(out.out).map_err(|_| Error::ChatTemplate("the template wrote invalid UTF-8".into())),

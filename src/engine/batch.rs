@@ -207,8 +207,8 @@ impl Engine {
     fn queue_inputs(&mut self, inputs: &[(Prompt, GenerateOptions)]) -> Result<VecDeque<Queued>> {
         let mut queue = VecDeque::with_capacity(inputs.len());
         for (index, (prompt, o)) in inputs.iter().enumerate() {
-            let ids = self.standalone_prompt_ids(*prompt).map_err(|e| tag(e, index))?;
-            let chooser = self.chooser(o).map_err(|e| tag(e, index))?;
+            let ids = self.standalone_prompt_ids(*prompt, o.tools.as_ref()).map_err(|e| tag(e, index))?;
+            let chooser = self.chooser(o, prompt).map_err(|e| tag(e, index))?;
             if o.no_cache {
                 return Err(tag(Error::InvalidOption("noCache is not available in a batch".into()), index));
             }

@@ -26,12 +26,13 @@ pub use session::{Generation, GenerationStats, Session, StopReason};
 
 use crate::backend::cpu::ops;
 use crate::backend::webgpu::AdapterInfo;
+use crate::chat_template::tools::{ToolChoice, ToolFormat, Tools};
 use crate::chat_template::{ChatTemplate, Message};
 use crate::error::{Error, Result};
 use crate::kv_cache::{KvDType, KvStats};
 use crate::model::profile::Op;
 use crate::model::{LlamaConfig, Profile};
-use crate::sampler::constraint::Grammars;
+use crate::sampler::constraint::{Grammars, OutputFormat};
 use crate::sampler::logprobs::{check_logit_bias, check_occurrence_penalties, MAX_TOP_LOGPROBS};
 use crate::sampler::Sampler;
 use crate::tokenizer::{IncrementalEncoder, Tokenizer};
@@ -310,17 +311,22 @@ impl Engine {
 
     /// The prompt text chat messages render to.
     pub fn render_chat(&self, messages: &[Message]) -> Result<String> {
+        self.render_chat_with(messages, None)
+    }
+
+    /// The prompt text of chat messages with a request's tools described.
+    fn render_chat_with(&self, messages: &[Message], tools: Option<&Tools>) -> Result<String> {
         match &self.template {
-            Some(t) => t.render(messages, true),
+            Some(t) => t.render_with_tools(messages, tools.map(|t| t.specs.as_slice()), true),
             None => Err(Error::ChatTemplate("the model has no chat template; use a raw prompt".into())),
         }
     }
 
     /// The ids of a prompt on its own (no reuse of the cached conversation).
-    pub(crate) fn standalone_prompt_ids(&self, prompt: Prompt) -> Result<Vec<u32>> {
+    pub(crate) fn standalone_prompt_ids(&self, prompt: Prompt, tools: Option<&Tools>) -> Result<Vec<u32>> {
         let ids = match prompt {
             Prompt::Raw(text) => self.tokenize(text)?,
-            Prompt::Chat(messages) => self.tokenize(&self.render_chat(messages)?)?,
+            Prompt::Chat(messages) => self.tokenize(&self.render_chat_with(messages, tools)?)?,
             Prompt::Ids(ids) => ids.to_vec(),
         };
         self.check_ids(ids)
@@ -338,10 +344,14 @@ impl Engine {
     }
 
     pub fn prompt_ids(&mut self, prompt: Prompt) -> Result<Vec<u32>> {
+        self.prompt_ids_with(prompt, None)
+    }
+
+    fn prompt_ids_with(&mut self, prompt: Prompt, tools: Option<&Tools>) -> Result<Vec<u32>> {
         let ids = match prompt {
             Prompt::Raw(text) => self.tokenize(text)?,
             Prompt::Chat(messages) => {
-                let text = self.render_chat(messages)?;
+                let text = self.render_chat_with(messages, tools)?;
                 match self.extend_cached_text(&text)? {
                     Some(ids) => ids,
                     None => self.encoder.encode(&self.tokenizer, &text)?,
@@ -447,8 +457,8 @@ impl Engine {
     /// every option and reuses the cached prefix.
     pub fn start(&mut self, prompt: Prompt, opts: &GenerateOptions) -> Result<Session> {
         let started = Instant::now();
-        let prompt_ids = self.prompt_ids(prompt)?;
-        let chooser = self.chooser(opts)?;
+        let prompt_ids = self.prompt_ids_with(prompt, opts.tools.as_ref())?;
+        let chooser = self.chooser(opts, &prompt)?;
         if opts.no_cache && !self.runner.recomputes_without_cache() {
             return Err(Error::InvalidOption("no_cache runs on the CPU backend only".into()));
         }
@@ -462,7 +472,7 @@ impl Engine {
     }
 
     /// A request's sampler and grammar, every choice option checked.
-    pub(crate) fn chooser(&mut self, opts: &GenerateOptions) -> Result<Chooser> {
+    pub(crate) fn chooser(&mut self, opts: &GenerateOptions, prompt: &Prompt) -> Result<Chooser> {
         let sampler = Sampler::new(opts.sampler)?;
         if opts.stop.iter().any(|s| s.is_empty()) {
             return Err(Error::InvalidOption("stop strings must not be empty".into()));
@@ -472,7 +482,9 @@ impl Engine {
         if opts.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
             return Err(Error::InvalidOption(format!("top logprobs must be 0 to {MAX_TOP_LOGPROBS}")));
         }
-        let constraint = match &opts.format {
+        let (tool_calls, forced) = self.tool_calls(opts, prompt)?;
+        let format = forced.as_ref().or(opts.format.as_ref());
+        let constraint = match format {
             None => None,
             Some(_) if opts.ignore_eos => return Err(Error::InvalidOption("a response format ends where its grammar does: ignore_eos does not apply".into())),
             Some(format) => {
@@ -482,7 +494,24 @@ impl Engine {
                 self.grammars.as_ref().map(|g| g.compile(format)).transpose()?
             }
         };
-        Ok(Chooser { sampler, constraint })
+        Ok(Chooser { sampler, constraint, tool_calls })
+    }
+
+    /// How a request's tool calls are read (the template's format, unless the
+    /// choice is `none`) and the grammar that forces one where the choice requires it.
+    fn tool_calls(&self, opts: &GenerateOptions, prompt: &Prompt) -> Result<(Option<ToolFormat>, Option<OutputFormat>)> {
+        let Some(tools) = &opts.tools else { return Ok((None, None)) };
+        if !matches!(prompt, Prompt::Chat(_)) {
+            return Err(Error::InvalidOption("tools need chat messages (the template describes them)".into()));
+        }
+        let format = self.template.as_ref().and_then(|t| t.tool_format());
+        let format = format.ok_or_else(|| Error::Unsupported("this model's chat template does not take tools".into()))?;
+        let forced = format.call_schema(tools).map(|(open, schema, close)| OutputFormat::json_between(open, schema, close));
+        if forced.is_some() && opts.format.is_some() {
+            return Err(Error::InvalidOption("a required tool call and a response format cannot be combined".into()));
+        }
+        let read = (tools.choice != ToolChoice::None).then_some(format);
+        Ok((read, forced))
     }
 
     /// Building the grammar compiler's vocabulary trie took this long (once per engine), in ms.

@@ -1,6 +1,7 @@
 //! What a caller chooses: options fixed at load, the prompt and options of
 //! one request; and where loading went.
 
+use crate::chat_template::tools::Tools;
 use crate::chat_template::Message;
 use crate::kv_cache::KvCacheConfig;
 use crate::sampler::constraint::OutputFormat;
@@ -62,6 +63,9 @@ pub struct GenerateOptions {
     /// by `frequency × its count + presence` once it has been generated.
     pub frequency_penalty: f32,
     pub presence_penalty: f32,
+    /// Tools described to the model through its chat template (chat prompts
+    /// only); calls are read out of the text, or forced by a grammar.
+    pub tools: Option<Tools>,
 }
 
 impl GenerateOptions {
@@ -89,6 +93,7 @@ impl Default for GenerateOptions {
             logit_bias: Vec::new(),
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
+            tools: None,
         }
     }
 }

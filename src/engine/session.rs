@@ -5,6 +5,7 @@
 
 use super::runner::{NextChoice, Ready};
 use super::GenerateOptions;
+use crate::chat_template::tools::{ToolCall, ToolFormat};
 use crate::error::Result;
 use crate::kv_cache::KvStats;
 use crate::sampler::constraint::Constraint;
@@ -57,6 +58,9 @@ pub struct Generation {
     pub kv: KvStats,
     /// One entry per generated token when `logprobs` was asked for.
     pub logprobs: Vec<TokenLogprob>,
+    /// The tool calls written in the text (with tools), and the text outside them.
+    pub tool_calls: Vec<ToolCall>,
+    pub content: String,
 }
 
 /// Where a session is.
@@ -86,6 +90,8 @@ pub(crate) enum Advance {
 pub(crate) struct Chooser {
     pub sampler: Sampler,
     pub constraint: Option<Constraint>,
+    /// The format tool calls are read out of the text in (None: no tools, or `tool_choice: none`).
+    pub tool_calls: Option<ToolFormat>,
 }
 
 /// A generation in progress (see [`Engine::start`](super::Engine::start)).
@@ -94,6 +100,7 @@ pub struct Session {
     pub(crate) sampler: Sampler,
     /// The response format's grammar state.
     constraint: Option<Constraint>,
+    tool_calls: Option<ToolFormat>,
     pub(crate) phase: Phase,
     pub(crate) prompt_ids: Vec<u32>,
     /// The prompt and the generated tokens; the cache holds their prefix.
@@ -112,13 +119,14 @@ pub struct Session {
 
 impl Session {
     pub(crate) fn new(prompt_ids: Vec<u32>, reused: usize, chooser: Chooser, opts: &GenerateOptions, started: Instant) -> Self {
-        let Chooser { sampler, constraint } = chooser;
+        let Chooser { sampler, constraint, tool_calls } = chooser;
         let grammar_compile_ms = constraint.as_ref().map_or(0.0, |c| c.compile_ms);
         let stats = GenerationStats { prompt_tokens: prompt_ids.len(), reused_tokens: reused, grammar_compile_ms, ..Default::default() };
         Session {
             opts: opts.clone(),
             sampler,
             constraint,
+            tool_calls,
             phase: Phase::Feeding { fed: reused },
             history: prompt_ids.clone(),
             prompt_ids,
@@ -169,34 +177,36 @@ impl Session {
         let tok = match ready {
             Ready::Token(t) => t,
             Ready::Candidates(c) => self.sampler.sample_candidates(&c),
-            Ready::PenalizedLogits => self.choose_from_logits(tokenizer)?,
+            Ready::PenalizedLogits => self.choose_from_logits()?,
             Ready::Logits => {
                 self.sampler.apply_penalty(&mut self.logits, &self.history);
-                self.choose_from_logits(tokenizer)?
+                self.choose_from_logits()?
             }
         };
-        if let Some(c) = &mut self.constraint {
-            if !tokenizer.is_eog(tok) {
+        let ends = tokenizer.is_eog(tok) && !self.opts.ignore_eos;
+        if !ends {
+            if let Some(c) = &mut self.constraint {
                 c.accept(tok)?;
+            }
+            // Generated tokens only (an end token is not part of the text); the
+            // logits are all on the host whenever log-probabilities are asked for.
+            if let Some(n) = self.opts.logprobs {
+                self.logprobs.push(token_logprob(&self.logits, tok, n, |id| tokenizer.raw_bytes(id).to_vec()));
             }
         }
         Ok(self.accept(tokenizer, tok))
     }
 
-    /// Occurrence penalties, bias, grammar mask, log-probabilities, then the
-    /// draw (logits with the repetition penalty in `self.logits`).
-    fn choose_from_logits(&mut self, tokenizer: &Tokenizer) -> Result<u32> {
+    /// Occurrence penalties, bias and grammar mask, then the draw (logits with
+    /// the repetition penalty in `self.logits`; they stay there for the log-probabilities).
+    fn choose_from_logits(&mut self) -> Result<u32> {
         apply_occurrence_penalties(&mut self.logits, &self.generated, self.opts.frequency_penalty, self.opts.presence_penalty);
         apply_logit_bias(&mut self.logits, &self.opts.logit_bias);
         if let Some(c) = &mut self.constraint {
             c.mask(&mut self.logits)?;
             self.stats.mask_ms = c.mask_ms;
         }
-        let tok = self.sampler.sample_penalized(&self.logits);
-        if let Some(n) = self.opts.logprobs {
-            self.logprobs.push(token_logprob(&self.logits, tok, n, |id| tokenizer.raw_bytes(id).to_vec()));
-        }
-        Ok(tok)
+        Ok(self.sampler.sample_penalized(&self.logits))
     }
 
     /// Applies the stop rules to a chosen token (see [`advance`](Self::advance)).
@@ -243,6 +253,10 @@ impl Session {
             self.stats.decode_ms = ms(t);
         }
         self.stats.decode_tokens_per_sec = per_sec(self.generated.len().saturating_sub(1), self.stats.decode_ms);
+        let (content, tool_calls) = match self.tool_calls {
+            Some(format) => format.parse(&self.text),
+            None => (self.text.clone(), Vec::new()),
+        };
         let final_piece = self.text[self.emitted.min(self.text.len())..].to_string();
         self.emitted = self.text.len();
         Generation {
@@ -254,6 +268,8 @@ impl Session {
             stats: self.stats.clone(),
             kv,
             logprobs: std::mem::take(&mut self.logprobs),
+            tool_calls,
+            content,
         }
     }
 

@@ -77,8 +77,13 @@ pub struct WorkerLoadOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(not(target_arch = "wasm32"), derive(TS))]
 pub struct ChatMessage {
+    /// system, user, assistant, or tool (a tool's result, where the template takes tools).
     pub role: String,
     pub content: String,
+    /// An assistant's earlier calls: `[{ type: 'function', function: { name, arguments } }]` (arguments an object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(not(target_arch = "wasm32"), ts(optional, type = "unknown[]"))]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
 }
 
 /// A prompt: raw text, or chat messages (formatted by the model's template).

@@ -312,12 +312,25 @@ pub struct GenerationResult {
     pub kv: KvStats,
     /// One entry per generated token (empty unless `logprobs` was asked for).
     pub logprobs: Vec<TokenLogprob>,
+    /// With tools: the calls written in the text, and the text outside them (`content`, else the text).
+    pub tool_calls: Vec<ToolCallReply>,
+    pub content: String,
+}
+
+/// One tool call the model made.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(TS))]
+pub struct ToolCallReply {
+    pub name: String,
+    /// The call's arguments (JSON, usually an object).
+    #[cfg_attr(not(target_arch = "wasm32"), ts(type = "unknown"))]
+    pub arguments: serde_json::Value,
 }
 
 impl From<&Generation> for GenerationResult {
     fn from(g: &Generation) -> Self {
         // `final_piece` travels in the reply's `piece`.
-        let Generation { prompt_ids, generated_ids, text, final_piece: _, stop_reason, stats, kv, logprobs } = g;
+        let Generation { prompt_ids, generated_ids, text, final_piece: _, stop_reason, stats, kv, logprobs, tool_calls, content } = g;
         GenerationResult {
             text: text.clone(),
             generated_ids: generated_ids.clone(),
@@ -326,6 +339,8 @@ impl From<&Generation> for GenerationResult {
             stats: stats.into(),
             kv: kv.into(),
             logprobs: logprobs.iter().map(Into::into).collect(),
+            tool_calls: tool_calls.iter().map(|c| ToolCallReply { name: c.name.clone(), arguments: c.arguments.clone() }).collect(),
+            content: content.clone(),
         }
     }
 }
@@ -610,6 +625,41 @@ pub struct EngineGenerateOptions {
     /// OpenAI's penalties on generated tokens, in [-2, 2] (default 0).
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
+    /// Tools described through the chat template: `[{ type: 'function', function: { name, description, parameters } }]`.
+    #[cfg_attr(not(target_arch = "wasm32"), ts(type = "unknown[]"))]
+    pub tools: Option<Vec<serde_json::Value>>,
+    /// 'auto' (default with tools), 'none', 'required', or `{ function: name }`.
+    pub tool_choice: Option<ToolChoiceOption>,
+}
+
+/// `toolChoice`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(TS))]
+#[serde(untagged)]
+pub enum ToolChoiceOption {
+    Mode(ToolMode),
+    Function { function: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(TS))]
+#[serde(rename_all = "lowercase")]
+pub enum ToolMode {
+    None,
+    Auto,
+    Required,
+}
+
+impl ToolChoiceOption {
+    pub fn to_engine(&self) -> crate::chat_template::tools::ToolChoice {
+        use crate::chat_template::tools::ToolChoice;
+        match self {
+            ToolChoiceOption::Mode(ToolMode::None) => ToolChoice::None,
+            ToolChoiceOption::Mode(ToolMode::Auto) => ToolChoice::Auto,
+            ToolChoiceOption::Mode(ToolMode::Required) => ToolChoice::Required,
+            ToolChoiceOption::Function { function } => ToolChoice::Function(function.clone()),
+        }
+    }
 }
 
 /// `responseFormat`: what a generation's text must match.
@@ -665,6 +715,8 @@ impl EngineGenerateOptions {
             logit_bias: self.logit_bias.or_else(|| base.logit_bias.clone()),
             frequency_penalty: self.frequency_penalty.or(base.frequency_penalty),
             presence_penalty: self.presence_penalty.or(base.presence_penalty),
+            tools: self.tools.or_else(|| base.tools.clone()),
+            tool_choice: self.tool_choice.or_else(|| base.tool_choice.clone()),
         }
     }
 }

@@ -36,6 +36,12 @@ impl OutputFormat {
             .map_err(|e| Error::InvalidOption(format!("the JSON schema is not JSON: {e}")))
     }
 
+    /// JSON valid for `schema` between two fixed texts (a tool call between its tags).
+    pub fn json_between(open: &str, schema: serde_json::Value, close: &str) -> Self {
+        let literal = |t: &str| serde_json::Value::String(t.to_string()).to_string();
+        OutputFormat::Lark(format!("start: {} body {}\nbody: %json {}", literal(open), literal(close), compact(schema)))
+    }
+
     fn grammar(&self) -> TopLevelGrammar {
         match self {
             OutputFormat::JsonObject => TopLevelGrammar::from_json_schema(compact(serde_json::json!({ "type": "object" }))),

@@ -81,3 +81,28 @@ for (const name of wanted) {
     await page.close();
   });
 }
+
+// Tool calls through chat.completions on the model whose template takes tools (Qwen2.5): a
+// required call comes back as OpenAI's tool_calls with JSON arguments.
+const qwen = MODELS.qwen2;
+const qwenSkip = !wanted.includes('qwen2') ? 'qwen2 is not in KVCHAT_E2E_MODELS' : existsSync(join(ROOT, qwen.file)) ? false : `${qwen.file} is missing`;
+test('qwen2: a required tool call through chat.completions', { skip: qwenSkip }, async () => {
+  const page = await b.newPage();
+  const errors = watch(page);
+  await page.goto(`${srv.url}/index.html?model=/${qwen.file}`);
+  const got = await page.evaluate(async (model) => {
+    const { KvChat } = await import('/www/kvchat.js');
+    const llm = await KvChat.load({ model, cache: false, simd: 'relaxed', threads: 1, backend: 'cpu' });
+    const tools = [{ type: 'function', function: { name: 'get_weather', description: 'The current weather in a city.', parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
+    const r = await llm.chat.completions.create({ messages: [{ role: 'user', content: 'What is the weather in Paris?' }], tools, tool_choice: 'required', temperature: 0 });
+    await llm.dispose();
+    return r;
+  }, `/${qwen.file}`);
+  const choice = got.choices[0];
+  console.log(`qwen2 tool call: ${JSON.stringify(choice.message)}`);
+  assert.equal(choice.finish_reason, 'tool_calls');
+  assert.equal(choice.message.tool_calls[0].function.name, 'get_weather');
+  assert.equal(typeof JSON.parse(choice.message.tool_calls[0].function.arguments).city, 'string');
+  assert.deepEqual(errors, []);
+  await page.close();
+});
