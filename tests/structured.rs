@@ -225,3 +225,16 @@ fn logprobs_and_logit_bias() {
     assert!(matches!(e.generate(Prompt::Raw("x"), &GenerateOptions { logit_bias: vec![(1 << 30, 1.0)], ..opts.clone() }, |_| true), Err(Error::InvalidOption(_))));
     assert!(matches!(e.generate(Prompt::Raw("x"), &GenerateOptions { logprobs: Some(21), ..opts }, |_| true), Err(Error::InvalidOption(_))));
 }
+
+/// The mask is built from each vocabulary kind: Gemma 3's SentencePiece one (`▁` for spaces, byte tokens).
+#[test]
+fn sentencepiece_vocabularies_are_masked_too() {
+    let Some(bytes) = extra_model("models/gemma-3-270m-q4_k_m.gguf") else { return };
+    let mut e = engine(&bytes);
+    let greedy = |format| GenerateOptions { max_tokens: 30, sampler: SamplerConfig::greedy(), format: Some(format), ..Default::default() };
+    let g = e.generate(Prompt::Raw("The capital of France is"), &greedy(OutputFormat::Regex(" (Paris|London|Rome)\\.".into())), |_| true).unwrap();
+    assert_eq!(g.text, " Paris.");
+    let schema = serde_json::json!({ "type": "object", "properties": { "city": { "enum": ["Paris", "Lyon"] }, "é": { "type": "boolean" } }, "required": ["city", "é"], "additionalProperties": false });
+    let g = e.generate(Prompt::Raw("A city in France, as JSON:"), &greedy(OutputFormat::JsonSchema(schema.clone())), |_| true).unwrap();
+    assert!(valid(&g.text, &schema), "{:?}", g.text);
+}
