@@ -9,7 +9,7 @@ PORT ?= 8080
 # a busy 2-core machine two threads can be much slower than one.
 export CANDLE_NUM_THREADS ?= 1
 
-.PHONY: all setup model models build build-wasm build-native serve test test-native test-wasm test-e2e test-models bench bench-models ppl dist fuzz clean
+.PHONY: all setup serve-setup model models build build-wasm build-native serve test test-native test-wasm test-e2e test-models bench bench-models ppl dist fuzz clean
 
 all: build
 
@@ -26,36 +26,49 @@ $(QWEN2) $(GEMMA3):
 	./scripts/fetch-models.sh
 
 build-native:
-	cargo build --release
+	cargo build --release --locked
 
-# The wasm builds are redone only when what goes into them changed (pkg/build-id.js is
-# written last, so an interrupted build runs again): a no-op `make build` takes a second.
+# The three wasm builds, each redone only when what goes into it changed (its stamp is written
+# after it succeeds, so an interrupted build runs again): a no-op `make build` takes a second.
+# simd128 writes the JS glue the relaxed build shares, so it goes first.
 WASM_INPUTS := $(shell find src -name '*.rs' -o -name '*.wgsl') Cargo.toml Cargo.lock .cargo/config.toml scripts/build-wasm.sh index.html $(wildcard www/*)
-build-wasm: pkg/build-id.js
-pkg/build-id.js: $(WASM_INPUTS)
-	./scripts/build-wasm.sh
+STAMPS := target/wasm-stamps
+build-wasm: $(STAMPS)/simd128 $(STAMPS)/relaxed $(STAMPS)/threads
+$(STAMPS)/simd128: $(WASM_INPUTS)
+	./scripts/build-wasm.sh simd128
+	@mkdir -p $(STAMPS) && touch $@
+$(STAMPS)/relaxed: $(STAMPS)/simd128
+	./scripts/build-wasm.sh relaxed
+	@touch $@
+$(STAMPS)/threads: $(STAMPS)/simd128
+	./scripts/setup.sh threads
+	./scripts/build-wasm.sh threads
+	@touch $@
 
 # The wasm package and the model: everything the page needs, no server.
 build: setup build-wasm
 
-# The main job: build, then serve the repository root (the demo is index.html).
-serve: build
-	@echo "kvchat: open http://127.0.0.1:$(PORT)/"
-	node scripts/serve.mjs $(PORT)
+# The main job: serve the repository root (the demo is index.html). A first run installs only what
+# serving needs and serves as soon as the simd128 build exists; the relaxed-SIMD and threaded builds
+# then compile in the background (target/serve-build.log) and the next page load takes them.
+serve: serve-setup $(STAMPS)/simd128
+	@./scripts/serve.sh $(PORT)
+serve-setup:
+	./scripts/setup.sh serve
 
 # Everything: native tests, the wasm tests in headless Chromium, the browser end-to-end tests.
 test: setup test-native test-wasm test-e2e
 
 test-native: model models
-	KVCHAT_REQUIRE_MODEL=1 KVCHAT_REQUIRE_GPU=1 cargo test --release
+	KVCHAT_REQUIRE_MODEL=1 KVCHAT_REQUIRE_GPU=1 cargo test --release --locked
 
 test-wasm: model models
 	./scripts/test-wasm.sh
 
 # The browser runs of the extra models: Gemma 3 270M here (the smaller; `make test-models` runs both).
 test-e2e: model models build-wasm
-	cargo run --release --example write_tiny_gguf -- target/tiny/tiny.gguf
-	cargo run --release --example write_tiny_gguf -- target/tiny/tiny-base.gguf --base
+	cargo run --release --locked --example write_tiny_gguf -- target/tiny/tiny.gguf
+	cargo run --release --locked --example write_tiny_gguf -- target/tiny/tiny-base.gguf --base
 	KVCHAT_REQUIRE_MODEL=1 node --test --test-concurrency=1 tests/e2e/
 
 # Before closing a models change: both extra models in the browser (greedy text equal to llama.cpp's,

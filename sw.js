@@ -11,7 +11,9 @@ const FILES = [
   './', './index.html',
   './www/app.js', './www/kvchat.js', './www/worker.js', './www/models.js', './www/model-cache.js', './www/picker.js',
   './www/cache-panel.js', './www/format.js', './www/kv-chat.js', './www/kv-chat.css', './www/style.css', './www/icon.svg',
-  './pkg/build-id.js', './pkg/kvchat.js', './pkg/kvchat_bg.wasm', './pkg/kvchat_relaxed_bg.wasm',
+  './pkg/build-id.js', './pkg/kvchat.js',
+  // The wasm builds this build has (a first `make serve` has only simd128 until the others compile).
+  ...(self.KVCHAT_WASM || ['./pkg/kvchat_bg.wasm', './pkg/kvchat_relaxed_bg.wasm']),
 ];
 
 self.addEventListener('install', (event) => {

@@ -226,6 +226,14 @@ impl KvEngine {
         std::process::abort();
     }
 
+    /// Makes the next matmul helper thread trap (the threaded build's test of a stuck helper:
+    /// the engine waits [30 s](crate::backend::cpu) for it, then traps itself and the worker reports `crash`).
+    #[cfg(feature = "threads")]
+    #[wasm_bindgen(js_name = simulateHelperCrash)]
+    pub fn simulate_helper_crash(&self) {
+        crate::backend::cpu::trap_next_helper_job();
+    }
+
     /// `"webgpu"` or `"cpu"` (after a lost device, `"cpu"`).
     pub fn backend(&self) -> String {
         self.engine.backend().to_string()

@@ -272,6 +272,8 @@ export declare class KvChat {
   loseGpuDevice(): Promise<void>;
   /** Makes the engine's wasm trap, as a bug would (tests): rejects with kind 'crash', `onCrash` runs, `crashed` is set; load again to recover. */
   simulateCrash(): Promise<void>;
+  /** Makes the next matmul helper thread trap (threaded build only): the next generation reports `crash` after 30 s. */
+  simulateHelperCrash(): Promise<void>;
   /** Writes the whole KV cache (window, cold tier, token ids) to the origin-private file system as `name`; resolves to its size in bytes. CPU backend only. */
   saveSession(name: string): Promise<number>;
   /** Replaces the KV cache with the one saved as `name` (same model and cache options); rejects with kind 'session' for a missing, corrupt or foreign file. */

@@ -244,6 +244,8 @@ export class KvChat {
   async loseGpuDevice() { await this.#call('loseGpuDevice', {}); }
   /** Makes the engine's wasm trap, as a bug would (tests): the call rejects with kind 'crash', `onCrash` runs, `crashed` is set. */
   async simulateCrash() { await this.#call('simulateCrash', {}); }
+  /** Makes the next matmul helper thread trap (threaded build; a test of the stuck-helper way out). */
+  async simulateHelperCrash() { await this.#call('simulateHelperCrash', {}); }
   /** Empties the cache and the history. */
   reset() { return this.#call('reset', {}); }
   /**

@@ -580,6 +580,9 @@ export type WorkerRequest = {
   "type": "simulateCrash",
   id: number,
 } | {
+  "type": "simulateHelperCrash",
+  id: number,
+} | {
   "type": "saveSession",
   id: number,
   name: string,

@@ -37,7 +37,9 @@ const fail = (message, kind) => Object.assign(new Error(message), { kind });
 // Three builds: pkg/ (simd128, or relaxed SIMD with pkg/kvchat_relaxed_bg.wasm) and
 // pkg-threads/ (relaxed SIMD + shared memory + wasm-bindgen-rayon), the latter only
 // on a cross-origin-isolated page with more than one core: a plain static host
-// silently gets a single-thread build.
+// silently gets a single-thread build. On a first `make serve` only the simd128 build
+// exists while the other two are still compiling: a missing build is skipped (asked for
+// by name it is an error), and the next load takes it once it is there.
 async function loadWasm(simd, wantThreads) {
   const isolated = self.crossOriginIsolated === true;
   const cores = navigator.hardwareConcurrency || 1;
@@ -46,16 +48,25 @@ async function loadWasm(simd, wantThreads) {
   if (n > 1 && wantThreads !== undefined && !isolated) throw fail('threads need a cross-origin-isolated page (COOP/COEP headers)', 'unsupported');
   if (n > 1 && (!relaxedSimd || simd === 'baseline')) n = 1;
   if (n > 1) {
-    const mod = await import('../pkg-threads/kvchat.js');
-    await mod.default();
-    await mod.initThreadPool(n);
-    threads = mod.setThreads(n);
-    variant = 'relaxed-simd';
-    return mod;
+    const mod = await import('../pkg-threads/kvchat.js').catch(() => null);
+    if (mod) {
+      await mod.default();
+      await mod.initThreadPool(n);
+      threads = mod.setThreads(n);
+      variant = 'relaxed-simd';
+      return mod;
+    }
+    if (wantThreads !== undefined) throw fail('the threaded build (pkg-threads/) is not there (still building?)', 'unsupported');
   }
   const mod = await import('../pkg/kvchat.js');
-  variant = simd !== 'baseline' && relaxedSimd ? 'relaxed-simd' : 'simd128';
-  await mod.default(variant === 'relaxed-simd' ? { module_or_path: new URL('../pkg/kvchat_relaxed_bg.wasm', import.meta.url) } : undefined);
+  let relaxed = null;
+  if (simd !== 'baseline' && relaxedSimd) {
+    const res = await fetch(new URL('../pkg/kvchat_relaxed_bg.wasm', import.meta.url)).catch(() => null);
+    if (res?.ok) relaxed = res;
+    else if (simd === 'relaxed') throw fail('the relaxed-SIMD build (pkg/kvchat_relaxed_bg.wasm) is not there (still building?)', 'unsupported');
+  }
+  variant = relaxed ? 'relaxed-simd' : 'simd128';
+  await mod.default(relaxed ? { module_or_path: relaxed } : undefined);
   threads = 1;
   return mod;
 }
@@ -279,6 +290,12 @@ const handlers = {
   stats: async () => statsOf(),
   loseGpuDevice: async () => { engine?.loseGpuDevice(); return true; },
   simulateCrash: async () => { if (!engine) throw fail('no model is loaded', 'invalid-option'); engine.simulateCrash(); return true; },
+  simulateHelperCrash: async () => {
+    if (!engine) throw fail('no model is loaded', 'invalid-option');
+    if (!engine.simulateHelperCrash || threads < 2) throw fail('only the threaded build has helper threads', 'unsupported');
+    engine.simulateHelperCrash();
+    return true;
+  },
   saveSession: async ({ name }) => {
     if (!engine) throw fail('no model is loaded', 'invalid-option');
     if (current) throw fail('a generation is in progress; save after it', 'invalid-option');

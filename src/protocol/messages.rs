@@ -146,6 +146,9 @@ pub enum WorkerRequest {
     LoseGpuDevice { id: f64 },
     /// Make the engine's wasm trap (a test of crash recovery: `crash`, then a new load).
     SimulateCrash { id: f64 },
+    /// Make the next matmul helper thread trap (threaded build only; a test of the stuck-helper
+    /// way out: the engine gives up on it after 30 s and reports `crash`).
+    SimulateHelperCrash { id: f64 },
     /// Write the whole KV cache to the origin-private file system as `name` (result: its bytes).
     SaveSession { id: f64, name: String },
     /// Replace the KV cache with the one saved as `name` (same model and cache options).

@@ -112,6 +112,45 @@ test('a trap inside the engine: the call fails with crash, onCrash runs, and a n
   assert.deepEqual(r, { call: 'crash', notified: 'crash', crashed: true, after: 'crash', generated: true });
 });
 
+// A pool thread of the threaded build that traps never finishes its share of a matmul: the
+// engine waits 30 s for it (team.rs's STUCK), then traps itself, so the page gets `crash`, not a hang.
+test('a helper thread that traps: the generation fails with crash after the 30 s wait, and a new load works', async (t) => {
+  const errorsBefore = errors.length;
+  const r = await page.evaluate(async () => {
+    const { KvChat } = await import('/www/kvchat.js');
+    const llm = await KvChat.load({ threads: 2, cache: false });
+    const s = await llm.stats();
+    if (s.threads < 2) { await llm.dispose(); return { threads: s.threads, isolated: crossOriginIsolated, cores: navigator.hardwareConcurrency }; }
+    let notified = null;
+    llm.onCrash = (e) => { notified = e.kind; };
+    await llm.simulateHelperCrash();
+    const t0 = performance.now();
+    let call = null;
+    try { for await (const piece of llm.generate('The capital of France is', { maxTokens: 4, temperature: 0 })) void piece; call = 'finished'; } catch (e) { call = e.kind; }
+    const waitedSec = Math.round((performance.now() - t0) / 1000);
+    const again = await KvChat.load({ threads: 1, cache: false });
+    let text = '';
+    for await (const piece of again.generate('The capital of France is', { maxTokens: 4, temperature: 0 })) text += piece;
+    await again.dispose();
+    return { threads: s.threads, call, notified, waitedSec, text };
+  });
+  console.log(JSON.stringify(r));
+  if (r.threads < 2) {
+    // Only a cross-origin-isolated page on a machine with two cores runs the threaded build.
+    assert.ok(!process.env.KVCHAT_REQUIRE_MODEL, `the threaded build did not start (isolated ${r.isolated}, ${r.cores} cores)`);
+    t.skip(`the threaded build needs a cross-origin-isolated page and 2 cores (isolated ${r.isolated}, ${r.cores} cores)`);
+    return;
+  }
+  assert.equal(r.call, 'crash');
+  assert.equal(r.notified, 'crash');
+  assert.ok(r.waitedSec >= 29 && r.waitedSec < 90, `gave up after ${r.waitedSec} s`);
+  assert.ok(r.text.length > 0);
+  // The two traps log to the console (the helper's, and the engine's panic message): expected here only.
+  const logged = errors.splice(errorsBefore);
+  console.log(`  logged by the crash: ${JSON.stringify(logged)}`);
+  assert.ok(logged.every((e) => /helper thread|unreachable|RuntimeError|panicked|abort/i.test(e)), JSON.stringify(logged));
+});
+
 test('a stored model is checked against the server, and the store keeps at most four models', async () => {
   const [tiny, base] = [readFileSync('target/tiny/tiny.gguf'), readFileSync('target/tiny/tiny-base.gguf')];
   assert.notEqual(tiny.length, base.length, 'the two tiny files differ in length');

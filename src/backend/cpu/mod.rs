@@ -10,6 +10,8 @@ pub mod quant;
 mod team;
 
 pub use linear::Linear;
+#[cfg(all(target_arch = "wasm32", feature = "threads"))]
+pub use team::trap_next_helper_job;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -14,7 +14,7 @@
 //! a job is never posted to a helper that is gone.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use web_time::Instant;
@@ -26,6 +26,15 @@ pub const IDLE: Duration = Duration::from_millis(3);
 /// of one matmul takes microseconds to a few hundred milliseconds; a helper whose
 /// Web Worker trapped never finishes, and waiting for it would spin forever.
 const STUCK: Duration = Duration::from_secs(30);
+
+/// Set by [`trap_next_helper_job`]: the next helper to take a job traps instead.
+static TRAP_NEXT_JOB: AtomicBool = AtomicBool::new(false);
+
+/// Makes the next helper that takes a job trap on its own thread, as a bug there would
+/// (the threaded wasm build's test of the [`STUCK`] way out; natively it would end the process).
+pub fn trap_next_helper_job() {
+    TRAP_NEXT_JOB.store(true, Ordering::Release);
+}
 
 const EXITED: u8 = 0;
 const SPINNING: u8 = 1;
@@ -68,6 +77,9 @@ fn helper(team: Arc<Team>, i: usize) {
     loop {
         match slot.state.load(Ordering::Acquire) {
             ASSIGNED => {
+                if TRAP_NEXT_JOB.swap(false, Ordering::AcqRel) {
+                    std::process::abort();
+                }
                 // SAFETY: see `Team`: the job is alive until `pending` reaches zero.
                 if let Some(job) = unsafe { *slot.job.get() } {
                     unsafe { (*job)(i + 1) };
