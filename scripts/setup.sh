@@ -38,14 +38,14 @@ fi
 
 WB_VERSION=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
 if ! need wasm-bindgen || [ "$(wasm-bindgen --version | awk '{print $2}')" != "$WB_VERSION" ]; then
-  # Pinned to Cargo.lock's wasm-bindgen; not --locked: its published lock file names a
+  # Pinned to Cargo.lock's wasm-bindgen (--force: cargo's record of an install outlives a deleted binary); not --locked: its published lock file names a
   # webpki-roots release the registry no longer offers (the install fails with it).
-  say "installing wasm-bindgen-cli $WB_VERSION"; cargo install wasm-bindgen-cli --version "$WB_VERSION"
+  say "installing wasm-bindgen-cli $WB_VERSION"; cargo install --force wasm-bindgen-cli --version "$WB_VERSION"
 fi
 # Pinned, and built from its own lock file (--locked), so a fresh machine builds what was tested.
 WASM_PACK_VERSION=0.15.1
 if want all && { ! need wasm-pack || [ "$(wasm-pack --version | awk '{print $2}')" != "$WASM_PACK_VERSION" ]; }; then
-  say "installing wasm-pack $WASM_PACK_VERSION"; cargo install --locked wasm-pack --version "$WASM_PACK_VERSION"
+  say "installing wasm-pack $WASM_PACK_VERSION"; cargo install --force --locked wasm-pack --version "$WASM_PACK_VERSION"
 fi
 
 apt_pkgs=()
