@@ -24,6 +24,6 @@ pub use engine::batch::{Batch, BatchEvent, BatchOptions, BatchStats};
 pub use chat_template::Message;
 pub use engine::{Engine, EngineOptions, GenerateOptions, Generation, Prompt, Session, Step, StopReason};
 pub use error::{Error, Result};
-pub use kv_cache::{ColdBits, ColdConfig, ColdStats, KvCacheConfig, KvDType, KvStats};
+pub use kv_cache::{ColdBits, ColdConfig, ColdStats, KvCacheConfig, KvDType, KvStats, TokenTier};
 pub use sampler::constraint::OutputFormat;
 pub use sampler::SamplerConfig;

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::gguf::ByteSource;
 use crate::kv_cache::{ColdBits, ColdConfig, KvCacheConfig, KvDType};
 use crate::protocol::{
-    BatchStats, BatchStepEvent, BatchStepReply, EngineBatchOptions, EngineGenerateOptions, EngineLoadOptions, EngineStats, ModelInfo, Profile, StepReply,
+    BatchStats, BatchStepEvent, BatchStepReply, EngineBatchOptions, EngineGenerateOptions, EngineLoadOptions, EngineStats, MemoryView, ModelInfo, Profile, StepReply,
 };
 use crate::sampler::SamplerConfig;
 use serde::Deserialize;
@@ -395,6 +395,12 @@ impl KvEngine {
     /// Statistics of the last generation and the cache: an [`EngineStats`].
     pub fn stats(&self) -> JsValue {
         to_value(&EngineStats::of(&self.engine, wasm_memory_bytes()))
+    }
+
+    /// The cache's history piece by piece with where each token lives: a [`MemoryView`].
+    #[wasm_bindgen(js_name = memoryView)]
+    pub fn memory_view(&self) -> JsValue {
+        to_value(&MemoryView::from(self.engine.memory_view()))
     }
 
     /// Switches per-operation timing of the forward pass on (starting fresh) or off.

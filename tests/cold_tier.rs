@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use kvchat::{BatchEvent, BatchOptions, ColdBits, ColdConfig, Engine, EngineOptions, GenerateOptions, KvCacheConfig, KvDType, Prompt, SamplerConfig};
+use kvchat::{BatchEvent, BatchOptions, ColdBits, ColdConfig, Engine, EngineOptions, GenerateOptions, KvCacheConfig, KvDType, Prompt, SamplerConfig, TokenTier};
 
 /// The pass-key prompt (Landmark Attention's format): an instruction, `fill`
 /// repetitions of filler, the key stated after `before` of them, the question.
@@ -51,6 +51,36 @@ fn the_pass_key_comes_back_from_the_cold_tier() {
 }
 
 #[test]
+fn the_memory_view_spells_the_history_with_each_token_s_tier() {
+    let Some(bytes) = real_model() else { return };
+    let prompt = pass_key_prompt(25, 2, 58213);
+    let mut e = Engine::load(&bytes, EngineOptions { kv: kv(128, cold(1024, 128, ColdBits::Eight)), ..Default::default() }).unwrap();
+    let out = e.generate(Prompt::Raw(&prompt), &greedy(6), |_| true).unwrap();
+    let view = e.memory_view();
+    let text: String = view.tokens.iter().map(|(piece, _)| piece.as_str()).collect();
+    assert_eq!(view.tokens.len(), e.cached_tokens().len());
+    assert_eq!(text, format!("{prompt}{}", e.detokenize(&e.cached_tokens()[out.stats.prompt_tokens..])));
+    // Sinks, then the cold tier, its open block, the window: in that order, each where the stats say.
+    let tiers: Vec<TokenTier> = view.tokens.iter().map(|(_, t)| *t).collect();
+    let (kv, c) = (e.kv_stats(), e.kv_stats().cold.unwrap());
+    let count = |t: TokenTier| tiers.iter().filter(|&&x| x == t).count();
+    assert_eq!((count(TokenTier::Sink), count(TokenTier::Window), count(TokenTier::Cold)), (4, 124, c.used));
+    assert_eq!(count(TokenTier::Pending), kv.evicted - c.used);
+    assert!(tiers.windows(2).all(|w| w[0] as u8 <= w[1] as u8), "tiers out of order");
+    // The last step's recalled blocks are whole cold blocks.
+    assert!(!view.recalled.is_empty());
+    for &(start, tokens, heads) in &view.recalled {
+        assert!(tiers[start..start + tokens].iter().all(|&t| t == TokenTier::Cold) && heads > 0, "block at {start}");
+    }
+    let key_at = text.find("58213").unwrap();
+    let mut at = 0;
+    let key_token = view.tokens.iter().position(|(p, _)| { at += p.len(); at > key_at }).unwrap();
+    let recalled_key = view.recalled.iter().any(|&(s, n, _)| (s..s + n).contains(&key_token));
+    println!("the key at token {key_token} ({:?}); recalled at the last step: {recalled_key}; blocks {:?}", tiers[key_token], view.recalled);
+    assert!(recalled_key, "the block holding the key was recalled for the answer's last token");
+}
+
+#[test]
 fn before_eviction_the_cold_tier_changes_nothing() {
     let bytes = tiny_bytes();
     let ids = ids(40, 3, 64);
@@ -77,6 +107,11 @@ fn memory_stays_fixed_however_long_the_sequence() {
             if round >= 2 {
                 assert!(c.evicted > 0 && c.used == 128, "round {round}: {c:?}");
             }
+            // Past the cold tier's capacity the oldest tokens are dropped: the memory view says so.
+            let tiers: Vec<TokenTier> = e.memory_view().tokens.into_iter().map(|(_, t)| t).collect();
+            let count = |t: TokenTier| tiers.iter().filter(|&&x| x == t).count();
+            assert_eq!((count(TokenTier::Sink), count(TokenTier::Dropped), count(TokenTier::Cold)), (4, c.evicted, c.used), "round {round}");
+            assert_eq!(count(TokenTier::Window), 28);
         }
         assert!(sizes.windows(2).all(|w| w[0] == w[1]), "{bits:?}: {sizes:?}");
     }

@@ -5,6 +5,7 @@ import { KvChat, DEFAULT_MODEL, listCachedModels } from './kvchat.js';
 import { formatBytes } from './format.js';
 import { createPicker } from './picker.js';
 import { showCachedModels } from './cache-panel.js';
+import { createMemoryView } from './memory-view.js';
 
 const $ = (sel) => document.querySelector(sel);
 const el = {
@@ -24,14 +25,18 @@ const batchUi = {
   stop: $('[data-testid=batch-stop]'), results: $('[data-testid=batch-results]'), summary: $('[data-testid=batch-summary]'),
   table: $('[data-testid=batch-table]'),
 };
+// The memory tab: the conversation token by token, colored by where each token's keys and values live.
+const memory = createMemoryView($('[data-testid=memory]'));
 let batchRunning = false;
 let batchController = null;
 
 function showTab(name) {
   for (const b of document.querySelectorAll('.tabs [data-tab]')) b.setAttribute('aria-selected', String(b.dataset.tab === name));
   batchUi.view.hidden = name !== 'batch';
-  el.log.hidden = name === 'batch';
+  memory.root.hidden = name !== 'memory';
+  el.log.hidden = name !== 'chat';
   el.composer.hidden = name === 'batch';
+  if (name === 'memory') memory.refresh(llm);
 }
 for (const b of document.querySelectorAll('.tabs [data-tab]')) b.addEventListener('click', () => showTab(b.dataset.tab));
 
@@ -256,6 +261,7 @@ async function load() {
 let shownFallback = false;
 async function updateStats() {
   if (!llm) return;
+  memory.refresh(llm);
   let s;
   try { s = await llm.stats(); } catch { return; }
   el.backend.textContent = s.backend === 'webgpu'

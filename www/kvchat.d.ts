@@ -12,6 +12,7 @@ import type {
   GenerationResult,
   GenerationStats,
   LoadPhase,
+  MemoryView,
   ModelInfo,
   Profile,
   StopReason,
@@ -29,13 +30,16 @@ export type {
   GpuStepCosts,
   KvStats,
   LoadTimings,
+  MemoryView,
   ModelInfo,
   Profile,
+  RecalledBlock,
   ResponseFormat,
   StopReason,
   TokenAlternative,
   TokenLogprob,
   ToolCallReply,
+  TokenTier,
   ToolChoiceOption,
 } from './protocol.js';
 
@@ -266,6 +270,8 @@ export declare class KvChat {
   tokenize(text: string): Promise<number[]>;
   detokenize(ids: ArrayLike<number>): Promise<string>;
   stats(): Promise<Stats>;
+  /** The cache's history token by token with where each token's keys and values live, and the cold blocks the last step recalled. */
+  memoryView(): Promise<MemoryView>;
   /** Diagnostics: `profile(true)` starts timing each operation of the forward pass, `profile()` reads it, `profile(false)` stops. */
   profile(on?: boolean): Promise<Profile | null>;
   /** Destroys the GPU device (to test the fallback: generation continues on the CPU). */

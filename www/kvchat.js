@@ -227,13 +227,19 @@ export class KvChat {
   tokenize(text) { return this.#call('tokenize', { text }); }
   /** Text of token ids. */
   detokenize(ids) { return this.#call('detokenize', { ids: Array.from(ids) }); }
-  /** Statistics of the last generation, the KV cache and wasm memory. */
   /**
    * Diagnostics: `profile(true)` starts timing every operation of the forward pass,
    * `profile()` returns `{ tokens, msPerToken: { op: ms } }` so far, `profile(false)` stops.
    */
   async profile(on) { return this.#call('profile', { on }); }
 
+  /**
+   * The cache's history token by token: `pieces[i]` the text token i adds, `tiers[i]` where its keys and
+   * values live (sink, window, cold, pending, dropped), `recalled` the cold blocks the last step brought back.
+   */
+  memoryView() { return this.#call('memory', {}); }
+
+  /** Statistics of the last generation, the KV cache and wasm memory. */
   async stats() {
     const s = await this.#call('stats', {});
     if (s.backend) this.#backend = s.backend;

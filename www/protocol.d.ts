@@ -400,6 +400,22 @@ export type Profile = {
 };
 
 /**
+ * The cache's history: `pieces[i]` is the text token `i` adds (a control token's
+ * own text; empty while a character is split across tokens), `tiers[i]` where its
+ * keys and values live; the cold blocks the last step recalled.
+ */
+export type MemoryView = {
+  pieces: Array<string>,
+  tiers: Array<TokenTier>,
+  recalled: Array<RecalledBlock>,
+};
+
+/**
+ * Where a token's keys and values live.
+ */
+export type TokenTier = "sink" | "dropped" | "cold" | "pending" | "window";
+
+/**
  * The engine's load options (`new KvEngine(bytes, options)`, `KvEngine.loadGpu`).
  * Numbers are checked by the wasm layer (whole numbers in range).
  */
@@ -572,6 +588,9 @@ export type WorkerRequest = {
   ids: Array<number>,
 } | {
   "type": "stats",
+  id: number,
+} | {
+  "type": "memory",
   id: number,
 } | {
   "type": "loseGpuDevice",
@@ -898,9 +917,9 @@ export type WasmBuild = "relaxed-simd" | "simd128";
 /**
  * The `value` of a `result` message, by request: `load` a [`LoadReply`],
  * `tokenize` token ids, `detokenize` text, `stats` [`WorkerStats`], `profile`
- * a [`Profile`] (null without a model), the others `true`.
+ * a [`Profile`] (null without a model), `memory` a [`MemoryView`], the others `true`.
  */
-export type ResultValue = LoadReply | Array<number> | string | WorkerStats | Profile | null | true;
+export type ResultValue = LoadReply | Array<number> | string | WorkerStats | Profile | null | MemoryView | true;
 
 /**
  * The `result` of a `load` request.

@@ -322,6 +322,10 @@ const handlers = {
     await (await sessionsDir()).removeEntry(name);
     return true;
   },
+  memory: async () => {
+    if (!engine) throw fail('no model is loaded', 'invalid-option');
+    return engine.memoryView();
+  },
   profile: async ({ on }) => { if (on !== undefined) engine?.setProfiling(Boolean(on)); return engine ? engine.profile() : null; },
   reset: async () => { if (current) current.aborted = true; engine?.reset(); return true; },
   dispose: async () => { if (current) current.aborted = true; engine?.free(); engine = null; return true; },

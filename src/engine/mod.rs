@@ -17,10 +17,12 @@ pub mod batch;
 pub(crate) mod cpu_runner;
 pub(crate) mod gpu_runner;
 mod load;
+mod memory_view;
 pub mod options;
 pub(crate) mod runner;
 pub mod session;
 
+pub use memory_view::MemoryView;
 pub use options::{EngineOptions, GenerateOptions, LoadTimings, Prompt};
 pub use session::{Generation, GenerationStats, Session, StopReason};
 

@@ -135,6 +135,41 @@ pub struct KvStats {
     pub cold: Option<ColdStats>,
 }
 
+/// Where the keys and values of a position in the conversation live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum TokenTier {
+    /// One of the first tokens, kept for good (attention sinks).
+    Sink,
+    /// Left the window and is gone: no cold tier, or past the cold tier's capacity.
+    Dropped,
+    /// In the cold tier, compressed: recalled when a query scores its block high.
+    Cold,
+    /// Left the window into the cold tier's open block, compressed (and recallable) once the block is full.
+    Pending,
+    /// In the window, attended at every step.
+    Window,
+}
+
+impl KvStats {
+    /// Where position `p` (below `used + evicted`, the conversation's length) lives, for the
+    /// cache's full-window layers (a model's sliding layers keep less).
+    pub fn tier(&self, p: usize) -> TokenTier {
+        let left = self.sinks + self.evicted;
+        if p < self.sinks {
+            return TokenTier::Sink;
+        }
+        if p >= left {
+            return TokenTier::Window;
+        }
+        match self.cold {
+            None => TokenTier::Dropped,
+            Some(c) if p < self.sinks + c.evicted => TokenTier::Dropped,
+            Some(c) if p < self.sinks + c.evicted + c.used => TokenTier::Cold,
+            Some(_) => TokenTier::Pending,
+        }
+    }
+}
+
 /// A CPU cache: the policy and the storage it plans for (each layer's store
 /// sized by its [`AttentionWindow`]). Dereferences to its
 /// [`KvPolicy`] (lengths, tokens, planning, prefix reuse).

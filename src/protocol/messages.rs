@@ -142,6 +142,8 @@ pub enum WorkerRequest {
     Tokenize { id: f64, text: String },
     Detokenize { id: f64, ids: Vec<u32> },
     Stats { id: f64 },
+    /// The cache's history piece by piece, with where each token lives (result: a [`MemoryView`]).
+    Memory { id: f64 },
     /// Destroy the GPU device (a test of the fallback to the CPU).
     LoseGpuDevice { id: f64 },
     /// Make the engine's wasm trap (a test of crash recovery: `crash`, then a new load).
@@ -216,7 +218,7 @@ pub struct LoadReply {
 
 /// The `value` of a `result` message, by request: `load` a [`LoadReply`],
 /// `tokenize` token ids, `detokenize` text, `stats` [`WorkerStats`], `profile`
-/// a [`Profile`] (null without a model), the others `true`.
+/// a [`Profile`] (null without a model), `memory` a [`MemoryView`], the others `true`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(not(target_arch = "wasm32"), derive(TS))]
 #[serde(untagged)]
@@ -226,6 +228,7 @@ pub enum ResultValue {
     Text(String),
     Stats(WorkerStats),
     Profile(Option<Profile>),
+    Memory(MemoryView),
     Ok(True),
 }
 

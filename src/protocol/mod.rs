@@ -538,6 +538,12 @@ pub struct RecalledBlock {
     pub heads: usize,
 }
 
+impl From<(usize, usize, usize)> for RecalledBlock {
+    fn from((start, tokens, heads): (usize, usize, usize)) -> Self {
+        RecalledBlock { start, tokens, heads }
+    }
+}
+
 impl EngineStats {
     pub fn of(e: &Engine, wasm_memory_bytes: f64) -> Self {
         EngineStats {
@@ -547,7 +553,7 @@ impl EngineStats {
             gpu_step: e.gpu_step_costs().map(|(dispatches, readback_bytes)| GpuStepCosts { dispatches, readback_bytes }),
             last: e.last_stats().into(),
             kv: (&e.kv_stats()).into(),
-            recalled: e.recall_map().into_iter().map(|(start, tokens, heads)| RecalledBlock { start, tokens, heads }).collect(),
+            recalled: e.recall_map().into_iter().map(RecalledBlock::from).collect(),
             wasm_memory_bytes,
         }
     }
@@ -575,6 +581,9 @@ pub use requests::*;
 
 mod messages;
 pub use messages::*;
+
+mod memory;
+pub use memory::*;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod typescript;

@@ -45,6 +45,8 @@ pub fn declarations() -> String {
         AdapterInfo,
         GpuStepCosts,
         Profile,
+        MemoryView,
+        TokenTier,
         EngineLoadOptions,
         EngineGenerateOptions,
         ResponseFormat,

@@ -96,3 +96,59 @@ test('a saved session survives a page reload: the next turn prefills only its ne
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test("the page's Memory tab colors each token by where its keys and values live and marks what the last token recalled", async () => {
+  const page = await b.newPage();
+  const errors = watch(page);
+  await page.goto(`${srv.url}/index.html`);
+  const ready = '[data-testid=progress][data-state=ready]';
+  await page.waitForSelector(ready, { timeout: 120_000 });
+  for (const [name, value] of Object.entries({ kvWindow: 128, kvCold: 1024, kvRecall: 128, temperature: 0, maxTokens: 6 })) {
+    await page.fill(`.settings-form [name=${name}]`, String(value));
+  }
+  await page.selectOption('.settings-form [name=backend]', 'cpu');
+  await page.click('.reload');
+  await page.waitForSelector(ready, { timeout: 120_000 });
+  const key = '58213';
+  await page.fill('[data-testid=prompt]', passKeyPrompt(25, 2, key));
+  await page.press('[data-testid=prompt]', 'Enter');
+  await page.waitForSelector('.msg.assistant');
+  await page.waitForFunction(() => !document.querySelector('.msg.assistant.streaming'), null, { timeout: 120_000 });
+  await page.click('[data-testid=memory-tab]');
+  await page.waitForSelector('.memory-text .tok');
+  // One more refresh after the tab opened settles any request from the generation's last moments.
+  await page.waitForTimeout(300);
+  const seen = await page.evaluate(() => {
+    const toks = [...document.querySelectorAll('.memory-text .tok')];
+    const tiers = {};
+    for (const t of toks) for (const c of ['sink', 'window', 'cold', 'pending', 'dropped']) if (t.classList.contains(c)) tiers[c] = (tiers[c] ?? 0) + 1;
+    const recalled = toks.filter((t) => t.classList.contains('recalled'));
+    return {
+      count: toks.length,
+      tiers,
+      text: toks.map((t) => t.textContent).join(''),
+      firstTier: toks[0].className,
+      lastTier: toks[toks.length - 1].className,
+      recalled: recalled.length,
+      recalledText: recalled.map((t) => t.textContent).join(''),
+      summary: document.querySelector('[data-testid=memory-summary]').textContent,
+      chatHidden: document.querySelector('[data-testid=output]').hidden,
+      kv: document.querySelector('[data-stat=kv]').textContent,
+    };
+  });
+  console.log(`memory tab: ${seen.count} tokens ${JSON.stringify(seen.tiers)}; ${seen.summary}; recalled text ${JSON.stringify(seen.recalledText.slice(0, 200))}`);
+  assert.ok(seen.chatHidden, 'the memory view replaces the chat log while its tab is open');
+  assert.ok(seen.text.includes(`The pass key is ${key}`) && seen.text.includes('What is the pass key?'), 'the tokens spell the conversation');
+  assert.match(seen.firstTier, /\bsink\b/);
+  assert.match(seen.lastTier, /\bwindow\b/);
+  assert.equal(seen.tiers.sink, 4);
+  assert.equal(seen.tiers.window, 124, 'the window holds kvWindow - sinks tokens');
+  assert.ok(seen.tiers.cold >= 480, `the cold tier holds what left the window (${JSON.stringify(seen.tiers)})`);
+  const [used] = seen.kv.split('/').map((s) => Number(s.trim()));
+  assert.equal(used, 128);
+  assert.ok(seen.recalled >= 32 && seen.recalled % 32 === 0 && seen.recalled <= seen.tiers.cold, `the last token recalled whole cold blocks (${seen.recalled})`);
+  assert.match(seen.summary, /recalled \d+ cold blocks? \(\d+–\d+/);
+  assert.ok(seen.recalledText.includes(key), "the block holding the key is among those the last token recalled");
+  assert.deepEqual(errors, []);
+  await page.close();
+});

@@ -32,6 +32,7 @@ static TRAP_NEXT_JOB: AtomicBool = AtomicBool::new(false);
 
 /// Makes the next helper that takes a job trap on its own thread, as a bug there would
 /// (the threaded wasm build's test of the [`STUCK`] way out; natively it would end the process).
+#[cfg(all(target_arch = "wasm32", feature = "threads"))]
 pub fn trap_next_helper_job() {
     TRAP_NEXT_JOB.store(true, Ordering::Release);
 }
