@@ -2,9 +2,10 @@
 //! layout (four- and five-bit blocks, the fifth bits added after unpacking;
 //! byte blocks take the simd128 kernels):
 //! `i16x8.relaxed_dot_i8x16_i7x16_s` with the nibbles as the 7-bit operand
-//! (pmaddubsw on x86, sdot on ARM) against four activation bytes splatted to
-//! every lane leaves each of four rows' sums in its own lane: no widening and
-//! no horizontal reduction. Four rows × four tokens per pass.
+//! (pmaddubsw on x86) against four activation bytes splatted to every lane
+//! leaves each of four rows' sums in its own pair of i16 lanes: no widening of
+//! the weights and no horizontal reduction, one pairwise widening add per block.
+//! Four rows × four tokens per pass.
 
 use super::simd128::{ld, row_blocks};
 use super::{Offset, Out, QActivations, QMatrix, QK};
@@ -51,16 +52,22 @@ fn rows4_block_pass(m: &QMatrix, rows: Range<usize>, t_rows: usize, act: &QActiv
 }
 
 /// Σ over one Rows4 block: lane `j` = row `4g+j`'s integer dot with the 32
-/// activation bytes at `y`. Each i16 pair sum (pmaddubsw's, which saturates)
-/// stays below 2 · 31 · 127 < 2^15 for five-bit values: no overflow.
+/// activation bytes at `y`. Each relaxed dot (pmaddubsw on x86) leaves i16 pair
+/// sums, |pair| <= 2 · 15 · 127 for four-bit values (2 · 31 · 127 for five-bit
+/// ones); eight of them (four for five-bit values) are added in i16 before one
+/// widening pairwise add (pmaddwd) per block: |sum| <= 30,480 (31,496) < 2^15,
+/// so nothing saturates or wraps and the integer is exactly the other kernels'.
 #[inline(always)]
-unsafe fn rows4_block(w: &[v128; 8], y: *const i8) -> v128 {
+unsafe fn rows4_block(w: &[v128; 8], y: *const i8, five_bit: bool) -> v128 {
     let sp = |o: usize| v128_load32_splat(y.add(o) as *const u32);
-    let dot = |k: usize, acc: v128| i32x4_relaxed_dot_i8x16_i7x16_add(sp(4 * k), w[k], acc);
-    let z = i32x4_splat(0);
-    let a = dot(6, dot(4, dot(2, dot(0, z))));
-    let b = dot(7, dot(5, dot(3, dot(1, z))));
-    i32x4_add(a, b)
+    let dot = |k: usize| i16x8_relaxed_dot_i8x16_i7x16(sp(4 * k), w[k]);
+    let low = i16x8_add(i16x8_add(dot(0), dot(1)), i16x8_add(dot(2), dot(3)));
+    let high = i16x8_add(i16x8_add(dot(4), dot(5)), i16x8_add(dot(6), dot(7)));
+    if five_bit {
+        i32x4_add(i32x4_extadd_pairwise_i16x8(low), i32x4_extadd_pairwise_i16x8(high))
+    } else {
+        i32x4_extadd_pairwise_i16x8(i16x8_add(low, high))
+    }
 }
 
 /// The four vectors of a Rows4 block → eight vectors of values 0..16 (low, high nibbles).
@@ -123,15 +130,16 @@ unsafe fn g4_xn<const T: usize>(m: &QMatrix, g: usize, t0: usize, act: &QActivat
     let d4 = m.d.as_ptr().add(g * nb * 4);
     let y = act.q.as_ptr().add(t0 * m.cols);
     let yd = act.d.as_ptr().add(t0 * nb);
+    let five_bit = !m.qh.is_empty();
     let mut acc = [f32x4_splat(0.0); T];
     for b in 0..nb {
         let mut wv = rows4_unpack(w.add(b * 64));
-        if !m.qh.is_empty() {
+        if five_bit {
             add_fifth_bits(&mut wv, ld(m.qh.as_ptr().add((g * nb + b) * 4)));
         }
         let dw = ld(d4.add(b * 4));
         for (i, a) in acc.iter_mut().enumerate() {
-            let v = rows4_block(&wv, y.add(i * m.cols + b * QK));
+            let v = rows4_block(&wv, y.add(i * m.cols + b * QK), five_bit);
             *a = f32x4_add(*a, f32x4_mul(f32x4_convert_i32x4(v), f32x4_mul(dw, f32x4_splat(*yd.add(i * nb + b)))));
         }
     }
