@@ -83,14 +83,17 @@ pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.33654, 88.72283);
     // Round to nearest with the 1.5 * 2^23 trick: plain adds, so it vectorizes on SSE2 too.
     const MAGIC: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let shifted = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = shifted - MAGIC;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
     // `r + 1` grouped first: shader compilers regroup `(a + r) + 1.0` that way
     // (Mesa's NIR does), and this keeps the WebGPU kernels' exp bit-identical.
     let e = p * r * r + (r + 1.0);
-    // 2^n for n in -126..=128: split so both factors are normal floats.
-    let n = n as i32;
+    // 2^n for n in -126..=128: split so both factors are normal floats. `shifted` is
+    // 1.5 · 2^23 + n exactly (one unit per ulp there), so its bits minus MAGIC's are n:
+    // integer lanes, where `n as i32` (saturating) compiled to a scalar conversion per lane on x86.
+    let n = shifted.to_bits() as i32 - MAGIC.to_bits() as i32;
     let h = n >> 1;
     e * f32::from_bits(((h + 127) as u32) << 23) * f32::from_bits(((n - h + 127) as u32) << 23)
 }
@@ -156,7 +159,7 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 }
 
 /// The largest value (eight lanes, so it vectorizes).
-#[inline]
+#[inline(always)]
 pub fn max(x: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; 8];
     let c = x.chunks_exact(8);
@@ -170,7 +173,7 @@ pub fn max(x: &[f32]) -> f32 {
 }
 
 /// Σ x with eight partial sums.
-#[inline]
+#[inline(always)]
 pub fn sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let c = x.chunks_exact(8);
@@ -183,8 +186,10 @@ pub fn sum(x: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + rest
 }
 
-/// In-place softmax.
-#[inline]
+/// In-place softmax. Always inlined: the attention kernels call it from functions
+/// compiled with AVX2 (`attention::x86::softmax_rows`), which an out-of-line copy
+/// (SSE2 only, the native baseline) would not use.
+#[inline(always)]
 pub fn softmax(x: &mut [f32]) {
     let max = max(x);
     for v in x.iter_mut() {
