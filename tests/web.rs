@@ -256,6 +256,23 @@ fn simd_kernels_equal_the_portable_kernels_bit_for_bit() {
             }
         }
     }
+    // At the limits: nearly every weight at its format's largest code and every activation
+    // at +127 or -127 (the relaxed-SIMD kernel sums a block's dots in i16: its bound must hold there).
+    for f in QFormat::ALL {
+        let (rows, cols) = (8, 256);
+        let w: Vec<f32> = (0..rows * cols).map(|i| if i % 32 == 0 { -1.0 } else { 0.9375 }).collect();
+        let qt = QTensor::quantize(&candle_core::Tensor::from_vec(w, (rows, cols), &candle_core::Device::Cpu).unwrap(), f.ggml()).unwrap();
+        let m = QMatrix::from_blocks_with_layout(f, rows, cols, &qt.data().unwrap(), Q4Layout::native_for(f)).unwrap();
+        for (value, t) in [(2.0f32, 1), (-2.0, 1), (2.0, 5), (-2.0, 5)] {
+            let x = vec![value; t * cols];
+            let (mut a, mut b) = (vec![0f32; t * rows], vec![0f32; t * rows]);
+            m.matmul(&x, t, &mut QActivations::default(), &mut a);
+            m.matmul_portable(&x, t, &mut QActivations::default(), &mut b);
+            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                assert_eq!(p.to_bits(), q.to_bits(), "{f:?} at the limits, x={value} t={t} [{i}]: {p} vs {q}");
+            }
+        }
+    }
 }
 
 #[wasm_bindgen_test(unsupported = test)]

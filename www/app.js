@@ -221,6 +221,7 @@ async function load() {
   const picked = choice;
   llm?.dispose();
   llm = null;
+  memory.clear();
   setBusy(false);
   el.banner.hidden = true;
   const { engine } = settings();
@@ -244,6 +245,7 @@ async function load() {
   llm = loaded;
   llm.onCrash = (e) => {
     llm = null;
+    memory.clear();
     setBusy(false);
     showBanner(`${e.message}.`, { label: 'Reload the model', run: load });
   };

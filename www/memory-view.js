@@ -11,23 +11,35 @@ export function createMemoryView(root) {
   const summary = root.querySelector('.memory-summary');
   const text = root.querySelector('.memory-text');
   let inFlight = false;
-  let again = false;
+  let latest = null; // the engine the newest refresh asked about (null once cleared)
+  let stale = false; // a refresh was asked for since the last request went out
 
-  /** Asks the engine for its memory and redraws (skipped while hidden; one request at a time, the last asked for redone). */
+  /** Asks the engine for its memory and redraws (skipped while hidden; one request at a time, the newest redone). */
   async function refresh(llm) {
     if (!llm || root.hidden) return;
-    if (inFlight) { again = true; return; }
+    latest = llm;
+    stale = true;
+    if (inFlight) return;
     inFlight = true;
-    try {
-      do {
-        again = false;
-        render(await llm.memoryView());
-      } while (again);
-    } catch (e) {
-      summary.textContent = `memory unavailable: ${e.message}`;
-    } finally {
-      inFlight = false;
+    while (stale && latest) {
+      stale = false;
+      const asked = latest;
+      try {
+        const view = await asked.memoryView();
+        if (asked === latest) render(view);
+      } catch (e) {
+        if (asked === latest) clear(`memory unavailable: ${e.message}`);
+      }
     }
+    inFlight = false;
+  }
+
+  /** Forgets what was drawn (another model is loading, or the engine crashed). */
+  function clear(why = '–') {
+    latest = null;
+    stale = false;
+    text.replaceChildren();
+    summary.textContent = why;
   }
 
   /** @param {import('./kvchat.js').MemoryView} view */
@@ -50,7 +62,7 @@ export function createMemoryView(root) {
     summary.textContent = describe(tiers, recalled);
   }
 
-  return { root, refresh };
+  return { root, refresh, clear };
 }
 
 /** Per position, the share of (layer, KV head) pairs that recalled its block at the last step (0: none). */

@@ -12,7 +12,8 @@ use crate::tokenizer::StreamDecoder;
 pub struct MemoryView {
     /// One entry per position: the text the token adds (a control token's own
     /// text; empty while a UTF-8 character is split across tokens, whose last
-    /// token carries it) and where its keys and values live.
+    /// token carries it; a control token inside a split character ends it as
+    /// U+FFFD) and where its keys and values live.
     pub tokens: Vec<(String, TokenTier)>,
     /// The cold blocks the last step recalled: `(first position, tokens, (layer, kv head) pairs)`.
     pub recalled: Vec<(usize, usize, usize)>,
@@ -24,7 +25,7 @@ impl Engine {
         let kv = self.kv_stats();
         let tokenizer = self.tokenizer();
         let mut decoder = StreamDecoder::new();
-        let tokens = self
+        let mut tokens = self
             .cached_tokens()
             .iter()
             .enumerate()
@@ -36,7 +37,11 @@ impl Engine {
                 };
                 (piece, kv.tier(p))
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // A character still split when the history ends (a stop mid-character) shows as U+FFFD, as `decode` does.
+        if let Some(last) = tokens.last_mut() {
+            last.0.push_str(&decoder.finish());
+        }
         MemoryView { tokens, recalled: self.recall_map() }
     }
 }

@@ -19,6 +19,7 @@ pub(crate) mod gpu_runner;
 mod load;
 mod memory_view;
 pub mod options;
+mod saved_session;
 pub(crate) mod runner;
 pub mod session;
 
@@ -163,8 +164,7 @@ impl Engine {
     }
     /// Empties the cache and the history.
     pub fn reset(&mut self) {
-        self.discard_in_flight();
-        self.runner.policy_mut().reset();
+        self.empty_cache();
     }
 }
 
@@ -211,9 +211,17 @@ impl Engine {
     /// A failure inside the forward pass: the cache is emptied, so the next
     /// request re-prefills. Returns `e`.
     fn failed(&mut self, e: Error) -> Error {
+        self.empty_cache();
+        e
+    }
+
+    /// Forgets the step in flight, the history and the blocks the cold tier recalled.
+    fn empty_cache(&mut self) {
         self.discard_in_flight();
         self.runner.policy_mut().reset();
-        e
+        if let Some(cache) = self.runner.cpu_cache() {
+            cache.forget_recalls();
+        }
     }
 
     /// Forgets a step whose result nobody will collect (an aborted generation
@@ -391,39 +399,6 @@ impl Engine {
         let mut ids = cached[..n].to_vec();
         ids.extend(self.tokenizer.encode_part_text(&text[bytes.len()..])?);
         Ok(Some(ids))
-    }
-}
-
-/// Saved sessions: the cache written out and read back (the third tier).
-impl Engine {
-    /// The whole cache (token ids, sinks and window, recall rows, cold tier) as
-    /// bytes that [`restore_session`](Self::restore_session) reads back into an
-    /// engine of the same model and cache options, with no re-prefill. The CPU
-    /// backend only (a GPU cache lives in GPU buffers: [`Error::Unsupported`]).
-    pub fn save_session(&mut self) -> Result<Vec<u8>> {
-        if self.in_flight.is_some() {
-            return Err(Error::InvalidOption("a step is in flight; save between generations".into()));
-        }
-        let fingerprint = self.fingerprint;
-        match self.runner.cpu_cache() {
-            Some(cache) => Ok(cache.save_image(fingerprint)),
-            None => Err(Error::Unsupported("saving a session needs the CPU backend (this cache lives on the GPU)".into())),
-        }
-    }
-
-    /// Replaces the cache with a saved one (see [`save_session`](Self::save_session)).
-    /// A file that is corrupt, from another model or another cache
-    /// configuration is an [`Error::Session`]; the engine stays usable (with
-    /// its cache as it was, or empty when the file failed past its checks).
-    pub fn restore_session(&mut self, bytes: &[u8]) -> Result<()> {
-        if self.in_flight.is_some() {
-            return Err(Error::InvalidOption("a step is in flight; restore between generations".into()));
-        }
-        let fingerprint = self.fingerprint;
-        let cache = self.runner.cpu_cache().ok_or_else(|| Error::Unsupported("restoring a session needs the CPU backend".into()))?;
-        cache.restore_image(bytes, fingerprint)?;
-        self.encoder = IncrementalEncoder::default();
-        Ok(())
     }
 }
 

@@ -254,6 +254,11 @@ impl KvCache {
         self.storage.recall_map().into_iter().map(|(id, n)| (sinks + id * cold::BLOCK, cold::BLOCK, n)).collect()
     }
 
+    /// Empties every recall slot (the cache was emptied: nothing was recalled for it).
+    pub fn forget_recalls(&mut self) {
+        self.storage.forget_recalls();
+    }
+
     /// Whether evicted tokens go to a cold tier (the forward pass then hands
     /// over un-rotated queries and the rotations [`recall`](Self::recall) and
     /// [`attend`](Self::attend) need).

@@ -56,7 +56,8 @@ fn rows4_block_pass(m: &QMatrix, rows: Range<usize>, t_rows: usize, act: &QActiv
 /// sums, |pair| <= 2 · 15 · 127 for four-bit values (2 · 31 · 127 for five-bit
 /// ones); eight of them (four for five-bit values) are added in i16 before one
 /// widening pairwise add (pmaddwd) per block: |sum| <= 30,480 (31,496) < 2^15,
-/// so nothing saturates or wraps and the integer is exactly the other kernels'.
+/// so nothing saturates or wraps and the integer is exactly the other kernels'
+/// (with an activation byte of -128 the bounds are 30,720 and 31,744: still below).
 #[inline(always)]
 unsafe fn rows4_block(w: &[v128; 8], y: *const i8, five_bit: bool) -> v128 {
     let sp = |o: usize| v128_load32_splat(y.add(o) as *const u32);
