@@ -17,7 +17,9 @@
 //!   the query heads of the group and the tokens of the step (the best of
 //!   them alone picks a block that one query likes over the one they all
 //!   need: on the pass-key test at 7,337 tokens the maximum missed the key
-//!   placed mid-text, the sum finds it); the best `slots` blocks are held in
+//!   placed mid-text, the sum finds it; summed over the queries, the bound is
+//!   linear in the queries' positive and negative parts, so a block costs one
+//!   pass over its summary however long the step); the best `slots` blocks are held in
 //!   recall slots. A block that stays selected
 //!   stays in its slot (it is not dequantized again); a newly selected one
 //!   takes a slot whose block was not selected. Slots fill from the first and
@@ -163,6 +165,8 @@ pub struct ColdLayer {
     loads: usize,
     /// Block scores of one recall, reused.
     scored: Vec<(f32, usize)>,
+    /// The step's queries split by sign (see [`split_signs`]), reused.
+    query_signs: Vec<f32>,
 }
 
 impl ColdLayer {
@@ -183,6 +187,7 @@ impl ColdLayer {
             last_len: 0,
             loads: 0,
             scored: Vec::new(),
+            query_signs: Vec::new(),
         }
     }
 
@@ -254,11 +259,13 @@ impl ColdLayer {
         }
         self.last_len = len;
         let (hd, blocks, n_slots) = (self.hd, self.cfg.blocks(), self.cfg.slots());
+        split_signs(queries, hd, &mut self.query_signs);
+        let (positive, negative) = self.query_signs.split_at(hd);
         self.scored.clear();
         for id in stored {
             let b = g * blocks + id % blocks;
             let (lo, hi) = self.k_range[b * 2 * hd..(b + 1) * 2 * hd].split_at(hd);
-            let mut score: f32 = queries.chunks_exact(hd).map(|q| upper_bound(q, lo, hi)).sum();
+            let mut score = upper_bound(positive, negative, lo, hi);
             if self.slots[g * n_slots..(g + 1) * n_slots].contains(&Some(id)) {
                 // Hysteresis: a held block is only replaced by a clearly better one.
                 score += HOLD_MARGIN * score.abs();
@@ -425,21 +432,38 @@ fn quantize_values(rows: &[f32], stride: usize, offset: usize, hd: usize, bits: 
     }
 }
 
-/// Quest's bound on `q · k` for any key `k` within `[lo, hi]` per channel,
-/// summed in eight lanes combined pairwise (the same order everywhere).
-fn upper_bound(q: &[f32], lo: &[f32], hi: &[f32]) -> f32 {
+/// The queries' channels summed by sign: `out[..hd]` = Σ max(q_c, 0) and
+/// `out[hd..]` = Σ min(q_c, 0) over the query rows, in row order.
+fn split_signs(queries: &[f32], hd: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(2 * hd, 0.0);
+    let (positive, negative) = out.split_at_mut(hd);
+    for q in queries.chunks_exact(hd) {
+        for c in 0..hd {
+            let x = q[c];
+            positive[c] += if x > 0.0 { x } else { 0.0 };
+            negative[c] += if x < 0.0 { x } else { 0.0 };
+        }
+    }
+}
+
+/// Quest's bound on `Σ_q q · k` for any key `k` within `[lo, hi]` per
+/// channel, over every query of the step: `Σ_q Σ_c max(q_c·lo_c, q_c·hi_c)`,
+/// which (as `lo_c <= hi_c`) is `Σ_c hi_c·positive_c + lo_c·negative_c` with
+/// the queries' channels summed by sign ([`split_signs`]): one pass over the
+/// block's summary however many queries the step has. Summed in eight lanes
+/// combined pairwise (the same order everywhere).
+fn upper_bound(positive: &[f32], negative: &[f32], lo: &[f32], hi: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
-    let n = q.len() / 8 * 8;
-    for ((qc, lc), hc) in q[..n].chunks_exact(8).zip(lo.chunks_exact(8)).zip(hi.chunks_exact(8)) {
+    let n = positive.len() / 8 * 8;
+    for (((p, m), l), h) in positive[..n].chunks_exact(8).zip(negative.chunks_exact(8)).zip(lo.chunks_exact(8)).zip(hi.chunks_exact(8)) {
         for i in 0..8 {
-            let (a, b) = (qc[i] * lc[i], qc[i] * hc[i]);
-            acc[i] += if a > b { a } else { b };
+            acc[i] += h[i] * p[i] + l[i] * m[i];
         }
     }
     let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for i in n..q.len() {
-        let (a, b) = (q[i] * lo[i], q[i] * hi[i]);
-        s += if a > b { a } else { b };
+    for i in n..positive.len() {
+        s += hi[i] * positive[i] + lo[i] * negative[i];
     }
     s
 }
