@@ -38,8 +38,22 @@ impl GroupArgs {
         s < self.sink_until || s >= self.recall_from
     }
 
+    /// The end of the run of keys from `s` that meet the same query as key `s`.
+    #[inline(always)]
+    fn run_end(&self, s: usize) -> usize {
+        let end = if s < self.sink_until {
+            self.sink_until
+        } else if s < self.recall_from {
+            self.recall_from
+        } else {
+            self.used
+        };
+        end.min(self.used)
+    }
+
     /// Key `s + 1` is in use and meets the same query as key `s`: the score
-    /// loops take the two keys in one pass.
+    /// loops take the two keys in one pass (simd128; the x86 loops walk runs).
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     #[inline(always)]
     fn pairs_with_next(&self, s: usize) -> bool {
         s + 1 < self.used && self.shifted(s + 1) == self.shifted(s)
@@ -129,6 +143,63 @@ fn softmax_rows<const N: usize>(a: &GroupArgs, scores: &mut [f32]) {
         ops::softmax(sc);
         if a.f16 {
             ops::round_f16(sc);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scores from every x86 path this CPU runs equal the portable loop's bit for bit,
+    /// over runs of keys split by sinks and recalled rows at every alignment.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn x86_scores_equal_the_portable_ones() {
+        fn check<const N: usize>(hd: usize) {
+            let mut seed = 0x2545_f491_u32 ^ (N * 131 + hd) as u32;
+            let mut rand = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                (seed as f32 / u32::MAX as f32 - 0.5) * 4.0
+            };
+            let cap = 61;
+            let q: Vec<f32> = (0..N * hd).map(|_| rand()).collect();
+            let q_sink: Vec<f32> = (0..N * hd).map(|_| rand()).collect();
+            let k: Vec<f32> = (0..cap * hd).map(|_| rand()).collect();
+            for (used, sink_until, recall_from) in [(61, 4, 40), (61, 0, 61), (37, 3, 37), (9, 1, 5), (20, 4, 11), (8, 0, 8), (1, 0, 1)] {
+                let a = GroupArgs { hd, used, cap, sink_until, recall_from, scale: 0.125, f16: false };
+                let mut want = vec![0f32; N * cap];
+                scores_portable::<N>(&a, &q, &q_sink, &k, &mut want);
+                let mut paths: Vec<(&str, Vec<f32>)> = Vec::new();
+                if x86::avx2() {
+                    let mut got = vec![0f32; N * cap];
+                    // SAFETY: AVX2 is present; the slices hold N heads of hd, cap rows of hd, N rows of cap.
+                    unsafe { x86::scores::<N>(&a, &q, &q_sink, &k, &mut got) };
+                    paths.push(("avx2", got));
+                }
+                if hd % 16 == 0 && crate::backend::cpu::quant::avx512_vnni() {
+                    let mut got = vec![0f32; N * cap];
+                    // SAFETY: AVX-512 is present; as above.
+                    unsafe { x86::scores_avx512::<N>(&a, &q, &q_sink, &k, &mut got) };
+                    paths.push(("avx512", got));
+                }
+                for (name, got) in paths {
+                    for n in 0..N {
+                        for s in 0..used {
+                            let (g, w) = (got[n * cap + s], want[n * cap + s]);
+                            assert_eq!(g.to_bits(), w.to_bits(), "{name} N={N} hd={hd} used={used} sinks={sink_until} recall={recall_from}: head {n} key {s}: {g} vs {w}");
+                        }
+                    }
+                }
+            }
+        }
+        for hd in [16, 64, 128] {
+            check::<1>(hd);
+            check::<2>(hd);
+            check::<3>(hd);
+            check::<4>(hd);
         }
     }
 }

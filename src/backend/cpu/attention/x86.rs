@@ -20,68 +20,157 @@ unsafe fn combine(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(p, _mm_movehdup_ps(p)))
 }
 
-/// The scaled scores of `N` heads against every key in use (two keys per pass).
+/// The scaled scores of `N` heads against every key in use: runs of keys
+/// that meet the same query eight at a time ([`eight_scores`]), the rest two
+/// keys per pass.
 #[target_feature(enable = "avx2")]
 pub unsafe fn scores<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32], scores: &mut [f32]) {
     let (hd, cap) = (a.hd, a.cap);
     let kp = k.as_ptr();
+    let sp = scores.as_mut_ptr();
     let mut s = 0;
     while s < a.used {
+        let end = a.run_end(s);
         let qq = if a.shifted(s) { q_sink } else { q }.as_ptr();
-        let pair = a.pairs_with_next(s);
-        let (k0, k1) = (kp.add(s * hd), kp.add((s + pair as usize) * hd));
-        let mut a0 = [_mm256_setzero_ps(); N];
-        let mut a1 = [_mm256_setzero_ps(); N];
-        let mut c = 0;
-        while c < hd {
-            let (x0, x1) = (_mm256_loadu_ps(k0.add(c)), _mm256_loadu_ps(k1.add(c)));
+        while s + 8 <= end {
             for n in 0..N {
-                let qv = _mm256_loadu_ps(qq.add(n * hd + c));
-                a0[n] = _mm256_add_ps(a0[n], _mm256_mul_ps(qv, x0));
-                a1[n] = _mm256_add_ps(a1[n], _mm256_mul_ps(qv, x1));
+                eight_scores(qq.add(n * hd), kp.add(s * hd), hd, a.scale, sp.add(n * cap + s));
             }
-            c += 8;
+            s += 8;
         }
-        for n in 0..N {
-            *scores.get_unchecked_mut(n * cap + s) = combine(a0[n]) * a.scale;
-            if pair {
-                *scores.get_unchecked_mut(n * cap + s + 1) = combine(a1[n]) * a.scale;
+        while s < end {
+            let pair = s + 1 < end;
+            let (k0, k1) = (kp.add(s * hd), kp.add((s + pair as usize) * hd));
+            let mut a0 = [_mm256_setzero_ps(); N];
+            let mut a1 = [_mm256_setzero_ps(); N];
+            let mut c = 0;
+            while c < hd {
+                let (x0, x1) = (_mm256_loadu_ps(k0.add(c)), _mm256_loadu_ps(k1.add(c)));
+                for n in 0..N {
+                    let qv = _mm256_loadu_ps(qq.add(n * hd + c));
+                    a0[n] = _mm256_add_ps(a0[n], _mm256_mul_ps(qv, x0));
+                    a1[n] = _mm256_add_ps(a1[n], _mm256_mul_ps(qv, x1));
+                }
+                c += 8;
             }
+            for n in 0..N {
+                *sp.add(n * cap + s) = combine(a0[n]) * a.scale;
+                if pair {
+                    *sp.add(n * cap + s + 1) = combine(a1[n]) * a.scale;
+                }
+            }
+            s += 1 + pair as usize;
         }
-        s += 1 + pair as usize;
     }
+}
+
+/// One head's (`q`) scaled scores against the eight keys from `k`, stored at
+/// `out[..8]`: eight partial sums per key, then the eight keys combined
+/// together (the same additions of the same pairs as [`combine`]).
+#[inline(always)]
+unsafe fn eight_scores(q: *const f32, k: *const f32, hd: usize, scale: f32, out: *mut f32) {
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut c = 0;
+    while c < hd {
+        let qv = _mm256_loadu_ps(q.add(c));
+        for (i, x) in acc.iter_mut().enumerate() {
+            *x = _mm256_add_ps(*x, _mm256_mul_ps(qv, _mm256_loadu_ps(k.add(i * hd + c))));
+        }
+        c += 8;
+    }
+    // Keys i and i + 1: (a0 + a4, a1 + a5, a2 + a6, a3 + a7) of each, side by side.
+    let halves = |x: __m256, y: __m256| _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(x, y), _mm256_permute2f128_ps::<0x31>(x, y));
+    let (h01, h23, h45, h67) = (halves(acc[0], acc[1]), halves(acc[2], acc[3]), halves(acc[4], acc[5]), halves(acc[6], acc[7]));
+    // hadd twice: keys in the order 0, 2, 4, 6, 1, 3, 5, 7.
+    let totals = _mm256_hadd_ps(_mm256_hadd_ps(h01, h23), _mm256_hadd_ps(h45, h67));
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_permutevar8x32_ps(totals, order), _mm256_set1_ps(scale)));
 }
 
 /// [`scores`] with 512-bit vectors: two keys per vector (lanes 0..8 the
 /// first key's eight partial sums, 8..16 the second's), the query chunk
-/// broadcast to both halves: each key's sums in the same order.
+/// broadcast to both halves: each key's sums in the same order. Runs of keys
+/// that meet the same query go eight at a time ([`eight_scores_avx512`]).
 #[target_feature(enable = "avx512f,avx512dq")]
 pub unsafe fn scores_avx512<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32], scores: &mut [f32]) {
     let (hd, cap) = (a.hd, a.cap);
     let kp = k.as_ptr();
+    let sp = scores.as_mut_ptr();
     let mut s = 0;
     while s < a.used {
+        let end = a.run_end(s);
         let qq = if a.shifted(s) { q_sink } else { q }.as_ptr();
-        let pair = a.pairs_with_next(s);
-        let (k0, k1) = (kp.add(s * hd), kp.add((s + pair as usize) * hd));
-        let mut acc = [_mm512_setzero_ps(); N];
-        let mut c = 0;
-        while c < hd {
-            let kk = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_loadu_ps(k0.add(c))), _mm256_loadu_ps(k1.add(c)));
-            for (n, x) in acc.iter_mut().enumerate() {
-                let qv = _mm512_broadcast_f32x8(_mm256_loadu_ps(qq.add(n * hd + c)));
-                *x = _mm512_add_ps(*x, _mm512_mul_ps(qv, kk));
-            }
-            c += 8;
+        while s + 8 <= end {
+            eight_scores_avx512::<N>(qq, kp.add(s * hd), hd, a.scale, sp.add(s), cap);
+            s += 8;
         }
-        for (n, x) in acc.iter().enumerate() {
-            *scores.get_unchecked_mut(n * cap + s) = combine(_mm512_castps512_ps256(*x)) * a.scale;
-            if pair {
-                *scores.get_unchecked_mut(n * cap + s + 1) = combine(_mm512_extractf32x8_ps::<1>(*x)) * a.scale;
+        while s < end {
+            let pair = s + 1 < end;
+            let (k0, k1) = (kp.add(s * hd), kp.add((s + pair as usize) * hd));
+            let mut acc = [_mm512_setzero_ps(); N];
+            let mut c = 0;
+            while c < hd {
+                let kk = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_loadu_ps(k0.add(c))), _mm256_loadu_ps(k1.add(c)));
+                for (n, x) in acc.iter_mut().enumerate() {
+                    let qv = _mm512_broadcast_f32x8(_mm256_loadu_ps(qq.add(n * hd + c)));
+                    *x = _mm512_add_ps(*x, _mm512_mul_ps(qv, kk));
+                }
+                c += 8;
             }
+            for (n, x) in acc.iter().enumerate() {
+                *sp.add(n * cap + s) = combine(_mm512_castps512_ps256(*x)) * a.scale;
+                if pair {
+                    *sp.add(n * cap + s + 1) = combine(_mm512_extractf32x8_ps::<1>(*x)) * a.scale;
+                }
+            }
+            s += 1 + pair as usize;
         }
-        s += 1 + pair as usize;
     }
+}
+
+/// The scaled scores of `N` heads (`q`) against the eight keys from `k`,
+/// stored at `out[n * cap..][..8]`: two keys per vector as in
+/// [`scores_avx512`], then the eight keys' partial sums combined together
+/// ([`combine_eight`]) instead of one key at a time.
+#[inline(always)]
+unsafe fn eight_scores_avx512<const N: usize>(q: *const f32, k: *const f32, hd: usize, scale: f32, out: *mut f32, cap: usize) {
+    let mut acc = [[_mm512_setzero_ps(); 4]; N];
+    let mut c = 0;
+    while c < hd {
+        let keys: [__m512; 4] = std::array::from_fn(|i| {
+            let (k0, k1) = (k.add(2 * i * hd + c), k.add((2 * i + 1) * hd + c));
+            _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_loadu_ps(k0)), _mm256_loadu_ps(k1))
+        });
+        for (n, an) in acc.iter_mut().enumerate() {
+            let qv = _mm512_broadcast_f32x8(_mm256_loadu_ps(q.add(n * hd + c)));
+            for (x, kk) in an.iter_mut().zip(&keys) {
+                *x = _mm512_add_ps(*x, _mm512_mul_ps(qv, *kk));
+            }
+        }
+        c += 8;
+    }
+    let scale = _mm256_set1_ps(scale);
+    for (n, an) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(n * cap), _mm256_mul_ps(combine_eight(an), scale));
+    }
+}
+
+/// [`combine`] for eight keys at once: `z[i]` holds key `2i`'s eight partial
+/// sums in lanes 0..8 and key `2i + 1`'s in 8..16; the result is each key's
+/// `((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7))`, keys in order (the
+/// same additions of the same pairs as `combine`).
+#[inline(always)]
+unsafe fn combine_eight(z: &[__m512; 4]) -> __m256 {
+    // Each 128-bit lane j: key j's (a0 + a4, a1 + a5, a2 + a6, a3 + a7); keys 0..4, then 4..8.
+    let halves = |x: __m512, y: __m512| _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(x, y), _mm512_shuffle_f32x4::<0xDD>(x, y));
+    let (low, high) = (halves(z[0], z[1]), halves(z[2], z[3]));
+    // Adjacent pairs added within each 128-bit lane (hadd): lane j = [key j: 2 sums, key 4 + j: 2 sums].
+    let pairs = |x: __m512, y: __m512| _mm512_add_ps(_mm512_shuffle_ps::<0x88>(x, y), _mm512_shuffle_ps::<0xDD>(x, y));
+    let quarters = pairs(low, high);
+    // Lane j = [key j, key 4 + j, key j, key 4 + j].
+    let totals = pairs(quarters, quarters);
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_castps512_ps256(_mm512_permutexvar_ps(order, totals))
 }
 
 /// [`weighted_sum`] with 512-bit vectors, every head at once: each value
