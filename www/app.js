@@ -179,8 +179,25 @@ function settings() {
   const num = (k) => Number(f.get(k));
   return {
     gen: { temperature: num('temperature'), topK: num('topK'), topP: num('topP'), maxTokens: num('maxTokens'), noCache: f.get('noCache') === 'on' },
-    engine: { kvWindow: num('kvWindow'), kvSinks: num('kvSinks'), kvCold: num('kvCold'), kvRecall: num('kvRecall'), backend: f.get('backend') },
+    engine: { kvWindow: num('kvWindow'), kvSinks: num('kvSinks'), kvCold: f.get('kvCold') === '' ? 'auto' : num('kvCold'), kvRecall: num('kvRecall'), backend: f.get('backend') },
   };
+}
+
+/** Tokens the page's cold tier keeps when its field is empty (auto). */
+const AUTO_COLD_TOKENS = 8192;
+
+/**
+ * The cold tier's size for these engine settings: an empty field (auto) turns it on
+ * wherever the model will run on the CPU anyway (backend cpu, or auto without a
+ * hardware WebGPU adapter: the worker's own rule) and off where a GPU would run it,
+ * since the cold tier has no WebGPU path and asking for it moves the model to the CPU.
+ */
+async function coldTokens({ kvCold, backend }) {
+  if (kvCold !== 'auto') return kvCold;
+  if (backend === 'cpu') return AUTO_COLD_TOKENS;
+  if (backend === 'webgpu') return 0;
+  const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
+  return adapter && !adapter.info?.isFallbackAdapter ? 0 : AUTO_COLD_TOKENS;
 }
 
 function addMessage(role, text) {
@@ -225,6 +242,8 @@ async function load() {
   setBusy(false);
   el.banner.hidden = true;
   const { engine } = settings();
+  engine.kvCold = await coldTokens(engine);
+  if (ticket !== loads) return;
   el.modelName.textContent = picked.license ? `${picked.name} · ${picked.license}` : picked.name;
   setProgress('loading', 0, 'starting…');
   let loaded;

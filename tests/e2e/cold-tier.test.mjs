@@ -103,6 +103,10 @@ test("the page's Memory tab colors each token by where its keys and values live 
   await page.goto(`${srv.url}/index.html`);
   const ready = '[data-testid=progress][data-state=ready]';
   await page.waitForSelector(ready, { timeout: 120_000 });
+  // By default (an empty field: auto) the page keeps a cold tier of 8192 tokens where the
+  // model runs on the CPU, as it does here (headless Chromium has only a software adapter).
+  assert.equal(await page.inputValue('.settings-form [name=kvCold]'), '');
+  await page.waitForFunction(() => document.querySelector('[data-stat=kv-cold]')?.textContent.includes('/ 8192 tokens'), null, { timeout: 10_000 });
   for (const [name, value] of Object.entries({ kvWindow: 128, kvCold: 1024, kvRecall: 128, temperature: 0, maxTokens: 6 })) {
     await page.fill(`.settings-form [name=${name}]`, String(value));
   }
