@@ -9,7 +9,7 @@ PORT ?= 8080
 # a busy 2-core machine two threads can be much slower than one.
 export CANDLE_NUM_THREADS ?= 1
 
-.PHONY: all setup serve-setup model models build build-wasm build-native serve test test-native test-wasm test-e2e test-models bench bench-models ppl dist fuzz clean
+.PHONY: all setup serve-setup model models build build-wasm build-native serve test test-native test-wasm test-e2e test-models bench bench-models bench-passkey ppl dist fuzz clean
 
 all: build
 
@@ -101,6 +101,7 @@ bench: model build-native build-wasm
 	node scripts/bench-structured.mjs 3
 	node scripts/bench-batch.mjs 1,4,8,16
 	node scripts/bench-long-context.mjs
+	python3 scripts/bench-cold-speed.py $(MODEL)
 	./scripts/bench-wllama.sh
 	@echo "cache vs --no-cache, 256 generated tokens:"
 	@for flag in "" "--no-cache"; do \
@@ -108,9 +109,16 @@ bench: model build-native build-wasm
 	  | python3 -c "import json,sys; r=json.load(sys.stdin); print('  $${flag:-cache}:', round(r['decode_tokens_per_sec'],1), 'decode tok/s')"; \
 	done
 
-# Perplexity of the GPL-3 text (first 4096 tokens): full cache, and a 512 window with and without sinks.
+# The cold tier's pass-key table (10 keys x 3 positions x 3 lengths with the cold tier, 2 keys
+# with the plain window; about 45 minutes here).
+bench-passkey: model build-native
+	python3 scripts/bench-passkey.py $(MODEL) --keys 10 --settings cold --rss
+	python3 scripts/bench-passkey.py $(MODEL) --keys 2 --settings plain --rss
+
+# Perplexity of the GPL-3 text (first 4096 tokens): full cache, a 512 window with and without
+# sinks, and a 512 window + 4 sinks + the cold tier (recall 512).
 ppl: model build-native
-	@for args in "--kv-window 4096" "--kv-window 512 --kv-sinks 4" "--kv-window 512 --kv-sinks 0"; do \
+	@for args in "--kv-window 4096" "--kv-window 512 --kv-sinks 4" "--kv-window 512 --kv-sinks 0" "--kv-window 512 --kv-sinks 4 --kv-cold 8192"; do \
 	  ./target/release/kvchat perplexity --model $(MODEL) --file /usr/share/common-licenses/GPL-3 --max-tokens 4096 $$args --json; \
 	done
 
