@@ -7,9 +7,9 @@ thread, greedy, on the pass-key text of scripts/bench-passkey.py (the key at 50%
 * prefill + an 8-token answer at ~7.3k tokens (`kvchat generate --max-tokens 8`, wall time):
   window 512, window 512 + cold tier, in the same rounds, and the full cache once.
 
-Prints one JSON line per measurement, then the medians and the ratios (cold / plain for decode,
-plain / cold for time: the targets are decode >= 0.8x and prefill + answer <= 1.5x the plain
-window's, and <= 1/3 of the full cache's).
+Prints one JSON line per measurement, then the medians and the ratios, cold / plain for both
+(decode tokens/s and seconds): the targets are decode >= 0.8x and prefill + answer <= 1.5x the
+plain window's, and <= 1/3 of the full cache's time.
 
   scripts/bench-cold-speed.py MODEL [--rounds 3] [--cli target/release/kvchat] [--no-full]
 """

@@ -179,7 +179,7 @@ function settings() {
   const num = (k) => Number(f.get(k));
   return {
     gen: { temperature: num('temperature'), topK: num('topK'), topP: num('topP'), maxTokens: num('maxTokens'), noCache: f.get('noCache') === 'on' },
-    engine: { kvWindow: num('kvWindow'), kvSinks: num('kvSinks'), kvCold: f.get('kvCold') === '' ? 'auto' : num('kvCold'), kvRecall: num('kvRecall'), backend: f.get('backend') },
+    engine: { kvWindow: num('kvWindow'), kvSinks: num('kvSinks'), kvCold: f.get('kvCold') === '' ? 'auto' : num('kvCold'), kvRecall: f.get('kvRecall') === '' ? undefined : num('kvRecall'), backend: f.get('backend') },
   };
 }
 
@@ -188,8 +188,9 @@ const AUTO_COLD_TOKENS = 8192;
 
 /**
  * The cold tier's size for these engine settings: an empty field (auto) turns it on
- * wherever the model will run on the CPU anyway (backend cpu, or auto without a
- * hardware WebGPU adapter: the worker's own rule) and off where a GPU would run it,
+ * where the model would run on the CPU anyway (backend cpu, or auto without a
+ * hardware WebGPU adapter: the worker's own rule) and off where a GPU would run it
+ * (if that GPU then fails to load the model, the CPU runs it without a cold tier),
  * since the cold tier has no WebGPU path and asking for it moves the model to the CPU.
  */
 async function coldTokens({ kvCold, backend }) {
@@ -241,11 +242,11 @@ async function load() {
   memory.clear();
   setBusy(false);
   el.banner.hidden = true;
+  setProgress('loading', 0, 'starting…');
   const { engine } = settings();
   engine.kvCold = await coldTokens(engine);
   if (ticket !== loads) return;
   el.modelName.textContent = picked.license ? `${picked.name} · ${picked.license}` : picked.name;
-  setProgress('loading', 0, 'starting…');
   let loaded;
   try {
     // A load overtaken by a newer one no longer draws the progress line.

@@ -454,7 +454,8 @@ mod cli {
         if json {
             println!("{}", serde_json::json!({
                 "tokens": n, "mean_nll": mean, "ppl": mean.exp(),
-                "kv_window": m.kv_window, "kv_sinks": m.kv_sinks,
+                "kv_window": m.kv_window, "kv_sinks": m.kv_sinks, "kv_f16": m.kv_f16,
+                "kv_cold": m.kv_cold, "kv_cold_bits": m.kv_cold_bits, "kv_recall": m.kv_recall,
             }));
         } else {
             eprintln!();

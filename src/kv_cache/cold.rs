@@ -273,6 +273,11 @@ impl ColdLayer {
                 // Hysteresis: a held block is only replaced by a clearly better one.
                 score += HOLD_MARGIN * score.abs();
             }
+            if score.is_nan() {
+                // Hostile ranges (infinite or NaN keys) give 0·inf: such a block ranks last, and
+                // the same on every machine (a NaN's sign, which total_cmp orders by, is not).
+                score = f32::NEG_INFINITY;
+            }
             self.scored.push((score, id));
         }
         // Best score first; among equal scores the newer block.
@@ -542,6 +547,28 @@ mod tests {
         // A shorter cache (emptied) forgets the slots.
         c.select(0, &q, 0..0, 10, &mut loads);
         assert_eq!(c.filled(), 0);
+    }
+
+    #[test]
+    fn the_summed_bound_equals_quests_bound_per_query() {
+        let mut seed = 0x9e37_79b9_u32;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed as f32 / u32::MAX as f32 * 2.0 - 1.0
+        };
+        let hd = 24;
+        for queries in [1, 3, 96] {
+            let q: Vec<f32> = (0..queries * hd).map(|_| rand()).collect();
+            let (a, b): (Vec<f32>, Vec<f32>) = (0..hd).map(|_| (rand(), rand())).unzip();
+            let (lo, hi): (Vec<f32>, Vec<f32>) = a.iter().zip(&b).map(|(&x, &y)| (x.min(y), x.max(y))).unzip();
+            let per_query: f64 = q.chunks_exact(hd).flat_map(|q| (0..hd).map(|c| (q[c] * lo[c]).max(q[c] * hi[c]) as f64)).sum();
+            let mut signs = Vec::new();
+            split_signs(&q, hd, &mut signs);
+            let got = upper_bound(&signs[..hd], &signs[hd..], &lo, &hi) as f64;
+            assert!((got - per_query).abs() <= 1e-4 * per_query.abs().max(1.0), "{queries} queries: {got} vs {per_query}");
+        }
     }
 
     #[test]
