@@ -588,7 +588,7 @@ mod cli {
             "prompt_tokens": t.prompt_tokens, "gen_tokens": gen,
             "runs": t.prefill.len(), "threads": threads,
             "prefill_tokens_per_sec": median(t.prefill), "decode_tokens_per_sec": median(t.decode),
-            "time_to_first_token_ms": median(t.ttft),
+            "time_to_first_token_ms": median(t.ttft), "load_ms": engine.load_timings(),
         });
         if profile {
             print_bench_profile(&mut engine, &prompt, gen)?;

@@ -5,15 +5,22 @@ use super::decode::{self, Block32};
 use super::{Offset, Q4Layout, QFormat, QMatrix, Values, QK};
 use half::f16;
 
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]))
-}
-
 /// f16 bits → f32 through a table (256 KiB, built once): loading converts two
 /// scales per 32 weights, and the software conversion was half the load time.
 pub fn f16_to_f32(bits: u16) -> f32 {
-    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_bits(b).to_f32()).collect())[bits as usize]
+    f16_table()[bits as usize]
+}
+
+/// The table of [`f16_to_f32`], every u16 (its length lets indexing by a u16 skip the bounds check).
+fn f16_table() -> &'static [f32; 65536] {
+    static TABLE: std::sync::OnceLock<Box<[f32; 65536]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Box::new([0f32; 65536]);
+        for (b, x) in t.iter_mut().enumerate() {
+            *x = f16::from_bits(b as u16).to_f32();
+        }
+        t
+    })
 }
 
 impl QMatrix {
@@ -69,15 +76,18 @@ impl QMatrixBuilder {
         let first_block = first_row * (self.cols / format.block_values());
         match format {
             QFormat::Q4_0 | QFormat::Q4_1 | QFormat::Q8_0 => {
-                // One pass over the file's blocks, each written straight to its place.
-                for (i, blk) in data.chunks_exact(bb).enumerate() {
-                    let i = first_block + i;
-                    let (r, b) = (i / p.nbr, i % p.nbr);
-                    let scale = f16_at(blk, 0);
-                    match format {
-                        QFormat::Q4_0 => p.nibbles(r, b, scale, -8.0 * scale, &blk[2..18]),
-                        QFormat::Q4_1 => p.nibbles(r, b, scale, f16_at(blk, 2), &blk[4..20]),
-                        _ => p.bytes(r, b, scale, 0.0, &blk[2..34]),
+                // One pass over the file's blocks, row by row, each written straight to its place.
+                let table = f16_table();
+                let half = |blk: &[u8], at: usize| table[u16::from_le_bytes([blk[at], blk[at + 1]]) as usize];
+                for (r, row) in data.chunks_exact(row_bytes).enumerate() {
+                    let r = first_row + r;
+                    for (b, blk) in row.chunks_exact(bb).enumerate() {
+                        let scale = half(blk, 0);
+                        match format {
+                            QFormat::Q4_0 => p.nibbles(r, b, scale, -8.0 * scale, &blk[2..18]),
+                            QFormat::Q4_1 => p.nibbles(r, b, scale, half(blk, 2), &blk[4..20]),
+                            _ => p.bytes(r, b, scale, 0.0, &blk[2..34]),
+                        }
                     }
                 }
             }
@@ -158,20 +168,33 @@ impl Packer {
 
     /// Stores block `b` of row `r`'s scale and offset (dropped for formats without one).
     fn scales(&mut self, r: usize, b: usize, d: f32, m: f32) {
-        let at = ((r / self.gr) * self.nbr + b) * self.gr + r % self.gr;
+        let at = self.group_slot(r, b);
         self.d[at] = d;
         if !self.m.is_empty() {
             self.m[at] = m;
         }
     }
 
+    /// Block `b` of row `r`'s place in the group-major arrays: `[rows / G][block][G]`
+    /// (`G`, the layout's group of rows, a power of two: shifts, not divisions).
+    #[inline(always)]
+    fn group_slot(&self, r: usize, b: usize) -> usize {
+        let shift = self.gr.trailing_zeros();
+        (((r >> shift) * self.nbr + b) << shift) + (r & (self.gr - 1))
+    }
+
     /// A four-bit block: 16 bytes in the GGML order.
     fn nibbles(&mut self, r: usize, b: usize, d: f32, m: f32, n: &[u8]) {
         self.scales(r, b, d, m);
-        let (gr, i) = (self.gr, r * self.nbr + b);
+        let i = r * self.nbr + b;
         match self.layout {
             Q4Layout::Ggml => self.qs[i * 16..i * 16 + 16].copy_from_slice(n),
-            Q4Layout::Rows4 | Q4Layout::Rows16 => interleave_rows(&mut self.qs, ((r / gr) * self.nbr + b) * 16 * gr + 4 * (r % gr), 4 * gr, n),
+            Q4Layout::Rows4 | Q4Layout::Rows16 => {
+                // The group's block: four vectors of 4 * G bytes, this row's 4 bytes in each.
+                let (gr, slot) = (self.gr, self.group_slot(r, b));
+                let first = (slot - (r & (gr - 1))) * 16 + 4 * (r & (gr - 1));
+                interleave_rows(&mut self.qs[first..first + 12 * gr + 4], 4 * gr, n);
+            }
             Q4Layout::Lanes => to_lanes(&mut self.qs[i * 16..i * 16 + 16], n),
         }
     }
@@ -204,21 +227,31 @@ impl Packer {
 /// vector `k` is row `16g+j`'s value `4k+i` plus 128; `base` is the row's
 /// first byte in the group's block.
 fn q8_rows16(qs: &mut [u8], base: usize, vals: &[u8]) {
-    for (j, &v) in vals.iter().enumerate() {
-        qs[base + 64 * (j / 4) + j % 4] = v ^ 0x80;
+    // Four values at a time: vector k gets values 4k..4k+4 at the row's place.
+    for (k, four) in vals.chunks_exact(4).enumerate() {
+        let word = u32::from_le_bytes([four[0], four[1], four[2], four[3]]) ^ 0x8080_8080;
+        qs[base + 64 * k..base + 64 * k + 4].copy_from_slice(&word.to_le_bytes());
     }
 }
 
 /// A Q4 block of one row in [`Q4Layout::Rows4`] / [`Q4Layout::Rows16`]: four
-/// vectors of `v` bytes (`4 * gr`) from `base`, the row's first byte.
-fn interleave_rows(qs: &mut [u8], base: usize, v: usize, n: &[u8]) {
+/// vectors of `v` bytes (`4 * gr`), the row's 4 bytes at the start of each
+/// (`qs` starts at the row's first byte and holds `3 * v + 4` bytes).
+fn interleave_rows(qs: &mut [u8], v: usize, n: &[u8]) {
     // Byte i of vector k: values 8k+i (low) and 8k+4+i (high); GGUF byte
-    // l holds values l (low nibble) and l+16 (high nibble).
-    for i in 0..4 {
-        qs[base + i] = (n[i] & 0x0F) | (n[4 + i] << 4);
-        qs[base + v + i] = (n[8 + i] & 0x0F) | (n[12 + i] << 4);
-        qs[base + 2 * v + i] = (n[i] >> 4) | (n[4 + i] & 0xF0);
-        qs[base + 3 * v + i] = (n[8 + i] >> 4) | (n[12 + i] & 0xF0);
+    // l holds values l (low nibble) and l+16 (high nibble). Four bytes at a
+    // time: word j of the block is bytes 4j..4j+4.
+    let word = |j: usize| u32::from_le_bytes([n[4 * j], n[4 * j + 1], n[4 * j + 2], n[4 * j + 3]]);
+    let (w0, w1, w2, w3) = (word(0), word(1), word(2), word(3));
+    const LOW: u32 = 0x0F0F_0F0F;
+    let vectors = [
+        (w0 & LOW) | ((w1 & LOW) << 4),
+        (w2 & LOW) | ((w3 & LOW) << 4),
+        ((w0 >> 4) & LOW) | (w1 & !LOW),
+        ((w2 >> 4) & LOW) | (w3 & !LOW),
+    ];
+    for (k, x) in vectors.iter().enumerate() {
+        qs[k * v..k * v + 4].copy_from_slice(&x.to_le_bytes());
     }
 }
 
