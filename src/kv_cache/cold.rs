@@ -170,6 +170,8 @@ pub struct ColdLayer {
     scored: Vec<(f32, usize)>,
     /// The step's queries split by sign (see [`split_signs`]), reused.
     query_signs: Vec<f32>,
+    /// A block's key step per channel while it is dequantized, reused.
+    key_steps: Vec<f32>,
 }
 
 impl ColdLayer {
@@ -191,6 +193,7 @@ impl ColdLayer {
             loads: 0,
             scored: Vec::new(),
             query_signs: Vec::new(),
+            key_steps: Vec::new(),
         }
     }
 
@@ -263,23 +266,9 @@ impl ColdLayer {
         self.last_len = len;
         let (hd, blocks, n_slots) = (self.hd, self.cfg.blocks(), self.cfg.slots());
         split_signs(queries, hd, &mut self.query_signs);
-        let (positive, negative) = self.query_signs.split_at(hd);
-        self.scored.clear();
-        for id in stored {
-            let b = g * blocks + id % blocks;
-            let (lo, hi) = self.k_range[b * 2 * hd..(b + 1) * 2 * hd].split_at(hd);
-            let mut score = upper_bound(positive, negative, lo, hi);
-            if self.slots[g * n_slots..(g + 1) * n_slots].contains(&Some(id)) {
-                // Hysteresis: a held block is only replaced by a clearly better one.
-                score += HOLD_MARGIN * score.abs();
-            }
-            if score.is_nan() {
-                // Hostile ranges (infinite or NaN keys) give 0·inf: such a block ranks last, and
-                // the same on every machine (a NaN's sign, which total_cmp orders by, is not).
-                score = f32::NEG_INFINITY;
-            }
-            self.scored.push((score, id));
-        }
+        let held = &self.slots[g * n_slots..(g + 1) * n_slots];
+        let ranges = &self.k_range[g * blocks * 2 * hd..(g + 1) * blocks * 2 * hd];
+        score_blocks(&self.query_signs, ranges, hd, stored, held, &mut self.scored);
         // Best score first; among equal scores the newer block.
         let order = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1));
         if self.scored.len() > n_slots {
@@ -303,16 +292,18 @@ impl ColdLayer {
     }
 
     /// Block `id` of kv head `g` dequantized: keys (un-rotated) and values, `[BLOCK][head_dim]` each.
-    pub fn dequantize(&self, g: usize, id: usize, k: &mut [f32], v: &mut [f32]) {
+    pub fn dequantize(&mut self, g: usize, id: usize, k: &mut [f32], v: &mut [f32]) {
         let (hd, bits) = (self.hd, self.cfg.bits);
         let b = g * self.cfg.blocks() + id % self.cfg.blocks();
         let code_bytes = bits.bytes(BLOCK * hd);
         let (lo, hi) = self.k_range[b * 2 * hd..(b + 1) * 2 * hd].split_at(hd);
         let levels = bits.levels() as f32;
         let codes = &self.k_codes[b * code_bytes..(b + 1) * code_bytes];
+        self.key_steps.clear();
+        self.key_steps.extend(lo.iter().zip(hi).map(|(l, h)| (h - l) / levels));
         for (t, row) in k.chunks_exact_mut(hd).enumerate() {
             for (c, x) in row.iter_mut().enumerate() {
-                *x = lo[c] + code(codes, bits, t * hd + c) as f32 * ((hi[c] - lo[c]) / levels);
+                *x = lo[c] + code(codes, bits, t * hd + c) as f32 * self.key_steps[c];
             }
         }
         let params = &self.v_params[b * BLOCK * 2..(b + 1) * BLOCK * 2];
@@ -440,6 +431,32 @@ fn quantize_values(rows: &[f32], stride: usize, offset: usize, hd: usize, bits: 
     }
 }
 
+/// Every stored block of one kv head (`ranges`: its blocks' key ranges)
+/// scored against the queries' channels summed by sign (`signs`), a held
+/// block's score raised by the hold margin, into `scored`. (Compiling this
+/// loop with AVX2 as well changed nothing measurable: at decode it waits on
+/// the summaries' memory, ~6 MB a step at 4k tokens, not on arithmetic.)
+fn score_blocks(signs: &[f32], ranges: &[f32], hd: usize, stored: std::ops::Range<usize>, held: &[Option<usize>], scored: &mut Vec<(f32, usize)>) {
+    let (positive, negative) = signs.split_at(hd);
+    let blocks = ranges.len() / (2 * hd);
+    scored.clear();
+    for id in stored {
+        let b = id % blocks;
+        let (lo, hi) = ranges[b * 2 * hd..(b + 1) * 2 * hd].split_at(hd);
+        let mut score = upper_bound(positive, negative, lo, hi);
+        if held.contains(&Some(id)) {
+            // Hysteresis: a held block is only replaced by a clearly better one.
+            score += HOLD_MARGIN * score.abs();
+        }
+        if score.is_nan() {
+            // Hostile ranges (infinite or NaN keys) give 0·inf: such a block ranks last, and
+            // the same on every machine (a NaN's sign, which total_cmp orders by, is not).
+            score = f32::NEG_INFINITY;
+        }
+        scored.push((score, id));
+    }
+}
+
 /// The queries' channels summed by sign: `out[..hd]` = Σ max(q_c, 0) and
 /// `out[hd..]` = Σ min(q_c, 0) over the query rows, in row order.
 fn split_signs(queries: &[f32], hd: usize, out: &mut Vec<f32>) {
@@ -461,6 +478,7 @@ fn split_signs(queries: &[f32], hd: usize, out: &mut Vec<f32>) {
 /// the queries' channels summed by sign ([`split_signs`]): one pass over the
 /// block's summary however many queries the step has. Summed in eight lanes
 /// combined pairwise (the same order everywhere).
+#[inline(always)]
 fn upper_bound(positive: &[f32], negative: &[f32], lo: &[f32], hi: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let n = positive.len() / 8 * 8;
