@@ -50,14 +50,6 @@ impl GroupArgs {
         };
         end.min(self.used)
     }
-
-    /// Key `s + 1` is in use and meets the same query as key `s`: the score
-    /// loops take the two keys in one pass (simd128; the x86 loops walk runs).
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    #[inline(always)]
-    fn pairs_with_next(&self, s: usize) -> bool {
-        s + 1 < self.used && self.shifted(s + 1) == self.shifted(s)
-    }
 }
 
 /// The `n_rep` query heads of one kv head: `q`, `q_sink`, `out` hold

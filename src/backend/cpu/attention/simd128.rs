@@ -6,31 +6,70 @@ use super::GroupArgs;
 use core::arch::wasm32::*;
 
 /// The scaled scores of `N` heads against every key in use; `hd % 8 == 0`.
-/// Two keys per pass: twice the independent accumulators (the loop was bound by
-/// the latency of one add chain per head), each key's sums in the same order.
+/// Runs of keys that meet the same query go four at a time per head
+/// ([`four_scores`]); the rest two keys per pass (twice the independent
+/// accumulators: the loop was bound by the latency of one add chain per
+/// head), each key's sums in the same order.
 #[inline(always)]
 pub fn scores<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32], scores: &mut [f32]) {
     let (hd, cap) = (a.hd, a.cap);
     let mut s = 0;
     while s < a.used {
+        let end = a.run_end(s);
         let qq = if a.shifted(s) { q_sink } else { q };
-        if a.pairs_with_next(s) {
-            // SAFETY: qq holds N heads of hd; keys s and s + 1 are rows of k.
-            let (d0, d1) = unsafe { dot_n2::<N>(qq.as_ptr(), k.as_ptr().add(s * hd), hd) };
+        while s + 4 <= end {
             for n in 0..N {
-                scores[n * cap + s] = d0[n] * a.scale;
-                scores[n * cap + s + 1] = d1[n] * a.scale;
+                // SAFETY: qq holds N heads of hd; keys s..s + 4 are rows of k (s + 4 <= used);
+                // scores holds N rows of cap >= used.
+                unsafe { four_scores(qq.as_ptr().add(n * hd), k.as_ptr().add(s * hd), hd, a.scale, scores.as_mut_ptr().add(n * cap + s)) };
             }
-            s += 2;
-        } else {
-            // SAFETY: as above, key s only.
-            let d = unsafe { dot_n::<N>(qq.as_ptr(), k.as_ptr().add(s * hd), hd) };
-            for n in 0..N {
-                scores[n * cap + s] = d[n] * a.scale;
+            s += 4;
+        }
+        while s < end {
+            if s + 1 < end {
+                // SAFETY: qq holds N heads of hd; keys s and s + 1 are rows of k.
+                let (d0, d1) = unsafe { dot_n2::<N>(qq.as_ptr(), k.as_ptr().add(s * hd), hd) };
+                for n in 0..N {
+                    scores[n * cap + s] = d0[n] * a.scale;
+                    scores[n * cap + s + 1] = d1[n] * a.scale;
+                }
+                s += 2;
+            } else {
+                // SAFETY: as above, key s only.
+                let d = unsafe { dot_n::<N>(qq.as_ptr(), k.as_ptr().add(s * hd), hd) };
+                for n in 0..N {
+                    scores[n * cap + s] = d[n] * a.scale;
+                }
+                s += 1;
             }
-            s += 1;
         }
     }
+}
+
+/// One head's (`q`) scaled scores against the four keys from `k`, stored at
+/// `out[..4]`: eight partial sums per key as in [`dot_n`], then the four keys'
+/// [`hsum`]s together (the same additions of the same pairs, lanes shuffled
+/// instead of extracted one by one).
+#[inline(always)]
+unsafe fn four_scores(q: *const f32, k: *const f32, hd: usize, scale: f32, out: *mut f32) {
+    let z = f32x4_splat(0.0);
+    let (mut lo, mut hi) = ([z; 4], [z; 4]);
+    let mut c = 0;
+    while c < hd {
+        let (ql, qh) = (v128_load(q.add(c) as *const v128), v128_load(q.add(c + 4) as *const v128));
+        for i in 0..4 {
+            let key = k.add(i * hd + c);
+            lo[i] = f32x4_add(lo[i], f32x4_mul(ql, v128_load(key as *const v128)));
+            hi[i] = f32x4_add(hi[i], f32x4_mul(qh, v128_load(key.add(4) as *const v128)));
+        }
+        c += 8;
+    }
+    // Each key's (a0 + a4, a1 + a5, a2 + a6, a3 + a7).
+    let v: [v128; 4] = std::array::from_fn(|i| f32x4_add(lo[i], hi[i]));
+    // Adjacent lanes added: [x0 + x1, x2 + x3, y0 + y1, y2 + y3].
+    let pairs = |x: v128, y: v128| f32x4_add(i32x4_shuffle::<0, 2, 4, 6>(x, y), i32x4_shuffle::<1, 3, 5, 7>(x, y));
+    let totals = pairs(pairs(v[0], v[1]), pairs(v[2], v[3]));
+    v128_store(out as *mut v128, f32x4_mul(totals, f32x4_splat(scale)));
 }
 
 #[inline(always)]
