@@ -1,7 +1,7 @@
 //! The tokenizer, built from the GGUF's own `tokenizer.ggml.*` metadata.
 //!
 //! Two kinds of vocabulary, as `tokenizer.ggml.model` names them:
-//! - `gpt2`: byte-level BPE ([`bpe`], through the `tokenizers` crate);
+//! - `gpt2`: byte-level BPE ([`bpe`]: the `tokenizers` crate's pre-tokenizers, llama.cpp's merges);
 //! - `llama`: SentencePiece with scores ([`sentencepiece`], llama.cpp's `llm_tokenizer_spm`).
 //!
 //! Both split control and user-defined tokens out of the text first, as llama.cpp
@@ -10,13 +10,16 @@
 //! split across tokens streams correctly.
 
 mod bpe;
+mod packed;
 mod sentencepiece;
+mod specials;
 mod stream;
 
 pub use stream::StreamDecoder;
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
+use packed::Packed;
 use sentencepiece::SentencePiece;
 
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
@@ -40,7 +43,7 @@ const EOG_TEXTS: &[&str] = &[
 
 /// The encoder proper, by vocabulary kind.
 enum Model {
-    Bpe(Box<tokenizers::Tokenizer>),
+    Bpe(bpe::ByteLevelBpe),
     Spm(SentencePiece),
 }
 
@@ -49,7 +52,7 @@ impl Model {
     /// (end byte, ids so far) after every special token.
     fn encode(&self, text: &str, special: &[bool], boundaries: bool) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
         match self {
-            Model::Bpe(t) => bpe::encode(t, text, special, boundaries),
+            Model::Bpe(b) => b.encode(text, special, boundaries),
             Model::Spm(s) => s.encode(text, special, boundaries),
         }
     }
@@ -58,8 +61,9 @@ impl Model {
 pub struct Tokenizer {
     model: Model,
     /// Each token's bytes (empty for control tokens, which print nothing).
-    bytes: Vec<Vec<u8>>,
-    texts: Vec<String>,
+    bytes: Packed,
+    /// Each token's vocabulary entry.
+    texts: Packed,
     special: Vec<bool>,
     eog: Vec<u32>,
     bos: Option<u32>,
@@ -129,7 +133,7 @@ fn end_of_generation_ids(g: &Gguf, tokens: &[&str], special: &[bool]) -> Vec<u32
 /// which tokens are special (control), and whether BOS is added when the file does not say.
 struct Parts {
     model: Model,
-    bytes: Vec<Vec<u8>>,
+    bytes: Packed,
     special: Vec<bool>,
     add_bos_default: bool,
 }
@@ -137,7 +141,7 @@ struct Parts {
 fn build_parts(g: &Gguf, tokens: &[&str], types: &[i64]) -> Result<Parts> {
     match g.get_str("tokenizer.ggml.model")? {
         "gpt2" => Ok(Parts {
-            model: Model::Bpe(Box::new(bpe::build(g, tokens, types)?)),
+            model: Model::Bpe(bpe::ByteLevelBpe::from_gguf(g, tokens, types)?),
             bytes: bpe::vocabulary_bytes(tokens, types),
             special: types.iter().map(|&t| t == TOKEN_TYPE_CONTROL).collect(),
             add_bos_default: false,
@@ -168,7 +172,7 @@ impl Tokenizer {
         Ok(Self {
             model,
             bytes,
-            texts: tokens.iter().map(|s| s.to_string()).collect(),
+            texts: Packed::texts(&tokens),
             special,
             eog,
             bos,
@@ -224,7 +228,7 @@ impl Tokenizer {
     /// The text a token stands for in a prompt: its bytes, or a control token's own text.
     pub fn raw_bytes(&self, id: u32) -> &[u8] {
         if self.is_special(id) {
-            self.texts.get(id as usize).map(|t| t.as_bytes()).unwrap_or(&[])
+            self.texts.get(id as usize).unwrap_or(&[])
         } else {
             self.token_bytes(id)
         }
@@ -252,11 +256,11 @@ impl Tokenizer {
     }
     /// The vocabulary entry of a token (byte-level alphabet for normal tokens).
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.texts.get(id as usize).map(|s| s.as_str())
+        self.texts.text(id as usize)
     }
     /// The raw bytes a token prints (empty for control tokens).
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.bytes.get(id as usize).map(|b| b.as_slice()).unwrap_or(&[])
+        self.bytes.get(id as usize).unwrap_or(&[])
     }
 
     /// Decodes ids to text (invalid UTF-8 replaced, control tokens omitted).

@@ -18,7 +18,8 @@
 use super::{token_id, TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_USER_DEFINED};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use aho_corasick::{AhoCorasick, MatchKind};
+use super::packed::Packed;
+use super::specials::{encode_around, SpecialTokens};
 use candle_core::quantized::gguf_file::Value;
 use std::collections::BinaryHeap;
 
@@ -32,9 +33,8 @@ pub(super) struct SentencePiece {
     /// The token of each byte (`<0xXX>`), for characters no piece covers.
     byte_ids: [Option<u32>; 256],
     unknown: Option<u32>,
-    /// Control, user-defined and unknown tokens, matched in the text first (longest at a
-    /// position wins), and the id of each pattern.
-    specials: Option<(AhoCorasick, Vec<u32>)>,
+    /// Control, user-defined and unknown tokens, matched in the text first.
+    specials: Option<SpecialTokens>,
     add_space_prefix: bool,
 }
 
@@ -101,37 +101,22 @@ fn byte_of(text: &str) -> Option<u8> {
 
 /// Each token's printed bytes: `▁` as a space in normal tokens, user-defined tokens
 /// as written, byte tokens as their byte, nothing for the rest (control, unknown, unused).
-pub(super) fn vocabulary_bytes(tokens: &[&str], types: &[i64]) -> Vec<Vec<u8>> {
-    tokens
-        .iter()
-        .zip(types)
-        .map(|(t, &ty)| match ty {
-            TOKEN_TYPE_NORMAL => t.replace(SPACE, " ").into_bytes(),
-            TOKEN_TYPE_USER_DEFINED => t.as_bytes().to_vec(),
-            TOKEN_TYPE_BYTE => byte_of(t).map(|b| vec![b]).unwrap_or_default(),
-            _ => Vec::new(),
-        })
-        .collect()
-}
-
-/// The matcher of the tokens split out before SentencePiece runs.
-fn special_matcher(tokens: &[&str], types: &[i64]) -> Result<Option<(AhoCorasick, Vec<u32>)>> {
-    let matched = |ty: i64| matches!(ty, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED | TOKEN_TYPE_UNKNOWN);
-    let (texts, ids): (Vec<&str>, Vec<u32>) = tokens
-        .iter()
-        .zip(types)
-        .enumerate()
-        .filter(|(_, (t, &ty))| matched(ty) && !t.is_empty())
-        .map(|(i, (t, _))| (*t, i as u32))
-        .unzip();
-    if texts.is_empty() {
-        return Ok(None);
-    }
-    let ac = AhoCorasick::builder()
-        .match_kind(MatchKind::LeftmostLongest)
-        .build(&texts)
-        .map_err(|e| Error::Tokenizer(format!("cannot match the special tokens: {e}")))?;
-    Ok(Some((ac, ids)))
+pub(super) fn vocabulary_bytes(tokens: &[&str], types: &[i64]) -> Packed {
+    let total = tokens.iter().map(|t| t.len()).sum();
+    Packed::build(tokens.len(), total, |i, out| {
+        let t = tokens[i];
+        match types.get(i).copied().unwrap_or(TOKEN_TYPE_NORMAL) {
+            TOKEN_TYPE_NORMAL => {
+                let mut utf8 = [0; 4];
+                for c in t.chars() {
+                    out.extend_from_slice(if c == SPACE { " " } else { c.encode_utf8(&mut utf8) }.as_bytes());
+                }
+            }
+            TOKEN_TYPE_USER_DEFINED => out.extend_from_slice(t.as_bytes()),
+            TOKEN_TYPE_BYTE => out.extend(byte_of(t)),
+            _ => {}
+        }
+    })
 }
 
 impl SentencePiece {
@@ -157,32 +142,13 @@ impl SentencePiece {
             let single = (b < 0x80).then(|| char::from(b as u8).to_string());
             *slot = ids.get(format!("<0x{b:02X}>").as_str()).or_else(|| single.and_then(|s| ids.get(s.as_str()))).copied();
         }
-        let specials = special_matcher(tokens, types)?;
+        let specials = SpecialTokens::new(tokens, types, |ty| matches!(ty, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED | TOKEN_TYPE_UNKNOWN))?;
         Ok(Self { ids, scores, byte_ids, unknown, specials, add_space_prefix })
     }
 
     /// `text`'s ids and, with `boundaries`, (end byte, ids so far) after every special token.
     pub(super) fn encode(&self, text: &str, special: &[bool], boundaries: bool) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
-        let mut ids = Vec::new();
-        let mut ends = Vec::new();
-        let mut start = 0;
-        if let Some((ac, pattern_ids)) = &self.specials {
-            for m in ac.find_iter(text) {
-                if m.start() > start {
-                    self.encode_fragment(&text[start..m.start()], &mut ids)?;
-                }
-                let id = pattern_ids.get(m.pattern().as_usize()).copied().ok_or_else(|| Error::Tokenizer("special token pattern out of range".into()))?;
-                ids.push(id);
-                if boundaries && special.get(id as usize).copied().unwrap_or(false) {
-                    ends.push((m.end(), ids.len()));
-                }
-                start = m.end();
-            }
-        }
-        if start < text.len() {
-            self.encode_fragment(&text[start..], &mut ids)?;
-        }
-        Ok((ids, ends))
+        encode_around(self.specials.as_ref(), text, special, boundaries, |fragment, out| self.encode_fragment(fragment, out))
     }
 
     /// One fragment between special tokens. llama.cpp prefixes a space when the fragment
