@@ -13,12 +13,19 @@ mod fnv;
 pub mod gguf;
 pub mod kv_cache;
 pub mod model;
+#[cfg(any(test, target_arch = "wasm32"))]
+mod page_allocator;
 pub mod protocol;
 pub mod sampler;
 pub mod testing;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
+
+/// Large blocks on whole pages of their own, fresh ones never written to clear them (see the module).
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: page_allocator::PageAllocator = page_allocator::PageAllocator;
 
 pub use engine::batch::{Batch, BatchEvent, BatchOptions, BatchStats};
 pub use chat_template::Message;
