@@ -20,6 +20,7 @@ pub use stream::StreamDecoder;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use packed::Packed;
+use std::sync::Arc;
 use sentencepiece::SentencePiece;
 
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
@@ -62,8 +63,8 @@ pub struct Tokenizer {
     model: Model,
     /// Each token's bytes (empty for control tokens, which print nothing).
     bytes: Packed,
-    /// Each token's vocabulary entry.
-    texts: Packed,
+    /// Each token's vocabulary entry (shared with a SentencePiece encoder, which looks them up).
+    texts: Arc<Packed>,
     special: Vec<bool>,
     eog: Vec<u32>,
     bos: Option<u32>,
@@ -133,6 +134,7 @@ fn end_of_generation_ids(g: &Gguf, tokens: &[&str], special: &[bool]) -> Vec<u32
 /// which tokens are special (control), and whether BOS is added when the file does not say.
 struct Parts {
     model: Model,
+    texts: Arc<Packed>,
     bytes: Packed,
     special: Vec<bool>,
     add_bos_default: bool,
@@ -142,17 +144,22 @@ fn build_parts(g: &Gguf, tokens: &[&str], types: &[i64]) -> Result<Parts> {
     match g.get_str("tokenizer.ggml.model")? {
         "gpt2" => Ok(Parts {
             model: Model::Bpe(bpe::ByteLevelBpe::from_gguf(g, tokens, types)?),
+            texts: Arc::new(Packed::texts(tokens)),
             bytes: bpe::vocabulary_bytes(tokens, types),
             special: types.iter().map(|&t| t == TOKEN_TYPE_CONTROL).collect(),
             add_bos_default: false,
         }),
         // llama.cpp's defaults for SentencePiece: BOS added, unknown tokens special too.
-        "llama" => Ok(Parts {
-            model: Model::Spm(SentencePiece::from_gguf(g, tokens, types)?),
-            bytes: sentencepiece::vocabulary_bytes(tokens, types),
-            special: types.iter().map(|&t| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_UNKNOWN).collect(),
-            add_bos_default: true,
-        }),
+        "llama" => {
+            let spm = SentencePiece::from_gguf(g, tokens, types)?;
+            Ok(Parts {
+                texts: spm.pieces.clone(),
+                model: Model::Spm(spm),
+                bytes: sentencepiece::vocabulary_bytes(tokens, types),
+                special: types.iter().map(|&t| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_UNKNOWN).collect(),
+                add_bos_default: true,
+            })
+        }
         other => Err(Error::Unsupported(format!(
             "tokenizer model `{other}`: kvchat supports byte-level BPE (`gpt2`) and SentencePiece (`llama`) vocabularies"
         ))),
@@ -163,7 +170,7 @@ impl Tokenizer {
     /// Builds the tokenizer from the GGUF's `tokenizer.ggml.*` metadata, checking it first.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let (tokens, types) = read_vocabulary(g)?;
-        let Parts { model, bytes, special, add_bos_default } = build_parts(g, &tokens, &types)?;
+        let Parts { model, texts, bytes, special, add_bos_default } = build_parts(g, &tokens, &types)?;
         let id = |key: &str| token_id(g, key, tokens.len());
         let bos = id("tokenizer.ggml.bos_token_id");
         let eos = id("tokenizer.ggml.eos_token_id");
@@ -172,7 +179,7 @@ impl Tokenizer {
         Ok(Self {
             model,
             bytes,
-            texts: Packed::texts(&tokens),
+            texts,
             special,
             eog,
             bos,

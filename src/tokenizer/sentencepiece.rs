@@ -19,6 +19,8 @@ use super::{token_id, TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TO
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use super::packed::Packed;
+use hashbrown::hash_table::{Entry, HashTable};
+use std::sync::Arc;
 use super::specials::{encode_around, SpecialTokens};
 use candle_core::quantized::gguf_file::Value;
 use std::collections::BinaryHeap;
@@ -27,8 +29,13 @@ use std::collections::BinaryHeap;
 const SPACE: char = '\u{2581}';
 
 pub(super) struct SentencePiece {
-    /// Piece text → id. A repeated text keeps its last id, as llama.cpp's `token_to_id` does.
-    ids: ahash::AHashMap<Box<str>, u32>,
+    /// Every piece's text (shared with the tokenizer, which prints them).
+    pub(super) pieces: Arc<Packed>,
+    /// Piece text → id, each id hashed by its text in `pieces` (no string of its own
+    /// per piece: Gemma's 262,144 of them took 44-78 ms to allocate). A repeated text
+    /// keeps its last id, as llama.cpp's `token_to_id` does.
+    ids: HashTable<u32>,
+    hasher: ahash::RandomState,
     scores: Vec<f32>,
     /// The token of each byte (`<0xXX>`), for characters no piece covers.
     byte_ids: [Option<u32>; 256],
@@ -132,18 +139,31 @@ impl SentencePiece {
         if scores.len() != tokens.len() || types.len() != tokens.len() || u32::try_from(tokens.len()).is_err() {
             return Err(Error::Tokenizer(format!("{} tokens, {} types, {} scores", tokens.len(), types.len(), scores.len())));
         }
-        let mut ids = ahash::AHashMap::with_capacity(tokens.len());
+        let pieces = Arc::new(Packed::texts(tokens));
+        let hasher = ahash::RandomState::new();
+        let mut ids = HashTable::with_capacity(tokens.len());
         for (i, t) in tokens.iter().enumerate() {
-            ids.insert(Box::<str>::from(*t), i as u32);
+            let same_text = |&id: &u32| pieces.get(id as usize) == Some(t.as_bytes());
+            match ids.entry(hasher.hash_one(t.as_bytes()), same_text, |&id: &u32| hasher.hash_one(pieces.get(id as usize).unwrap_or(&[]))) {
+                Entry::Occupied(mut e) => *e.get_mut() = i as u32,
+                Entry::Vacant(e) => {
+                    e.insert(i as u32);
+                }
+            }
         }
-        let mut byte_ids = [None; 256];
-        for (b, slot) in byte_ids.iter_mut().enumerate() {
+        let mut spm = Self { pieces, ids, hasher, scores, byte_ids: [None; 256], unknown, specials: None, add_space_prefix };
+        for b in 0..256 {
             // llama.cpp's `byte_to_token`: `<0xXX>`, else the byte itself as a piece.
             let single = (b < 0x80).then(|| char::from(b as u8).to_string());
-            *slot = ids.get(format!("<0x{b:02X}>").as_str()).or_else(|| single.and_then(|s| ids.get(s.as_str()))).copied();
+            spm.byte_ids[b] = spm.id_of(&format!("<0x{b:02X}>")).or_else(|| single.and_then(|s| spm.id_of(&s)));
         }
-        let specials = SpecialTokens::new(tokens, types, |ty| matches!(ty, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED | TOKEN_TYPE_UNKNOWN))?;
-        Ok(Self { ids, scores, byte_ids, unknown, specials, add_space_prefix })
+        spm.specials = SpecialTokens::new(tokens, types, |ty| matches!(ty, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED | TOKEN_TYPE_UNKNOWN))?;
+        Ok(spm)
+    }
+
+    /// The id of the piece `text`, if the vocabulary has it.
+    fn id_of(&self, text: &str) -> Option<u32> {
+        self.ids.find(self.hasher.hash_one(text.as_bytes()), |&id| self.pieces.get(id as usize) == Some(text.as_bytes())).copied()
     }
 
     /// `text`'s ids and, with `boundaries`, (end byte, ids so far) after every special token.
@@ -207,7 +227,7 @@ impl SentencePiece {
     fn push_bigram(&self, text: &str, symbols: &[Symbol], left: usize, right: usize, queue: &mut BinaryHeap<Bigram>) {
         let len = symbols[left].len + symbols[right].len;
         let start = symbols[left].start;
-        let Some(&id) = text.get(start..start + len).and_then(|piece| self.ids.get(piece)) else { return };
+        let Some(id) = text.get(start..start + len).and_then(|piece| self.id_of(piece)) else { return };
         if let Some(&score) = self.scores.get(id as usize) {
             queue.push(Bigram { score, left, right, len });
         }
@@ -216,7 +236,7 @@ impl SentencePiece {
     /// A merged symbol's token, or its bytes' tokens when it is none (a lone character;
     /// merged symbols are always tokens, so llama.cpp's re-segmentation never applies).
     fn emit(&self, piece: &str, out: &mut Vec<u32>) -> Result<()> {
-        if let Some(&id) = self.ids.get(piece) {
+        if let Some(id) = self.id_of(piece) {
             out.push(id);
             return Ok(());
         }
