@@ -7,9 +7,9 @@
 //!
 //! The merge table is built here rather than by the crate's `BPE` builder, which copies
 //! every vocabulary entry and both halves of every merge into owned strings and then
-//! joins them again: 22-34 ms for SmolLM2's 49,152 tokens and 48,900 merges natively,
-//! most of the tokenizer's 70-170 ms in the browser. This one looks the GGUF's own
-//! strings up in place and keeps only (left id, right id) -> (rank, merged id).
+//! joins them again: 22-34 ms of the 41 ms tokenizer build for SmolLM2's 49,152 tokens
+//! and 48,900 merges natively. This one looks the GGUF's own strings up in place and
+//! keeps only (left id, right id) -> (rank, merged id).
 
 use super::packed::Packed;
 use super::specials::{encode_around, SpecialTokens};
