@@ -37,8 +37,10 @@ struct Run {
 }
 
 impl Run {
+    /// The first address past the run; wraps to 0 for a run ending at the top of a full
+    /// 4 GiB memory, which then merges with nothing (no run starts at address 0).
     fn end(&self) -> usize {
-        self.start + self.pages * PAGE
+        self.start.wrapping_add(self.pages * PAGE)
     }
 }
 
