@@ -208,8 +208,10 @@ pub enum Q4Layout {
     /// holds row `4g+j`'s values `8k+i` (low nibble) and `8k+4+i` (high
     /// nibble). One relaxed dot against four activation bytes splatted to
     /// every lane then yields each row's partial sum in its own lane: no
-    /// horizontal reduction per block. Q8 blocks are stored as in
-    /// [`Lanes`](Self::Lanes).
+    /// horizontal reduction per block. Q8_0 blocks: eight vectors, byte
+    /// `4j + i` of vector `k` is row `4g+j`'s value `4k+i` plus 128 (unsigned,
+    /// split into its two nibbles by the kernel: relaxed SIMD's 7-bit operand
+    /// cannot hold a byte); Q6_K's byte blocks are stored as in [`Lanes`](Self::Lanes).
     Rows4,
     /// Sixteen rows interleaved per block (AVX-512 VNNI): [`Rows4`](Self::Rows4)'s
     /// scheme over sixteen rows, so one `vpdpbusd` against four activation
@@ -245,6 +247,17 @@ impl Q4Layout {
             Q4Layout::Lanes
         } else {
             Q4Layout::Ggml
+        }
+    }
+
+    /// Whether `format`'s byte blocks are interleaved by groups of rows in this
+    /// layout, offset by 128 (Rows16's and Rows4's Q8_0), rather than stored
+    /// row by row as 32 signed bytes.
+    pub fn interleaves_bytes(self, format: QFormat) -> bool {
+        match self {
+            Q4Layout::Rows16 => format.bytes(),
+            Q4Layout::Rows4 => format == QFormat::Q8_0,
+            Q4Layout::Ggml | Q4Layout::Lanes => false,
         }
     }
 
@@ -319,7 +332,7 @@ pub struct QMatrix {
     m: Vec<f32>,
     /// Q4: 16 bytes of nibbles per block in `layout` (interleaved layouts pad
     /// the rows to whole groups). Bytes formats: 32 signed bytes per block
-    /// (Rows16: 32 offset bytes per block, interleaved).
+    /// (Rows16's and Rows4's Q8_0: 32 offset bytes per block, interleaved).
     qs: Vec<u8>,
     /// Q6_K: the two integer scales of each block (values 0..16, 16..32), `[row][block][2]`.
     sub: Vec<i8>,
@@ -367,8 +380,9 @@ impl QMatrix {
     #[inline(always)]
     fn q8(&self, r: usize, b: usize, j: usize) -> i8 {
         let nb = self.cols / QK;
-        if self.layout == Q4Layout::Rows16 {
-            (self.qs[((r / 16) * nb + b) * 512 + 64 * (j / 4) + 4 * (r % 16) + j % 4] ^ 0x80) as i8
+        if self.layout.interleaves_bytes(self.format) {
+            let gr = self.layout.group_rows();
+            (self.qs[((r / gr) * nb + b) * 32 * gr + 4 * gr * (j / 4) + 4 * (r % gr) + j % 4] ^ 0x80) as i8
         } else {
             self.qs[(r * nb + b) * 32 + j] as i8
         }
@@ -452,14 +466,15 @@ impl QMatrix {
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         {
+            let interleaved = self.layout == Q4Layout::Rows4 && (!self.format.bytes() || self.layout.interleaves_bytes(self.format));
             #[cfg(target_feature = "relaxed-simd")]
-            if self.layout == Q4Layout::Rows4 && !self.format.bytes() {
+            if interleaved {
                 relaxed::matmul(self, rows, t_rows, act, out);
                 return;
             }
-            // Byte blocks are stored alike in both layouts (Rows4 Q4 blocks without
-            // relaxed SIMD, which only tests build, take the portable kernel).
-            if self.layout == Q4Layout::Lanes || (self.layout == Q4Layout::Rows4 && self.format.bytes()) {
+            // Q6_K's byte blocks are stored alike in both layouts (the interleaved
+            // Rows4 blocks without relaxed SIMD, which only tests build, take the portable kernel).
+            if self.layout == Q4Layout::Lanes || (self.layout == Q4Layout::Rows4 && !interleaved) {
                 simd128::matmul(self, rows, t_rows, act, out);
                 return;
             }

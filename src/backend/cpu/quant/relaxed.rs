@@ -1,6 +1,6 @@
 //! wasm relaxed-SIMD kernels over the [`Q4Layout::Rows4`](super::Q4Layout::Rows4)
 //! layout (four- and five-bit blocks, the fifth bits added after unpacking;
-//! byte blocks take the simd128 kernels):
+//! Q8_0 blocks as their two nibbles; Q6_K's byte blocks take the simd128 kernels):
 //! `i16x8.relaxed_dot_i8x16_i7x16_s` with the nibbles as the 7-bit operand
 //! (pmaddubsw on x86) against four activation bytes splatted to every lane
 //! leaves each of four rows' sums in its own pair of i16 lanes: no widening of
@@ -122,10 +122,55 @@ unsafe fn rows4_offset(m: &QMatrix, g: usize, t: usize, act: &QActivations) -> v
     macc
 }
 
+/// Σ over one Rows4 Q8_0 block (128 bytes at `w`, each value `q + 128`):
+/// lane `j` = row `4g+j`'s integer dot with the 32 activation bytes at `y`.
+/// Each byte `u = 16h + l` is dotted as its two nibbles (the 7-bit operand
+/// holds 0..128 only), each nibble's eight dots summed in i16 as in
+/// [`rows4_block`] (|sum| <= 8 · 2 · 15 · 128 = 30,720 < 2^15), then
+/// `16 Σh·y + Σl·y - 128 Σy = Σq·y`: exactly the other kernels' integer.
+#[inline(always)]
+unsafe fn rows4_q8_block(w: *const u8, y: *const i8, y_sum: i32) -> v128 {
+    let mask = u8x16_splat(0x0F);
+    let (mut low, mut high) = (i16x8_splat(0), i16x8_splat(0));
+    for k in 0..8 {
+        let v = ld(w.add(16 * k));
+        let a = v128_load32_splat(y.add(4 * k) as *const u32);
+        low = i16x8_add(low, i16x8_relaxed_dot_i8x16_i7x16(a, v128_and(v, mask)));
+        high = i16x8_add(high, i16x8_relaxed_dot_i8x16_i7x16(a, v128_and(u16x8_shr(v, 4), mask)));
+    }
+    let sum = i32x4_add(i32x4_shl(i32x4_extadd_pairwise_i16x8(high), 4), i32x4_extadd_pairwise_i16x8(low));
+    i32x4_sub(sum, i32x4_splat(128 * y_sum))
+}
+
+/// Rows `4g..4g+4` of a Rows4 Q8_0 matrix against tokens `t0..t0+T` (the
+/// block's 128 bytes are read from memory by the first token, from cache by the rest).
+#[inline(always)]
+unsafe fn g4_q8_xn<const T: usize>(m: &QMatrix, g: usize, t0: usize, act: &QActivations, out: &Out) {
+    let nb = m.cols / QK;
+    let w = m.qs.as_ptr().add(g * nb * 128);
+    let d4 = m.d.as_ptr().add(g * nb * 4);
+    let y = act.q.as_ptr().add(t0 * m.cols);
+    let (yd, ysum) = (act.d.as_ptr().add(t0 * nb), act.qsum.as_ptr().add(t0 * nb));
+    let mut acc = [f32x4_splat(0.0); T];
+    for b in 0..nb {
+        let dw = ld(d4.add(b * 4));
+        for (i, a) in acc.iter_mut().enumerate() {
+            let v = rows4_q8_block(w.add(b * 128), y.add(i * m.cols + b * QK), *ysum.add(i * nb + b));
+            *a = f32x4_add(*a, f32x4_mul(f32x4_convert_i32x4(v), f32x4_mul(dw, f32x4_splat(*yd.add(i * nb + b)))));
+        }
+    }
+    for (i, a) in acc.into_iter().enumerate() {
+        store4(m, g, t0 + i, a, out);
+    }
+}
+
 /// Rows `4g..4g+4` (Rows4 layout) against tokens `t0..t0+T` (T = 4 in prefill
 /// and batched passes, 1 for the rest): each block unpacked once for all T.
 #[inline(always)]
 unsafe fn g4_xn<const T: usize>(m: &QMatrix, g: usize, t0: usize, act: &QActivations, out: &Out) {
+    if m.format.bytes() {
+        return g4_q8_xn::<T>(m, g, t0, act, out);
+    }
     let nb = m.cols / QK;
     let w = m.qs.as_ptr().add(g * nb * 64);
     let d4 = m.d.as_ptr().add(g * nb * 4);

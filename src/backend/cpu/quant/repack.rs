@@ -137,6 +137,8 @@ struct Packer {
     /// Blocks of 32 per row, rows per group of the layout.
     nbr: usize,
     gr: usize,
+    /// Byte blocks interleaved by groups of rows ([`Q4Layout::interleaves_bytes`]).
+    interleaved_bytes: bool,
     d: Vec<f32>,
     m: Vec<f32>,
     qs: Vec<u8>,
@@ -152,12 +154,13 @@ impl Packer {
         let gr = layout.group_rows();
         let slots = rows.div_ceil(gr) * gr * nbr;
         let qlen = if format.bytes() { 32 } else { 16 };
-        let padded = layout == Q4Layout::Rows16 || (layout == Q4Layout::Rows4 && !format.bytes());
+        let padded = layout == Q4Layout::Rows16 || (layout == Q4Layout::Rows4 && (!format.bytes() || layout.interleaves_bytes(format)));
         let has_offset = format.offset() != Offset::None;
         Self {
             layout,
             nbr,
             gr,
+            interleaved_bytes: layout.interleaves_bytes(format),
             d: vec![0f32; slots],
             m: vec![0f32; if has_offset { slots } else { 0 }],
             qs: vec![0u8; if padded { slots } else { rows * nbr } * qlen],
@@ -215,22 +218,24 @@ impl Packer {
     fn bytes(&mut self, r: usize, b: usize, d: f32, m: f32, v: &[u8]) {
         self.scales(r, b, d, m);
         let i = r * self.nbr + b;
-        if self.layout == Q4Layout::Rows16 {
-            q8_rows16(&mut self.qs, ((r / 16) * self.nbr + b) * 512 + 4 * (r % 16), v);
+        if self.interleaved_bytes {
+            let (gr, slot) = (self.gr, self.group_slot(r, b));
+            let first = (slot - (r & (gr - 1))) * 32 + 4 * (r & (gr - 1));
+            interleave_bytes(&mut self.qs[first..first + 28 * gr + 4], 4 * gr, v);
         } else {
             self.qs[i * 32..i * 32 + 32].copy_from_slice(v);
         }
     }
 }
 
-/// A Q8 block of one row in [`Q4Layout::Rows16`]: byte `4j + i` of 64-byte
-/// vector `k` is row `16g+j`'s value `4k+i` plus 128; `base` is the row's
-/// first byte in the group's block.
-fn q8_rows16(qs: &mut [u8], base: usize, vals: &[u8]) {
+/// A Q8 block of one row in [`Q4Layout::Rows16`] / [`Q4Layout::Rows4`]: byte
+/// `4j + i` of vector `k` (`v` bytes, `4 * gr`) is row `j`'s value `4k+i`
+/// plus 128; `qs` starts at the row's first byte and holds `7 * v + 4` bytes.
+fn interleave_bytes(qs: &mut [u8], v: usize, vals: &[u8]) {
     // Four values at a time: vector k gets values 4k..4k+4 at the row's place.
     for (k, four) in vals.chunks_exact(4).enumerate() {
         let word = u32::from_le_bytes([four[0], four[1], four[2], four[3]]) ^ 0x8080_8080;
-        qs[base + 64 * k..base + 64 * k + 4].copy_from_slice(&word.to_le_bytes());
+        qs[k * v..k * v + 4].copy_from_slice(&word.to_le_bytes());
     }
 }
 
