@@ -44,13 +44,18 @@ try {
     const decodeProfile = await llm.profile();
     await llm.profile(false);
     await llm.dispose();
+    // The decode step against its memory limit: every weight byte its matmuls read, streamed
+    // once with no arithmetic (timed by the engine when profiling was switched on).
+    const read = decodeProfile.plainRead;
+    const decodeMs = Object.values(decodeProfile.msPerToken).reduce((a, b) => a + b, 0);
+    const plainRead = read && { bytes: read.bytes, ms: read.ms, gb_per_sec: read.bytes / read.ms / 1e6, decode_of_limit: read.ms / decodeMs };
     const med = (k) => { const v = results.map((s) => s[k]).sort((a, b) => a - b); return v[Math.floor(v.length / 2)]; };
     return {
       engine: 'kvchat-browser', model: llm.info.config?.arch ?? model, backend: results[0].backend, simd: results[0].simd, threads: results[0].threads, prompt_tokens: results[0].promptTokens, gen_tokens: results[0].generatedTokens, runs,
       load_ms: loadMs, fetch_ms: llm.timings.fetchMs, init_ms: llm.timings.initMs, init_breakdown_ms: llm.info.load,
       prefill_tokens_per_sec: med('prefillTokensPerSec'), decode_tokens_per_sec: med('decodeTokensPerSec'),
       time_to_first_token_ms: med('timeToFirstTokenMs'), peak_wasm_memory_bytes: peak,
-      profile_ms_per_token: { prefill: prefillProfile.msPerToken, decode: decodeProfile.msPerToken },
+      profile_ms_per_token: { prefill: prefillProfile.msPerToken, decode: decodeProfile.msPerToken }, plain_read: plainRead,
     };
   }, { prompt, runs, simd, threads, model });
   console.log(JSON.stringify(r));

@@ -397,6 +397,19 @@ export type Profile = {
    * Milliseconds per token by operation kind (`matmul_qkv`, `attention`, `rms_norm`, …).
    */
   msPerToken: { [key in string]: number },
+  /**
+   * The matmuls' weights streamed once with no arithmetic, timed when
+   * profiling was switched on (CPU backend): a decode token's memory limit.
+   */
+  plainRead: PlainRead | null,
+};
+
+/**
+ * Every weight byte a token's matmuls read, read once.
+ */
+export type PlainRead = {
+  bytes: number,
+  ms: number,
 };
 
 /**

@@ -656,6 +656,17 @@ mod cli {
             }
             println!("{}", serde_json::json!({"engine": "kvchat-native", "profile": phase, "tokens": p.tokens, "ms_per_token": (total * 1000.0).round() / 1000.0, "ops_ms_per_token": ops}));
         }
+        // The decode step against the time to stream its weights once (its memory limit).
+        if let Some(r) = dec.plain_read {
+            let total: f64 = dec.per_token_ms().iter().map(|(_, ms)| ms).sum();
+            let matmuls: f64 = dec.per_token_ms().iter().filter(|(name, _)| name.starts_with("matmul")).map(|(_, ms)| ms).sum();
+            let ms = r.secs * 1e3;
+            println!(
+                "{}",
+                serde_json::json!({"engine": "kvchat-native", "plain_read": {"bytes": r.bytes, "ms": (ms * 1000.0).round() / 1000.0, "gb_per_sec": (r.bytes as f64 / r.secs / 1e9 * 100.0).round() / 100.0},
+                    "decode_of_limit": (ms / total * 1000.0).round() / 1000.0, "matmuls_of_limit": (ms / matmuls * 1000.0).round() / 1000.0})
+            );
+        }
         Ok(())
     }
 }

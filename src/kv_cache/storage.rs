@@ -421,11 +421,7 @@ impl KvStorage {
         };
         let n = crate::backend::cpu::threads().min(n_kv);
         if n > 1 && used * n_head * hd >= 1 << 15 {
-            crate::backend::cpu::par_for(n, &|i| {
-                for g in (i..n_kv).step_by(n) {
-                    run(g);
-                }
-            });
+            crate::backend::cpu::par_for(n, n_kv, &run);
         } else {
             for g in 0..n_kv {
                 run(g);

@@ -56,6 +56,31 @@ impl Op {
 pub struct Profile {
     pub secs: [f64; 11],
     pub tokens: usize,
+    /// The weights a token's matmuls read, streamed once with no arithmetic
+    /// when profiling was switched on: the decode step's memory limit.
+    pub plain_read: Option<PlainRead>,
+}
+
+/// Every weight byte of the matmuls read once (the faster of two passes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlainRead {
+    pub bytes: usize,
+    pub secs: f64,
+}
+
+impl PlainRead {
+    /// Times `read` (which reads every weight once and returns the bytes and
+    /// a fold of them, kept from the optimizer) twice and keeps the faster.
+    pub fn measure(read: impl Fn() -> (usize, u64)) -> Self {
+        let mut best = PlainRead { bytes: 0, secs: f64::INFINITY };
+        for _ in 0..2 {
+            let t = Instant::now();
+            let (bytes, fold) = read();
+            std::hint::black_box(fold);
+            best = PlainRead { bytes, secs: best.secs.min(t.elapsed().as_secs_f64()) };
+        }
+        best
+    }
 }
 
 impl Profile {

@@ -568,11 +568,27 @@ pub struct Profile {
     pub tokens: usize,
     /// Milliseconds per token by operation kind (`matmul_qkv`, `attention`, `rms_norm`, …).
     pub ms_per_token: BTreeMap<String, f64>,
+    /// The matmuls' weights streamed once with no arithmetic, timed when
+    /// profiling was switched on (CPU backend): a decode token's memory limit.
+    pub plain_read: Option<PlainRead>,
+}
+
+/// Every weight byte a token's matmuls read, read once.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(TS))]
+#[serde(rename_all = "camelCase")]
+pub struct PlainRead {
+    pub bytes: f64,
+    pub ms: f64,
 }
 
 impl From<&model::profile::Profile> for Profile {
     fn from(p: &model::profile::Profile) -> Self {
-        Profile { tokens: p.tokens, ms_per_token: p.per_token_ms().into_iter().map(|(k, v)| (k.to_string(), v)).collect() }
+        Profile {
+            tokens: p.tokens,
+            ms_per_token: p.per_token_ms().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            plain_read: p.plain_read.map(|r| PlainRead { bytes: r.bytes as f64, ms: r.secs * 1e3 }),
+        }
     }
 }
 

@@ -45,6 +45,7 @@ pub fn declarations() -> String {
         AdapterInfo,
         GpuStepCosts,
         Profile,
+        PlainRead,
         MemoryView,
         TokenTier,
         EngineLoadOptions,

@@ -34,6 +34,15 @@ impl Linear {
         }
     }
 
+    /// Reads the own kernels' weight bytes once ([`QMatrix::read_once`]);
+    /// candle's tensors are not counted: `(0, 0)`.
+    pub fn read_once(&self) -> (usize, u64) {
+        match self {
+            Linear::Own(m) => m.read_once(),
+            Linear::Candle { .. } => (0, 0),
+        }
+    }
+
     /// `x`: `t` rows of `cols()` → `out`: `t` rows of `rows()`. Own kernels
     /// allocate nothing (the activations are quantized into `act`).
     pub fn forward_into(&self, x: &[f32], t: usize, act: &mut QActivations, out: &mut [f32]) -> Result<()> {
@@ -47,6 +56,24 @@ impl Linear {
         }
         Ok(())
     }
+}
+
+/// [`Linear::forward_into`] of several layers over the same `x` (Q, K and V;
+/// gate and up): one quantization and one threaded pass where every layer
+/// has the own kernels, one layer after the other otherwise.
+pub fn forward_many<const N: usize>(layers: [(&Linear, &mut [f32]); N], x: &[f32], t: usize, act: &mut QActivations) -> Result<()> {
+    if layers.iter().all(|(layer, _)| matches!(layer, Linear::Own(_))) {
+        let mats = layers.map(|(layer, out)| match layer {
+            Linear::Own(m) => (&**m, &mut out[..t * m.rows]),
+            Linear::Candle { .. } => unreachable!("checked above"),
+        });
+        QMatrix::matmul_many(mats, x, t, act);
+        return Ok(());
+    }
+    for (layer, out) in layers {
+        layer.forward_into(x, t, act, out)?;
+    }
+    Ok(())
 }
 
 /// Repacks a weight of a [`QFormat`] for the own kernels; `None` for other types.

@@ -29,15 +29,16 @@ pub fn threads() -> usize {
     THREADS.load(Ordering::Relaxed)
 }
 
-/// Runs `f(0..n)` on `n` threads, the calling thread included (see [`team`]).
+/// Runs `f(0..chunks)` on up to `threads` threads, the calling thread
+/// included, each taking the next chunk not yet taken (see [`team`]).
 #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
-pub(crate) fn par_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
-    team::run(n, f);
+pub(crate) fn par_for(threads: usize, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
+    team::run(threads, chunks, f);
 }
 
 #[cfg(not(any(not(target_arch = "wasm32"), feature = "threads")))]
-pub(crate) fn par_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
-    for i in 0..n {
+pub(crate) fn par_for(_threads: usize, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
+    for i in 0..chunks {
         f(i);
     }
 }

@@ -8,10 +8,22 @@
 //! returns its thread to rayon; the next matmul restarts it. While tokens are
 //! being generated the helpers stay hot; an idle engine burns nothing.
 //!
+//! Work is cut into more chunks than threads, and every thread, the caller
+//! included, takes the next chunk nobody has taken. A helper the system has
+//! descheduled (another process, the browser's own threads on a small
+//! machine) therefore holds up at most the one chunk it started: the caller
+//! takes the rest, and withdraws the job from helpers that never picked it up.
+//! With one fixed share per thread the caller waited for the whole share of a
+//! descheduled helper (natively, two threads beside a busy process: 5.6 ms
+//! per decode token became 157 ms).
+//!
 //! Protocol per helper slot: `EXITED` → (poster) `ASSIGNED` + spawn, or
-//! `SPINNING` → (poster CAS) `ASSIGNED` → (helper runs the job) `SPINNING`;
-//! a helper that times out leaves only through a CAS `SPINNING` → `EXITED`, so
-//! a job is never posted to a helper that is gone.
+//! `SPINNING` → (poster CAS) `ASSIGNED`; then either the helper takes it
+//! (CAS `ASSIGNED` → `RUNNING`, chunks until none is left, `SPINNING`) or the
+//! poster, out of chunks, withdraws it (CAS `ASSIGNED` → `SPINNING`). The poster
+//! returns only once no slot is `ASSIGNED` or `RUNNING` for its job. A helper
+//! that times out leaves only through a CAS `SPINNING` → `EXITED`, so a job is
+//! never posted to a helper that is gone.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -40,8 +52,29 @@ pub fn trap_next_helper_job() {
 const EXITED: u8 = 0;
 const SPINNING: u8 = 1;
 const ASSIGNED: u8 = 2;
+const RUNNING: u8 = 3;
 
-type Job = *const (dyn Fn(usize) + Sync);
+/// One [`run`]: the chunks' function and the next chunk nobody has taken.
+struct Work<'a> {
+    f: &'a (dyn Fn(usize) + Sync),
+    chunks: usize,
+    next: AtomicUsize,
+}
+
+impl Work<'_> {
+    /// Runs chunks until none is left.
+    fn drain(&self) {
+        loop {
+            let c = self.next.fetch_add(1, Ordering::Relaxed);
+            if c >= self.chunks {
+                return;
+            }
+            (self.f)(c);
+        }
+    }
+}
+
+type Job = *const Work<'static>;
 
 struct Slot {
     state: AtomicU8,
@@ -50,12 +83,12 @@ struct Slot {
 
 struct Team {
     slots: Vec<Slot>,
-    pending: AtomicUsize,
 }
 
 // SAFETY: `job` is written by the poster before it publishes ASSIGNED (Release)
-// and read by the helper after it observes ASSIGNED (Acquire); the closure it
-// points to is `Sync` and outlives the job (the poster waits for `pending == 0`).
+// and read by the helper after it takes ASSIGNED → RUNNING (Acquire); the work
+// it points to is `Sync` and outlives the job (the poster returns only after
+// every slot it posted to left ASSIGNED and RUNNING).
 unsafe impl Sync for Team {}
 unsafe impl Send for Team {}
 
@@ -66,7 +99,6 @@ fn team() -> &'static Arc<Team> {
     TEAM.get_or_init(|| {
         Arc::new(Team {
             slots: (0..MAX_HELPERS).map(|_| Slot { state: AtomicU8::new(EXITED), job: UnsafeCell::new(None) }).collect(),
-            pending: AtomicUsize::new(0),
         })
     })
 }
@@ -76,44 +108,37 @@ fn helper(team: Arc<Team>, i: usize) {
     let mut since = Instant::now();
     let mut spins = 0u32;
     loop {
-        match slot.state.load(Ordering::Acquire) {
-            ASSIGNED => {
-                if TRAP_NEXT_JOB.swap(false, Ordering::AcqRel) {
-                    std::process::abort();
-                }
-                // SAFETY: see `Team`: the job is alive until `pending` reaches zero.
-                if let Some(job) = unsafe { *slot.job.get() } {
-                    unsafe { (*job)(i + 1) };
-                }
-                slot.state.store(SPINNING, Ordering::Release);
-                team.pending.fetch_sub(1, Ordering::AcqRel);
-                since = Instant::now();
-                spins = 0;
+        if slot.state.load(Ordering::Acquire) == ASSIGNED && slot.state.compare_exchange(ASSIGNED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            if TRAP_NEXT_JOB.swap(false, Ordering::AcqRel) {
+                std::process::abort();
             }
-            _ => {
-                std::hint::spin_loop();
-                spins = spins.wrapping_add(1);
-                if spins % 1024 == 0
-                    && since.elapsed() > IDLE
-                    && slot.state.compare_exchange(SPINNING, EXITED, Ordering::AcqRel, Ordering::Acquire).is_ok()
-                {
-                    return;
-                }
+            // SAFETY: see `Team`: the work stays alive while this slot is RUNNING.
+            if let Some(work) = unsafe { *slot.job.get() } {
+                unsafe { (*work).drain() };
             }
+            slot.state.store(SPINNING, Ordering::Release);
+            since = Instant::now();
+            spins = 0;
+            continue;
+        }
+        std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins % 1024 == 0 && since.elapsed() > IDLE && slot.state.compare_exchange(SPINNING, EXITED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            return;
         }
     }
 }
 
-/// Runs `f(0)` on the calling thread and `f(1)..f(n-1)` on helpers, returning when all are done.
-pub fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
-    let n = n.min(MAX_HELPERS + 1);
+/// Runs `f(0)..f(chunks - 1)` on up to `threads` threads, the calling thread
+/// included, each taking the next chunk nobody has taken; returns when all are done.
+pub fn run(threads: usize, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
+    let helpers = threads.min(chunks).min(MAX_HELPERS + 1).saturating_sub(1);
     let team = team();
-    // SAFETY: only the lifetime is erased; `run` returns only after every helper finished `f`.
-    let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f) };
-    for i in 0..n - 1 {
-        let slot = &team.slots[i];
+    let work = Work { f, chunks, next: AtomicUsize::new(0) };
+    // SAFETY: only the lifetime is erased; `run` returns only once no helper can reach `work`.
+    let job: Job = unsafe { std::mem::transmute::<*const Work<'_>, *const Work<'static>>(&work) };
+    for (i, slot) in team.slots[..helpers].iter().enumerate() {
         unsafe { *slot.job.get() = Some(job) };
-        team.pending.fetch_add(1, Ordering::AcqRel);
         if slot.state.compare_exchange(SPINNING, ASSIGNED, Ordering::AcqRel, Ordering::Acquire).is_err() {
             // The helper is gone (or was never started): start it with the job already assigned.
             slot.state.store(ASSIGNED, Ordering::Release);
@@ -121,17 +146,21 @@ pub fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
             rayon::spawn(move || helper(t, i));
         }
     }
-    f(0);
+    work.drain();
     let started = Instant::now();
-    let mut spins = 0u32;
-    while team.pending.load(Ordering::Acquire) != 0 {
-        std::hint::spin_loop();
-        spins = spins.wrapping_add(1);
-        // Returning would free `f` under a helper that may still run it; a panic
-        // (an abort, a trap in wasm) ends the engine instead, and the page sees a
-        // crash it can recover from by loading again, not a hang.
-        if spins % 4096 == 0 && started.elapsed() > STUCK {
-            panic!("a matmul helper thread has not finished in {} s (it trapped or was killed): the engine stops", STUCK.as_secs());
+    for slot in &team.slots[..helpers] {
+        // Withdraw the job from a helper that has not taken it; wait for one that has.
+        let mut spins = 0u32;
+        while slot.state.compare_exchange(ASSIGNED, SPINNING, Ordering::AcqRel, Ordering::Acquire) == Err(RUNNING) {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            // Returning would free `work` under a helper that may still run it; a panic
+            // (an abort, a trap in wasm) ends the engine instead, and the page sees a
+            // crash it can recover from by loading again, not a hang.
+            if spins % 4096 == 0 && started.elapsed() > STUCK {
+                panic!("a matmul helper thread has not finished in {} s (it trapped or was killed): the engine stops", STUCK.as_secs());
+            }
         }
     }
 }
+

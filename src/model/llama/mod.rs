@@ -12,10 +12,11 @@ mod load;
 
 use super::block::{Activation, BlockSpec, RopeStyle};
 use super::config::LlamaConfig;
-use super::profile::{Clock, Op, Profile};
+use super::profile::{Clock, Op, PlainRead, Profile};
 use super::rope::Rope;
 use crate::backend::cpu::quant::{QActivations, QMatrix};
-use crate::backend::cpu::{ops, Linear};
+use crate::backend::cpu::linear::{self, Linear};
+use crate::backend::cpu::ops;
 use crate::error::{Error, Result};
 use crate::kv_cache::{AttentionWindow, AttnScratch, KvCache, KvPolicy, RecallRope, Unrotate};
 use candle_core::quantized::QTensor;
@@ -144,8 +145,25 @@ impl Llama {
     }
 
     /// Starts (or stops) timing every operation of the forward pass.
+    /// Switching on also times one plain read of the matmuls' weights ([`PlainRead`]).
     pub fn set_profiling(&mut self, on: bool) {
-        self.ws.profile = on.then(Profile::default);
+        self.ws.profile = on.then(|| Profile { plain_read: Some(PlainRead::measure(|| self.read_weights_once())), ..Profile::default() });
+    }
+
+    /// Every weight a token's matmuls read (the output projection's and the
+    /// blocks'), read once by as many threads as the matmuls use, each taking
+    /// the next matrix: `(bytes, their fold)`.
+    fn read_weights_once(&self) -> (usize, u64) {
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        let blocks = self.blocks.iter().flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]);
+        let linears: Vec<&Linear> = [&self.output].into_iter().chain(blocks).collect();
+        let (bytes, fold) = (AtomicUsize::new(0), AtomicU64::new(0));
+        crate::backend::cpu::par_for(crate::backend::cpu::threads(), linears.len(), &|i| {
+            let (b, f) = linears[i].read_once();
+            bytes.fetch_add(b, Ordering::Relaxed);
+            fold.fetch_xor(f, Ordering::Relaxed);
+        });
+        (bytes.into_inner(), fold.into_inner())
     }
     /// Charges `secs` to `op` when profiling (the engine times sampling).
     pub fn profile_add(&mut self, op: Op, secs: f64) {
@@ -324,9 +342,8 @@ fn attention(c: &LlamaConfig, b: &Block, i: usize, rope: (usize, usize), ws: &mu
         ops::rms_norm(&ws.x[j * e..(j + 1) * e], &b.attn_norm, eps, &mut ws.h[j * e..(j + 1) * e]);
     }
     clock.lap(&mut ws.profile, Op::Norm);
-    b.wq.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.q[..t * qd])?;
-    b.wk.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.k[..t * kvd])?;
-    b.wv.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.v[..t * kvd])?;
+    let qkv = [(&b.wq, &mut ws.q[..t * qd]), (&b.wk, &mut ws.k[..t * kvd]), (&b.wv, &mut ws.v[..t * kvd])];
+    linear::forward_many(qkv, &ws.h[..t * e], t, &mut ws.act)?;
     if let Some([bq, bk, bv]) = &b.qkv_bias {
         ops::add_rows(&mut ws.q[..t * qd], bq);
         ops::add_rows(&mut ws.k[..t * kvd], bk);
@@ -426,8 +443,8 @@ fn feed_forward(c: &LlamaConfig, spec: &BlockSpec, b: &Block, ws: &mut Workspace
         ops::rms_norm(&ws.x[j * e..(j + 1) * e], &b.ffn_norm, eps, &mut ws.h[j * e..(j + 1) * e]);
     }
     clock.lap(&mut ws.profile, Op::Norm);
-    b.w_gate.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.gate[..t * ff])?;
-    b.w_up.forward_into(&ws.h[..t * e], t, &mut ws.act, &mut ws.up[..t * ff])?;
+    let gate_up = [(&b.w_gate, &mut ws.gate[..t * ff]), (&b.w_up, &mut ws.up[..t * ff])];
+    linear::forward_many(gate_up, &ws.h[..t * e], t, &mut ws.act)?;
     clock.lap(&mut ws.profile, Op::MatmulGateUp);
     match spec.activation {
         Activation::Silu => ops::silu_mul(&mut ws.gate[..t * ff], &ws.up[..t * ff]),

@@ -317,6 +317,9 @@ fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2")
 }
 
+/// Chunks of rows per thread a threaded matmul is cut into.
+const CHUNKS_PER_THREAD: usize = 4;
+
 /// A weight matrix `[rows, cols]` repacked from GGUF blocks.
 #[derive(Debug, Clone)]
 pub struct QMatrix {
@@ -423,30 +426,61 @@ impl QMatrix {
     }
 
     /// `out[t * rows + r] = dot(row r, x row t)` for `x` of `t_rows` rows of `cols`.
-    /// With [`set_threads`](super::set_threads) above one, the rows are split
-    /// among that many rayon threads (each writes its own rows: no reduction).
+    /// With [`set_threads`](super::set_threads) above one, the rows are cut
+    /// into [`CHUNKS_PER_THREAD`] chunks per thread that the threads take in
+    /// turn (each writes its own rows: no reduction; a descheduled thread
+    /// holds up one chunk, not a share).
     pub fn matmul(&self, x: &[f32], t_rows: usize, act: &mut QActivations, out: &mut [f32]) {
-        debug_assert_eq!(x.len(), t_rows * self.cols);
-        assert_eq!(out.len(), t_rows * self.rows);
-        act.quantize(x, t_rows, self.cols);
-        let o = Out(out.as_mut_ptr());
-        let n = super::threads();
-        if n > 1 && self.rows * self.cols * t_rows >= 1 << 16 {
-            // Contiguous ranges of whole groups of rows, one per thread.
-            let gr = self.layout.group_rows();
-            let groups = self.rows.div_ceil(gr);
-            let per = groups.div_ceil(n);
-            let act = &*act;
-            super::par_for(n, &|i| {
-                let lo = (i * per * gr).min(self.rows);
-                let hi = ((i + 1) * per * gr).min(self.rows);
-                if lo < hi {
-                    self.kernel(lo..hi, t_rows, act, &o);
-                }
-            });
-        } else {
-            self.kernel(0..self.rows, t_rows, act, &o);
+        Self::matmul_many([(self, out)], x, t_rows, act);
+    }
+
+    /// [`matmul`](Self::matmul) of several matrices of the same `cols` against
+    /// the same `x` (Q, K and V; gate and up): the activations quantized once
+    /// and, threaded, every matrix's chunks in one parallel pass (one hand-over
+    /// to the helpers instead of one per matrix; the same rows, the same bits).
+    pub fn matmul_many<const N: usize>(mats: [(&QMatrix, &mut [f32]); N], x: &[f32], t_rows: usize, act: &mut QActivations) {
+        let Some(cols) = mats.first().map(|(m, _)| m.cols) else { return };
+        debug_assert_eq!(x.len(), t_rows * cols);
+        for (m, out) in &mats {
+            assert!(m.cols == cols && out.len() == t_rows * m.rows, "matmul_many: shapes differ");
         }
+        act.quantize(x, t_rows, cols);
+        let act = &*act;
+        let outs = mats.map(|(m, out)| (m, Out(out.as_mut_ptr())));
+        let n = super::threads();
+        let work: usize = outs.iter().map(|(m, _)| m.rows * cols * t_rows).sum();
+        if n == 1 || work < 1 << 16 {
+            for (m, o) in &outs {
+                m.kernel(0..m.rows, t_rows, act, o);
+            }
+            return;
+        }
+        // Each matrix cut into contiguous ranges of whole groups of rows; chunk
+        // `c` is range `c - first[i]` of the matrix `i` whose chunks hold it.
+        let cuts = outs.each_ref().map(|(m, _)| m.cut(n));
+        let mut first = [0; N];
+        for i in 1..N {
+            first[i] = first[i - 1] + cuts[i - 1].0;
+        }
+        let total = first[N - 1] + cuts[N - 1].0;
+        super::par_for(n, total, &|c| {
+            let i = first.partition_point(|&f| f <= c) - 1;
+            let ((m, o), per_rows) = (&outs[i], cuts[i].1);
+            let lo = ((c - first[i]) * per_rows).min(m.rows);
+            let hi = (lo + per_rows).min(m.rows);
+            if lo < hi {
+                m.kernel(lo..hi, t_rows, act, o);
+            }
+        });
+    }
+
+    /// A threaded matmul's chunks of this matrix for `n` threads: `(chunks, rows per chunk)`.
+    fn cut(&self, n: usize) -> (usize, usize) {
+        let gr = self.layout.group_rows();
+        let groups = self.rows.div_ceil(gr);
+        let chunks = (n * CHUNKS_PER_THREAD).min(groups).max(1);
+        let per = groups.div_ceil(chunks);
+        (groups.div_ceil(per), per * gr)
     }
 
     /// Rows `rows` of the product (`rows.start` a multiple of the layout's group).
@@ -481,6 +515,29 @@ impl QMatrix {
         }
         #[allow(unreachable_code)]
         portable::matmul(self, rows, t_rows, act, out);
+    }
+
+    /// Reads every byte of the matrix once with no arithmetic but an xor
+    /// (the plain-read limit a decode step's matmuls are measured against):
+    /// `(bytes read, their xor folded to 64 bits)`.
+    pub fn read_once(&self) -> (usize, u64) {
+        fn fold<T: Copy>(v: &[T], word: impl Fn(&[T]) -> u64, per: usize) -> u64 {
+            // Four independent lanes of eight bytes: LLVM turns them into vector xors.
+            let mut acc = [0u64; 4];
+            let mut chunks = v.chunks_exact(4 * per);
+            for c in &mut chunks {
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a ^= word(&c[i * per..(i + 1) * per]);
+                }
+            }
+            chunks.remainder().chunks(per).fold(acc[0] ^ acc[1] ^ acc[2] ^ acc[3], |h, c| h ^ word(c))
+        }
+        let bytes = |c: &[u8]| c.iter().enumerate().fold(0u64, |w, (i, &b)| w | (b as u64) << (8 * i));
+        let words = |c: &[u32]| c.iter().enumerate().fold(0u64, |w, (i, &x)| w ^ (x as u64) << (32 * (i % 2)));
+        let floats = |c: &[f32]| c.iter().enumerate().fold(0u64, |w, (i, x)| w ^ (x.to_bits() as u64) << (32 * (i % 2)));
+        let sub = |c: &[i8]| c.iter().enumerate().fold(0u64, |w, (i, &b)| w | (b as u8 as u64) << (8 * i));
+        let h = fold(&self.qs, bytes, 8) ^ fold(&self.d, floats, 2) ^ fold(&self.m, floats, 2) ^ fold(&self.qh, words, 2) ^ fold(&self.sub, sub, 8);
+        (self.qs.len() + 4 * (self.d.len() + self.m.len() + self.qh.len()) + self.sub.len(), h)
     }
 
     /// The portable kernels (the reference the SIMD ones are tested against).
