@@ -59,6 +59,9 @@ const MAX_HEADER_BYTES: u64 = MAX_METADATA_BYTES + (64 << 20);
 pub struct Gguf<'a> {
     source: Source<'a>,
     content: gguf_file::Content,
+    /// The buffer [`tensor_rows`](Self::tensor_rows) reads pieces into, kept
+    /// from tensor to tensor (one allocation, cleared once, for the whole load).
+    piece: std::cell::RefCell<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Gguf<'_> {
@@ -75,7 +78,7 @@ impl<'a> Gguf<'a> {
     /// Validates the header, then parses it.
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
         validate(bytes)?;
-        Ok(Self { source: Source::Memory(bytes), content: read_content(bytes)? })
+        Ok(Self { source: Source::Memory(bytes), content: read_content(bytes)?, piece: Default::default() })
     }
 
     /// Validates and parses the header of the file in `source`, reading only
@@ -83,7 +86,7 @@ impl<'a> Gguf<'a> {
     /// from the source when they are asked for.
     pub fn read(source: &'a dyn ByteSource) -> Result<Self> {
         let header = read_header(source, source.byte_len())?;
-        Ok(Self { source: Source::Reader(source), content: read_content(&header)? })
+        Ok(Self { source: Source::Reader(source), content: read_content(&header)?, piece: Default::default() })
     }
 
     pub fn metadata(&self, key: &str) -> Option<&Value> {
@@ -195,7 +198,10 @@ impl<'a> Gguf<'a> {
         let rows = if expected.len() >= 2 { expected[0].max(1) } else { 1 };
         let row_bytes = len / rows;
         let per_piece = (max_bytes / row_bytes.max(1)).clamp(1, rows);
-        let mut piece = vec![0u8; per_piece * row_bytes];
+        let mut piece = self.piece.borrow_mut();
+        if piece.len() < per_piece * row_bytes {
+            piece.resize(per_piece * row_bytes, 0);
+        }
         for first in (0..rows).step_by(per_piece) {
             let n = per_piece.min(rows - first);
             let buf = &mut piece[..n * row_bytes];

@@ -27,6 +27,10 @@ fn split_rows_equal_one_thread_and_generation_is_unchanged() {
                     let mut many = vec![f32::NAN; t * rows];
                     m.matmul(&x, t, &mut QActivations::default(), &mut many);
                     assert_eq!(one, many, "{f:?} rows {rows} t {t} threads {n}");
+                    // Several matrices in one pass (Q/K/V, gate/up): each one's rows as alone.
+                    let (mut a, mut b) = (vec![f32::NAN; t * rows], vec![f32::NAN; t * rows]);
+                    QMatrix::matmul_many([(&m, &mut a[..]), (&m, &mut b[..])], &x, t, &mut QActivations::default());
+                    assert!(one == a && one == b, "{f:?} rows {rows} t {t} threads {n}: matmul_many");
                 }
             }
         }

@@ -164,3 +164,32 @@ pub fn run(threads: usize, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Every chunk runs exactly once, whoever takes it: with fewer chunks
+    /// than threads, none, many, and a chunk that stalls its thread (the
+    /// others take the rest; the caller waits only for the stalled chunk).
+    #[test]
+    fn every_chunk_runs_once() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        pool.install(|| {
+            for (threads, chunks) in [(2, 0), (2, 1), (3, 2), (2, 8), (3, 97), (1, 5)] {
+                for round in 0..50 {
+                    let runs: Vec<AtomicUsize> = (0..chunks).map(|_| AtomicUsize::new(0)).collect();
+                    super::run(threads, chunks, &|c| {
+                        if round % 10 == 0 && c == 0 {
+                            std::thread::sleep(std::time::Duration::from_millis(2));
+                        }
+                        runs[c].fetch_add(1, Ordering::Relaxed);
+                    });
+                    for (c, r) in runs.iter().enumerate() {
+                        assert_eq!(r.load(Ordering::Relaxed), 1, "threads {threads}, chunks {chunks}, round {round}: chunk {c}");
+                    }
+                }
+            }
+        });
+    }
+}
