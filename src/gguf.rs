@@ -58,7 +58,7 @@ const MAX_HEADER_BYTES: u64 = MAX_METADATA_BYTES + (64 << 20);
 /// A parsed, validated GGUF file, its tensors read from its [`ByteSource`].
 pub struct Gguf<'a> {
     source: Source<'a>,
-    content: gguf_file::Content,
+    meta: Metadata,
     /// The buffer [`tensor_rows`](Self::tensor_rows) reads pieces into, kept
     /// from tensor to tensor (one allocation, cleared once, for the whole load).
     piece: std::cell::RefCell<Vec<u8>>,
@@ -78,7 +78,7 @@ impl<'a> Gguf<'a> {
     /// Validates the header, then parses it.
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
         validate(bytes)?;
-        Ok(Self { source: Source::Memory(bytes), content: read_content(bytes)?, piece: Default::default() })
+        Ok(Self { source: Source::Memory(bytes), meta: Metadata { content: read_content(bytes)? }, piece: Default::default() })
     }
 
     /// Validates and parses the header of the file in `source`, reading only
@@ -86,11 +86,7 @@ impl<'a> Gguf<'a> {
     /// from the source when they are asked for.
     pub fn read(source: &'a dyn ByteSource) -> Result<Self> {
         let header = read_header(source, source.byte_len())?;
-        Ok(Self { source: Source::Reader(source), content: read_content(&header)?, piece: Default::default() })
-    }
-
-    pub fn metadata(&self, key: &str) -> Option<&Value> {
-        self.content.metadata.get(key)
+        Ok(Self { source: Source::Reader(source), meta: Metadata { content: read_content(&header)? }, piece: Default::default() })
     }
 
     /// A 64-bit identity of the file (FNV-1a): its length, every metadata key
@@ -231,6 +227,27 @@ impl<'a> Gguf<'a> {
             .filter(|&end| end <= self.source.byte_len() && usize::try_from(end).is_ok())
             .ok_or_else(|| bad(format!("data ({len} bytes at {start}) runs past the end of the file")))?;
         Ok((start, len, dt))
+    }
+
+}
+
+/// A GGUF file's parsed header, apart from where its tensor data is read:
+/// what the tokenizer and the chat template read (shared with a helper
+/// thread at load, which the file's byte source may not be).
+pub struct Metadata {
+    content: gguf_file::Content,
+}
+
+impl std::ops::Deref for Gguf<'_> {
+    type Target = Metadata;
+    fn deref(&self) -> &Metadata {
+        &self.meta
+    }
+}
+
+impl Metadata {
+    pub fn metadata(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
     }
 
     // ---- typed metadata getters -------------------------------------------------

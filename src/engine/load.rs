@@ -9,7 +9,7 @@ use super::{Engine, EngineOptions, LoadTimings};
 use crate::backend::webgpu::GpuContext;
 use crate::chat_template::ChatTemplate;
 use crate::error::{Error, Result};
-use crate::gguf::{ByteSource, Gguf};
+use crate::gguf::{ByteSource, Gguf, Metadata};
 use crate::kv_cache::KvCacheConfig;
 use crate::model::{GpuLlama, Llama, LlamaConfig};
 use crate::tokenizer::{IncrementalEncoder, Tokenizer};
@@ -87,46 +87,65 @@ impl Engine {
         let t = Instant::now();
         let g = bytes.gguf()?;
         let cfg = LlamaConfig::from_gguf(&g)?;
+        let cfg_vocab = cfg.vocab_size;
         let fingerprint = g.fingerprint()?;
         load.parse_ms = ms(t);
-        let t = Instant::now();
-        let tokenizer = Tokenizer::from_gguf(&g)?;
-        if tokenizer.vocab_size() != cfg.vocab_size {
-            return Err(Error::Metadata {
-                key: "tokenizer.ggml.tokens".into(),
-                reason: format!("{} tokens but the model has a vocabulary of {}", tokenizer.vocab_size(), cfg.vocab_size),
-            });
-        }
         if let Some(budget) = opts.kv_budget_bytes {
             opts.kv.window = KvCacheConfig::window_for_budget(budget, &cfg.windows(), cfg.kv_dim(), opts.kv.dtype);
         }
         opts.kv.validate()?;
         check_memory(&g, &cfg, &opts)?;
-        let template = chat_template(&g, &tokenizer)?;
-        load.tokenizer_ms = ms(t);
-        let t = Instant::now();
         // The cold tier's recall runs on the CPU only: a cache with one loads on the CPU.
         let fallback = (gpu.is_some() && opts.kv.cold.is_some()).then(|| "the cold KV tier (recall) runs on the CPU backend only; loaded on the CPU".to_string());
         let gpu = gpu.filter(|_| opts.kv.cold.is_none());
-        let runner: Box<dyn Runner> = match gpu {
+        let meta: &Metadata = &g;
+        let text = || {
+            let t = Instant::now();
+            let tokenizer = Tokenizer::from_gguf(meta)?;
+            let template = chat_template(meta, &tokenizer)?;
+            Ok::<_, Error>((tokenizer, template, ms(t)))
+        };
+        let (runner, text) = match gpu {
             None => {
-                let model = Llama::load(&g, cfg, &Device::Cpu)?;
+                // The tokenizer and the template are built on a helper while this
+                // thread repacks the weights (with more than one thread; else first).
+                let (model, text) = crate::backend::cpu::beside(
+                    || {
+                        let t = Instant::now();
+                        Llama::load(&g, cfg, &Device::Cpu).map(|m| (m, ms(t)))
+                    },
+                    text,
+                );
+                // A bad vocabulary or template is reported before a bad tensor, as when they came first.
+                let text = text?;
+                let (model, weights_ms) = model?;
                 // The file's bytes go before the cache comes (see `load_owned`).
                 drop(g);
                 drop(bytes);
-                load.weights_ms = ms(t);
+                load.weights_ms = weights_ms;
                 let t = Instant::now();
-                let runner = CpuRunner::new(model, opts.kv)?;
+                let runner: Box<dyn Runner> = Box::new(CpuRunner::new(model, opts.kv)?);
                 load.cache_ms = ms(t);
-                Box::new(runner)
+                (runner, text)
             }
             Some(ctx) => {
+                let text = text()?;
+                let t = Instant::now();
                 let model = GpuLlama::load(&g, cfg, opts.kv, ctx)?;
                 drop(g);
                 load.weights_ms = ms(t);
-                Box::new(GpuRunner::new(model, Arc::new(bytes.into_vec()?))?)
+                let runner: Box<dyn Runner> = Box::new(GpuRunner::new(model, Arc::new(bytes.into_vec()?))?);
+                (runner, text)
             }
         };
+        let (tokenizer, template, tokenizer_ms) = text;
+        load.tokenizer_ms = tokenizer_ms;
+        if tokenizer.vocab_size() != cfg_vocab {
+            return Err(Error::Metadata {
+                key: "tokenizer.ggml.tokens".into(),
+                reason: format!("{} tokens but the model has a vocabulary of {}", tokenizer.vocab_size(), cfg_vocab),
+            });
+        }
         Ok(Self {
             runner,
             in_flight: None,
@@ -183,7 +202,7 @@ fn check_memory(g: &Gguf, cfg: &LlamaConfig, opts: &EngineOptions) -> Result<()>
 }
 
 /// The file's chat template, compiled once, if it has one.
-fn chat_template(g: &Gguf, tokenizer: &Tokenizer) -> Result<Option<ChatTemplate>> {
+fn chat_template(g: &Metadata, tokenizer: &Tokenizer) -> Result<Option<ChatTemplate>> {
     if g.metadata("tokenizer.chat_template").is_none() {
         return Ok(None);
     }

@@ -15,7 +15,7 @@ use super::packed::Packed;
 use super::specials::{encode_around, SpecialTokens};
 use super::{tok_err, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_USER_DEFINED};
 use crate::error::{Error, Result};
-use crate::gguf::Gguf;
+use crate::gguf::Metadata;
 use ahash::AHashMap;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -59,7 +59,7 @@ struct Symbol {
 type Candidate = Reverse<(u32, usize, u32)>;
 
 impl ByteLevelBpe {
-    pub(super) fn from_gguf(g: &Gguf, tokens: &[&str], types: &[i64]) -> Result<Self> {
+    pub(super) fn from_gguf(g: &Metadata, tokens: &[&str], types: &[i64]) -> Result<Self> {
         let pre = match g.metadata("tokenizer.ggml.pre") {
             Some(_) => g.get_str("tokenizer.ggml.pre")?,
             None => "default",

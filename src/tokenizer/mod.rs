@@ -18,7 +18,7 @@ mod stream;
 pub use stream::StreamDecoder;
 
 use crate::error::{Error, Result};
-use crate::gguf::Gguf;
+use crate::gguf::Metadata;
 use packed::Packed;
 use std::sync::Arc;
 use sentencepiece::SentencePiece;
@@ -83,7 +83,7 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
 }
 
 /// The vocabulary: each token's text and llama.cpp type (1, normal, when the file gives none).
-fn read_vocabulary<'g>(g: &'g Gguf) -> Result<(Vec<&'g str>, Vec<i64>)> {
+fn read_vocabulary<'g>(g: &'g Metadata) -> Result<(Vec<&'g str>, Vec<i64>)> {
     let tokens = g.get_string_array("tokenizer.ggml.tokens")?;
     if tokens.is_empty() {
         return Err(Error::Metadata { key: "tokenizer.ggml.tokens".into(), reason: "empty vocabulary".into() });
@@ -109,13 +109,13 @@ fn read_vocabulary<'g>(g: &'g Gguf) -> Result<(Vec<&'g str>, Vec<i64>)> {
 }
 
 /// The token id stored under `key`, if it is present, an integer and inside the vocabulary.
-fn token_id(g: &Gguf, key: &str, vocab_size: usize) -> Option<u32> {
+fn token_id(g: &Metadata, key: &str, vocab_size: usize) -> Option<u32> {
     g.get_u64(key).ok().filter(|&i| i < vocab_size as u64).map(|i| i as u32)
 }
 
 /// The ids that end a generation: the file's EOS/EOT/EOM ids and the control tokens llama.cpp
 /// treats as end-of-generation ([`EOG_TEXTS`]), sorted and deduplicated.
-fn end_of_generation_ids(g: &Gguf, tokens: &[&str], special: &[bool]) -> Vec<u32> {
+fn end_of_generation_ids(g: &Metadata, tokens: &[&str], special: &[bool]) -> Vec<u32> {
     let mut eog: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
         .iter()
         .filter_map(|k| token_id(g, k, tokens.len()))
@@ -140,7 +140,7 @@ struct Parts {
     add_bos_default: bool,
 }
 
-fn build_parts(g: &Gguf, tokens: &[&str], types: &[i64]) -> Result<Parts> {
+fn build_parts(g: &Metadata, tokens: &[&str], types: &[i64]) -> Result<Parts> {
     match g.get_str("tokenizer.ggml.model")? {
         "gpt2" => Ok(Parts {
             model: Model::Bpe(bpe::ByteLevelBpe::from_gguf(g, tokens, types)?),
@@ -168,7 +168,7 @@ fn build_parts(g: &Gguf, tokens: &[&str], types: &[i64]) -> Result<Parts> {
 
 impl Tokenizer {
     /// Builds the tokenizer from the GGUF's `tokenizer.ggml.*` metadata, checking it first.
-    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+    pub fn from_gguf(g: &Metadata) -> Result<Self> {
         let (tokens, types) = read_vocabulary(g)?;
         let Parts { model, texts, bytes, special, add_bos_default } = build_parts(g, &tokens, &types)?;
         let id = |key: &str| token_id(g, key, tokens.len());

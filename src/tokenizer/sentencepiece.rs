@@ -17,7 +17,7 @@
 
 use super::{token_id, TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_USER_DEFINED};
 use crate::error::{Error, Result};
-use crate::gguf::Gguf;
+use crate::gguf::Metadata;
 use super::packed::Packed;
 use hashbrown::hash_table::{Entry, HashTable};
 use std::sync::Arc;
@@ -78,7 +78,7 @@ impl Ord for Bigram {
 }
 
 /// `tokenizer.ggml.scores`: one number per token.
-fn read_scores(g: &Gguf, n: usize) -> Result<Vec<f32>> {
+fn read_scores(g: &Metadata, n: usize) -> Result<Vec<f32>> {
     const KEY: &str = "tokenizer.ggml.scores";
     let bad = |reason: String| Error::Metadata { key: KEY.into(), reason };
     let values = g.get_array(KEY)?;
@@ -127,7 +127,7 @@ pub(super) fn vocabulary_bytes(tokens: &[&str], types: &[i64]) -> Packed {
 }
 
 impl SentencePiece {
-    pub(super) fn from_gguf(g: &Gguf, tokens: &[&str], types: &[i64]) -> Result<Self> {
+    pub(super) fn from_gguf(g: &Metadata, tokens: &[&str], types: &[i64]) -> Result<Self> {
         let scores = read_scores(g, tokens.len())?;
         let unknown = token_id(g, "tokenizer.ggml.unknown_token_id", tokens.len());
         // llama.cpp adds the space prefix to SentencePiece vocabularies unless the file says not to.

@@ -36,6 +36,28 @@ pub(crate) fn par_for(threads: usize, chunks: usize, f: &(dyn Fn(usize) + Sync))
     team::run(threads, chunks, f);
 }
 
+/// Runs `local` on the calling thread and `remote` on a helper at the same
+/// time where threads exist and more than one is set (else `remote`, then
+/// `local`); returns both results.
+pub(crate) fn beside<A, B: Send>(local: impl FnOnce() -> A, remote: impl FnOnce() -> B + Send) -> (A, B) {
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
+    if threads() > 1 {
+        use std::sync::Mutex;
+        let remote = Mutex::new(Some(remote));
+        let out = Mutex::new(None);
+        let run_remote = |_: usize| {
+            if let Some(f) = remote.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(f());
+            }
+        };
+        let a = team::beside(local, &run_remote);
+        let b = out.into_inner().unwrap_or_else(|e| e.into_inner()).expect("beside: the remote half ran");
+        return (a, b);
+    }
+    let b = remote();
+    (local(), b)
+}
+
 #[cfg(not(any(not(target_arch = "wasm32"), feature = "threads")))]
 pub(crate) fn par_for(_threads: usize, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
     for i in 0..chunks {

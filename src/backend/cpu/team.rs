@@ -92,13 +92,14 @@ struct Team {
 unsafe impl Sync for Team {}
 unsafe impl Send for Team {}
 
+/// Helper slots of the matmuls; one more (the last) is [`beside`]'s.
 const MAX_HELPERS: usize = 63;
 
 fn team() -> &'static Arc<Team> {
     static TEAM: OnceLock<Arc<Team>> = OnceLock::new();
     TEAM.get_or_init(|| {
         Arc::new(Team {
-            slots: (0..MAX_HELPERS).map(|_| Slot { state: AtomicU8::new(EXITED), job: UnsafeCell::new(None) }).collect(),
+            slots: (0..=MAX_HELPERS).map(|_| Slot { state: AtomicU8::new(EXITED), job: UnsafeCell::new(None) }).collect(),
         })
     })
 }
@@ -133,11 +134,35 @@ fn helper(team: Arc<Team>, i: usize) {
 /// included, each taking the next chunk nobody has taken; returns when all are done.
 pub fn run(threads: usize, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
     let helpers = threads.min(chunks).min(MAX_HELPERS + 1).saturating_sub(1);
-    let team = team();
     let work = Work { f, chunks, next: AtomicUsize::new(0) };
-    // SAFETY: only the lifetime is erased; `run` returns only once no helper can reach `work`.
-    let job: Job = unsafe { std::mem::transmute::<*const Work<'_>, *const Work<'static>>(&work) };
-    for (i, slot) in team.slots[..helpers].iter().enumerate() {
+    let slots = 0..helpers;
+    post(&work, slots.clone());
+    work.drain();
+    finish(slots);
+}
+
+/// Runs `local` on the calling thread while a helper runs `remote(0)` (the
+/// tokenizer built beside the weights' repacking at load), and returns what
+/// `local` returned once both are done; the caller runs `remote(0)` itself
+/// when no helper has taken it by then. Its own slot, so the matmuls `local`
+/// may run keep theirs.
+pub fn beside<A>(local: impl FnOnce() -> A, remote: &(dyn Fn(usize) + Sync)) -> A {
+    let work = Work { f: remote, chunks: 1, next: AtomicUsize::new(0) };
+    let slot = MAX_HELPERS..MAX_HELPERS + 1;
+    post(&work, slot.clone());
+    let a = local();
+    work.drain();
+    finish(slot);
+    a
+}
+
+/// Assigns `work` to the helpers of `slots`, starting those that are gone.
+fn post(work: &Work<'_>, slots: std::ops::Range<usize>) {
+    let team = team();
+    // SAFETY: only the lifetime is erased; `finish` returns only once no helper can reach `work`.
+    let job: Job = unsafe { std::mem::transmute::<*const Work<'_>, *const Work<'static>>(work) };
+    for i in slots {
+        let slot = &team.slots[i];
         unsafe { *slot.job.get() = Some(job) };
         if slot.state.compare_exchange(SPINNING, ASSIGNED, Ordering::AcqRel, Ordering::Acquire).is_err() {
             // The helper is gone (or was never started): start it with the job already assigned.
@@ -146,24 +171,27 @@ pub fn run(threads: usize, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
             rayon::spawn(move || helper(t, i));
         }
     }
-    work.drain();
+}
+
+/// Once the caller has run out of chunks: withdraws the job from the helpers
+/// of `slots` that have not taken it and waits for those that have.
+fn finish(slots: std::ops::Range<usize>) {
+    let team = team();
     let started = Instant::now();
-    for slot in &team.slots[..helpers] {
-        // Withdraw the job from a helper that has not taken it; wait for one that has.
+    for slot in &team.slots[slots] {
         let mut spins = 0u32;
         while slot.state.compare_exchange(ASSIGNED, SPINNING, Ordering::AcqRel, Ordering::Acquire) == Err(RUNNING) {
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
-            // Returning would free `work` under a helper that may still run it; a panic
+            // Returning would free the work under a helper that may still run it; a panic
             // (an abort, a trap in wasm) ends the engine instead, and the page sees a
             // crash it can recover from by loading again, not a hang.
             if spins % 4096 == 0 && started.elapsed() > STUCK {
-                panic!("a matmul helper thread has not finished in {} s (it trapped or was killed): the engine stops", STUCK.as_secs());
+                panic!("a helper thread has not finished in {} s (it trapped or was killed): the engine stops", STUCK.as_secs());
             }
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
