@@ -11,8 +11,11 @@ button.disabled = false;
 const messages = [{ role: 'system', content: 'You are a helpful assistant.' }];
 const schema = {
   type: 'object',
-  properties: { city: { type: 'string', maxLength: 40 }, population: { type: 'integer', minimum: 0 } },
+  properties: { city: { type: 'string', maxLength: 40 }, population: { type: 'integer', minimum: 0, maximum: 100_000_000 } },
   required: ['city', 'population'],
+  // JSON Schema admits any other field unless told not to; a small model at temperature 0.7 will
+  // invent fields until max_tokens cuts the object off.
+  additionalProperties: false,
 };
 
 document.getElementById('form').addEventListener('submit', async (e) => {

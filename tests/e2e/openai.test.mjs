@@ -138,6 +138,7 @@ test('the WebLLM port example answers through CreateMLCEngine', async () => {
   const usage = await p.textContent('#usage');
   console.log(`example: ${answer} / ${usage.replace(/\n/g, ' / ')}`);
   const v = JSON.parse(answer);
+  assert.deepEqual(Object.keys(v), ['city', 'population']);
   assert.equal(typeof v.city, 'string');
   assert.ok(Number.isInteger(v.population));
   assert.deepEqual(errs, []);
