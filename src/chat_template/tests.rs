@@ -90,7 +90,8 @@ fn hostile_templates_fail_quickly() {
         let start = std::time::Instant::now();
         let err = ChatTemplate::new(src, "", "").unwrap_err();
         assert!(matches!(err, Error::ChatTemplate(_)), "{src}: {err}");
-        assert!(start.elapsed().as_secs_f64() < 1.0, "{src}: {:?}", start.elapsed());
+        // About 0.1 s each when the machine is idle; the bound is for a hang, not a benchmark.
+        assert!(start.elapsed().as_secs_f64() < 5.0, "{src}: {:?}", start.elapsed());
     }
 }
 
