@@ -5,7 +5,9 @@
 //! (pmaddubsw on x86) against four activation bytes splatted to every lane
 //! leaves each of four rows' sums in its own pair of i16 lanes: no widening of
 //! the weights and no horizontal reduction, one pairwise widening add per block.
-//! Four rows × four tokens per pass.
+//! Four rows × one token per pass over weights streamed from memory, eight
+//! rows (two groups sharing each splatted activation word) × four tokens per
+//! pass over weights in cache.
 
 use super::simd128::{ld, row_blocks};
 use super::{Offset, Out, QActivations, QMatrix, QK};
@@ -25,29 +27,39 @@ fn rows4_block_pass(m: &QMatrix, rows: Range<usize>, t_rows: usize, act: &QActiv
     // Token 0 alone first (see `simd128::matmul_block`), then four tokens per pass, then the rest at once.
     let mut t = 0;
     if t_rows > 1 {
-        for g in groups.clone() {
-            // SAFETY: g < rows.div_ceil(4) (the layout pads to whole groups), t < t_rows.
-            unsafe { g4_xn::<1>(m, g, 0, act, out) };
-        }
+        tokens_pass::<1>(m, groups.clone(), 0, act, out);
         t = 1;
     }
     while t + 4 <= t_rows {
-        for g in groups.clone() {
-            // SAFETY: as above, t + 4 <= t_rows.
-            unsafe { g4_xn::<4>(m, g, t, act, out) };
-        }
+        tokens_pass::<4>(m, groups.clone(), t, act, out);
         t += 4;
     }
-    for g in groups {
-        // SAFETY: as above; each arm's tokens are below t_rows.
-        unsafe {
-            match t_rows - t {
-                3 => g4_xn::<3>(m, g, t, act, out),
-                2 => g4_xn::<2>(m, g, t, act, out),
-                1 => g4_xn::<1>(m, g, t, act, out),
-                _ => {}
-            }
+    match t_rows - t {
+        3 => tokens_pass::<3>(m, groups, t, act, out),
+        2 => tokens_pass::<2>(m, groups, t, act, out),
+        1 => tokens_pass::<1>(m, groups, t, act, out),
+        _ => {}
+    }
+}
+
+/// Groups `groups` of four rows against tokens `t..t + T`: in four-token
+/// passes (the weights in cache), four-bit blocks two groups at a time
+/// ([`g8_q4_xn`]); the rest, an odd last group and the passes that stream
+/// the weights from memory one group at a time (pairs there doubled the
+/// decode matmuls' time in Chrome).
+#[inline(always)]
+fn tokens_pass<const T: usize>(m: &QMatrix, groups: Range<usize>, t: usize, act: &QActivations, out: &Out) {
+    let mut g = groups.start;
+    if T == 4 && !m.format.bytes() && m.qh.is_empty() {
+        while g + 2 <= groups.end {
+            // SAFETY: g + 1 < rows.div_ceil(4) (the layout pads to whole groups), t + T <= t_rows.
+            unsafe { g8_q4_xn::<T>(m, g, t, act, out) };
+            g += 2;
         }
+    }
+    for g in g..groups.end {
+        // SAFETY: g < rows.div_ceil(4), t + T <= t_rows.
+        unsafe { g4_xn::<T>(m, g, t, act, out) };
     }
 }
 
@@ -171,6 +183,9 @@ unsafe fn g4_xn<const T: usize>(m: &QMatrix, g: usize, t0: usize, act: &QActivat
     if m.format.bytes() {
         return g4_q8_xn::<T>(m, g, t0, act, out);
     }
+    if m.qh.is_empty() {
+        return g4_q4_xn::<T>(m, g, t0, act, out);
+    }
     let nb = m.cols / QK;
     let w = m.qs.as_ptr().add(g * nb * 64);
     let d4 = m.d.as_ptr().add(g * nb * 4);
@@ -191,5 +206,85 @@ unsafe fn g4_xn<const T: usize>(m: &QMatrix, g: usize, t0: usize, act: &QActivat
     }
     for (i, a) in acc.into_iter().enumerate() {
         store4(m, g, t0 + i, f32x4_add(a, rows4_offset(m, g, t0 + i, act)), out);
+    }
+}
+
+/// [`g4_xn`] for four-bit blocks, packed vector by packed vector: each of
+/// the block's four vectors is split into its two nibble vectors and dotted
+/// against every token before the next is loaded, each token's eight dots
+/// summed in one i16 accumulator (the bound of [`rows4_block`]; integer
+/// sums, so the order does not change them), then widened once per block.
+/// Fewer vectors live at once than with the block unpacked whole.
+#[inline(always)]
+unsafe fn g4_q4_xn<const T: usize>(m: &QMatrix, g: usize, t0: usize, act: &QActivations, out: &Out) {
+    let nb = m.cols / QK;
+    let w = m.qs.as_ptr().add(g * nb * 64);
+    let d4 = m.d.as_ptr().add(g * nb * 4);
+    let y = act.q.as_ptr().add(t0 * m.cols);
+    let yd = act.d.as_ptr().add(t0 * nb);
+    let mask = u8x16_splat(0x0F);
+    let mut acc = [f32x4_splat(0.0); T];
+    for b in 0..nb {
+        let mut sums = [i16x8_splat(0); T];
+        for k in 0..4 {
+            let v = ld(w.add(b * 64 + 16 * k));
+            let (low, high) = (v128_and(v, mask), v128_and(u16x8_shr(v, 4), mask));
+            for (i, s) in sums.iter_mut().enumerate() {
+                let yk = y.add(i * m.cols + b * QK + 8 * k);
+                let a = i16x8_relaxed_dot_i8x16_i7x16(v128_load32_splat(yk as *const u32), low);
+                let c = i16x8_relaxed_dot_i8x16_i7x16(v128_load32_splat(yk.add(4) as *const u32), high);
+                *s = i16x8_add(*s, i16x8_add(a, c));
+            }
+        }
+        let dw = ld(d4.add(b * 4));
+        for (i, a) in acc.iter_mut().enumerate() {
+            let v = i32x4_extadd_pairwise_i16x8(sums[i]);
+            *a = f32x4_add(*a, f32x4_mul(f32x4_convert_i32x4(v), f32x4_mul(dw, f32x4_splat(*yd.add(i * nb + b)))));
+        }
+    }
+    for (i, a) in acc.into_iter().enumerate() {
+        store4(m, g, t0 + i, f32x4_add(a, rows4_offset(m, g, t0 + i, act)), out);
+    }
+}
+
+/// [`g4_q4_xn`] for two groups of four rows (`g`, `g + 1`) at once: each
+/// splatted activation word is dotted with both groups' nibbles.
+#[inline(always)]
+unsafe fn g8_q4_xn<const T: usize>(m: &QMatrix, g: usize, t0: usize, act: &QActivations, out: &Out) {
+    let nb = m.cols / QK;
+    let w0 = m.qs.as_ptr().add(g * nb * 64);
+    let w1 = w0.add(nb * 64);
+    let d4 = m.d.as_ptr().add(g * nb * 4);
+    let y = act.q.as_ptr().add(t0 * m.cols);
+    let yd = act.d.as_ptr().add(t0 * nb);
+    let mask = u8x16_splat(0x0F);
+    let mut acc = [[f32x4_splat(0.0); T]; 2];
+    for b in 0..nb {
+        let mut sums = [[i16x8_splat(0); T]; 2];
+        for k in 0..4 {
+            let (v0, v1) = (ld(w0.add(b * 64 + 16 * k)), ld(w1.add(b * 64 + 16 * k)));
+            let (low0, high0) = (v128_and(v0, mask), v128_and(u16x8_shr(v0, 4), mask));
+            let (low1, high1) = (v128_and(v1, mask), v128_and(u16x8_shr(v1, 4), mask));
+            for i in 0..T {
+                let yk = y.add(i * m.cols + b * QK + 8 * k);
+                let (ya, yb) = (v128_load32_splat(yk as *const u32), v128_load32_splat(yk.add(4) as *const u32));
+                let s0 = i16x8_add(i16x8_relaxed_dot_i8x16_i7x16(ya, low0), i16x8_relaxed_dot_i8x16_i7x16(yb, high0));
+                let s1 = i16x8_add(i16x8_relaxed_dot_i8x16_i7x16(ya, low1), i16x8_relaxed_dot_i8x16_i7x16(yb, high1));
+                sums[0][i] = i16x8_add(sums[0][i], s0);
+                sums[1][i] = i16x8_add(sums[1][i], s1);
+            }
+        }
+        for (j, (acc, sums)) in acc.iter_mut().zip(&sums).enumerate() {
+            let dw = ld(d4.add((j * nb + b) * 4));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let v = i32x4_extadd_pairwise_i16x8(sums[i]);
+                *a = f32x4_add(*a, f32x4_mul(f32x4_convert_i32x4(v), f32x4_mul(dw, f32x4_splat(*yd.add(i * nb + b)))));
+            }
+        }
+    }
+    for (j, acc) in acc.into_iter().enumerate() {
+        for (i, a) in acc.into_iter().enumerate() {
+            store4(m, g + j, t0 + i, f32x4_add(a, rows4_offset(m, g + j, t0 + i, act)), out);
+        }
     }
 }
