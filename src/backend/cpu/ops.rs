@@ -22,14 +22,22 @@ fn two_sum((hi, lo): (f32, f32), v: f32) -> (f32, f32) {
     (t, lo + e)
 }
 
-/// Σ x² as quantize.wgsl's 64-thread workgroup computes it.
+/// Σ x² as quantize.wgsl's 64-thread workgroup computes it: lane `l` sums
+/// `x[l], x[l + 64], …` in that order. The lanes advance together, 64
+/// values at a time, so the per-lane steps (the same ones, in the same
+/// order) compile to vector operations.
 fn sum_of_squares(x: &[f32]) -> f32 {
-    let mut red = [(0f32, 0f32); 64];
-    for (lane, r) in red.iter_mut().enumerate() {
-        for &v in x.iter().skip(lane).step_by(64) {
-            *r = two_sum(*r, v * v);
+    let (mut hi, mut lo) = ([0f32; 64], [0f32; 64]);
+    let mut rows = x.chunks_exact(64);
+    for row in &mut rows {
+        for lane in 0..64 {
+            (hi[lane], lo[lane]) = two_sum((hi[lane], lo[lane]), row[lane] * row[lane]);
         }
     }
+    for (lane, &v) in rows.remainder().iter().enumerate() {
+        (hi[lane], lo[lane]) = two_sum((hi[lane], lo[lane]), v * v);
+    }
+    let mut red: [(f32, f32); 64] = std::array::from_fn(|lane| (hi[lane], lo[lane]));
     let mut k = 32;
     while k > 0 {
         for lane in 0..k {
@@ -405,6 +413,37 @@ mod tests {
                 assert!(g.is_nan(), "{v:e}");
             } else {
                 assert_eq!(g.to_bits(), w.to_bits(), "{v:e}: {g:e} vs {w:e}");
+            }
+        }
+    }
+
+    /// The lanes advanced together give each lane's compensated sum of the
+    /// strided loop they replaced (the WebGPU kernel's order), bit for bit.
+    #[test]
+    fn sum_of_squares_is_the_strided_lanes_sum() {
+        fn strided(x: &[f32]) -> f32 {
+            let mut red = [(0f32, 0f32); 64];
+            for (lane, r) in red.iter_mut().enumerate() {
+                for &v in x.iter().skip(lane).step_by(64) {
+                    *r = super::two_sum(*r, v * v);
+                }
+            }
+            let mut k = 32;
+            while k > 0 {
+                for lane in 0..k {
+                    let o = red[lane + k];
+                    let a = super::two_sum(red[lane], o.0);
+                    red[lane] = (a.0, a.1 + o.1);
+                }
+                k >>= 1;
+            }
+            red[0].0 + red[0].1
+        }
+        let mut rng = crate::sampler::Rng::new(5);
+        for n in [0, 1, 7, 63, 64, 65, 127, 576, 896, 1000, 1536, 2048, 4864] {
+            for scale in [1e-3f32, 1.0, 30.0, 1e4] {
+                let x: Vec<f32> = (0..n).map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * scale).collect();
+                assert_eq!(super::sum_of_squares(&x).to_bits(), strided(&x).to_bits(), "n {n}, scale {scale}");
             }
         }
     }
