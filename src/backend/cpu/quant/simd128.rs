@@ -7,7 +7,7 @@
 //! the relaxed-SIMD kernels (`relaxed.rs`, Q4 blocks in the
 //! [`Q4Layout::Rows4`](super::Q4Layout::Rows4) layout) share with these.
 
-use super::{portable, Offset, Out, QActivations, QMatrix, QK};
+use super::{portable, Offset, Out, QActivations, QFormat, QMatrix, QK};
 use core::arch::wasm32::*;
 use std::ops::Range;
 
@@ -125,9 +125,16 @@ fn matmul_block(m: &QMatrix, rows: Range<usize>, t_rows: usize, act: &QActivatio
 
 fn one_token(m: &QMatrix, rows: Range<usize>, t: usize, act: &QActivations, out: &Out) {
     let mut r = rows.start;
+    let q8 = m.format == QFormat::Q8_0;
     while r + 4 <= rows.end && r % 4 == 0 {
         // SAFETY: r + 3 < rows, t < t_rows.
-        unsafe { rows4_x1(m, r / 4, t, act, out) };
+        unsafe {
+            if q8 {
+                rows4_q8_x1(m, r / 4, t, act, out)
+            } else {
+                rows4_x1(m, r / 4, t, act, out)
+            }
+        };
         r += 4;
     }
     for r in r..rows.end {
@@ -174,6 +181,34 @@ unsafe fn rows4_x1(m: &QMatrix, g: usize, t: usize, act: &QActivations, out: &Ou
     }
     let r = f32x4_add(acc, macc);
     v128_store(out.0.add(t * m.rows + 4 * g) as *mut v128, r);
+}
+
+/// [`rows4_x1`] for Q8_0 (bytes, no sub-scales, no offset term): the same
+/// integer sums and float operations, the block's four activation vectors
+/// loaded once for the four rows, and no per-block format tests.
+#[inline(always)]
+unsafe fn rows4_q8_x1(m: &QMatrix, g: usize, t: usize, act: &QActivations, out: &Out) {
+    let nb = m.cols / QK;
+    let w = m.qs.as_ptr().add(4 * g * nb * 32);
+    let d4 = m.d.as_ptr().add(g * nb * 4);
+    let yd = act.d.as_ptr().add(t * nb);
+    let y = act.q16.as_ptr().add(t * m.cols);
+    let mut acc = f32x4_splat(0.0);
+    for b in 0..nb {
+        let yb = y.add(b * QK);
+        let ys = [ld(yb), ld(yb.add(8)), ld(yb.add(16)), ld(yb.add(24))];
+        let row = |i: usize| {
+            let p = w.add((i * nb + b) * 32);
+            let (lo, hi) = (ld(p), ld(p.add(16)));
+            let v = [i16x8_extend_low_i8x16(lo), i16x8_extend_high_i8x16(lo), i16x8_extend_low_i8x16(hi), i16x8_extend_high_i8x16(hi)];
+            i32x4_add(i32x4_add(i32x4_dot_i16x8(v[0], ys[0]), i32x4_dot_i16x8(v[1], ys[1])), i32x4_add(i32x4_dot_i16x8(v[2], ys[2]), i32x4_dot_i16x8(v[3], ys[3])))
+        };
+        let v = reduce4(row(0), row(1), row(2), row(3));
+        let scale = f32x4_mul(ld(d4.add(b * 4)), f32x4_splat(*yd.add(b)));
+        acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(v), scale));
+    }
+    // `+ 0.0` as rows4_x1 adds its (empty) offset term: a -0.0 sum becomes +0.0 alike.
+    v128_store(out.0.add(t * m.rows + 4 * g) as *mut v128, f32x4_add(acc, f32x4_splat(0.0)));
 }
 
 /// Row `r` against tokens `t0..t0+4` (of `t_rows`).
