@@ -29,6 +29,9 @@
 //! every target, so native and wasm select the same blocks and recall the
 //! same bits.
 
+use super::cold_block::{quantize_keys, quantize_values, StoredBlock};
+#[cfg(test)]
+use super::cold_block::DequantScratch;
 use super::image::{ImageReader, ImageWriter};
 use crate::error::{Error, Result};
 use half::f16;
@@ -67,12 +70,12 @@ impl ColdBits {
         }
     }
 
-    fn levels(self) -> i32 {
+    pub(super) fn levels(self) -> i32 {
         (1 << self.bits()) - 1
     }
 
     /// Bytes of `n` codes (`n` even).
-    fn bytes(self, n: usize) -> usize {
+    pub(super) fn bytes(self, n: usize) -> usize {
         n * self.bits() / 8
     }
 }
@@ -170,8 +173,6 @@ pub struct ColdLayer {
     scored: Vec<(f32, usize)>,
     /// The step's queries split by sign (see [`split_signs`]), reused.
     query_signs: Vec<f32>,
-    /// A block's key step per channel while it is dequantized, reused.
-    key_steps: Vec<f32>,
 }
 
 impl ColdLayer {
@@ -193,12 +194,15 @@ impl ColdLayer {
             loads: 0,
             scored: Vec::new(),
             query_signs: Vec::new(),
-            key_steps: Vec::new(),
         }
     }
 
     pub fn bytes(&self) -> usize {
         self.cfg.layer_bytes(self.n_kv, self.hd)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hd
     }
 
     pub fn loads(&self) -> usize {
@@ -254,6 +258,16 @@ impl ColdLayer {
         complete.saturating_sub(self.cfg.blocks())..complete
     }
 
+    /// Starts loading every held block of every kv head into the second-level
+    /// cache, so that it arrives while the recall chooses.
+    pub fn prefetch_held(&self) {
+        for (i, id) in self.slots.iter().enumerate() {
+            if let Some(id) = id {
+                self.block(i / self.cfg.slots(), *id).prefetch_far();
+            }
+        }
+    }
+
     /// Chooses the blocks kv head `g` recalls for `queries` (rows of
     /// `head_dim`: the group's query heads, un-rotated, for each token of the
     /// chunk) among the blocks `stored`, and returns the slots to fill as
@@ -291,29 +305,33 @@ impl ColdLayer {
         self.loads += loads.len();
     }
 
-    /// Block `id` of kv head `g` dequantized: keys (un-rotated) and values, `[BLOCK][head_dim]` each.
-    pub fn dequantize(&mut self, g: usize, id: usize, k: &mut [f32], v: &mut [f32]) {
+    /// The blocks kv head `g`'s recall slots hold, slot by slot (filled from the first).
+    pub fn slots_of(&self, g: usize) -> &[Option<usize>] {
+        let n = self.cfg.slots();
+        &self.slots[g * n..(g + 1) * n]
+    }
+
+    /// Block `id` of kv head `g` as stored.
+    pub fn block(&self, g: usize, id: usize) -> StoredBlock<'_> {
         let (hd, bits) = (self.hd, self.cfg.bits);
         let b = g * self.cfg.blocks() + id % self.cfg.blocks();
         let code_bytes = bits.bytes(BLOCK * hd);
-        let (lo, hi) = self.k_range[b * 2 * hd..(b + 1) * 2 * hd].split_at(hd);
-        let levels = bits.levels() as f32;
-        let codes = &self.k_codes[b * code_bytes..(b + 1) * code_bytes];
-        self.key_steps.clear();
-        self.key_steps.extend(lo.iter().zip(hi).map(|(l, h)| (h - l) / levels));
-        for (t, row) in k.chunks_exact_mut(hd).enumerate() {
-            for (c, x) in row.iter_mut().enumerate() {
-                *x = lo[c] + code(codes, bits, t * hd + c) as f32 * self.key_steps[c];
-            }
+        let (k_lo, k_hi) = self.k_range[b * 2 * hd..(b + 1) * 2 * hd].split_at(hd);
+        StoredBlock {
+            bits,
+            k_codes: &self.k_codes[b * code_bytes..(b + 1) * code_bytes],
+            k_lo,
+            k_hi,
+            v_codes: &self.v_codes[b * code_bytes..(b + 1) * code_bytes],
+            v_params: &self.v_params[b * BLOCK * 2..(b + 1) * BLOCK * 2],
         }
-        let params = &self.v_params[b * BLOCK * 2..(b + 1) * BLOCK * 2];
-        let codes = &self.v_codes[b * code_bytes..(b + 1) * code_bytes];
-        for (t, row) in v.chunks_exact_mut(hd).enumerate() {
-            let (min, step) = (params[2 * t].to_f32(), params[2 * t + 1].to_f32());
-            for (c, x) in row.iter_mut().enumerate() {
-                *x = min + code(codes, bits, t * hd + c) as f32 * step;
-            }
-        }
+    }
+
+    /// Block `id` of kv head `g` dequantized: keys (un-rotated) and values, `[BLOCK][head_dim]` each.
+    #[cfg(test)]
+    fn dequantize(&self, g: usize, id: usize, k: &mut [f32], v: &mut [f32]) {
+        let mut scratch = DequantScratch::default();
+        self.block(g, id).dequantize(self.hd, &mut scratch, k, v);
     }
 }
 
@@ -367,67 +385,6 @@ impl ColdLayer {
         self.last_len = r.u64("the cache length")? as usize;
         self.loads = r.u64("the load count")? as usize;
         Ok(())
-    }
-}
-
-/// Code `i` of a token-major block (4 bits: even indices in the low nibble).
-#[inline(always)]
-fn code(codes: &[u8], bits: ColdBits, i: usize) -> u8 {
-    match bits {
-        ColdBits::Eight => codes[i],
-        ColdBits::Four => (codes[i / 2] >> (4 * (i % 2))) & 15,
-    }
-}
-
-#[inline(always)]
-fn set_code(codes: &mut [u8], bits: ColdBits, i: usize, c: u8) {
-    match bits {
-        ColdBits::Eight => codes[i] = c,
-        ColdBits::Four => codes[i / 2] = (codes[i / 2] & !(15 << (4 * (i % 2)))) | (c << (4 * (i % 2))),
-    }
-}
-
-/// `x` quantized against `min` with `1 / step` (round half up; NaN → 0).
-#[inline(always)]
-fn quantize(x: f32, min: f32, inv_step: f32, levels: i32) -> u8 {
-    (((x - min) * inv_step + 0.5) as i32).clamp(0, levels) as u8
-}
-
-/// One kv head's keys of a block, per channel: rows of `stride` values, the
-/// head's channels from `offset`.
-fn quantize_keys(rows: &[f32], stride: usize, offset: usize, hd: usize, bits: ColdBits, range: &mut [f32], codes: &mut [u8]) {
-    let levels = bits.levels();
-    let (lo, hi) = range.split_at_mut(hd);
-    for c in 0..hd {
-        let column = rows.chunks_exact(stride).map(|r| r[offset + c]);
-        lo[c] = column.clone().fold(f32::INFINITY, |a, b| if b < a { b } else { a });
-        hi[c] = column.fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
-    }
-    for (t, row) in rows.chunks_exact(stride).enumerate() {
-        for c in 0..hd {
-            let step = (hi[c] - lo[c]) / levels as f32;
-            let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
-            set_code(codes, bits, t * hd + c, quantize(row[offset + c], lo[c], inv, levels));
-        }
-    }
-}
-
-/// One kv head's values of a block, per token: min and step in f16.
-fn quantize_values(rows: &[f32], stride: usize, offset: usize, hd: usize, bits: ColdBits, params: &mut [f16], codes: &mut [u8]) {
-    let levels = bits.levels();
-    for (t, row) in rows.chunks_exact(stride).enumerate() {
-        let x = &row[offset..offset + hd];
-        let lo = x.iter().fold(f32::INFINITY, |a, &b| if b < a { b } else { a });
-        let hi = x.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-        let min = f16::from_f32(lo.clamp(-65504.0, 65504.0));
-        let step = f16::from_f32(((hi - min.to_f32()) / levels as f32).clamp(0.0, 65504.0));
-        params[2 * t] = min;
-        params[2 * t + 1] = step;
-        let (min, step) = (min.to_f32(), step.to_f32());
-        let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
-        for (c, &v) in x.iter().enumerate() {
-            set_code(codes, bits, t * hd + c, quantize(v, min, inv, levels));
-        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! A cache written out and read back: the third tier (saved sessions). The
 //! image holds everything a cache is — the token ids, the sinks and ring in
-//! use, each layer's recall rows and cold store, its recall slots — so a
+//! use, each layer's cold store and its recall slots — so a
 //! restored cache continues exactly where it was, with no re-prefill.
 //!
 //! Layout (little-endian): `KVCHATKV`, format version, the model's
@@ -17,7 +17,7 @@ use crate::fnv::Fnv;
 use half::f16;
 
 const MAGIC: &[u8; 8] = b"KVCHATKV";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 fn bad(what: impl Into<String>) -> Error {
     Error::Session(what.into())

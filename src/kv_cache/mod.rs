@@ -7,6 +7,8 @@
 //!   token's attention read from them in place;
 //! * [`cold`]: the compressed tier behind the window (8 or 4 bits, blocks
 //!   with key summaries) and the recall of the blocks a query needs;
+//!   [`cold_block`] one block's codes; [`recalled`] the recalled keys and
+//!   values of the layer being computed;
 //! * [`KvCache`]: the two together, the cache of a CPU forward pass. The GPU
 //!   keeps its keys and values in GPU buffers (`model::gpu`) and plans with a
 //!   bare [`KvPolicy`].
@@ -15,13 +17,16 @@
 //! the sinks and why keys are cached rotated at their absolute position).
 
 pub mod cold;
+pub mod cold_block;
 pub mod image;
 pub mod policy;
+pub mod recalled;
 pub mod storage;
 
 pub use cold::{ColdBits, ColdConfig, ColdStats};
 pub use policy::{KvPolicy, PositionPlan};
-pub use storage::{AttnScratch, KvStorage, RecallRope, Rotate, Unrotate};
+pub use recalled::RecallRope;
+pub use storage::{AttnScratch, ColdRotations, KvStorage, Unrotate};
 
 use crate::error::{Error, Result};
 
@@ -83,12 +88,16 @@ impl KvCacheConfig {
         windows.iter().map(|w| slot * (if let AttentionWindow::Sliding(n) = w { *n } else { self.window }) as u128).sum()
     }
 
-    /// Bytes of the cold tier and its recall rows, for layers attending over `windows`.
+    /// Bytes of the cold tier and the recalled rows (one layer's, f32), for
+    /// layers attending over `windows`.
     pub fn cold_bytes_for(&self, windows: &[AttentionWindow], n_kv: usize, head_dim: usize) -> u128 {
         let Some(c) = self.cold else { return 0 };
         let global = windows.iter().filter(|w| **w == AttentionWindow::Global).count() as u128;
-        let recall_rows = (2 * n_kv * head_dim * self.dtype.size() * c.recall_rows()) as u128;
-        global * (c.layer_bytes(n_kv, head_dim) as u128 + recall_rows)
+        if global == 0 {
+            return 0;
+        }
+        let recalled_rows = (2 * n_kv * head_dim * std::mem::size_of::<f32>() * c.recall_rows()) as u128;
+        global * c.layer_bytes(n_kv, head_dim) as u128 + recalled_rows
     }
 
     /// The largest window whose cache fits `budget` bytes (the sliding layers' rings counted first).
@@ -217,8 +226,8 @@ impl KvCache {
     /// [`KvPolicy::plan`]; the tokens of a chunk are fed in order; call
     /// [`commit`](KvPolicy::commit) after the last layer). See [`KvStorage::attend`].
     #[allow(clippy::too_many_arguments)]
-    pub fn attend(&mut self, layer: usize, plan: PositionPlan, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], unrotate: Option<&Unrotate>, scratch: &mut AttnScratch, out: &mut [f32]) {
-        self.storage.attend(layer, plan, q, q_sink, k, v, unrotate, scratch, out);
+    pub fn attend(&mut self, layer: usize, plan: PositionPlan, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], cold: Option<&ColdRotations>, scratch: &mut AttnScratch, out: &mut [f32]) {
+        self.storage.attend(layer, plan, q, q_sink, k, v, cold, scratch, out);
     }
 
     /// The whole cache as a saved-session image, tagged with the model's

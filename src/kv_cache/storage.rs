@@ -6,11 +6,13 @@
 //! goes and what its query sees comes from the [`PositionPlan`].
 
 use super::cold::{ColdLayer, ColdStats, BLOCK};
+use super::cold_block::DequantScratch;
+use super::recalled::{HeldBlocks, RecallRope, RecalledFor, RecalledRows};
 use super::image::{ImageReader, ImageWriter};
 use super::policy::PositionPlan;
 use super::{AttentionWindow, KvCacheConfig, KvDType};
-use crate::backend::cpu::attention::{attend_heads, GroupArgs};
-use crate::backend::cpu::ops;
+use crate::backend::cpu::attention::{attend_heads, GroupArgs, Recalled, Rows};
+use crate::backend::cpu::ops::{self, RopeStyle};
 use crate::error::{Error, Result};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -87,40 +89,32 @@ impl Store {
 }
 
 
-/// One layer's keys and values, `[n_kv, stride, head_dim]` each: per kv
-/// head the `cap` slots of the window, then (with a cold tier) the rows of
-/// its recall slots.
+/// One layer's keys and values, `[n_kv, cap, head_dim]` each.
 struct LayerCache {
     k: Store,
     v: Store,
     /// Slots per kv head: the configured window, or the layer's sliding window.
     cap: usize,
-    /// Rows per kv head: `cap` plus the recall rows.
-    stride: usize,
     local: bool,
     /// The compressed tier behind the window (global layers, when configured).
     cold: Option<ColdLayer>,
 }
 
-/// The model's RoPE of one head, `rotate(head, cos, sin)`: the cold tier
-/// un-rotates the keys that leave the window and rotates recalled ones with it.
-pub type Rotate = fn(&mut [f32], &[f32], &[f32]);
-
 /// The inverse rotation of the key leaving the window while a token is
 /// attended: its layer's RoPE, the cosines of the leaving position's angles
 /// and their sines negated.
 pub struct Unrotate<'a> {
-    pub rotate: Rotate,
+    pub rotate: RopeStyle,
     pub cos: &'a [f32],
     pub neg_sin: &'a [f32],
 }
 
-/// Where recalled keys go: the layer's RoPE and the angles of the recall
-/// rows' in-cache positions (`sinks + row`), `recall_rows × head_dim / 2` each.
-pub struct RecallRope<'a> {
-    pub rotate: Rotate,
-    pub cos: &'a [f32],
-    pub sin: &'a [f32],
+/// The rotations a global layer's cold tier needs while a token is attended.
+pub struct ColdRotations<'a> {
+    /// The key leaving the window (when one leaves).
+    pub unrotate: Option<Unrotate<'a>>,
+    /// Where recalled keys go.
+    pub recall: RecallRope<'a>,
 }
 
 /// Reusable buffers for [`KvStorage::attend`] (nothing is allocated per token
@@ -138,6 +132,9 @@ struct GroupScratch {
     scores: Vec<f32>,
     kbuf: Vec<f32>,
     vbuf: Vec<f32>,
+    /// One recalled block's keys or values (see `recalled`).
+    tile: Vec<f32>,
+    dequant: DequantScratch,
 }
 
 impl AttnScratch {
@@ -179,10 +176,11 @@ pub struct KvStorage {
     dtype: KvDType,
     n_kv: usize,
     head_dim: usize,
-    /// One recalled block's keys and values, dequantized.
-    recall_k: Vec<f32>,
-    recall_v: Vec<f32>,
+    /// The recalled rows of the layer being computed (with a cold tier).
+    recalled: Option<RecalledRows>,
     loads: Vec<(usize, usize)>,
+    /// The slots a recall loaded, `(kv head, slot)`.
+    changed: Vec<(usize, usize)>,
     gather: Vec<f32>,
 }
 
@@ -197,14 +195,14 @@ impl KvStorage {
                     AttentionWindow::Sliding(n) => (n, true),
                 };
                 let cold = cfg.cold.filter(|_| !local);
-                let stride = cap + cold.map_or(0, |c| c.recall_rows());
-                let n = n_kv.checked_mul(stride).and_then(|v| v.checked_mul(head_dim)).ok_or_else(|| Error::InvalidOption("kv cache size overflows".into()))?;
+                let n = n_kv.checked_mul(cap).and_then(|v| v.checked_mul(head_dim)).ok_or_else(|| Error::InvalidOption("kv cache size overflows".into()))?;
                 let cold = cold.map(|c| ColdLayer::new(c, n_kv, head_dim));
-                Ok(LayerCache { k: Store::new(cfg.dtype, n), v: Store::new(cfg.dtype, n), cap, stride, local, cold })
+                Ok(LayerCache { k: Store::new(cfg.dtype, n), v: Store::new(cfg.dtype, n), cap, local, cold })
             })
-            .collect::<Result<_>>()?;
-        let block = BLOCK * head_dim;
-        Ok(Self { layers, dtype: cfg.dtype, n_kv, head_dim, recall_k: vec![0.0; block], recall_v: vec![0.0; block], loads: Vec::new(), gather: Vec::new() })
+            .collect::<Result<Vec<_>>>()?;
+        let any_cold = layers.iter().any(|l| l.cold.is_some());
+        let recalled = cfg.cold.filter(|_| any_cold).map(|c| RecalledRows::new(n_kv, c.recall_rows(), head_dim));
+        Ok(Self { layers, dtype: cfg.dtype, n_kv, head_dim, recalled, loads: Vec::new(), changed: Vec::new(), gather: Vec::new() })
     }
 
     /// The cold tier's occupancy after `len` tokens (`None` without one).
@@ -228,28 +226,31 @@ impl KvStorage {
         global + local
     }
 
-    /// Bytes of the global layers' and of the sliding layers' buffers.
+    /// Bytes of the global layers' buffers (with the recalled rows) and of the sliding layers'.
     pub fn bytes_by_kind(&self) -> (usize, usize) {
         let per_slot = 2 * self.n_kv * self.head_dim * self.dtype.size();
-        let sum = |local: bool| self.layers.iter().filter(|l| l.local == local).map(|l| l.stride * per_slot).sum();
-        (sum(false), sum(true))
+        let sum = |local: bool| -> usize { self.layers.iter().filter(|l| l.local == local).map(|l| l.cap * per_slot).sum() };
+        (sum(false) + self.recalled.as_ref().map_or(0, |r| r.bytes()), sum(true))
     }
 
     /// Copies the keys and values `other` holds after `len` tokens (same shape):
     /// each layer's first `min(len, cap)` slots.
     pub fn copy_slots_from(&mut self, other: &KvStorage, len: usize) -> Result<()> {
-        let caps = |s: &KvStorage| s.layers.iter().map(|l| (l.cap, l.stride)).collect::<Vec<_>>();
+        let caps = |s: &KvStorage| s.layers.iter().map(|l| (l.cap, l.cold.is_some())).collect::<Vec<_>>();
         if (other.dtype, other.n_kv, other.head_dim, caps(other)) != (self.dtype, self.n_kv, self.head_dim, caps(self)) {
             return Err(Error::Backend("copy between caches of different shapes".into()));
         }
         let hd = self.head_dim;
+        if let Some(r) = &mut self.recalled {
+            r.forget();
+        }
         for (dst, src) in self.layers.iter_mut().zip(&other.layers) {
-            let (stride, used) = (dst.stride, len.min(dst.cap));
+            let (cap, used) = (dst.cap, len.min(dst.cap));
             if let Some(cold) = &mut dst.cold {
                 cold.forget_slots();
             }
             for g in 0..self.n_kv {
-                let span = g * stride * hd..(g * stride + used) * hd;
+                let span = g * cap * hd..(g * cap + used) * hd;
                 dst.k.copy_span(&src.k, span.clone());
                 dst.v.copy_span(&src.v, span);
             }
@@ -258,34 +259,35 @@ impl KvStorage {
     }
 
     /// The keys `kv head` groups of `queries` (un-rotated, `[t][n_head × head_dim]`)
-    /// need from layer `layer`'s cold tier, loaded into its recall rows:
-    /// each newly chosen block dequantized and its keys rotated at the in-cache
-    /// positions of its recall slot. `len` is the cache's length before the
-    /// chunk. Nothing for layers without a cold tier.
+    /// need from layer `layer`'s cold tier: each kv head's recall slots
+    /// chosen, then every block they hold dequantized into the recalled rows
+    /// (see `recalled`), its keys rotated at the in-cache positions of its
+    /// recall slot. `len` is the cache's length before the chunk. Nothing for
+    /// layers without a cold tier.
     pub fn recall(&mut self, layer: usize, len: usize, queries: &[f32], qd: usize, rope: &RecallRope) {
-        let (hd, n_kv) = (self.head_dim, self.n_kv);
-        let Self { layers, recall_k, recall_v, loads, gather: group_q, .. } = self;
+        let (n_kv, f16) = (self.n_kv, self.dtype == KvDType::F16);
+        let Self { layers, recalled, loads, changed, gather: group_q, .. } = self;
         let lc = &mut layers[layer];
-        let Some(cold) = &mut lc.cold else { return };
+        let (Some(cold), Some(recalled)) = (&mut lc.cold, recalled) else { return };
         let stored = cold.stored(len.saturating_sub(lc.cap));
+        if queries.len() == qd {
+            // A one-token step reads them block by block in its attention, right after.
+            cold.prefetch_held();
+        }
         let group = qd / n_kv;
-        let half = hd / 2;
+        changed.clear();
         for g in 0..n_kv {
             group_q.clear();
             for row in queries.chunks_exact(qd) {
                 group_q.extend_from_slice(&row[g * group..(g + 1) * group]);
             }
             cold.select(g, group_q, stored.clone(), len, loads);
-            for &(slot, id) in loads.iter() {
-                cold.dequantize(g, id, recall_k, recall_v);
-                for (i, key) in recall_k.chunks_exact_mut(hd).enumerate() {
-                    let row = slot * BLOCK + i;
-                    (rope.rotate)(key, &rope.cos[row * half..(row + 1) * half], &rope.sin[row * half..(row + 1) * half]);
-                }
-                let at = (g * lc.stride + lc.cap + slot * BLOCK) * hd;
-                lc.k.write(at, recall_k);
-                lc.v.write(at, recall_v);
-            }
+            changed.extend(loads.iter().map(|&(slot, _)| (g, slot)));
+        }
+        if queries.len() == qd {
+            recalled.by_blocks(layer, cold);
+        } else {
+            recalled.fill(layer, cold, rope, f16, changed);
         }
     }
 
@@ -300,19 +302,18 @@ impl KvStorage {
         let index = leaving - sinks;
         let (pk, pv) = cold.pending_rows(index);
         for g in 0..n_kv {
-            let span = (g * lc.stride + slot) * hd..(g * lc.stride + slot + 1) * hd;
+            let span = (g * lc.cap + slot) * hd..(g * lc.cap + slot + 1) * hd;
             let key = &mut pk[g * hd..(g + 1) * hd];
             key.copy_from_slice(lc.k.rows(span.clone(), gather));
-            (unrotate.rotate)(key, unrotate.cos, unrotate.neg_sin);
+            unrotate.rotate.rotate(key, unrotate.cos, unrotate.neg_sin);
             pv[g * hd..(g + 1) * hd].copy_from_slice(lc.v.rows(span, gather));
         }
         cold.seal_if_complete(index);
     }
 
-    /// Writes what the cache holds after `len` tokens: each layer's slots in
-    /// use and recall rows, and its cold store (see `image`).
+    /// Writes what the cache holds after `len` tokens: each layer's cold
+    /// store (with its recall slots) and slots in use (see `image`).
     pub fn write_image(&self, w: &mut ImageWriter, len: usize) {
-        // The cold stores first: their recall slots say how many recall rows follow.
         for lc in &self.layers {
             if let Some(cold) = &lc.cold {
                 cold.write_image(w, len.saturating_sub(lc.cap));
@@ -339,6 +340,10 @@ impl KvStorage {
                 lc.v.read_image(r, span)?;
             }
         }
+        // The next recall dequantizes what the restored slots hold.
+        if let Some(r) = &mut self.recalled {
+            r.forget();
+        }
         Ok(())
     }
 
@@ -355,17 +360,16 @@ impl KvStorage {
     /// Empties every recall slot (a failed restore).
     pub fn forget_recalls(&mut self) {
         self.layers.iter_mut().filter_map(|l| l.cold.as_mut()).for_each(|c| c.forget_slots());
+        if let Some(r) = &mut self.recalled {
+            r.forget();
+        }
     }
 
     /// A layer's element ranges in use after `len` tokens: per kv head, the
-    /// window's slots in use, then the recall rows.
+    /// window's slots in use.
     fn spans<'a>(&self, lc: &'a LayerCache, len: usize) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
         let (hd, used) = (self.head_dim, len.min(lc.cap));
-        let recalled = lc.cold.as_ref().map_or(0, |c| c.filled() * BLOCK);
-        (0..self.n_kv).flat_map(move |g| {
-            let base = g * lc.stride;
-            [base * hd..(base + used) * hd, (base + lc.cap) * hd..(base + lc.cap + recalled) * hd]
-        })
+        (0..self.n_kv).map(move |g| g * lc.cap * hd..(g * lc.cap + used) * hd)
     }
 
     /// Attention of one layer for one token placed by `plan`:
@@ -381,30 +385,31 @@ impl KvStorage {
     /// in place. Later tokens of a chunk are not in the cache yet, so a chunk is
     /// causal without a mask. Writes `[n_head * head_dim]` to `out`.
     #[allow(clippy::too_many_arguments)]
-    pub fn attend(&mut self, layer: usize, plan: PositionPlan, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], unrotate: Option<&Unrotate>, scratch: &mut AttnScratch, out: &mut [f32]) {
-        let (hd, n_kv, cap, stride) = (self.head_dim, self.n_kv, self.layers[layer].cap, self.layers[layer].stride);
+    pub fn attend(&mut self, layer: usize, plan: PositionPlan, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], cold: Option<&ColdRotations>, scratch: &mut AttnScratch, out: &mut [f32]) {
+        let (hd, n_kv, cap) = (self.head_dim, self.n_kv, self.layers[layer].cap);
         let n_head = q.len() / hd;
         let n_rep = n_head / n_kv;
-        if let (Some(leaving), Some(unrotate)) = (plan.evicts, unrotate) {
+        if let (Some(leaving), Some(unrotate)) = (plan.evicts, cold.and_then(|c| c.unrotate.as_ref())) {
             self.move_to_cold(layer, plan.slot, leaving, plan.sink_until, unrotate);
         }
         let lc = &mut self.layers[layer];
         for g in 0..n_kv {
-            let at = (g * stride + plan.slot) * hd;
+            let at = (g * cap + plan.slot) * hd;
             lc.k.write(at, &k[g * hd..(g + 1) * hd]);
             lc.v.write(at, &v[g * hd..(g + 1) * hd]);
         }
-        // Recalled rows follow the window's once it is full (the slots fill from the first).
-        let recalled = match &lc.cold {
-            Some(cold) if plan.used == cap => cold.filled() * BLOCK,
-            _ => 0,
+        // Recalled rows join the window's once it is full; `recall` chose them for this layer.
+        let (recalled, source) = match (&self.recalled, cold) {
+            (Some(r), Some(_)) if plan.used == cap => r.for_layer(layer),
+            _ => (0, RecalledFor::None),
         };
         let used = plan.used + recalled;
+        let width = cap + recalled;
         let f16 = self.dtype == KvDType::F16;
-        scratch.prepare(q, q_sink, n_kv, n_rep * stride, f16);
+        scratch.prepare(q, q_sink, n_kv, n_rep * width, f16);
         let AttnScratch { q, q_sink, groups } = scratch;
         let lc = &self.layers[layer];
-        let args = GroupArgs { hd, used, cap: stride, sink_until: plan.sink_until, recall_from: plan.used, scale: 1.0 / (hd as f32).sqrt(), f16 };
+        let args = GroupArgs { hd, used, cap: width, sink_until: plan.sink_until, recall_from: plan.used, scale: 1.0 / (hd as f32).sqrt(), f16 };
         let (q, q_sink) = (&q[..], &q_sink[..]);
         let groups_ptr = SyncPtr(groups.as_mut_ptr());
         let out_ptr = SyncPtr(out.as_mut_ptr());
@@ -414,10 +419,22 @@ impl KvStorage {
             let gs = unsafe { &mut *groups_ptr.get().add(g) };
             let og = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(g * n_rep * hd), n_rep * hd) };
             let heads = g * n_rep * hd..(g + 1) * n_rep * hd;
-            let span = g * stride * hd..(g * stride + used) * hd;
-            let k = lc.k.rows(span.clone(), &mut gs.kbuf);
-            let v = lc.v.rows(span, &mut gs.vbuf);
-            attend_heads(&args, n_rep, &q[heads.clone()], &q_sink[heads], k, v, &mut gs.scores, og);
+            let span = g * cap * hd..(g * cap + plan.used) * hd;
+            let GroupScratch { scores, kbuf, vbuf, tile, dequant } = gs;
+            let mut blocks;
+            let recalled = match (&source, &lc.cold, cold) {
+                (RecalledFor::Rows(r), _, _) => {
+                    let (k, v) = r.head(g, recalled);
+                    Recalled::Rows { k, v }
+                }
+                (RecalledFor::Blocks, Some(store), Some(rot)) => {
+                    blocks = HeldBlocks::new(store, g, &rot.recall, f16, dequant);
+                    Recalled::Blocks { blocks: &mut blocks, tile }
+                }
+                _ => Recalled::Rows { k: &[], v: &[] },
+            };
+            let mut rows = Rows { window_k: lc.k.rows(span.clone(), kbuf), window_v: lc.v.rows(span, vbuf), recalled };
+            attend_heads(&args, n_rep, &q[heads.clone()], &q_sink[heads], &mut rows, scores, og);
         };
         let n = crate::backend::cpu::threads().min(n_kv);
         if n > 1 && used * n_head * hd >= 1 << 15 {

@@ -25,13 +25,7 @@ pub enum Activation {
 }
 
 /// Which pairs of a head's values RoPE rotates together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeStyle {
-    /// Values `2i` and `2i + 1` (llama.cpp's `LLAMA_ROPE_TYPE_NORM`, llama).
-    Adjacent,
-    /// Values `i` and `i + head_dim / 2` (`LLAMA_ROPE_TYPE_NEOX`: qwen2, gemma 3).
-    Halves,
-}
+pub use crate::backend::cpu::ops::RopeStyle;
 
 /// The keys a query attends over (the cache sizes each layer's store by it).
 pub use crate::kv_cache::AttentionWindow;

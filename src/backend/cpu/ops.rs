@@ -50,8 +50,61 @@ fn sum_of_squares(x: &[f32]) -> f32 {
     red[0].0 + red[0].1
 }
 
+/// Asks the CPU to bring `data` into its first-level cache ahead of use (x86;
+/// a no-op elsewhere: wasm has no prefetch). Changes no value, only when loads wait.
+#[inline(always)]
+pub fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    prefetch_x86::<{ std::arch::x86_64::_MM_HINT_T0 }, T>(data);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
+/// [`prefetch`] into the second-level cache (more data, further ahead).
+#[inline(always)]
+pub fn prefetch_far<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    prefetch_x86::<{ std::arch::x86_64::_MM_HINT_T1 }, T>(data);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_x86<const HINT: i32, T>(data: &[T]) {
+    let (p, bytes) = (data.as_ptr() as *const i8, std::mem::size_of_val(data));
+    let mut at = 0;
+    while at < bytes {
+        // SAFETY: a prefetch never faults, and `p + at` lies inside `data`.
+        unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(p.add(at)) };
+        at += 64;
+    }
+}
+
+/// Which pairs of a head's values RoPE rotates together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Values `2i` and `2i + 1` (llama.cpp's `LLAMA_ROPE_TYPE_NORM`, llama).
+    Adjacent,
+    /// Values `i` and `i + head_dim / 2` (`LLAMA_ROPE_TYPE_NEOX`: qwen2, gemma 3).
+    Halves,
+}
+
+impl RopeStyle {
+    /// Rotates one head by the angles whose cosines and sines are given
+    /// ([`rope`] or [`rope_halves`]; sines negated rotate back).
+    #[inline(always)]
+    pub fn rotate(self, x: &mut [f32], cos: &[f32], sin: &[f32]) {
+        match self {
+            RopeStyle::Adjacent => rope(x, cos, sin),
+            RopeStyle::Halves => rope_halves(x, cos, sin),
+        }
+    }
+}
+
 /// Rotates the adjacent pairs `(x[2i], x[2i+1])` of one head by the angles
 /// whose cosines and sines are given (llama.cpp's `LLAMA_ROPE_TYPE_NORM`).
+#[inline(always)]
 pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     for ((pair, &c), &s) in x.chunks_exact_mut(2).zip(cos).zip(sin) {
         let (a, b) = (pair[0], pair[1]);
@@ -62,6 +115,7 @@ pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 
 /// RoPE rotating values `i` and `i + head_dim / 2` together (GPT-NeoX's layout,
 /// llama.cpp's `LLAMA_ROPE_TYPE_NEOX`: qwen2, gemma 3); the same products as [`rope`].
+#[inline(always)]
 pub fn rope_halves(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     let half = x.len() / 2;
     let (lo, hi) = x.split_at_mut(half);

@@ -18,7 +18,7 @@ use crate::backend::cpu::quant::{QActivations, QMatrix};
 use crate::backend::cpu::linear::{self, Linear};
 use crate::backend::cpu::ops;
 use crate::error::{Error, Result};
-use crate::kv_cache::{AttentionWindow, AttnScratch, KvCache, KvPolicy, RecallRope, Unrotate};
+use crate::kv_cache::{AttentionWindow, AttnScratch, ColdRotations, KvCache, KvPolicy, RecallRope, Unrotate};
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use std::sync::Arc;
@@ -334,10 +334,7 @@ fn attention(c: &LlamaConfig, b: &Block, i: usize, rope: (usize, usize), ws: &mu
     let (hd, eps, e) = (c.head_dim, c.rms_eps, c.n_embd);
     let (qd, kvd, half) = (c.n_head * hd, c.n_head_kv * hd, hd / 2);
     let spec = &c.blocks[i];
-    let rotate = match spec.rope_style {
-        RopeStyle::Adjacent => ops::rope,
-        RopeStyle::Halves => ops::rope_halves,
-    };
+    let rotate = spec.rope_style;
     for j in 0..t {
         ops::rms_norm(&ws.x[j * e..(j + 1) * e], &b.attn_norm, eps, &mut ws.h[j * e..(j + 1) * e]);
     }
@@ -377,22 +374,22 @@ fn attention(c: &LlamaConfig, b: &Block, i: usize, rope: (usize, usize), ws: &mu
         if plan.rotates_sink_query() {
             ws.q_sink[..qd].copy_from_slice(q);
             for head in ws.q_sink[..qd].chunks_exact_mut(hd) {
-                rotate(head, sink_cos, sink_sin);
+                rotate.rotate(head, sink_cos, sink_sin);
             }
         }
         for head in q.chunks_exact_mut(hd) {
-            rotate(head, cos, sin);
+            rotate.rotate(head, cos, sin);
         }
         for head in ws.k[j * kvd..(j + 1) * kvd].chunks_exact_mut(hd) {
-            rotate(head, cos, sin);
+            rotate.rotate(head, cos, sin);
         }
         clock.lap(&mut ws.profile, Op::Rope);
         let q_sink: &[f32] = if plan.rotates_sink_query() { &ws.q_sink[..qd] } else { &[] };
         let (q, k, v) = (&ws.q[j * qd..(j + 1) * qd], &ws.k[j * kvd..(j + 1) * kvd], &ws.v[j * kvd..(j + 1) * kvd]);
         let at = (j * tables + table) * half..(j * tables + table + 1) * half;
-        let unrotate = Unrotate { rotate, cos: ws.evict_cos.get(at.clone()).unwrap_or(&[]), neg_sin: ws.evict_neg_sin.get(at).unwrap_or(&[]) };
-        let unrotate = (cold && plan.evicts.is_some()).then_some(&unrotate);
-        cache.attend(i, plan, q, q_sink, k, v, unrotate, &mut ws.scratch, &mut ws.attn[j * qd..(j + 1) * qd]);
+        let unrotate = plan.evicts.map(|_| Unrotate { rotate, cos: ws.evict_cos.get(at.clone()).unwrap_or(&[]), neg_sin: ws.evict_neg_sin.get(at).unwrap_or(&[]) });
+        let rotations = cold.then(|| ColdRotations { unrotate, recall: recall_rope(cache, (&ws.recall_cos, &ws.recall_sin), rotate, (table, half)) });
+        cache.attend(i, plan, q, q_sink, k, v, rotations.as_ref(), &mut ws.scratch, &mut ws.attn[j * qd..(j + 1) * qd]);
         clock.lap(&mut ws.profile, Op::Attention);
     }
     b.wo.forward_into(&ws.attn[..t * qd], t, &mut ws.act, &mut ws.o[..t * e])?;
@@ -413,11 +410,8 @@ const RECALL_EVERY: usize = 4;
 /// cache per row in a batch), rotated at the recall rows' positions of the
 /// layer's RoPE table (`table.0` of half-size `table.1`).
 #[allow(clippy::too_many_arguments)]
-fn recall(caches: &mut [&mut KvCache], i: usize, ws: &Workspace, rows: std::ops::Range<usize>, positions: &[usize], qd: usize, rotate: crate::kv_cache::Rotate, table: (usize, usize), batch: bool) {
-    let (table, half) = table;
-    let recall_rows = caches[0].recall_rows();
-    let span = table * recall_rows * half..(table + 1) * recall_rows * half;
-    let rope = RecallRope { rotate, cos: &ws.recall_cos[span.clone()], sin: &ws.recall_sin[span] };
+fn recall(caches: &mut [&mut KvCache], i: usize, ws: &Workspace, rows: std::ops::Range<usize>, positions: &[usize], qd: usize, rotate: RopeStyle, table: (usize, usize), batch: bool) {
+    let rope = recall_rope(caches[0], (&ws.recall_cos, &ws.recall_sin), rotate, table);
     if batch {
         for (j, cache) in caches.iter_mut().enumerate() {
             cache.recall(i, positions[j], &ws.q_raw[j * qd..(j + 1) * qd], qd, &rope);
@@ -425,6 +419,13 @@ fn recall(caches: &mut [&mut KvCache], i: usize, ws: &Workspace, rows: std::ops:
     } else {
         caches[0].recall(i, positions[rows.start], &ws.q_raw[rows.start * qd..rows.end * qd], qd, &rope);
     }
+}
+
+/// The recall rows' rotations of the layer's RoPE table (`table.0` of half-size `table.1`).
+fn recall_rope<'a>(cache: &KvCache, (cos, sin): (&'a [f32], &'a [f32]), rotate: RopeStyle, (table, half): (usize, usize)) -> RecallRope<'a> {
+    let rows = cache.recall_rows();
+    let span = table * rows * half..(table + 1) * rows * half;
+    RecallRope { rotate, cos: &cos[span.clone()], sin: &sin[span] }
 }
 
 /// `x += out`, `out` RMS-normed first (in place, per token of `e` values) where the block post-norms.

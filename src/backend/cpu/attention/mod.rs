@@ -14,16 +14,17 @@ mod simd128;
 mod x86;
 
 /// What the loops need to know about one head group's attention.
+#[derive(Clone, Copy)]
 pub struct GroupArgs {
     pub hd: usize,
-    /// Keys in use.
+    /// Keys in use: the window's, then the recalled ones.
     pub used: usize,
-    /// Row stride of the scores (the window).
+    /// Row stride of the scores (at least `used`).
     pub cap: usize,
     /// Slots below this hold sinks seen from the shifted query.
     pub sink_until: usize,
-    /// Rows from here on hold keys recalled from the cold tier, also seen from
-    /// the shifted query (`used` when nothing is recalled).
+    /// Keys from here on were recalled from the cold tier (`used` when none
+    /// were); they meet the shifted query too.
     pub recall_from: usize,
     /// `1 / sqrt(head_dim)`.
     pub scale: f32,
@@ -50,69 +51,178 @@ impl GroupArgs {
         };
         end.min(self.used)
     }
+
+    /// The window's keys alone, and the recalled keys alone (all meeting the
+    /// shifted query), each counted from its own first row.
+    fn split(&self) -> (GroupArgs, GroupArgs) {
+        let window = GroupArgs { used: self.recall_from, ..*self };
+        let recalled = GroupArgs { used: self.used - self.recall_from, sink_until: 0, recall_from: 0, ..*self };
+        (window, recalled)
+    }
+}
+
+/// The keys and values one kv head's group attends over, `[rows][head_dim]`
+/// each: the window's slots in use (read in place from the cache), then the
+/// rows recalled from the cold tier; together `used` rows, the recalled ones
+/// from `recall_from` on.
+pub struct Rows<'a> {
+    pub window_k: &'a [f32],
+    pub window_v: &'a [f32],
+    pub recalled: Recalled<'a>,
+}
+
+/// Where the recalled rows come from.
+pub enum Recalled<'a> {
+    /// Held as rows (`used - recall_from` of them; none: empty slices).
+    Rows { k: &'a [f32], v: &'a [f32] },
+    /// Made a block at a time into `tile`, which stays in the first-level
+    /// cache: each block's keys scored, then (after the softmax) each block's
+    /// values summed, in key order (the same bits as rows).
+    Blocks { blocks: &'a mut dyn RecalledBlocks, tile: &'a mut Vec<f32> },
+}
+
+/// Recalled rows produced block by block (see [`Recalled::Blocks`]).
+pub trait RecalledBlocks {
+    /// Rows per block.
+    fn block_rows(&self) -> usize;
+    /// Blocks (together `used - recall_from` rows).
+    fn blocks(&self) -> usize;
+    /// Block `i`'s keys into `tile` (`block_rows × head_dim`).
+    fn keys(&mut self, i: usize, tile: &mut [f32]);
+    /// Block `i`'s values into `tile`.
+    fn values(&mut self, i: usize, tile: &mut [f32]);
 }
 
 /// The `n_rep` query heads of one kv head: `q`, `q_sink`, `out` hold
-/// `n_rep * hd`; `k`, `v` the `used` rows of `hd`; `scores` `n_rep * cap`.
-pub fn attend_heads(a: &GroupArgs, n_rep: usize, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32]) {
+/// `n_rep * hd`; `scores` `n_rep * cap`.
+pub fn attend_heads(a: &GroupArgs, n_rep: usize, q: &[f32], q_sink: &[f32], rows: &mut Rows, scores: &mut [f32], out: &mut [f32]) {
     match n_rep {
-        1 => attend_group::<1>(a, q, q_sink, k, v, scores, out),
-        2 => attend_group::<2>(a, q, q_sink, k, v, scores, out),
-        3 => attend_group::<3>(a, q, q_sink, k, v, scores, out),
-        4 => attend_group::<4>(a, q, q_sink, k, v, scores, out),
+        1 => attend_group::<1>(a, q, q_sink, rows, scores, out),
+        2 => attend_group::<2>(a, q, q_sink, rows, scores, out),
+        3 => attend_group::<3>(a, q, q_sink, rows, scores, out),
+        4 => attend_group::<4>(a, q, q_sink, rows, scores, out),
         _ => {
             let hd = a.hd;
             for r in 0..n_rep {
                 let h = r * hd..(r + 1) * hd;
-                attend_group::<1>(a, &q[h.clone()], &q_sink[h.clone()], k, v, scores, &mut out[h]);
+                attend_group::<1>(a, &q[h.clone()], &q_sink[h.clone()], rows, scores, &mut out[h]);
             }
         }
     }
 }
 
-/// `N` query heads sharing one kv head: each key and value row is read once
-/// for all of them. `q`, `q_sink`, `out`: `N * hd`; `k`, `v`: `used * hd`.
-#[inline(always)]
-fn attend_group<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32]) {
-    let (hd, cap) = (a.hd, a.cap);
+/// The loops one call runs: the widest this CPU and head size allow (every
+/// one gives the same bits).
+#[derive(Clone, Copy)]
+enum Path {
     #[cfg(target_arch = "x86_64")]
-    if hd % 16 == 0 && N <= 4 && crate::backend::cpu::quant::avx512_vnni() {
-        // SAFETY: the CPU has AVX-512; the slices as below.
-        unsafe {
-            x86::scores_avx512::<N>(a, q, q_sink, k, scores);
-            x86::softmax_rows::<N>(a, scores);
-            x86::weighted_sum_avx512::<N>(scores, cap, a.used, v, hd, out);
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    Simd128,
+    Portable,
+}
+
+impl Path {
+    #[inline(always)]
+    fn choose(hd: usize, n: usize) -> Path {
+        #[cfg(target_arch = "x86_64")]
+        if hd % 16 == 0 && n <= 4 && crate::backend::cpu::quant::avx512_vnni() {
+            return Path::Avx512;
         }
-        return;
+        #[cfg(target_arch = "x86_64")]
+        if hd % 8 == 0 && x86::avx2() {
+            return Path::Avx2;
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if hd % 4 == 0 {
+            return Path::Simd128;
+        }
+        let _ = (hd, n);
+        Path::Portable
     }
-    #[cfg(target_arch = "x86_64")]
-    if hd % 8 == 0 && x86::avx2() {
-        // SAFETY: the CPU has AVX2; q, q_sink, out hold N heads of hd; k, v `used` rows of hd;
-        // scores N rows of cap >= used.
-        unsafe { x86::scores::<N>(a, q, q_sink, k, scores) };
-        // SAFETY: the CPU has AVX2.
-        unsafe { x86::softmax_rows::<N>(a, scores) };
-        // SAFETY: as above.
-        unsafe { x86::weighted_sum::<N>(scores, cap, a.used, v, hd, out) };
-        return;
+}
+
+/// `N` query heads sharing one kv head: each key and value row is read once
+/// for all of them. The window's rows and the recalled ones are scored in
+/// two passes, softmaxed together, and summed into `out` in key order, so
+/// the result is that of one pass over both.
+#[inline(always)]
+fn attend_group<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], rows: &mut Rows, scores: &mut [f32], out: &mut [f32]) {
+    let path = Path::choose(a.hd, N);
+    let (window, recalled) = a.split();
+    let from = a.recall_from;
+    scores_of::<N>(path, &window, q, q_sink, rows.window_k, scores);
+    match &mut rows.recalled {
+        Recalled::Rows { k, .. } if recalled.used > 0 => scores_of::<N>(path, &recalled, q, q_sink, k, &mut scores[from..]),
+        Recalled::Rows { .. } => {}
+        Recalled::Blocks { blocks, tile } => {
+            let (n, block) = (blocks.block_rows(), GroupArgs { used: blocks.block_rows(), ..recalled });
+            tile.resize(n * a.hd, 0.0);
+            for i in 0..blocks.blocks() {
+                blocks.keys(i, tile);
+                scores_of::<N>(path, &block, q, q_sink, tile, &mut scores[from + i * n..]);
+            }
+        }
     }
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    if hd % 8 == 0 {
-        simd128::scores::<N>(a, q, q_sink, k, scores);
-    } else {
-        scores_portable::<N>(a, q, q_sink, k, scores);
+    softmax_of::<N>(path, a, scores);
+    out.fill(0.0);
+    weighted_sum_of::<N>(path, &window, scores, rows.window_v, out);
+    match &mut rows.recalled {
+        Recalled::Rows { v, .. } if recalled.used > 0 => weighted_sum_of::<N>(path, &recalled, &scores[from..], v, out),
+        Recalled::Rows { .. } => {}
+        Recalled::Blocks { blocks, tile } => {
+            let (n, block) = (blocks.block_rows(), GroupArgs { used: blocks.block_rows(), ..recalled });
+            for i in 0..blocks.blocks() {
+                blocks.values(i, tile);
+                weighted_sum_of::<N>(path, &block, &scores[from + i * n..], tile, out);
+            }
+        }
     }
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    scores_portable::<N>(a, q, q_sink, k, scores);
-    softmax_rows::<N>(a, scores);
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    if hd % 4 == 0 {
-        out.fill(0.0);
-        // SAFETY: v holds `used` rows of hd, out N rows of hd, scores N rows of cap >= used.
-        unsafe { simd128::weighted_sum::<N>(scores, cap, a.used, v, hd, out) };
-        return;
+}
+
+/// The scaled scores of the `a.used` keys in `k` into `scores[n * cap + s]`.
+#[inline(always)]
+fn scores_of<const N: usize>(path: Path, a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32], scores: &mut [f32]) {
+    match path {
+        // SAFETY (x86): the CPU has the features `Path::choose` checked; q, q_sink hold N heads
+        // of hd, k `used` rows of hd, scores N rows of cap >= used.
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => unsafe { x86::scores_avx512::<N>(a, q, q_sink, k, scores) },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => unsafe { x86::scores::<N>(a, q, q_sink, k, scores) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Path::Simd128 if a.hd % 8 == 0 => simd128::scores::<N>(a, q, q_sink, k, scores),
+        _ => scores_portable::<N>(a, q, q_sink, k, scores),
     }
-    portable::weighted_sum::<N>(scores, cap, &v[..a.used * hd], hd, out);
+}
+
+#[inline(always)]
+fn softmax_of<const N: usize>(path: Path, a: &GroupArgs, scores: &mut [f32]) {
+    match path {
+        // SAFETY: the CPU has AVX2 (AVX-512 implies it).
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 | Path::Avx2 => unsafe { x86::softmax_rows::<N>(a, scores) },
+        _ => softmax_rows::<N>(a, scores),
+    }
+}
+
+/// `out[n] += Σ_s p[n * cap + s] · v[s]` over the `a.used` rows of `v`, key by key.
+#[inline(always)]
+fn weighted_sum_of<const N: usize>(path: Path, a: &GroupArgs, p: &[f32], v: &[f32], out: &mut [f32]) {
+    let (hd, cap, used) = (a.hd, a.cap, a.used);
+    match path {
+        // SAFETY (all three): the CPU has the features `Path::choose` checked; v holds `used`
+        // rows of hd, out N rows of hd, p N rows of cap >= used.
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => unsafe { x86::weighted_sum_avx512::<N>(p, cap, used, v, hd, out) },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => unsafe { x86::weighted_sum::<N>(p, cap, used, v, hd, out) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Path::Simd128 => unsafe { simd128::weighted_sum::<N>(p, cap, used, v, hd, out) },
+        Path::Portable => portable::weighted_sum::<N>(p, cap, &v[..used * hd], hd, out),
+    }
 }
 
 /// The scaled scores of `N` heads against every key in use, one key at a time.

@@ -30,10 +30,9 @@ pub fn dot_n<const N: usize>(q: &[f32], key: &[f32], hd: usize) -> [f32; N] {
     out
 }
 
-/// `out[n] = Σ_s p[n][s] · v[s]`, key by key (`out` zeroed first).
+/// `out[n] += Σ_s p[n][s] · v[s]`, key by key.
 #[inline(always)]
 pub fn weighted_sum<const N: usize>(p: &[f32], cap: usize, v: &[f32], hd: usize, out: &mut [f32]) {
-    out.fill(0.0);
     for (s, val) in v.chunks_exact(hd).enumerate() {
         for n in 0..N {
             ops::axpy(p[n * cap + s], val, &mut out[n * hd..(n + 1) * hd]);

@@ -128,7 +128,7 @@ pub unsafe fn dot_n2<const N: usize>(q: *const f32, key: *const f32, hd: usize) 
     (o0, o1)
 }
 
-/// `out[n] = Σ_s p[n][s] · v[s]` over `used` value rows of `hd`.
+/// `out[n] += Σ_s p[n][s] · v[s]` over `used` value rows of `hd`.
 #[inline(always)]
 pub unsafe fn weighted_sum<const N: usize>(p: &[f32], cap: usize, used: usize, v: &[f32], hd: usize, out: &mut [f32]) {
     let (pp, vp, op) = (p.as_ptr(), v.as_ptr(), out.as_mut_ptr());

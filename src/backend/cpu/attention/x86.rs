@@ -173,7 +173,7 @@ unsafe fn combine_eight(z: &[__m512; 4]) -> __m256 {
     _mm512_castps512_ps256(_mm512_permutexvar_ps(order, totals))
 }
 
-/// [`weighted_sum`] with 512-bit vectors, every head at once: each value
+/// [`weighted_sum`] with 512-bit vectors, every head at once (added to `out`): each value
 /// row (64 columns at a time) is loaded once for all `N` heads.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn weighted_sum_avx512<const N: usize>(p: &[f32], cap: usize, used: usize, v: &[f32], hd: usize, out: &mut [f32]) {
@@ -182,6 +182,11 @@ pub unsafe fn weighted_sum_avx512<const N: usize>(p: &[f32], cap: usize, used: u
     while c0 < hd {
         let w = (hd - c0).min(64) / 16;
         let mut acc = [[_mm512_setzero_ps(); 4]; N];
+        for (n, an) in acc.iter_mut().enumerate() {
+            for (i, a) in an.iter_mut().enumerate().take(w) {
+                *a = _mm512_loadu_ps(op.add(n * hd + c0 + 16 * i));
+            }
+        }
         for s in 0..used {
             let row = vp.add(s * hd + c0);
             let vv: [__m512; 4] = std::array::from_fn(|i| if i < w { _mm512_loadu_ps(row.add(16 * i)) } else { _mm512_setzero_ps() });
@@ -207,7 +212,7 @@ pub unsafe fn softmax_rows<const N: usize>(a: &GroupArgs, scores: &mut [f32]) {
     super::softmax_rows::<N>(a, scores)
 }
 
-/// `out[n] = Σ_s p[n][s] · v[s]`, key by key, eight columns per vector,
+/// `out[n] += Σ_s p[n][s] · v[s]`, key by key, eight columns per vector,
 /// up to 64 columns of a head kept in registers across every key.
 #[target_feature(enable = "avx2")]
 pub unsafe fn weighted_sum<const N: usize>(p: &[f32], cap: usize, used: usize, v: &[f32], hd: usize, out: &mut [f32]) {
@@ -217,6 +222,9 @@ pub unsafe fn weighted_sum<const N: usize>(p: &[f32], cap: usize, used: usize, v
         while c0 < hd {
             let w = (hd - c0).min(64) / 8;
             let mut acc = [_mm256_setzero_ps(); 8];
+            for (i, a) in acc.iter_mut().enumerate().take(w) {
+                *a = _mm256_loadu_ps(op.add(n * hd + c0 + 8 * i));
+            }
             for s in 0..used {
                 let ps = _mm256_set1_ps(*pp.add(n * cap + s));
                 let row = vp.add(s * hd + c0);

@@ -1,0 +1,260 @@
+//! The rows recalled from the cold tier for the layer being computed: the
+//! blocks held in its recall slots dequantized, their keys rotated at the
+//! slots' in-cache positions (`sinks + row`).
+//!
+//! Per-layer recall rows in f32 (30 × 3 × 512 rows of keys and values for
+//! SmolLM2 at recall 512: 23.6 MB) were read from memory at every step like
+//! the window's own rows, and evicted the weights from the CPU's cache. Now
+//! nothing recalled outlives the layer that uses it:
+//!
+//! * a one-token step (decode; a batch) dequantizes each block into a small
+//!   tile right where attention reads it ([`HeldBlocks`]): keys scored block
+//!   by block, values summed block by block, from the codes (a quarter of the
+//!   bytes at 8 bits);
+//! * a chunk of prefill, whose tokens share a recall, dequantizes the layer's
+//!   blocks once into rows that its tokens read ([`RecalledRows::fill`]).
+//!
+//! Both give the values the per-layer rows held, bit for bit: the same
+//! dequantization, the same rotation, the same f16 rounding with an f16 cache.
+
+use super::cold::{ColdLayer, BLOCK};
+use super::cold_block::DequantScratch;
+use crate::backend::cpu::attention::RecalledBlocks;
+use crate::backend::cpu::ops::{self, RopeStyle};
+
+/// Where recalled keys go: the layer's RoPE and the angles of the recall
+/// rows' in-cache positions (`sinks + row`), `recall_rows × head_dim / 2` each.
+pub struct RecallRope<'a> {
+    pub rotate: RopeStyle,
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+}
+
+/// What the recalled rows hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Nothing,
+    /// Layer `layer`'s `rows` recalled rows per kv head, dequantized.
+    Rows { layer: usize, rows: usize },
+    /// Layer `layer`'s recall, to be dequantized block by block as it is attended.
+    Blocks { layer: usize, rows: usize },
+}
+
+/// How one layer's attention reads its recalled keys (see the module documentation).
+pub enum RecalledFor<'a> {
+    None,
+    Rows(&'a RecalledRows),
+    Blocks,
+}
+
+/// See the module documentation.
+pub struct RecalledRows {
+    held: Held,
+    /// Rows per kv head (the recall budget).
+    per_head: usize,
+    head_dim: usize,
+    /// `[n_kv][per_head][head_dim]` keys and values (prefill chunks).
+    k: Vec<f32>,
+    v: Vec<f32>,
+    scratch: DequantScratch,
+}
+
+impl RecalledRows {
+    pub fn new(n_kv: usize, per_head: usize, head_dim: usize) -> Self {
+        let n = n_kv * per_head * head_dim;
+        Self { held: Held::Nothing, per_head, head_dim, k: vec![0.0; n], v: vec![0.0; n], scratch: DequantScratch::default() }
+    }
+
+    pub fn bytes(&self) -> usize {
+        (self.k.len() + self.v.len()) * std::mem::size_of::<f32>()
+    }
+
+    /// Nothing held is valid any more (the recall slots were emptied or replaced).
+    pub fn forget(&mut self) {
+        self.held = Held::Nothing;
+    }
+
+    /// Layer `layer`'s recalled rows per kv head, and how attention reads them.
+    pub fn for_layer(&self, layer: usize) -> (usize, RecalledFor<'_>) {
+        match self.held {
+            Held::Rows { layer: l, rows } if l == layer && rows > 0 => (rows, RecalledFor::Rows(self)),
+            Held::Blocks { layer: l, rows } if l == layer && rows > 0 => (rows, RecalledFor::Blocks),
+            _ => (0, RecalledFor::None),
+        }
+    }
+
+    /// Kv head `g`'s first `rows` keys and values (after [`fill`](Self::fill)).
+    pub fn head(&self, g: usize, rows: usize) -> (&[f32], &[f32]) {
+        let span = g * self.per_head * self.head_dim..(g * self.per_head + rows) * self.head_dim;
+        (&self.k[span.clone()], &self.v[span])
+    }
+
+    /// Layer `layer`'s recall is read block by block by its one token's attention.
+    pub fn by_blocks(&mut self, layer: usize, cold: &ColdLayer) {
+        self.held = Held::Blocks { layer, rows: cold.filled() * BLOCK };
+    }
+
+    /// Dequantizes the blocks `cold`'s recall slots hold as layer `layer`'s
+    /// rows. When the rows already hold that layer (the next tokens of a
+    /// prefill chunk), only the slots in `changed` (`(kv head, slot)`, the
+    /// recall's loads) are dequantized.
+    pub fn fill(&mut self, layer: usize, cold: &ColdLayer, rope: &RecallRope, round_f16: bool, changed: &[(usize, usize)]) {
+        let (hd, filled) = (self.head_dim, cold.filled());
+        let n_kv = self.k.len() / (self.per_head * hd).max(1);
+        let partial = matches!(self.held, Held::Rows { layer: l, .. } if l == layer);
+        for g in 0..n_kv {
+            let mut blocks = HeldBlocks::new(cold, g, rope, round_f16, &mut self.scratch);
+            for slot in 0..filled {
+                if partial && !changed.contains(&(g, slot)) {
+                    continue;
+                }
+                let at = (g * self.per_head + slot * BLOCK) * hd..(g * self.per_head + (slot + 1) * BLOCK) * hd;
+                blocks.keys(slot, &mut self.k[at.clone()]);
+                blocks.values(slot, &mut self.v[at]);
+            }
+        }
+        self.held = Held::Rows { layer, rows: filled * BLOCK };
+    }
+}
+
+/// Kv head `g`'s recalled blocks of one layer, dequantized on demand (the
+/// tiles of [`RecalledBlocks`], or the rows of a fill).
+pub struct HeldBlocks<'a> {
+    cold: &'a ColdLayer,
+    g: usize,
+    ids: &'a [Option<usize>],
+    rope: &'a RecallRope<'a>,
+    round_f16: bool,
+    scratch: &'a mut DequantScratch,
+}
+
+impl<'a> HeldBlocks<'a> {
+    pub fn new(cold: &'a ColdLayer, g: usize, rope: &'a RecallRope<'a>, round_f16: bool, scratch: &'a mut DequantScratch) -> Self {
+        let ids = &cold.slots_of(g)[..cold.filled()];
+        Self { cold, g, ids, rope, round_f16, scratch }
+    }
+
+    /// Starts loading the block after `i`: its codes come from memory (4.6 KB at
+    /// 8 bits), too short a run for the hardware prefetcher to find.
+    #[inline(always)]
+    fn prefetch_after(&self, i: usize) {
+        if let Some(Some(id)) = self.ids.get(i + 1) {
+            self.cold.block(self.g, *id).prefetch();
+        }
+    }
+
+    /// The head sizes of the models kvchat runs as constants, so the loops over a row unroll
+    /// (a row is only 64 values for SmolLM2: loop overhead was most of the time).
+    #[inline(always)]
+    fn keys_any(&mut self, i: usize, tile: &mut [f32]) {
+        match self.cold.head_dim() {
+            64 => self.keys_sized(i, tile, 64),
+            128 => self.keys_sized(i, tile, 128),
+            256 => self.keys_sized(i, tile, 256),
+            hd => self.keys_sized(i, tile, hd),
+        }
+    }
+
+    #[inline(always)]
+    fn values_any(&mut self, i: usize, tile: &mut [f32]) {
+        match self.cold.head_dim() {
+            64 => self.values_sized(i, tile, 64),
+            128 => self.values_sized(i, tile, 128),
+            256 => self.values_sized(i, tile, 256),
+            hd => self.values_sized(i, tile, hd),
+        }
+    }
+
+    #[inline(always)]
+    fn keys_sized(&mut self, i: usize, tile: &mut [f32], hd: usize) {
+        let half = hd / 2;
+        let tile = &mut tile[..BLOCK * hd];
+        let Some(Some(id)) = self.ids.get(i) else { return tile.fill(0.0) };
+        self.prefetch_after(i);
+        self.cold.block(self.g, *id).keys(hd, self.scratch, tile);
+        for (r, key) in tile.chunks_exact_mut(hd).enumerate() {
+            let row = (i * BLOCK + r) * half..(i * BLOCK + r + 1) * half;
+            self.rope.rotate.rotate(key, &self.rope.cos[row.clone()], &self.rope.sin[row]);
+        }
+        if self.round_f16 {
+            // What storing them in an f16 cache and reading them back gives.
+            ops::round_f16(tile);
+        }
+    }
+
+    #[inline(always)]
+    fn values_sized(&mut self, i: usize, tile: &mut [f32], hd: usize) {
+        let tile = &mut tile[..BLOCK * hd];
+        let Some(Some(id)) = self.ids.get(i) else { return tile.fill(0.0) };
+        self.prefetch_after(i);
+        self.cold.block(self.g, *id).values(hd, self.scratch, tile);
+        if self.round_f16 {
+            ops::round_f16(tile);
+        }
+    }
+
+    /// [`keys_any`](Self::keys_any) compiled for AVX-512, its loops sixteen lanes wide.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f,avx512bw")]
+    unsafe fn keys_avx512(&mut self, i: usize, tile: &mut [f32]) {
+        self.keys_any(i, tile)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f,avx512bw")]
+    unsafe fn values_avx512(&mut self, i: usize, tile: &mut [f32]) {
+        self.values_any(i, tile)
+    }
+
+    /// [`keys_any`](Self::keys_any) compiled for AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn keys_avx2(&mut self, i: usize, tile: &mut [f32]) {
+        self.keys_any(i, tile)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn values_avx2(&mut self, i: usize, tile: &mut [f32]) {
+        self.values_any(i, tile)
+    }
+}
+
+/// The widest vectors this CPU has for the dequantizing loops.
+#[cfg(target_arch = "x86_64")]
+fn x86_width() -> u8 {
+    static WIDTH: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *WIDTH.get_or_init(|| if std::is_x86_feature_detected!("avx512bw") { 2 } else if std::is_x86_feature_detected!("avx2") { 1 } else { 0 })
+}
+
+impl RecalledBlocks for HeldBlocks<'_> {
+    fn block_rows(&self) -> usize {
+        BLOCK
+    }
+
+    fn blocks(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn keys(&mut self, i: usize, tile: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        match x86_width() {
+            // SAFETY: the CPU has the features each one is compiled with.
+            2 => return unsafe { self.keys_avx512(i, tile) },
+            1 => return unsafe { self.keys_avx2(i, tile) },
+            _ => {}
+        }
+        self.keys_any(i, tile)
+    }
+
+    fn values(&mut self, i: usize, tile: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        match x86_width() {
+            // SAFETY: as above.
+            2 => return unsafe { self.values_avx512(i, tile) },
+            1 => return unsafe { self.values_avx2(i, tile) },
+            _ => {}
+        }
+        self.values_any(i, tile)
+    }
+}
