@@ -201,9 +201,11 @@ fn scores_of<const N: usize>(path: Path, a: &GroupArgs, q: &[f32], q_sink: &[f32
 #[inline(always)]
 fn softmax_of<const N: usize>(path: Path, a: &GroupArgs, scores: &mut [f32]) {
     match path {
-        // SAFETY: the CPU has AVX2 (AVX-512 implies it).
+        // SAFETY: the CPU has the features `Path::choose` checked.
         #[cfg(target_arch = "x86_64")]
-        Path::Avx512 | Path::Avx2 => unsafe { x86::softmax_rows::<N>(a, scores) },
+        Path::Avx512 => unsafe { x86::softmax_rows_avx512::<N>(a, scores) },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => unsafe { x86::softmax_rows::<N>(a, scores) },
         _ => softmax_rows::<N>(a, scores),
     }
 }

@@ -206,6 +206,13 @@ pub unsafe fn weighted_sum_avx512<const N: usize>(p: &[f32], cap: usize, used: u
     }
 }
 
+/// [`super::softmax_rows`] compiled with AVX-512 (the same operations in the same
+/// order: `exp` and the scaling sixteen lanes at a time, each lane on its own value).
+#[target_feature(enable = "avx2,avx512f")]
+pub unsafe fn softmax_rows_avx512<const N: usize>(a: &GroupArgs, scores: &mut [f32]) {
+    super::softmax_rows::<N>(a, scores)
+}
+
 /// [`super::softmax_rows`] compiled with AVX2 (the same operations in the same order).
 #[target_feature(enable = "avx2")]
 pub unsafe fn softmax_rows<const N: usize>(a: &GroupArgs, scores: &mut [f32]) {
