@@ -1,21 +1,25 @@
-//! The rows recalled from the cold tier for the layer being computed: the
-//! blocks held in its recall slots dequantized, their keys rotated at the
-//! slots' in-cache positions (`sinks + row`).
+//! The keys and values recalled from the cold tier: the blocks held in a
+//! layer's recall slots dequantized, their keys rotated at the slots'
+//! in-cache positions (`sinks + row`). Two ways to keep them, chosen per
+//! target by measurement, the same bits either way (the same
+//! dequantization, rotation and f16 rounding; `tests/cold_bits.rs`):
 //!
-//! Per-layer recall rows in f32 (30 × 3 × 512 rows of keys and values for
-//! SmolLM2 at recall 512: 23.6 MB) were read from memory at every step like
-//! the window's own rows, and evicted the weights from the CPU's cache. Now
-//! nothing recalled outlives the layer that uses it:
-//!
-//! * a one-token step (decode; a batch) dequantizes each block into a small
-//!   tile right where attention reads it ([`HeldBlocks`]): keys scored block
-//!   by block, values summed block by block, from the codes (a quarter of the
-//!   bytes at 8 bits);
-//! * a chunk of prefill, whose tokens share a recall, dequantizes the layer's
-//!   blocks once into rows that its tokens read ([`RecalledRows::fill`]).
-//!
-//! Both give the values the per-layer rows held, bit for bit: the same
-//! dequantization, the same rotation, the same f16 rounding with an f16 cache.
+//! * **Natively, nothing outlives its layer.** A one-token step (decode; a
+//!   batch) dequantizes each block into a small tile right where attention
+//!   reads it ([`HeldBlocks`]): keys scored block by block, values summed
+//!   block by block, from the codes (a quarter of the bytes at 8 bits). A
+//!   prefill chunk, whose tokens share a recall, fills one layer's rows once
+//!   and refills only the slots a later recall of that layer changed. Rows
+//!   kept for every layer (30 × 3 × 512 rows of f32 keys and values for
+//!   SmolLM2 at recall 512: 23.6 MB) were read from memory at every step and
+//!   evicted the weights from the CPU's cache: at 3.7k tokens decode ran at
+//!   0.77× the plain window's speed, 0.89× with tiles.
+//! * **In wasm, rows for every layer**, refilled only where a recall loaded a
+//!   new block (31 blocks a step over 90 layer and kv-head pairs on the
+//!   pass-key text): with 128-bit vectors, dequantizing all 1,440 held blocks
+//!   every step cost more than reading the rows (headless Chromium, 3.7k
+//!   tokens, per decode token: attention 7.7 ms with tiles against 2.2 for the
+//!   plain window).
 
 use super::cold::{ColdLayer, BLOCK};
 use super::cold_block::DequantScratch;
@@ -47,22 +51,51 @@ pub enum RecalledFor<'a> {
     Blocks,
 }
 
+/// Whether every layer keeps its recalled rows (see the module documentation).
+pub const ROWS_FOR_EVERY_LAYER: bool = cfg!(target_arch = "wasm32");
+
 /// See the module documentation.
 pub struct RecalledRows {
-    held: Held,
+    /// The row set each layer uses (`None`: a layer without a cold tier).
+    set_of: Vec<Option<usize>>,
+    /// What each row set holds.
+    held: Vec<Held>,
+    n_kv: usize,
     /// Rows per kv head (the recall budget).
     per_head: usize,
     head_dim: usize,
-    /// `[n_kv][per_head][head_dim]` keys and values (prefill chunks).
+    /// `[sets][n_kv][per_head][head_dim]` keys and values.
     k: Vec<f32>,
     v: Vec<f32>,
     scratch: DequantScratch,
 }
 
 impl RecalledRows {
-    pub fn new(n_kv: usize, per_head: usize, head_dim: usize) -> Self {
-        let n = n_kv * per_head * head_dim;
-        Self { held: Held::Nothing, per_head, head_dim, k: vec![0.0; n], v: vec![0.0; n], scratch: DequantScratch::default() }
+    /// Rows for the layers with a cold tier (`cold[layer]`): one set they share, or one each.
+    pub fn new(cold: &[bool], n_kv: usize, per_head: usize, head_dim: usize) -> Self {
+        let mut sets = 0;
+        let set_of = cold
+            .iter()
+            .map(|&c| {
+                let set = c.then_some(sets);
+                if c && ROWS_FOR_EVERY_LAYER {
+                    sets += 1;
+                }
+                set
+            })
+            .collect();
+        let sets = if ROWS_FOR_EVERY_LAYER { sets } else { 1 };
+        let n = sets * n_kv * per_head * head_dim;
+        Self { set_of, held: vec![Held::Nothing; sets], n_kv, per_head, head_dim, k: vec![0.0; n], v: vec![0.0; n], scratch: DequantScratch::default() }
+    }
+
+    /// Row sets a cache with `cold_layers` layers with a cold tier holds.
+    pub fn sets(cold_layers: usize) -> usize {
+        if ROWS_FOR_EVERY_LAYER {
+            cold_layers
+        } else {
+            cold_layers.min(1)
+        }
     }
 
     pub fn bytes(&self) -> usize {
@@ -71,49 +104,65 @@ impl RecalledRows {
 
     /// Nothing held is valid any more (the recall slots were emptied or replaced).
     pub fn forget(&mut self) {
-        self.held = Held::Nothing;
+        self.held.fill(Held::Nothing);
+    }
+
+    fn set(&self, layer: usize) -> Option<usize> {
+        self.set_of.get(layer).copied().flatten()
     }
 
     /// Layer `layer`'s recalled rows per kv head, and how attention reads them.
     pub fn for_layer(&self, layer: usize) -> (usize, RecalledFor<'_>) {
-        match self.held {
+        let Some(set) = self.set(layer) else { return (0, RecalledFor::None) };
+        match self.held[set] {
             Held::Rows { layer: l, rows } if l == layer && rows > 0 => (rows, RecalledFor::Rows(self)),
             Held::Blocks { layer: l, rows } if l == layer && rows > 0 => (rows, RecalledFor::Blocks),
             _ => (0, RecalledFor::None),
         }
     }
 
-    /// Kv head `g`'s first `rows` keys and values (after [`fill`](Self::fill)).
-    pub fn head(&self, g: usize, rows: usize) -> (&[f32], &[f32]) {
-        let span = g * self.per_head * self.head_dim..(g * self.per_head + rows) * self.head_dim;
+    /// Kv head `g`'s first `rows` keys and values of layer `layer` (after [`fill`](Self::fill)).
+    pub fn head(&self, layer: usize, g: usize, rows: usize) -> (&[f32], &[f32]) {
+        let base = (self.set(layer).unwrap_or(0) * self.n_kv + g) * self.per_head;
+        let span = base * self.head_dim..(base + rows) * self.head_dim;
         (&self.k[span.clone()], &self.v[span])
     }
 
-    /// Layer `layer`'s recall is read block by block by its one token's attention.
-    pub fn by_blocks(&mut self, layer: usize, cold: &ColdLayer) {
-        self.held = Held::Blocks { layer, rows: cold.filled() * BLOCK };
+    /// Makes layer `layer`'s recalled keys ready for the tokens that share its
+    /// recall (`tokens`): read block by block in a one-token step's attention
+    /// natively, else rows (see the module documentation). `changed`: the
+    /// `(kv head, slot)` pairs the recall loaded.
+    pub fn prepare(&mut self, layer: usize, cold: &ColdLayer, rope: &RecallRope, round_f16: bool, changed: &[(usize, usize)], tokens: usize) {
+        let Some(set) = self.set(layer) else { return };
+        if tokens == 1 && !ROWS_FOR_EVERY_LAYER {
+            cold.prefetch_held();
+            self.held[set] = Held::Blocks { layer, rows: cold.filled() * BLOCK };
+        } else {
+            self.fill(layer, cold, rope, round_f16, changed);
+        }
     }
 
     /// Dequantizes the blocks `cold`'s recall slots hold as layer `layer`'s
     /// rows. When the rows already hold that layer (the next tokens of a
     /// prefill chunk), only the slots in `changed` (`(kv head, slot)`, the
     /// recall's loads) are dequantized.
-    pub fn fill(&mut self, layer: usize, cold: &ColdLayer, rope: &RecallRope, round_f16: bool, changed: &[(usize, usize)]) {
+    fn fill(&mut self, layer: usize, cold: &ColdLayer, rope: &RecallRope, round_f16: bool, changed: &[(usize, usize)]) {
+        let Some(set) = self.set(layer) else { return };
         let (hd, filled) = (self.head_dim, cold.filled());
-        let n_kv = self.k.len() / (self.per_head * hd).max(1);
-        let partial = matches!(self.held, Held::Rows { layer: l, .. } if l == layer);
-        for g in 0..n_kv {
+        let partial = matches!(self.held[set], Held::Rows { layer: l, .. } if l == layer);
+        for g in 0..self.n_kv {
             let mut blocks = HeldBlocks::new(cold, g, rope, round_f16, &mut self.scratch);
+            let base = (set * self.n_kv + g) * self.per_head;
             for slot in 0..filled {
                 if partial && !changed.contains(&(g, slot)) {
                     continue;
                 }
-                let at = (g * self.per_head + slot * BLOCK) * hd..(g * self.per_head + (slot + 1) * BLOCK) * hd;
+                let at = (base + slot * BLOCK) * hd..(base + (slot + 1) * BLOCK) * hd;
                 blocks.keys(slot, &mut self.k[at.clone()]);
                 blocks.values(slot, &mut self.v[at]);
             }
         }
-        self.held = Held::Rows { layer, rows: filled * BLOCK };
+        self.held[set] = Held::Rows { layer, rows: filled * BLOCK };
     }
 }
 

@@ -200,8 +200,8 @@ impl KvStorage {
                 Ok(LayerCache { k: Store::new(cfg.dtype, n), v: Store::new(cfg.dtype, n), cap, local, cold })
             })
             .collect::<Result<Vec<_>>>()?;
-        let any_cold = layers.iter().any(|l| l.cold.is_some());
-        let recalled = cfg.cold.filter(|_| any_cold).map(|c| RecalledRows::new(n_kv, c.recall_rows(), head_dim));
+        let cold: Vec<bool> = layers.iter().map(|l| l.cold.is_some()).collect();
+        let recalled = cfg.cold.filter(|_| cold.contains(&true)).map(|c| RecalledRows::new(&cold, n_kv, c.recall_rows(), head_dim));
         Ok(Self { layers, dtype: cfg.dtype, n_kv, head_dim, recalled, loads: Vec::new(), changed: Vec::new(), gather: Vec::new() })
     }
 
@@ -270,10 +270,7 @@ impl KvStorage {
         let lc = &mut layers[layer];
         let (Some(cold), Some(recalled)) = (&mut lc.cold, recalled) else { return };
         let stored = cold.stored(len.saturating_sub(lc.cap));
-        if queries.len() == qd {
-            // A one-token step reads them block by block in its attention, right after.
-            cold.prefetch_held();
-        }
+
         let group = qd / n_kv;
         changed.clear();
         for g in 0..n_kv {
@@ -284,11 +281,7 @@ impl KvStorage {
             cold.select(g, group_q, stored.clone(), len, loads);
             changed.extend(loads.iter().map(|&(slot, _)| (g, slot)));
         }
-        if queries.len() == qd {
-            recalled.by_blocks(layer, cold);
-        } else {
-            recalled.fill(layer, cold, rope, f16, changed);
-        }
+        recalled.prepare(layer, cold, rope, f16, changed, queries.len() / qd);
     }
 
     /// Moves the key and value in `plan`'s slot (absolute position
@@ -424,7 +417,7 @@ impl KvStorage {
             let mut blocks;
             let recalled = match (&source, &lc.cold, cold) {
                 (RecalledFor::Rows(r), _, _) => {
-                    let (k, v) = r.head(g, recalled);
+                    let (k, v) = r.head(layer, g, recalled);
                     Recalled::Rows { k, v }
                 }
                 (RecalledFor::Blocks, Some(store), Some(rot)) => {
