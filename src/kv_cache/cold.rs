@@ -33,6 +33,7 @@ use super::cold_block::{quantize_keys, quantize_values, StoredBlock};
 #[cfg(test)]
 use super::cold_block::DequantScratch;
 use super::image::{ImageReader, ImageWriter};
+use crate::backend::cpu::ops::CacheLevel;
 use crate::error::{Error, Result};
 use half::f16;
 
@@ -263,7 +264,7 @@ impl ColdLayer {
     pub fn prefetch_held(&self) {
         for (i, id) in self.slots.iter().enumerate() {
             if let Some(id) = id {
-                self.block(i / self.cfg.slots(), *id).prefetch_far();
+                self.block(i / self.cfg.slots(), *id).prefetch(CacheLevel::Second);
             }
         }
     }

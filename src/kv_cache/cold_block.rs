@@ -4,6 +4,7 @@
 //! and read back ([`StoredBlock`]) with loops that vectorize.
 
 use super::cold::{ColdBits, BLOCK};
+use crate::backend::cpu::ops::{prefetch, CacheLevel};
 use half::f16;
 
 /// One stored block of one kv head: codes, key ranges, value parameters.
@@ -24,25 +25,14 @@ pub struct DequantScratch {
 }
 
 impl StoredBlock<'_> {
-    /// Starts bringing the block into the CPU's cache (see [`ops::prefetch`](crate::backend::cpu::ops::prefetch)).
+    /// Starts bringing the block into the CPU's cache `level` (see [`prefetch`]).
     #[inline(always)]
-    pub fn prefetch(&self) {
-        use crate::backend::cpu::ops::prefetch;
-        prefetch(self.k_codes);
-        prefetch(self.v_codes);
-        prefetch(self.k_lo);
-        prefetch(self.k_hi);
-        prefetch(self.v_params);
-    }
-
-    /// [`prefetch`](Self::prefetch) into the second-level cache.
-    pub fn prefetch_far(&self) {
-        use crate::backend::cpu::ops::prefetch_far;
-        prefetch_far(self.k_codes);
-        prefetch_far(self.v_codes);
-        prefetch_far(self.k_lo);
-        prefetch_far(self.k_hi);
-        prefetch_far(self.v_params);
+    pub fn prefetch(&self, level: CacheLevel) {
+        prefetch(self.k_codes, level);
+        prefetch(self.v_codes, level);
+        prefetch(self.k_lo, level);
+        prefetch(self.k_hi, level);
+        prefetch(self.v_params, level);
     }
 
     /// The block's keys (un-rotated) and values, `[BLOCK][head_dim]` each:

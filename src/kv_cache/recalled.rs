@@ -24,7 +24,7 @@
 use super::cold::{ColdLayer, BLOCK};
 use super::cold_block::DequantScratch;
 use crate::backend::cpu::attention::RecalledBlocks;
-use crate::backend::cpu::ops::{self, RopeStyle};
+use crate::backend::cpu::ops::{self, CacheLevel, RopeStyle};
 
 /// Where recalled keys go: the layer's RoPE and the angles of the recall
 /// rows' in-cache positions (`sinks + row`), `recall_rows × head_dim / 2` each.
@@ -188,42 +188,29 @@ impl<'a> HeldBlocks<'a> {
     #[inline(always)]
     fn prefetch_after(&self, i: usize) {
         if let Some(Some(id)) = self.ids.get(i + 1) {
-            self.cold.block(self.g, *id).prefetch();
+            self.cold.block(self.g, *id).prefetch(CacheLevel::First);
         }
     }
 
-    /// The head sizes of the models kvchat runs as constants, so the loops over a row unroll
-    /// (a row is only 64 values for SmolLM2: loop overhead was most of the time).
+    /// Block `i`'s keys (rotated) or values into `tile` (zeros for a slot
+    /// that holds nothing, which a filled slot never is).
     #[inline(always)]
-    fn keys_any(&mut self, i: usize, tile: &mut [f32]) {
-        match self.cold.head_dim() {
-            64 => self.keys_sized(i, tile, 64),
-            128 => self.keys_sized(i, tile, 128),
-            256 => self.keys_sized(i, tile, 256),
-            hd => self.keys_sized(i, tile, hd),
-        }
-    }
-
-    #[inline(always)]
-    fn values_any(&mut self, i: usize, tile: &mut [f32]) {
-        match self.cold.head_dim() {
-            64 => self.values_sized(i, tile, 64),
-            128 => self.values_sized(i, tile, 128),
-            256 => self.values_sized(i, tile, 256),
-            hd => self.values_sized(i, tile, hd),
-        }
-    }
-
-    #[inline(always)]
-    fn keys_sized(&mut self, i: usize, tile: &mut [f32], hd: usize) {
-        let half = hd / 2;
+    fn make(&mut self, part: Part, i: usize, tile: &mut [f32]) {
+        let hd = self.cold.head_dim();
         let tile = &mut tile[..BLOCK * hd];
         let Some(Some(id)) = self.ids.get(i) else { return tile.fill(0.0) };
         self.prefetch_after(i);
-        self.cold.block(self.g, *id).keys(hd, self.scratch, tile);
-        for (r, key) in tile.chunks_exact_mut(hd).enumerate() {
-            let row = (i * BLOCK + r) * half..(i * BLOCK + r + 1) * half;
-            self.rope.rotate.rotate(key, &self.rope.cos[row.clone()], &self.rope.sin[row]);
+        let block = self.cold.block(self.g, *id);
+        match part {
+            Part::Keys => {
+                block.keys(hd, self.scratch, tile);
+                let half = hd / 2;
+                for (r, key) in tile.chunks_exact_mut(hd).enumerate() {
+                    let row = (i * BLOCK + r) * half..(i * BLOCK + r + 1) * half;
+                    self.rope.rotate.rotate(key, &self.rope.cos[row.clone()], &self.rope.sin[row]);
+                }
+            }
+            Part::Values => block.values(hd, self.scratch, tile),
         }
         if self.round_f16 {
             // What storing them in an f16 cache and reading them back gives.
@@ -231,42 +218,38 @@ impl<'a> HeldBlocks<'a> {
         }
     }
 
-    #[inline(always)]
-    fn values_sized(&mut self, i: usize, tile: &mut [f32], hd: usize) {
-        let tile = &mut tile[..BLOCK * hd];
-        let Some(Some(id)) = self.ids.get(i) else { return tile.fill(0.0) };
-        self.prefetch_after(i);
-        self.cold.block(self.g, *id).values(hd, self.scratch, tile);
-        if self.round_f16 {
-            ops::round_f16(tile);
+    /// [`make`](Self::make) compiled for AVX-512, its loops sixteen lanes wide.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f,avx512bw")]
+    unsafe fn make_avx512(&mut self, part: Part, i: usize, tile: &mut [f32]) {
+        self.make(part, i, tile)
+    }
+
+    /// [`make`](Self::make) compiled for AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn make_avx2(&mut self, part: Part, i: usize, tile: &mut [f32]) {
+        self.make(part, i, tile)
+    }
+
+    /// [`make`](Self::make) with the widest vectors this CPU has.
+    fn make_widest(&mut self, part: Part, i: usize, tile: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        match x86_width() {
+            // SAFETY: the CPU has the features each one is compiled with.
+            2 => return unsafe { self.make_avx512(part, i, tile) },
+            1 => return unsafe { self.make_avx2(part, i, tile) },
+            _ => {}
         }
+        self.make(part, i, tile)
     }
+}
 
-    /// [`keys_any`](Self::keys_any) compiled for AVX-512, its loops sixteen lanes wide.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,avx512f,avx512bw")]
-    unsafe fn keys_avx512(&mut self, i: usize, tile: &mut [f32]) {
-        self.keys_any(i, tile)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,avx512f,avx512bw")]
-    unsafe fn values_avx512(&mut self, i: usize, tile: &mut [f32]) {
-        self.values_any(i, tile)
-    }
-
-    /// [`keys_any`](Self::keys_any) compiled for AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn keys_avx2(&mut self, i: usize, tile: &mut [f32]) {
-        self.keys_any(i, tile)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn values_avx2(&mut self, i: usize, tile: &mut [f32]) {
-        self.values_any(i, tile)
-    }
+/// What [`HeldBlocks::make`] dequantizes.
+#[derive(Clone, Copy)]
+enum Part {
+    Keys,
+    Values,
 }
 
 /// The widest vectors this CPU has for the dequantizing loops.
@@ -286,24 +269,10 @@ impl RecalledBlocks for HeldBlocks<'_> {
     }
 
     fn keys(&mut self, i: usize, tile: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        match x86_width() {
-            // SAFETY: the CPU has the features each one is compiled with.
-            2 => return unsafe { self.keys_avx512(i, tile) },
-            1 => return unsafe { self.keys_avx2(i, tile) },
-            _ => {}
-        }
-        self.keys_any(i, tile)
+        self.make_widest(Part::Keys, i, tile)
     }
 
     fn values(&mut self, i: usize, tile: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        match x86_width() {
-            // SAFETY: as above.
-            2 => return unsafe { self.values_avx512(i, tile) },
-            1 => return unsafe { self.values_avx2(i, tile) },
-            _ => {}
-        }
-        self.values_any(i, tile)
+        self.make_widest(Part::Values, i, tile)
     }
 }

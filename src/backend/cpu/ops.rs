@@ -50,23 +50,26 @@ fn sum_of_squares(x: &[f32]) -> f32 {
     red[0].0 + red[0].1
 }
 
-/// Asks the CPU to bring `data` into its first-level cache ahead of use (x86;
-/// a no-op elsewhere: wasm has no prefetch). Changes no value, only when loads wait.
-#[inline(always)]
-pub fn prefetch<T>(data: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    prefetch_x86::<{ std::arch::x86_64::_MM_HINT_T0 }, T>(data);
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
+/// Which of the CPU's caches a [`prefetch`] fills.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CacheLevel {
+    /// The first level: data needed next.
+    First,
+    /// The second level: more data, further ahead.
+    Second,
 }
 
-/// [`prefetch`] into the second-level cache (more data, further ahead).
+/// Asks the CPU to bring `data` into its cache ahead of use (x86; a no-op
+/// elsewhere: wasm has no prefetch). Changes no value, only when loads wait.
 #[inline(always)]
-pub fn prefetch_far<T>(data: &[T]) {
+pub fn prefetch<T>(data: &[T], level: CacheLevel) {
     #[cfg(target_arch = "x86_64")]
-    prefetch_x86::<{ std::arch::x86_64::_MM_HINT_T1 }, T>(data);
+    match level {
+        CacheLevel::First => prefetch_x86::<{ std::arch::x86_64::_MM_HINT_T0 }, T>(data),
+        CacheLevel::Second => prefetch_x86::<{ std::arch::x86_64::_MM_HINT_T1 }, T>(data),
+    }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
+    let _ = (data, level);
 }
 
 #[cfg(target_arch = "x86_64")]
