@@ -101,8 +101,8 @@ bench: model build-native build-wasm
 	node scripts/bench-structured.mjs 3
 	node scripts/bench-batch.mjs 1,4,8,16
 	node scripts/bench-long-context.mjs
-	python3 scripts/bench-cold-speed.py $(MODEL)
-	node scripts/bench-cold-browser.mjs 2
+	python3 scripts/bench-cold-speed.py $(MODEL) --same-keys
+	node scripts/bench-cold-browser.mjs 2 relaxed same-keys
 	./scripts/bench-wllama.sh
 	@echo "cache vs --no-cache, 256 generated tokens:"
 	@for flag in "" "--no-cache"; do \

@@ -3,7 +3,9 @@
 // greedy tokens, window 512 against window 512 + cold tier (recall 512), alternated for `rounds`
 // rounds in one page each (wasm build `relaxed`, one thread). Prints one JSON line per run and
 // the medians with decode cold / plain; the answer to the pass-key question is checked too.
-// Usage: node scripts/bench-cold-browser.mjs [rounds, default 2] [simd, default relaxed]
+// `same-keys` as a third argument adds a plain window of 1,028 tokens to each round: it attends over
+// as many keys per step as window 512 + recall 512 (516 + 512), the cold tier's floor.
+// Usage: node scripts/bench-cold-browser.mjs [rounds, default 2] [simd, default relaxed] [same-keys]
 import { serve, browser } from '../tests/e2e/harness.mjs';
 
 const rounds = Number(process.argv[2] || 2);
@@ -17,6 +19,7 @@ const before = Math.floor(fill * 0.5);
 const fact = `The pass key is ${KEY}. Remember it. ${KEY} is the pass key. `;
 const prompt = INTRO + FILLER.repeat(before) + fact + FILLER.repeat(fill - before) + '\nWhat is the pass key? The pass key is';
 const SETTINGS = { plain: { kvWindow: 512 }, cold: { kvWindow: 512, kvCold: 16384, kvRecall: 512 } };
+if (process.argv[4] === 'same-keys') SETTINGS.same_keys = { kvWindow: 1028 };
 
 const srv = await serve();
 const b = await browser();
@@ -48,4 +51,9 @@ try {
 const median = (setting, k) => { const v = rows.filter((r) => r.setting === setting).map((r) => r[k]).sort((a, b) => a - b); return v[Math.floor((v.length - 1) / 2)]; };
 const plain = median('plain', 'decode_tokens_per_sec');
 const cold = median('cold', 'decode_tokens_per_sec');
-console.log(JSON.stringify({ decode_plain: plain, decode_cold: cold, decode_cold_over_plain: +(cold / plain).toFixed(3), wasm_memory_mb: { plain: median('plain', 'wasm_memory_mb'), cold: median('cold', 'wasm_memory_mb') } }));
+const summary = { decode_plain: plain, decode_cold: cold, decode_cold_over_plain: +(cold / plain).toFixed(3), wasm_memory_mb: { plain: median('plain', 'wasm_memory_mb'), cold: median('cold', 'wasm_memory_mb') } };
+if (SETTINGS.same_keys) {
+  summary.decode_same_keys = median('same_keys', 'decode_tokens_per_sec');
+  summary.decode_same_keys_over_plain = +(summary.decode_same_keys / plain).toFixed(3);
+}
+console.log(JSON.stringify(summary));

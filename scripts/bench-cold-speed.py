@@ -5,13 +5,16 @@ thread, greedy, on the pass-key text of scripts/bench-passkey.py (the key at 50%
 * decode tokens/s at ~3.7k tokens of context, window 512 against window 512 + cold tier
   (`kvchat bench --gen 64 --runs 1`), in back-to-back rounds;
 * prefill + an 8-token answer at ~7.3k tokens (`kvchat generate --max-tokens 8`, wall time):
-  window 512, window 512 + cold tier, in the same rounds, and the full cache once.
+  window 512, window 512 + cold tier, in the same rounds, and the full cache once;
+* with `--same-keys`, a third setting in each round: a plain window of 1,028 tokens, which attends
+  over as many keys per step as window 512 + recall 512 do (516 + 512): the cold tier's floor, as
+  its attention over the recalled keys is the same arithmetic as over the window's.
 
 Prints one JSON line per measurement, then the medians and the ratios, cold / plain for both
 (decode tokens/s and seconds): the targets are decode >= 0.8x and prefill + answer <= 1.5x the
 plain window's, and <= 1/3 of the full cache's time.
 
-  scripts/bench-cold-speed.py MODEL [--rounds 3] [--cli target/release/kvchat] [--no-full]
+  scripts/bench-cold-speed.py MODEL [--rounds 3] [--cli target/release/kvchat] [--no-full] [--same-keys]
 """
 import argparse
 import importlib.util
@@ -32,6 +35,7 @@ KEY = 58213
 PLAIN = ["--kv-window", "512"]
 COLD = ["--kv-window", "512", "--kv-cold", "16384", "--kv-recall", "512"]
 FULL = ["--kv-window", "16384"]
+SAME_KEYS = ["--kv-window", "1028"]
 
 
 def write_prompt(tokens):
@@ -60,12 +64,14 @@ def main():
     ap.add_argument("--cli", default="target/release/kvchat")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-full", action="store_true", help="skip the full cache (about a minute at 7.3k tokens)")
+    ap.add_argument("--same-keys", action="store_true", help="add a plain window of 1,028 tokens (the keys the cold tier attends)")
     a = ap.parse_args()
     short, long = write_prompt(3737), write_prompt(7337)
     try:
-        rows = {"decode_plain": [], "decode_cold": [], "answer_plain": [], "answer_cold": []}
+        settings = [("plain", PLAIN), ("cold", COLD)] + ([("same_keys", SAME_KEYS)] if a.same_keys else [])
+        rows = {f"{part}_{name}": [] for part in ("decode", "answer") for name, _ in settings}
         for r in range(a.rounds):
-            for name, args in (("plain", PLAIN), ("cold", COLD)):
+            for name, args in settings:
                 rate = decode_rate(a.cli, a.model, short, args)
                 secs, right = answer_time(a.cli, a.model, long, args)
                 rows[f"decode_{name}"].append(rate)
@@ -77,11 +83,15 @@ def main():
             "answer_cold_over_plain": round(med["answer_cold"] / med["answer_plain"], 3),
             "medians": {k: round(v, 2) for k, v in med.items()},
         }
+        if a.same_keys:
+            summary["decode_same_keys_over_plain"] = round(med["decode_same_keys"] / med["decode_plain"], 3)
+            summary["answer_same_keys_over_plain"] = round(med["answer_same_keys"] / med["answer_plain"], 3)
         if not a.no_full:
             secs, right = answer_time(a.cli, a.model, long, FULL)
             summary["answer_full_s"] = round(secs, 2)
             summary["full_answers_the_key"] = right
             summary["answer_cold_over_full"] = round(med["answer_cold"] / secs, 3)
+            summary["answer_plain_over_full"] = round(med["answer_plain"] / secs, 3)
         print(json.dumps(summary), flush=True)
     finally:
         os.unlink(short)
