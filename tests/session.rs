@@ -87,6 +87,71 @@ fn bad_session_files_are_typed_errors_and_the_engine_stays_usable() {
     assert_eq!(a, b);
 }
 
+/// The checksum only tells corruption from a file: a hostile file can carry a
+/// valid one. Images mutated (bytes flipped, words set to extreme lengths and
+/// ids, NaN and infinite values) and then re-sealed with a correct checksum
+/// either restore or give a typed session error, never a panic, and the
+/// engine generates afterwards either way.
+#[test]
+fn hostile_session_files_with_valid_checksums_never_panic() {
+    let bytes = tiny_bytes();
+    for (cold, dtype) in [(ColdConfig { capacity: 128, bits: ColdBits::Eight, recall: 32 }, KvDType::F32), (ColdConfig { capacity: 96, bits: ColdBits::Four, recall: 64 }, KvDType::F16)] {
+        let o = opts(32, dtype, Some(cold));
+        let mut e = Engine::load(&bytes, o).unwrap();
+        let p = ids(120, 3, 64);
+        e.generate(Prompt::Ids(&p), &greedy(4), |_| true).unwrap();
+        let image = e.save_session().unwrap();
+        let body = image.len() - 8;
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let words: [u64; 8] = [0, 1, 2, 31, 32, 33, u32::MAX as u64, u64::MAX];
+        let floats = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, f32::MAX, 1e-45];
+        // Where lengths, counts and ids are likely to sit: words with small values.
+        let small: Vec<usize> = (24..body - 8).filter(|&at| (1..1 << 20).contains(&u64::from_le_bytes(image[at..at + 8].try_into().unwrap()))).collect();
+        let (mut restored, mut refused) = (0, 0);
+        for round in 0..400 {
+            let mut file = image.clone();
+            for _ in 0..1 + next() % 3 {
+                // Past the magic, version and model fingerprint (checked before anything is read).
+                let at = 24 + (next() as usize) % (body - 24);
+                match round % 4 {
+                    3 => {
+                        let at = small[next() as usize % small.len()];
+                        let was = u64::from_le_bytes(file[at..at + 8].try_into().unwrap());
+                        let to = [words[next() as usize % words.len()], was.wrapping_add(1), was.wrapping_sub(1), was * 2];
+                        file[at..at + 8].copy_from_slice(&to[next() as usize % 4].to_le_bytes());
+                    }
+                    0 => file[at] ^= 1 << (next() % 8),
+                    1 => {
+                        let at = (at / 8 * 8).min(body - 8);
+                        file[at..at + 8].copy_from_slice(&words[next() as usize % words.len()].to_le_bytes());
+                    }
+                    _ => {
+                        let at = (at / 4 * 4).min(body - 4);
+                        file[at..at + 4].copy_from_slice(&floats[next() as usize % floats.len()].to_le_bytes());
+                    }
+                }
+            }
+            let sum = file[..body].iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+            file[body..].copy_from_slice(&sum.to_le_bytes());
+            match e.restore_session(&file) {
+                Ok(()) => restored += 1,
+                Err(err) => {
+                    assert!(matches!(err, Error::Session(_)), "round {round}: {err}");
+                    refused += 1;
+                }
+            }
+            e.generate(Prompt::Ids(&p[..20]), &greedy(2), |_| true).unwrap_or_else(|err| panic!("round {round}: the engine is unusable after a hostile file: {err}"));
+        }
+        assert!(restored > 0 && refused > 0, "both kinds of outcome are exercised: {restored} restored, {refused} refused");
+    }
+}
+
 #[test]
 fn a_chat_saved_and_restored_on_the_real_model_prefills_only_the_new_turn() {
     let Some(bytes) = real_model() else { return };
