@@ -212,3 +212,39 @@ fn window_from_a_byte_budget() {
     assert_eq!(e.kv_stats().capacity, 100);
     assert!(e.kv_stats().bytes <= 512 * 100 + 17);
 }
+
+/// An f16 cache's rows are converted to f32 for attention, and the tokens of a
+/// chunk, attending one layer in turn, convert only the slot each writes (and
+/// the rows it adds). The outputs equal, bit for bit, those of converting every
+/// row each time: through the ring's wrap, a rewind, and two caches that share
+/// one scratch (as a batch's rows do).
+#[test]
+fn f16_rows_converted_once_per_chunk_equal_a_full_conversion() {
+    use kvchat::kv_cache::{AttnScratch, KvCache, KvCacheConfig, KvDType};
+    let (n_head, n_kv, hd, layers) = (6, 2, 16, 2);
+    let cfg = KvCacheConfig { window: 24, sinks: 4, dtype: KvDType::F16, cold: None };
+    let mut rng = kvchat::sampler::Rng::new(5);
+    let mut random = move |n: usize| -> Vec<f32> { (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 6.0).collect() };
+    let new_cache = || KvCache::uniform(cfg, layers, n_kv, hd).unwrap();
+    // [shared scratch, fresh scratch each time] for two caches given the same writes.
+    let mut caches = [[new_cache(), new_cache()], [new_cache(), new_cache()]];
+    let mut shared = AttnScratch::default();
+    let positions: Vec<usize> = (0..60).chain(10..30).collect();
+    for (c, chunk) in positions.chunks(7).enumerate() {
+        for layer in 0..layers {
+            for &p in chunk {
+                // The second cache joins every other chunk, between the first one's tokens.
+                for pair in caches.iter_mut().take(if c % 2 == 0 { 1 } else { 2 }) {
+                    let (q, k, v) = (random(n_head * hd), random(n_kv * hd), random(n_kv * hd));
+                    let (mut incremental, mut full) = (vec![0f32; n_head * hd], vec![0f32; n_head * hd]);
+                    let plan = pair[0].plan(p);
+                    pair[0].attend(layer, plan, &q, &[], &k, &v, None, &mut shared, &mut incremental);
+                    pair[1].attend(layer, plan, &q, &[], &k, &v, None, &mut AttnScratch::default(), &mut full);
+                    for (i, (a, b)) in incremental.iter().zip(&full).enumerate() {
+                        assert_eq!(a.to_bits(), b.to_bits(), "chunk {c}, layer {layer}, position {p}, output {i}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+}

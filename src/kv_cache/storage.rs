@@ -86,6 +86,31 @@ impl Store {
             }
         }
     }
+
+    /// [`rows`](Self::rows) for `rows` rows of `hd` from `first`, where `tmp`
+    /// already holds the first `kept` of them as they are now (f16 storage):
+    /// only the rest and row `fresh` (the slot just written) are converted.
+    fn rows_since<'a>(&'a self, first: usize, rows: usize, hd: usize, kept: usize, fresh: usize, tmp: &'a mut Vec<f32>) -> &'a [f32] {
+        let Store::F16 { data, special } = self else { return self.rows(first..first + rows * hd, tmp) };
+        tmp.resize(rows * hd, 0.0);
+        let kept = kept.min(rows);
+        let convert = |from: usize, to: usize, tmp: &mut Vec<f32>| {
+            ops::f16_to_f32_slice(&data[first + from * hd..first + to * hd], &mut tmp[from * hd..to * hd], !*special);
+        };
+        convert(kept, rows, tmp);
+        if fresh < kept {
+            convert(fresh, fresh + 1, tmp);
+        }
+        &tmp[..]
+    }
+}
+
+/// A number for each change to a layer's stored keys and values, never the
+/// same twice in the process (across every cache), so that a converted copy
+/// of them can tell whether it is still current.
+fn change_stamp() -> u64 {
+    static CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 
@@ -98,6 +123,8 @@ struct LayerCache {
     local: bool,
     /// The compressed tier behind the window (global layers, when configured).
     cold: Option<ColdLayer>,
+    /// The last change to `k` and `v` ([`change_stamp`]).
+    stamp: u64,
 }
 
 /// The inverse rotation of the key leaving the window while a token is
@@ -130,8 +157,13 @@ pub struct AttnScratch {
 #[derive(Default)]
 struct GroupScratch {
     scores: Vec<f32>,
+    /// An f16 cache's rows of this kv head converted to f32: the first
+    /// `converted.1` of the layer whose stores' stamp was `converted.0`. The
+    /// tokens of a prefill chunk attend one layer in turn, each writing one
+    /// slot: the next token converts only that slot and the rows it adds.
     kbuf: Vec<f32>,
     vbuf: Vec<f32>,
+    converted: (u64, usize),
     /// One recalled block's keys or values (see `recalled`).
     tile: Vec<f32>,
     dequant: DequantScratch,
@@ -197,7 +229,7 @@ impl KvStorage {
                 let cold = cfg.cold.filter(|_| !local);
                 let n = n_kv.checked_mul(cap).and_then(|v| v.checked_mul(head_dim)).ok_or_else(|| Error::InvalidOption("kv cache size overflows".into()))?;
                 let cold = cold.map(|c| ColdLayer::new(c, n_kv, head_dim));
-                Ok(LayerCache { k: Store::new(cfg.dtype, n), v: Store::new(cfg.dtype, n), cap, local, cold })
+                Ok(LayerCache { k: Store::new(cfg.dtype, n), v: Store::new(cfg.dtype, n), cap, local, cold, stamp: change_stamp() })
             })
             .collect::<Result<Vec<_>>>()?;
         let cold: Vec<bool> = layers.iter().map(|l| l.cold.is_some()).collect();
@@ -254,6 +286,7 @@ impl KvStorage {
                 dst.k.copy_span(&src.k, span.clone());
                 dst.v.copy_span(&src.v, span);
             }
+            dst.stamp = change_stamp();
         }
         Ok(())
     }
@@ -328,6 +361,7 @@ impl KvStorage {
         }
         let spans: Vec<Vec<_>> = self.layers.iter().map(|lc| self.spans(lc, len).collect()).collect();
         for (lc, spans) in self.layers.iter_mut().zip(spans) {
+            lc.stamp = change_stamp();
             for span in spans {
                 lc.k.read_image(r, span.clone())?;
                 lc.v.read_image(r, span)?;
@@ -391,6 +425,7 @@ impl KvStorage {
             lc.k.write(at, &k[g * hd..(g + 1) * hd]);
             lc.v.write(at, &v[g * hd..(g + 1) * hd]);
         }
+        let before = std::mem::replace(&mut lc.stamp, change_stamp());
         // Recalled rows join the window's once it is full; `recall` chose them for this layer.
         let (recalled, source) = match (&self.recalled, cold) {
             (Some(r), Some(_)) if plan.used == cap => r.for_layer(layer),
@@ -412,8 +447,11 @@ impl KvStorage {
             let gs = unsafe { &mut *groups_ptr.get().add(g) };
             let og = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(g * n_rep * hd), n_rep * hd) };
             let heads = g * n_rep * hd..(g + 1) * n_rep * hd;
-            let span = g * cap * hd..(g * cap + plan.used) * hd;
-            let GroupScratch { scores, kbuf, vbuf, tile, dequant } = gs;
+            let GroupScratch { scores, kbuf, vbuf, converted, tile, dequant } = gs;
+            // What the buffers hold is current but for this token's slot when they were
+            // made at the change before this token's write (an f16 cache; see `GroupScratch`).
+            let kept = if converted.0 == before { converted.1 } else { 0 };
+            *converted = (lc.stamp, plan.used);
             let mut blocks;
             let recalled = match (&source, &lc.cold, cold) {
                 (RecalledFor::Rows(r), _, _) => {
@@ -426,7 +464,10 @@ impl KvStorage {
                 }
                 _ => Recalled::Rows { k: &[], v: &[] },
             };
-            let mut rows = Rows { window_k: lc.k.rows(span.clone(), kbuf), window_v: lc.v.rows(span, vbuf), recalled };
+            let (first, used) = (g * cap * hd, plan.used);
+            let window_k = lc.k.rows_since(first, used, hd, kept, plan.slot, kbuf);
+            let window_v = lc.v.rows_since(first, used, hd, kept, plan.slot, vbuf);
+            let mut rows = Rows { window_k, window_v, recalled };
             attend_heads(&args, n_rep, &q[heads.clone()], &q_sink[heads], &mut rows, scores, og);
         };
         let n = crate::backend::cpu::threads().min(n_kv);
