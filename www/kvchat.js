@@ -86,6 +86,7 @@ export class KvChat {
    * @param {'auto'|'cpu'|'webgpu'} [options.backend]
    * @param {number} [options.kvWindow] KV cache capacity in tokens (default 2048).
    * @param {number} [options.kvSinks] attention-sink tokens never evicted (default 4).
+   * @param {boolean} [options.kvF16] keep the KV cache in f16, half the memory (default false: f32).
    * @param {number} [options.kvCold] tokens a compressed cold tier keeps after they leave the window,
    *   recalled when a query needs them (default 0: off). Runs on the CPU backend.
    * @param {number} [options.kvColdBits] 8 (default) or 4 bits per cold key and value.
