@@ -17,7 +17,8 @@ use crate::fnv::Fnv;
 use half::f16;
 
 const MAGIC: &[u8; 8] = b"KVCHATKV";
-const VERSION: u32 = 2;
+/// 3: 4-bit cold codes split each row into halves (a byte holds channels `c` and `c + head_dim/2`).
+const VERSION: u32 = 3;
 
 fn bad(what: impl Into<String>) -> Error {
     Error::Session(what.into())
