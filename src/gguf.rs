@@ -295,7 +295,7 @@ fn scalar_size(t: u32) -> Result<Option<u64>> {
     Ok(match t {
         0 | 1 | 7 => Some(1),
         2 | 3 => Some(2),
-        4 | 5 | 6 => Some(4),
+        4..=6 => Some(4),
         10..=12 => Some(8),
         8 | 9 => None,
         _ => return Err(Error::Gguf(format!("unknown metadata value type {t}"))),

@@ -276,9 +276,8 @@ fn a_lost_device_moves_the_conversation_to_the_cpu() {
             gpu.lose_gpu_device();
         }
         steps += 1;
-        match gpu.step(&mut s).unwrap() {
-            kvchat::Step::Done(g) => break *g,
-            _ => {}
+        if let kvchat::Step::Done(g) = gpu.step(&mut s).unwrap() {
+            break *g;
         }
     };
     assert_eq!(gpu.backend(), "cpu");

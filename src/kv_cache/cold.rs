@@ -155,7 +155,7 @@ pub struct ColdLayer {
     cfg: ColdConfig,
     n_kv: usize,
     hd: usize,
-    /// `[n_kv][blocks][BLOCK × head_dim codes]`, token-major (4 bits: two channels a byte).
+    /// `[n_kv][blocks][BLOCK × head_dim codes]`, token-major (4 bits: two channels a byte, see `cold_block`).
     k_codes: Vec<u8>,
     /// `[n_kv][blocks][min × head_dim, max × head_dim]`.
     k_range: Vec<f32>,

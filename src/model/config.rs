@@ -163,7 +163,7 @@ fn optional_usize(g: &Gguf, key: &str, max: u64, default: usize) -> Result<usize
 /// `n_embd / n_head`; once the kv heads divide the query heads evenly and the
 /// head size is even (RoPE rotates pairs).
 fn head_dim(g: &Gguf, key: &dyn Fn(&str) -> String, n_head: usize, n_head_kv: usize, n_embd: usize) -> Result<usize> {
-    if n_head % n_head_kv != 0 {
+    if !n_head.is_multiple_of(n_head_kv) {
         return Err(Error::Metadata {
             key: key("attention.head_count_kv"),
             reason: format!("{n_head} query heads cannot be shared evenly by {n_head_kv} kv heads"),
@@ -177,14 +177,14 @@ fn head_dim(g: &Gguf, key: &dyn Fn(&str) -> String, n_head: usize, n_head_kv: us
         }
         return Ok(k);
     }
-    if n_embd % n_head != 0 {
+    if !n_embd.is_multiple_of(n_head) {
         return Err(Error::Metadata {
             key: key("embedding_length"),
             reason: format!("{n_embd} is not a multiple of the {n_head} heads"),
         });
     }
     let head_dim = n_embd / n_head;
-    if head_dim % 2 != 0 {
+    if !head_dim.is_multiple_of(2) {
         return Err(Error::Metadata {
             key: key("embedding_length"),
             reason: format!("head size {head_dim} is odd: RoPE needs pairs"),

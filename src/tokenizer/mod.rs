@@ -83,7 +83,7 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
 }
 
 /// The vocabulary: each token's text and llama.cpp type (1, normal, when the file gives none).
-fn read_vocabulary<'g>(g: &'g Metadata) -> Result<(Vec<&'g str>, Vec<i64>)> {
+fn read_vocabulary(g: &Metadata) -> Result<(Vec<&str>, Vec<i64>)> {
     let tokens = g.get_string_array("tokenizer.ggml.tokens")?;
     if tokens.is_empty() {
         return Err(Error::Metadata { key: "tokenizer.ggml.tokens".into(), reason: "empty vocabulary".into() });

@@ -54,7 +54,7 @@ mod tests {
         assert_eq!(p.len(), 4);
         assert_eq!([p.get(0), p.get(1), p.get(2), p.get(3), p.get(4)], [Some(&b""[..]), Some(b"ab"), Some("é".as_bytes()), Some(b""), None]);
         assert_eq!(p.text(2), Some("é"));
-        let b = Packed::build(3, 0, |i, out| out.extend(std::iter::repeat(i as u8).take(i)));
+        let b = Packed::build(3, 0, |i, out| out.extend(std::iter::repeat_n(i as u8, i)));
         assert_eq!(b.get(2), Some(&[2u8, 2][..]));
     }
 }

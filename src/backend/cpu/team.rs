@@ -124,7 +124,7 @@ fn helper(team: Arc<Team>, i: usize) {
         }
         std::hint::spin_loop();
         spins = spins.wrapping_add(1);
-        if spins % 1024 == 0 && since.elapsed() > IDLE && slot.state.compare_exchange(SPINNING, EXITED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if spins.is_multiple_of(1024) && since.elapsed() > IDLE && slot.state.compare_exchange(SPINNING, EXITED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             return;
         }
     }
@@ -186,7 +186,7 @@ fn finish(slots: std::ops::Range<usize>) {
             // Returning would free the work under a helper that may still run it; a panic
             // (an abort, a trap in wasm) ends the engine instead, and the page sees a
             // crash it can recover from by loading again, not a hang.
-            if spins % 4096 == 0 && started.elapsed() > STUCK {
+            if spins.is_multiple_of(4096) && started.elapsed() > STUCK {
                 panic!("a helper thread has not finished in {} s (it trapped or was killed): the engine stops", STUCK.as_secs());
             }
         }

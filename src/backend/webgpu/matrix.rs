@@ -106,7 +106,7 @@ impl GpuMatrix {
     pub fn from_blocks(ctx: &GpuContext, label: &str, format: QFormat, rows: usize, cols: usize, data: &[u8]) -> Result<Self> {
         let nb = cols / QK;
         let row_data = cols / format.block_values() * format.block_bytes();
-        if cols % format.block_values() != 0 || Some(data.len()) != rows.checked_mul(row_data) {
+        if !cols.is_multiple_of(format.block_values()) || Some(data.len()) != rows.checked_mul(row_data) {
             return Err(Error::Tensor { name: label.into(), reason: "block data does not match the shape".into() });
         }
         let qw = quant_bytes(format) / 4;

@@ -283,7 +283,7 @@ pub fn rope_kv(k: &mut Kernels, ctx: &GpuContext, variant: RopeVariant, tokens: 
     let p = &b.p;
     let hd = p.hd as usize;
     ensure("rope_kv", p.qkv_stride >= (p.n_head + 2 * p.n_kv) * p.hd, "qkv rows narrower than q, k and v")?;
-    ensure("rope_kv", hd % 4 == 0 && p.n_head + p.n_kv <= 64, "head_dim must be a multiple of 4, query and key heads at most 64")?;
+    ensure("rope_kv", hd.is_multiple_of(4) && p.n_head + p.n_kv <= 64, "head_dim must be a multiple of 4, query and key heads at most 64")?;
     kv_shapes("rope_kv", k, p, tokens, b.tok, [b.q, b.q_sink], [b.kc, b.vc])?;
     holds("rope_kv", "qkv", b.qkv, tokens * p.qkv_stride as usize)?;
     holds("rope_kv", "cs", b.cs, (1 + tokens) * hd)?;

@@ -44,7 +44,7 @@ pub(super) fn cache_passes(k: &mut Kernels, ctx: &GpuContext, b: &Buffers, l: &G
 fn check_supported(c: &LlamaConfig) -> Result<()> {
     let (e, hd, ff) = (c.n_embd, c.head_dim, c.n_ff);
     let qd = c.n_head * hd;
-    if hd > 256 || hd % 4 != 0 || e % QK != 0 || ff % QK != 0 || qd % QK != 0 || c.n_head + c.n_head_kv > 64 {
+    if hd > 256 || hd % 4 != 0 || e % QK != 0 || ff % QK != 0 || !qd.is_multiple_of(QK) || c.n_head + c.n_head_kv > 64 {
         return Err(Error::Unsupported(format!("the WebGPU kernels need head_dim <= 256 in fours, at most 64 query and key heads and widths in blocks of 32 (head_dim {hd})")));
     }
     if c.rope_dim != hd {

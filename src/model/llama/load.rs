@@ -119,7 +119,7 @@ impl Reader<'_> {
         let c = self.c;
         let (name, dims) = (ModelTensor::TokenEmbedding.name(), ModelTensor::TokenEmbedding.dims(c));
         let dt = self.g.tensor_dtype(name).ok_or_else(|| Error::Tensor { name: name.into(), reason: "missing from the file".into() })?;
-        if dt.block_size() > c.n_embd || c.n_embd % dt.block_size() != 0 {
+        if dt.block_size() > c.n_embd || !c.n_embd.is_multiple_of(dt.block_size()) {
             return Err(Error::Tensor { name: name.into(), reason: "rows are not whole blocks".into() });
         }
         let tied = !self.g.has_tensor(ModelTensor::Output.name());

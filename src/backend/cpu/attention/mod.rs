@@ -128,11 +128,11 @@ impl Path {
     #[inline(always)]
     fn choose(hd: usize, n: usize) -> Path {
         #[cfg(target_arch = "x86_64")]
-        if hd % 16 == 0 && n <= 4 && crate::backend::cpu::quant::avx512_vnni() {
+        if hd.is_multiple_of(16) && n <= 4 && crate::backend::cpu::quant::avx512_vnni() {
             return Path::Avx512;
         }
         #[cfg(target_arch = "x86_64")]
-        if hd % 8 == 0 && x86::avx2() {
+        if hd.is_multiple_of(8) && x86::avx2() {
             return Path::Avx2;
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -283,7 +283,7 @@ mod tests {
                     unsafe { x86::scores::<N>(&a, &q, &q_sink, &k, &mut got) };
                     paths.push(("avx2", got));
                 }
-                if hd % 16 == 0 && crate::backend::cpu::quant::avx512_vnni() {
+                if hd.is_multiple_of(16) && crate::backend::cpu::quant::avx512_vnni() {
                     let mut got = vec![0f32; N * cap];
                     // SAFETY: AVX-512 is present; as above.
                     unsafe { x86::scores_avx512::<N>(&a, &q, &q_sink, &k, &mut got) };

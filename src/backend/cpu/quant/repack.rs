@@ -57,7 +57,7 @@ pub struct QMatrixBuilder {
 
 impl QMatrixBuilder {
     fn with_layout(format: QFormat, rows: usize, cols: usize, layout: Q4Layout) -> Option<Self> {
-        if cols % format.block_values() != 0 || (layout == Q4Layout::Rows16 && !format.in_rows16()) {
+        if !cols.is_multiple_of(format.block_values()) || (layout == Q4Layout::Rows16 && !format.in_rows16()) {
             return None;
         }
         rows.checked_mul(cols)?;
@@ -69,7 +69,7 @@ impl QMatrixBuilder {
     pub fn add_rows(&mut self, first_row: usize, data: &[u8]) -> bool {
         let format = self.format;
         let row_bytes = self.cols / format.block_values() * format.block_bytes();
-        if first_row != self.filled || data.len() % row_bytes != 0 || data.len() / row_bytes > self.rows - first_row {
+        if first_row != self.filled || !data.len().is_multiple_of(row_bytes) || data.len() / row_bytes > self.rows - first_row {
             return false;
         }
         let (bb, p) = (format.block_bytes(), &mut self.packer);
