@@ -33,7 +33,6 @@ use super::cold_block::{quantize_keys, quantize_values, StoredBlock};
 #[cfg(test)]
 use super::cold_block::DequantScratch;
 use super::image::{ImageReader, ImageWriter};
-use crate::backend::cpu::ops::CacheLevel;
 use crate::error::{Error, Result};
 use half::f16;
 
@@ -257,16 +256,6 @@ impl ColdLayer {
     pub fn stored(&self, left: usize) -> std::ops::Range<usize> {
         let complete = left / BLOCK;
         complete.saturating_sub(self.cfg.blocks())..complete
-    }
-
-    /// Starts loading every held block of every kv head into the second-level
-    /// cache, so that it arrives while the recall chooses.
-    pub fn prefetch_held(&self) {
-        for (i, id) in self.slots.iter().enumerate() {
-            if let Some(id) = id {
-                self.block(i / self.cfg.slots(), *id).prefetch(CacheLevel::Second);
-            }
-        }
     }
 
     /// Chooses the blocks kv head `g` recalls for `queries` (rows of

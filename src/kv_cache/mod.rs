@@ -88,8 +88,8 @@ impl KvCacheConfig {
         windows.iter().map(|w| slot * (if let AttentionWindow::Sliding(n) = w { *n } else { self.window }) as u128).sum()
     }
 
-    /// Bytes of the cold tier and the recalled rows (f32: one layer's
-    /// natively, every global layer's in wasm), for layers attending over `windows`.
+    /// Bytes of the cold tier and the recalled rows (f32, every global
+    /// layer's), for layers attending over `windows`.
     pub fn cold_bytes_for(&self, windows: &[AttentionWindow], n_kv: usize, head_dim: usize) -> u128 {
         let Some(c) = self.cold else { return 0 };
         let global = windows.iter().filter(|w| **w == AttentionWindow::Global).count() as u128;
@@ -97,7 +97,7 @@ impl KvCacheConfig {
             return 0;
         }
         let recalled_rows = (2 * n_kv * head_dim * std::mem::size_of::<f32>() * c.recall_rows()) as u128;
-        global * c.layer_bytes(n_kv, head_dim) as u128 + recalled::RecalledRows::sets(global as usize) as u128 * recalled_rows
+        global * (c.layer_bytes(n_kv, head_dim) as u128 + recalled_rows)
     }
 
     /// The largest window whose cache fits `budget` bytes (the sliding layers' rings counted first).

@@ -1,29 +1,22 @@
 //! The keys and values recalled from the cold tier: the blocks held in a
-//! layer's recall slots dequantized, their keys rotated at the slots'
-//! in-cache positions (`sinks + row`). Two ways to keep them, chosen per
-//! target by measurement, the same bits either way (the same
-//! dequantization, rotation and f16 rounding; `tests/cold_bits.rs`):
+//! layer's recall slots dequantized into rows, their keys rotated at the
+//! slots' in-cache positions (`sinks + row`), kept for every layer with a
+//! cold tier and refilled only where a recall loaded a new block (on the
+//! 3,715-token pass-key text a decode step loads 31 blocks over 90 layer and
+//! kv-head pairs). Attention reads them like the window's rows.
 //!
-//! * **Natively, nothing outlives its layer.** A one-token step (decode; a
-//!   batch) dequantizes each block into a small tile right where attention
-//!   reads it ([`HeldBlocks`]): keys scored block by block, values summed
-//!   block by block, from the codes (a quarter of the bytes at 8 bits). A
-//!   prefill chunk, whose tokens share a recall, fills one layer's rows once
-//!   and refills only the slots a later recall of that layer changed. Rows
-//!   kept for every layer (30 × 3 × 512 rows of f32 keys and values for
-//!   SmolLM2 at recall 512: 23.6 MB) were read from memory at every step and
-//!   evicted the weights from the CPU's cache: at 3.7k tokens decode ran at
-//!   0.77× the plain window's speed, 0.89× with tiles.
-//! * **In wasm, rows for every layer**, refilled only where a recall loaded a
-//!   new block (31 blocks a step over 90 layer and kv-head pairs on the
-//!   pass-key text): with 128-bit vectors, dequantizing all 1,440 held blocks
-//!   every step cost more than reading the rows (headless Chromium, 3.7k
-//!   tokens, per decode token: attention 7.7 ms with tiles against 2.2 for the
-//!   plain window).
+//! Natively the blocks were once dequantized inside attention instead, a
+//! block at a time into a tile that stayed in the first-level cache (the
+//! codes are a quarter of the f32 rows' bytes), every step: at 3.7k tokens
+//! rows for every layer now decode 7% faster than the tiles (four
+//! alternated rounds of `kvchat bench --gen 192`: 174–186 against 162–172
+//! tok/s), as the remaking of 1,440 blocks a step (11% of decode) cost more
+//! than reading 23.6 MB of rows. In wasm, with 128-bit vectors, rows always
+//! won (headless Chromium, 3.7k tokens, per decode token: attention 7.7 ms
+//! with tiles against 2.2 for the plain window).
 
 use super::cold::{ColdLayer, BLOCK};
 use super::cold_block::DequantScratch;
-use crate::backend::cpu::attention::RecalledBlocks;
 use crate::backend::cpu::ops::{self, CacheLevel, RopeStyle};
 
 /// Where recalled keys go: the layer's RoPE and the angles of the recall
@@ -34,25 +27,13 @@ pub struct RecallRope<'a> {
     pub sin: &'a [f32],
 }
 
-/// What the recalled rows hold.
+/// What one layer's recalled rows hold.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Held {
     Nothing,
-    /// Layer `layer`'s `rows` recalled rows per kv head, dequantized.
-    Rows { layer: usize, rows: usize },
-    /// Layer `layer`'s recall, to be dequantized block by block as it is attended.
-    Blocks { layer: usize, rows: usize },
+    /// `rows` recalled rows per kv head, dequantized.
+    Rows(usize),
 }
-
-/// How one layer's attention reads its recalled keys (see the module documentation).
-pub enum RecalledFor<'a> {
-    None,
-    Rows(&'a RecalledRows),
-    Blocks,
-}
-
-/// Whether every layer keeps its recalled rows (see the module documentation).
-pub const ROWS_FOR_EVERY_LAYER: bool = cfg!(target_arch = "wasm32");
 
 /// See the module documentation.
 pub struct RecalledRows {
@@ -71,31 +52,19 @@ pub struct RecalledRows {
 }
 
 impl RecalledRows {
-    /// Rows for the layers with a cold tier (`cold[layer]`): one set they share, or one each.
+    /// Rows for the layers with a cold tier (`cold[layer]`), one set each.
     pub fn new(cold: &[bool], n_kv: usize, per_head: usize, head_dim: usize) -> Self {
         let mut sets = 0;
         let set_of = cold
             .iter()
             .map(|&c| {
                 let set = c.then_some(sets);
-                if c && ROWS_FOR_EVERY_LAYER {
-                    sets += 1;
-                }
+                sets += c as usize;
                 set
             })
             .collect();
-        let sets = if ROWS_FOR_EVERY_LAYER { sets } else { 1 };
         let n = sets * n_kv * per_head * head_dim;
         Self { set_of, held: vec![Held::Nothing; sets], n_kv, per_head, head_dim, k: vec![0.0; n], v: vec![0.0; n], scratch: DequantScratch::default() }
-    }
-
-    /// Row sets a cache with `cold_layers` layers with a cold tier holds.
-    pub fn sets(cold_layers: usize) -> usize {
-        if ROWS_FOR_EVERY_LAYER {
-            cold_layers
-        } else {
-            cold_layers.min(1)
-        }
     }
 
     pub fn bytes(&self) -> usize {
@@ -111,45 +80,28 @@ impl RecalledRows {
         self.set_of.get(layer).copied().flatten()
     }
 
-    /// Layer `layer`'s recalled rows per kv head, and how attention reads them.
-    pub fn for_layer(&self, layer: usize) -> (usize, RecalledFor<'_>) {
-        let Some(set) = self.set(layer) else { return (0, RecalledFor::None) };
-        match self.held[set] {
-            Held::Rows { layer: l, rows } if l == layer && rows > 0 => (rows, RecalledFor::Rows(self)),
-            Held::Blocks { layer: l, rows } if l == layer && rows > 0 => (rows, RecalledFor::Blocks),
-            _ => (0, RecalledFor::None),
+    /// Layer `layer`'s recalled rows per kv head (0: none).
+    pub fn rows(&self, layer: usize) -> usize {
+        match self.set(layer).map(|set| self.held[set]) {
+            Some(Held::Rows(rows)) => rows,
+            _ => 0,
         }
     }
 
-    /// Kv head `g`'s first `rows` keys and values of layer `layer` (after [`fill`](Self::fill)).
+    /// Kv head `g`'s first `rows` keys and values of layer `layer`.
     pub fn head(&self, layer: usize, g: usize, rows: usize) -> (&[f32], &[f32]) {
         let base = (self.set(layer).unwrap_or(0) * self.n_kv + g) * self.per_head;
         let span = base * self.head_dim..(base + rows) * self.head_dim;
         (&self.k[span.clone()], &self.v[span])
     }
 
-    /// Makes layer `layer`'s recalled keys ready for the tokens that share its
-    /// recall (`tokens`): read block by block in a one-token step's attention
-    /// natively, else rows (see the module documentation). `changed`: the
-    /// `(kv head, slot)` pairs the recall loaded.
-    pub fn prepare(&mut self, layer: usize, cold: &ColdLayer, rope: &RecallRope, round_f16: bool, changed: &[(usize, usize)], tokens: usize) {
-        let Some(set) = self.set(layer) else { return };
-        if tokens == 1 && !ROWS_FOR_EVERY_LAYER {
-            cold.prefetch_held();
-            self.held[set] = Held::Blocks { layer, rows: cold.filled() * BLOCK };
-        } else {
-            self.fill(layer, cold, rope, round_f16, changed);
-        }
-    }
-
     /// Dequantizes the blocks `cold`'s recall slots hold as layer `layer`'s
-    /// rows. When the rows already hold that layer (the next tokens of a
-    /// prefill chunk), only the slots in `changed` (`(kv head, slot)`, the
-    /// recall's loads) are dequantized.
-    fn fill(&mut self, layer: usize, cold: &ColdLayer, rope: &RecallRope, round_f16: bool, changed: &[(usize, usize)]) {
+    /// rows: only the slots in `changed` (`(kv head, slot)`, the recall's
+    /// loads) when the rows are current but for those.
+    pub fn fill(&mut self, layer: usize, cold: &ColdLayer, rope: &RecallRope, round_f16: bool, changed: &[(usize, usize)]) {
         let Some(set) = self.set(layer) else { return };
         let (hd, filled) = (self.head_dim, cold.filled());
-        let partial = matches!(self.held[set], Held::Rows { layer: l, .. } if l == layer);
+        let partial = self.held[set] != Held::Nothing;
         for g in 0..self.n_kv {
             let mut blocks = HeldBlocks::new(cold, g, rope, round_f16, &mut self.scratch);
             let base = (set * self.n_kv + g) * self.per_head;
@@ -158,17 +110,16 @@ impl RecalledRows {
                     continue;
                 }
                 let at = (base + slot * BLOCK) * hd..(base + (slot + 1) * BLOCK) * hd;
-                blocks.keys(slot, &mut self.k[at.clone()]);
-                blocks.values(slot, &mut self.v[at]);
+                blocks.make_widest(Part::Keys, slot, &mut self.k[at.clone()]);
+                blocks.make_widest(Part::Values, slot, &mut self.v[at]);
             }
         }
-        self.held[set] = Held::Rows { layer, rows: filled * BLOCK };
+        self.held[set] = Held::Rows(filled * BLOCK);
     }
 }
 
-/// Kv head `g`'s recalled blocks of one layer, dequantized on demand (the
-/// tiles of [`RecalledBlocks`], or the rows of a fill).
-pub struct HeldBlocks<'a> {
+/// Kv head `g`'s recalled blocks of one layer, dequantized on demand.
+struct HeldBlocks<'a> {
     cold: &'a ColdLayer,
     g: usize,
     ids: &'a [Option<usize>],
@@ -178,7 +129,7 @@ pub struct HeldBlocks<'a> {
 }
 
 impl<'a> HeldBlocks<'a> {
-    pub fn new(cold: &'a ColdLayer, g: usize, rope: &'a RecallRope<'a>, round_f16: bool, scratch: &'a mut DequantScratch) -> Self {
+    fn new(cold: &'a ColdLayer, g: usize, rope: &'a RecallRope<'a>, round_f16: bool, scratch: &'a mut DequantScratch) -> Self {
         let ids = &cold.slots_of(g)[..cold.filled()];
         Self { cold, g, ids, rope, round_f16, scratch }
     }
@@ -257,22 +208,4 @@ enum Part {
 fn x86_width() -> u8 {
     static WIDTH: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
     *WIDTH.get_or_init(|| if std::is_x86_feature_detected!("avx512bw") { 2 } else if std::is_x86_feature_detected!("avx2") { 1 } else { 0 })
-}
-
-impl RecalledBlocks for HeldBlocks<'_> {
-    fn block_rows(&self) -> usize {
-        BLOCK
-    }
-
-    fn blocks(&self) -> usize {
-        self.ids.len()
-    }
-
-    fn keys(&mut self, i: usize, tile: &mut [f32]) {
-        self.make_widest(Part::Keys, i, tile)
-    }
-
-    fn values(&mut self, i: usize, tile: &mut [f32]) {
-        self.make_widest(Part::Values, i, tile)
-    }
 }

@@ -6,12 +6,11 @@
 //! goes and what its query sees comes from the [`PositionPlan`].
 
 use super::cold::{ColdLayer, ColdStats, BLOCK};
-use super::cold_block::DequantScratch;
-use super::recalled::{HeldBlocks, RecallRope, RecalledFor, RecalledRows};
+use super::recalled::{RecallRope, RecalledRows};
 use super::image::{ImageReader, ImageWriter};
 use super::policy::PositionPlan;
 use super::{AttentionWindow, KvCacheConfig, KvDType};
-use crate::backend::cpu::attention::{attend_heads, GroupArgs, Recalled, Rows};
+use crate::backend::cpu::attention::{attend_heads, GroupArgs, Rows};
 use crate::backend::cpu::ops::{self, RopeStyle};
 use crate::error::{Error, Result};
 use half::f16;
@@ -164,9 +163,6 @@ struct GroupScratch {
     kbuf: Vec<f32>,
     vbuf: Vec<f32>,
     converted: (u64, usize),
-    /// One recalled block's keys or values (see `recalled`).
-    tile: Vec<f32>,
-    dequant: DequantScratch,
 }
 
 impl AttnScratch {
@@ -314,7 +310,7 @@ impl KvStorage {
             cold.select(g, group_q, stored.clone(), len, loads);
             changed.extend(loads.iter().map(|&(slot, _)| (g, slot)));
         }
-        recalled.prepare(layer, cold, rope, f16, changed, queries.len() / qd);
+        recalled.fill(layer, cold, rope, f16, changed);
     }
 
     /// Moves the key and value in `plan`'s slot (absolute position
@@ -428,8 +424,8 @@ impl KvStorage {
         let before = std::mem::replace(&mut lc.stamp, change_stamp());
         // Recalled rows join the window's once it is full; `recall` chose them for this layer.
         let (recalled, source) = match (&self.recalled, cold) {
-            (Some(r), Some(_)) if plan.used == cap => r.for_layer(layer),
-            _ => (0, RecalledFor::None),
+            (Some(r), Some(_)) if plan.used == cap => (r.rows(layer), Some(r)),
+            _ => (0, None),
         };
         let used = plan.used + recalled;
         let width = cap + recalled;
@@ -447,28 +443,17 @@ impl KvStorage {
             let gs = unsafe { &mut *groups_ptr.get().add(g) };
             let og = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(g * n_rep * hd), n_rep * hd) };
             let heads = g * n_rep * hd..(g + 1) * n_rep * hd;
-            let GroupScratch { scores, kbuf, vbuf, converted, tile, dequant } = gs;
+            let GroupScratch { scores, kbuf, vbuf, converted } = gs;
             // What the buffers hold is current but for this token's slot when they were
             // made at the change before this token's write (an f16 cache; see `GroupScratch`).
             let kept = if converted.0 == before { converted.1 } else { 0 };
             *converted = (lc.stamp, plan.used);
-            let mut blocks;
-            let recalled = match (&source, &lc.cold, cold) {
-                (RecalledFor::Rows(r), _, _) => {
-                    let (k, v) = r.head(layer, g, recalled);
-                    Recalled::Rows { k, v }
-                }
-                (RecalledFor::Blocks, Some(store), Some(rot)) => {
-                    blocks = HeldBlocks::new(store, g, &rot.recall, f16, dequant);
-                    Recalled::Blocks { blocks: &mut blocks, tile }
-                }
-                _ => Recalled::Rows { k: &[], v: &[] },
-            };
+            let (recalled_k, recalled_v) = source.map_or((&[][..], &[][..]), |r| r.head(layer, g, recalled));
             let (first, used) = (g * cap * hd, plan.used);
             let window_k = lc.k.rows_since(first, used, hd, kept, plan.slot, kbuf);
             let window_v = lc.v.rows_since(first, used, hd, kept, plan.slot, vbuf);
-            let mut rows = Rows { window_k, window_v, recalled };
-            attend_heads(&args, n_rep, &q[heads.clone()], &q_sink[heads], &mut rows, scores, og);
+            let rows = Rows { window_k, window_v, recalled_k, recalled_v };
+            attend_heads(&args, n_rep, &q[heads.clone()], &q_sink[heads], &rows, scores, og);
         };
         let n = crate::backend::cpu::threads().min(n_kv);
         if n > 1 && used * n_head * hd >= 1 << 15 {

@@ -63,39 +63,18 @@ impl GroupArgs {
 
 /// The keys and values one kv head's group attends over, `[rows][head_dim]`
 /// each: the window's slots in use (read in place from the cache), then the
-/// rows recalled from the cold tier; together `used` rows, the recalled ones
-/// from `recall_from` on.
+/// rows recalled from the cold tier (`used - recall_from` of them; none:
+/// empty slices).
 pub struct Rows<'a> {
     pub window_k: &'a [f32],
     pub window_v: &'a [f32],
-    pub recalled: Recalled<'a>,
-}
-
-/// Where the recalled rows come from.
-pub enum Recalled<'a> {
-    /// Held as rows (`used - recall_from` of them; none: empty slices).
-    Rows { k: &'a [f32], v: &'a [f32] },
-    /// Made a block at a time into `tile`, which stays in the first-level
-    /// cache: each block's keys scored, then (after the softmax) each block's
-    /// values summed, in key order (the same bits as rows).
-    Blocks { blocks: &'a mut dyn RecalledBlocks, tile: &'a mut Vec<f32> },
-}
-
-/// Recalled rows produced block by block (see [`Recalled::Blocks`]).
-pub trait RecalledBlocks {
-    /// Rows per block.
-    fn block_rows(&self) -> usize;
-    /// Blocks (together `used - recall_from` rows).
-    fn blocks(&self) -> usize;
-    /// Block `i`'s keys into `tile` (`block_rows × head_dim`).
-    fn keys(&mut self, i: usize, tile: &mut [f32]);
-    /// Block `i`'s values into `tile`.
-    fn values(&mut self, i: usize, tile: &mut [f32]);
+    pub recalled_k: &'a [f32],
+    pub recalled_v: &'a [f32],
 }
 
 /// The `n_rep` query heads of one kv head: `q`, `q_sink`, `out` hold
 /// `n_rep * hd`; `scores` `n_rep * cap`.
-pub fn attend_heads(a: &GroupArgs, n_rep: usize, q: &[f32], q_sink: &[f32], rows: &mut Rows, scores: &mut [f32], out: &mut [f32]) {
+pub fn attend_heads(a: &GroupArgs, n_rep: usize, q: &[f32], q_sink: &[f32], rows: &Rows, scores: &mut [f32], out: &mut [f32]) {
     match n_rep {
         1 => attend_group::<1>(a, q, q_sink, rows, scores, out),
         2 => attend_group::<2>(a, q, q_sink, rows, scores, out),
@@ -149,36 +128,19 @@ impl Path {
 /// two passes, softmaxed together, and summed into `out` in key order, so
 /// the result is that of one pass over both.
 #[inline(always)]
-fn attend_group<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], rows: &mut Rows, scores: &mut [f32], out: &mut [f32]) {
+fn attend_group<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], rows: &Rows, scores: &mut [f32], out: &mut [f32]) {
     let path = Path::choose(a.hd, N);
     let (window, recalled) = a.split();
     let from = a.recall_from;
     scores_of::<N>(path, &window, q, q_sink, rows.window_k, scores);
-    match &mut rows.recalled {
-        Recalled::Rows { k, .. } if recalled.used > 0 => scores_of::<N>(path, &recalled, q, q_sink, k, &mut scores[from..]),
-        Recalled::Rows { .. } => {}
-        Recalled::Blocks { blocks, tile } => {
-            let (n, block) = (blocks.block_rows(), GroupArgs { used: blocks.block_rows(), ..recalled });
-            tile.resize(n * a.hd, 0.0);
-            for i in 0..blocks.blocks() {
-                blocks.keys(i, tile);
-                scores_of::<N>(path, &block, q, q_sink, tile, &mut scores[from + i * n..]);
-            }
-        }
+    if recalled.used > 0 {
+        scores_of::<N>(path, &recalled, q, q_sink, rows.recalled_k, &mut scores[from..]);
     }
     softmax_of::<N>(path, a, scores);
     out.fill(0.0);
     weighted_sum_of::<N>(path, &window, scores, rows.window_v, out);
-    match &mut rows.recalled {
-        Recalled::Rows { v, .. } if recalled.used > 0 => weighted_sum_of::<N>(path, &recalled, &scores[from..], v, out),
-        Recalled::Rows { .. } => {}
-        Recalled::Blocks { blocks, tile } => {
-            let (n, block) = (blocks.block_rows(), GroupArgs { used: blocks.block_rows(), ..recalled });
-            for i in 0..blocks.blocks() {
-                blocks.values(i, tile);
-                weighted_sum_of::<N>(path, &block, &scores[from + i * n..], tile, out);
-            }
-        }
+    if recalled.used > 0 {
+        weighted_sum_of::<N>(path, &recalled, &scores[from..], rows.recalled_v, out);
     }
 }
 
