@@ -179,7 +179,7 @@ function settings() {
   const num = (k) => Number(f.get(k));
   return {
     gen: { temperature: num('temperature'), topK: num('topK'), topP: num('topP'), maxTokens: num('maxTokens'), noCache: f.get('noCache') === 'on' },
-    engine: { kvWindow: num('kvWindow'), kvSinks: num('kvSinks'), kvCold: f.get('kvCold') === '' ? 'auto' : num('kvCold'), kvRecall: f.get('kvRecall') === '' ? undefined : num('kvRecall'), backend: f.get('backend') },
+    engine: { kvWindow: num('kvWindow'), kvSinks: num('kvSinks'), kvCold: f.get('kvCold') === '' ? 'auto' : num('kvCold'), kvRecall: f.get('kvRecall') === '' ? undefined : num('kvRecall'), kvColdBits: num('kvColdBits'), kvF16: f.get('kvF16'), backend: f.get('backend') },
   };
 }
 
@@ -187,18 +187,30 @@ function settings() {
 const AUTO_COLD_TOKENS = 8192;
 
 /**
- * The cold tier's size for these engine settings: an empty field (auto) turns it on
- * where the model would run on the CPU anyway (backend cpu, or auto without a
- * hardware WebGPU adapter: the worker's own rule) and off where a GPU would run it
- * (if that GPU then fails to load the model, the CPU runs it without a cold tier),
- * since the cold tier has no WebGPU path and asking for it moves the model to the CPU.
+ * Whether the model will run on the CPU with these engine settings: backend cpu, or auto
+ * without a hardware WebGPU adapter (the worker's own rule; if a GPU then fails to load
+ * the model, the CPU runs it with the settings chosen for the GPU).
  */
-async function coldTokens({ kvCold, backend }) {
-  if (kvCold !== 'auto') return kvCold;
-  if (backend === 'cpu') return AUTO_COLD_TOKENS;
-  if (backend === 'webgpu') return 0;
+async function runsOnCpu({ backend }) {
+  if (backend !== 'auto') return backend === 'cpu';
   const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
-  return adapter && !adapter.info?.isFallbackAdapter ? 0 : AUTO_COLD_TOKENS;
+  return !adapter || !!adapter.info?.isFallbackAdapter;
+}
+
+/**
+ * The "auto" settings resolved where the model will run. On the CPU: a cold tier of
+ * AUTO_COLD_TOKENS (it has no WebGPU path: asking for it moves the model to the CPU) and an
+ * f16 cache (half the memory; in Chromium its attention is the faster one). On a GPU: neither
+ * (the f16 cache's speed on hardware GPUs is unmeasured).
+ */
+async function resolveAuto(engine) {
+  if (engine.kvCold !== 'auto' && engine.kvF16 !== 'auto') return { ...engine, kvF16: engine.kvF16 === 'f16' };
+  const cpu = await runsOnCpu(engine);
+  return {
+    ...engine,
+    kvCold: engine.kvCold === 'auto' ? (cpu ? AUTO_COLD_TOKENS : 0) : engine.kvCold,
+    kvF16: engine.kvF16 === 'auto' ? cpu : engine.kvF16 === 'f16',
+  };
 }
 
 function addMessage(role, text) {
@@ -243,8 +255,7 @@ async function load() {
   setBusy(false);
   el.banner.hidden = true;
   setProgress('loading', 0, 'starting…');
-  const { engine } = settings();
-  engine.kvCold = await coldTokens(engine);
+  const engine = await resolveAuto(settings().engine);
   if (ticket !== loads) return;
   el.modelName.textContent = picked.license ? `${picked.name} · ${picked.license}` : picked.name;
   let loaded;

@@ -1,4 +1,5 @@
 // <kv-chat model="…" backend="auto" kv-window="1024" allowed-origins="https://…"></kv-chat>:
+// (also kv-sinks, kv-f16, kv-cold, kv-cold-bits, kv-recall: KvChat.load's options)
 // a compact chat box for any static page. Model output is inserted as text, never as HTML.
 // Removing the element stops its worker (also mid-load); putting it back loads again.
 import { KvChat, DEFAULT_MODEL } from './kvchat.js';
@@ -60,7 +61,9 @@ class KvChatElement extends HTMLElement {
         backend: this.getAttribute('backend') || 'auto',
         kvWindow: num(this.getAttribute('kv-window')),
         kvSinks: num(this.getAttribute('kv-sinks')),
+        kvF16: this.hasAttribute('kv-f16') || undefined,
         kvCold: num(this.getAttribute('kv-cold')),
+        kvColdBits: num(this.getAttribute('kv-cold-bits')),
         kvRecall: num(this.getAttribute('kv-recall')),
         allowedOrigins: list(this.getAttribute('allowed-origins')),
         signal: loading.signal,
