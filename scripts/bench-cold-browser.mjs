@@ -5,7 +5,8 @@
 // the medians with decode cold / plain; the answer to the pass-key question is checked too.
 // `same-keys` as a third argument adds a plain window of 1,028 tokens to each round: it attends over
 // as many keys per step as window 512 + recall 512 (516 + 512), the cold tier's floor.
-// Usage: node scripts/bench-cold-browser.mjs [rounds, default 2] [simd, default relaxed] [same-keys]
+// `cold4` adds the cold tier at 4 bits (`kvColdBits: 4`); `f16` gives every setting an f16 cache.
+// Usage: node scripts/bench-cold-browser.mjs [rounds, default 2] [simd, default relaxed] [same-keys] [cold4]
 import { serve, browser } from '../tests/e2e/harness.mjs';
 
 const rounds = Number(process.argv[2] || 2);
@@ -19,7 +20,10 @@ const before = Math.floor(fill * 0.5);
 const fact = `The pass key is ${KEY}. Remember it. ${KEY} is the pass key. `;
 const prompt = INTRO + FILLER.repeat(before) + fact + FILLER.repeat(fill - before) + '\nWhat is the pass key? The pass key is';
 const SETTINGS = { plain: { kvWindow: 512 }, cold: { kvWindow: 512, kvCold: 16384, kvRecall: 512 } };
-if (process.argv[4] === 'same-keys') SETTINGS.same_keys = { kvWindow: 1028 };
+const extra = process.argv.slice(4);
+if (extra.includes('same-keys')) SETTINGS.same_keys = { kvWindow: 1028 };
+if (extra.includes('cold4')) SETTINGS.cold4 = { ...SETTINGS.cold, kvColdBits: 4 };
+if (extra.includes('f16')) for (const kv of Object.values(SETTINGS)) kv.kvF16 = true;
 
 const srv = await serve();
 const b = await browser();
@@ -52,6 +56,11 @@ const median = (setting, k) => { const v = rows.filter((r) => r.setting === sett
 const plain = median('plain', 'decode_tokens_per_sec');
 const cold = median('cold', 'decode_tokens_per_sec');
 const summary = { decode_plain: plain, decode_cold: cold, decode_cold_over_plain: +(cold / plain).toFixed(3), wasm_memory_mb: { plain: median('plain', 'wasm_memory_mb'), cold: median('cold', 'wasm_memory_mb') } };
+if (SETTINGS.cold4) {
+  summary.decode_cold4 = median('cold4', 'decode_tokens_per_sec');
+  summary.decode_cold4_over_plain = +(summary.decode_cold4 / plain).toFixed(3);
+  summary.wasm_memory_mb.cold4 = median('cold4', 'wasm_memory_mb');
+}
 if (SETTINGS.same_keys) {
   summary.decode_same_keys = median('same_keys', 'decode_tokens_per_sec');
   summary.decode_same_keys_over_plain = +(summary.decode_same_keys / plain).toFixed(3);

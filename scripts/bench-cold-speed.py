@@ -14,7 +14,9 @@ Prints one JSON line per measurement, then the medians and the ratios, cold / pl
 (decode tokens/s and seconds): the targets are decode >= 0.8x and prefill + answer <= 1.5x the
 plain window's, and <= 1/3 of the full cache's time.
 
-  scripts/bench-cold-speed.py MODEL [--rounds 3] [--cli target/release/kvchat] [--no-full] [--same-keys]
+With `--cold4`, the cold tier at 4 bits too (`--kv-cold-bits 4`).
+
+  scripts/bench-cold-speed.py MODEL [--rounds 3] [--cli target/release/kvchat] [--no-full] [--same-keys] [--cold4]
 """
 import argparse
 import importlib.util
@@ -36,6 +38,7 @@ PLAIN = ["--kv-window", "512"]
 COLD = ["--kv-window", "512", "--kv-cold", "16384", "--kv-recall", "512"]
 FULL = ["--kv-window", "16384"]
 SAME_KEYS = ["--kv-window", "1028"]
+COLD4 = COLD + ["--kv-cold-bits", "4"]
 
 
 def write_prompt(tokens):
@@ -65,10 +68,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-full", action="store_true", help="skip the full cache (about a minute at 7.3k tokens)")
     ap.add_argument("--same-keys", action="store_true", help="add a plain window of 1,028 tokens (the keys the cold tier attends)")
+    ap.add_argument("--cold4", action="store_true", help="add the cold tier at 4 bits")
     a = ap.parse_args()
     short, long = write_prompt(3737), write_prompt(7337)
     try:
-        settings = [("plain", PLAIN), ("cold", COLD)] + ([("same_keys", SAME_KEYS)] if a.same_keys else [])
+        settings = [("plain", PLAIN), ("cold", COLD)] + ([("same_keys", SAME_KEYS)] if a.same_keys else []) + ([("cold4", COLD4)] if a.cold4 else [])
         rows = {f"{part}_{name}": [] for part in ("decode", "answer") for name, _ in settings}
         for r in range(a.rounds):
             for name, args in settings:
@@ -83,6 +87,9 @@ def main():
             "answer_cold_over_plain": round(med["answer_cold"] / med["answer_plain"], 3),
             "medians": {k: round(v, 2) for k, v in med.items()},
         }
+        if a.cold4:
+            summary["decode_cold4_over_plain"] = round(med["decode_cold4"] / med["decode_plain"], 3)
+            summary["answer_cold4_over_plain"] = round(med["answer_cold4"] / med["answer_plain"], 3)
         if a.same_keys:
             summary["decode_same_keys_over_plain"] = round(med["decode_same_keys"] / med["decode_plain"], 3)
             summary["answer_same_keys_over_plain"] = round(med["answer_same_keys"] / med["answer_plain"], 3)

@@ -26,6 +26,7 @@ SETTINGS = {
     "plain": ["--kv-window", "512"],
     "cold": ["--kv-window", "512", "--kv-cold", "16384", "--kv-recall", "512"],
     "cold4": ["--kv-window", "512", "--kv-cold", "16384", "--kv-recall", "512", "--kv-cold-bits", "4"],
+    "cold-f16": ["--kv-window", "512", "--kv-cold", "16384", "--kv-recall", "512", "--kv-f16"],
     "full": ["--kv-window", "16384"],
 }
 
