@@ -101,7 +101,7 @@ bench: model build-native build-wasm
 	node scripts/bench-structured.mjs 3
 	node scripts/bench-batch.mjs 1,4,8,16
 	node scripts/bench-long-context.mjs
-	python3 scripts/bench-cold-speed.py $(MODEL) --same-keys
+	python3 scripts/bench-cold-speed.py $(MODEL) --same-keys --cold4
 	node scripts/bench-cold-browser.mjs 2 relaxed same-keys
 	./scripts/bench-wllama.sh
 	@echo "cache vs --no-cache, 256 generated tokens:"
@@ -110,10 +110,11 @@ bench: model build-native build-wasm
 	  | python3 -c "import json,sys; r=json.load(sys.stdin); print('  $${flag:-cache}:', round(r['decode_tokens_per_sec'],1), 'decode tok/s')"; \
 	done
 
-# The cold tier's pass-key table (10 keys x 3 positions x 3 lengths with the cold tier, 2 keys
-# with the plain window; about 45 minutes here).
+# The cold tier's pass-key table (10 keys x 3 positions x 3 lengths for each cold setting: 8 bits,
+# f16 window, 4 bits; 2 keys
+# with the plain window; about 2 hours here).
 bench-passkey: model build-native
-	python3 scripts/bench-passkey.py $(MODEL) --keys 10 --settings cold --rss
+	python3 scripts/bench-passkey.py $(MODEL) --keys 10 --settings cold,cold-f16,cold4 --rss
 	python3 scripts/bench-passkey.py $(MODEL) --keys 2 --settings plain --rss
 
 # Perplexity of the GPL-3 text (first 4096 tokens): full cache, a 512 window with and without
