@@ -111,8 +111,7 @@ bench: model build-native build-wasm
 	done
 
 # The cold tier's pass-key table (10 keys x 3 positions x 3 lengths for each cold setting: 8 bits,
-# f16 window, 4 bits; 2 keys
-# with the plain window; about 2 hours here).
+# f16 window, 4 bits; 2 keys with the plain window; about an hour here).
 bench-passkey: model build-native
 	python3 scripts/bench-passkey.py $(MODEL) --keys 10 --settings cold,cold-f16,cold4 --rss
 	python3 scripts/bench-passkey.py $(MODEL) --keys 2 --settings plain --rss
