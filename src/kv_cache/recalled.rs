@@ -143,56 +143,56 @@ impl<'a> HeldBlocks<'a> {
         }
     }
 
-    /// Block `i`'s keys (rotated) or values into `tile` (zeros for a slot
+    /// Block `i`'s keys (rotated) or values into `rows` (zeros for a slot
     /// that holds nothing, which a filled slot never is).
     #[inline(always)]
-    fn make(&mut self, part: Part, i: usize, tile: &mut [f32]) {
+    fn make(&mut self, part: Part, i: usize, rows: &mut [f32]) {
         let hd = self.cold.head_dim();
-        let tile = &mut tile[..BLOCK * hd];
-        let Some(Some(id)) = self.ids.get(i) else { return tile.fill(0.0) };
+        let rows = &mut rows[..BLOCK * hd];
+        let Some(Some(id)) = self.ids.get(i) else { return rows.fill(0.0) };
         self.prefetch_after(i);
         let block = self.cold.block(self.g, *id);
         match part {
             Part::Keys => {
-                block.keys(hd, self.scratch, tile);
+                block.keys(hd, self.scratch, rows);
                 let half = hd / 2;
-                for (r, key) in tile.chunks_exact_mut(hd).enumerate() {
+                for (r, key) in rows.chunks_exact_mut(hd).enumerate() {
                     let row = (i * BLOCK + r) * half..(i * BLOCK + r + 1) * half;
                     self.rope.rotate.rotate(key, &self.rope.cos[row.clone()], &self.rope.sin[row]);
                 }
             }
-            Part::Values => block.values(hd, self.scratch, tile),
+            Part::Values => block.values(hd, self.scratch, rows),
         }
         if self.round_f16 {
             // What storing them in an f16 cache and reading them back gives.
-            ops::round_f16(tile);
+            ops::round_f16(rows);
         }
     }
 
     /// [`make`](Self::make) compiled for AVX-512, its loops sixteen lanes wide.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,avx512f,avx512bw")]
-    unsafe fn make_avx512(&mut self, part: Part, i: usize, tile: &mut [f32]) {
-        self.make(part, i, tile)
+    unsafe fn make_avx512(&mut self, part: Part, i: usize, rows: &mut [f32]) {
+        self.make(part, i, rows)
     }
 
     /// [`make`](Self::make) compiled for AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn make_avx2(&mut self, part: Part, i: usize, tile: &mut [f32]) {
-        self.make(part, i, tile)
+    unsafe fn make_avx2(&mut self, part: Part, i: usize, rows: &mut [f32]) {
+        self.make(part, i, rows)
     }
 
     /// [`make`](Self::make) with the widest vectors this CPU has.
-    fn make_widest(&mut self, part: Part, i: usize, tile: &mut [f32]) {
+    fn make_widest(&mut self, part: Part, i: usize, rows: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         match x86_width() {
             // SAFETY: the CPU has the features each one is compiled with.
-            2 => return unsafe { self.make_avx512(part, i, tile) },
-            1 => return unsafe { self.make_avx2(part, i, tile) },
+            2 => return unsafe { self.make_avx512(part, i, rows) },
+            1 => return unsafe { self.make_avx2(part, i, rows) },
             _ => {}
         }
-        self.make(part, i, tile)
+        self.make(part, i, rows)
     }
 }
 
