@@ -17,11 +17,10 @@ pub struct StoredBlock<'a> {
     pub(super) v_params: &'a [f16],
 }
 
-/// Per-block buffers of [`StoredBlock::dequantize`], reused.
+/// Per-block buffers of [`StoredBlock::keys`], reused.
 #[derive(Default)]
 pub struct DequantScratch {
     key_steps: Vec<f32>,
-    value_params: Vec<f32>,
 }
 
 impl StoredBlock<'_> {
@@ -39,10 +38,10 @@ impl StoredBlock<'_> {
     /// `min + code · step` (a key's min and step per channel, a value's per
     /// token), loops written so they vectorize (inlined into the caller's
     /// instruction set).
-    #[inline(always)]
+    #[cfg(test)]
     pub fn dequantize(&self, hd: usize, scratch: &mut DequantScratch, k: &mut [f32], v: &mut [f32]) {
         self.keys(hd, scratch, k);
-        self.values(hd, scratch, v);
+        self.values(hd, v);
     }
 
     /// The block's keys, un-rotated: `[BLOCK][head_dim]`.
@@ -85,40 +84,39 @@ impl StoredBlock<'_> {
         }
     }
 
-    /// The block's values: `[BLOCK][head_dim]`.
+    /// The block's value codes one a byte, `[BLOCK][head_dim]` (4-bit ones
+    /// unpacked), and each token's `[min, step]` as f32: value `min + code · step`.
     #[inline(always)]
-    pub fn values(&self, hd: usize, scratch: &mut DequantScratch, v: &mut [f32]) {
-        let params = &mut scratch.value_params;
-        params.resize(2 * BLOCK, 0.0);
-        crate::backend::cpu::ops::f16_to_f32_slice(self.v_params, params, false);
-        let v = &mut v[..BLOCK * hd];
+    pub fn value_codes(&self, hd: usize, codes: &mut [u8], params: &mut [f32]) {
+        crate::backend::cpu::ops::f16_to_f32_slice(self.v_params, &mut params[..2 * BLOCK], false);
+        let codes = &mut codes[..BLOCK * hd];
         match self.bits {
-            ColdBits::Eight => {
-                for ((row, codes), p) in v.chunks_exact_mut(hd).zip(self.v_codes.chunks_exact(hd)).zip(params.chunks_exact(2)) {
-                    let (min, step) = (p[0], p[1]);
-                    for (x, &c) in row.iter_mut().zip(codes) {
-                        *x = min + c as f32 * step;
-                    }
-                }
-            }
+            ColdBits::Eight => codes.copy_from_slice(&self.v_codes[..BLOCK * hd]),
             ColdBits::Four if hd % 2 == 1 => {
-                for (i, x) in v.iter_mut().enumerate() {
-                    let (min, step) = (params[2 * (i / hd)], params[2 * (i / hd) + 1]);
-                    *x = min + code(self.v_codes, ColdBits::Four, hd, i) as f32 * step;
+                for (i, x) in codes.iter_mut().enumerate() {
+                    *x = code(self.v_codes, ColdBits::Four, hd, i);
                 }
             }
             ColdBits::Four => {
                 let half = hd / 2;
-                for ((row, codes), p) in v.chunks_exact_mut(hd).zip(self.v_codes.chunks_exact(half)).zip(params.chunks_exact(2)) {
-                    let (min, step) = (p[0], p[1]);
+                for (row, packed) in codes.chunks_exact_mut(hd).zip(self.v_codes.chunks_exact(half)) {
                     let (first, second) = row.split_at_mut(half);
-                    for (x, &c) in first.iter_mut().zip(codes) {
-                        *x = min + (c & 15) as f32 * step;
-                    }
-                    for (x, &c) in second.iter_mut().zip(codes) {
-                        *x = min + (c >> 4) as f32 * step;
+                    for ((low, high), &c) in first.iter_mut().zip(second.iter_mut()).zip(packed) {
+                        (*low, *high) = (c & 15, c >> 4);
                     }
                 }
+            }
+        }
+    }
+
+    /// The block's values, `[BLOCK][head_dim]`: [`value_codes`](Self::value_codes) dequantized.
+    #[cfg(test)]
+    pub fn values(&self, hd: usize, v: &mut [f32]) {
+        let (mut codes, mut params) = (vec![0u8; BLOCK * hd], vec![0f32; 2 * BLOCK]);
+        self.value_codes(hd, &mut codes, &mut params);
+        for ((row, codes), p) in v[..BLOCK * hd].chunks_exact_mut(hd).zip(codes.chunks_exact(hd)).zip(params.chunks_exact(2)) {
+            for (x, &c) in row.iter_mut().zip(codes) {
+                *x = p[0] + c as f32 * p[1];
             }
         }
     }

@@ -1,22 +1,30 @@
 //! The keys and values recalled from the cold tier: the blocks held in a
-//! layer's recall slots dequantized into rows, their keys rotated at the
-//! slots' in-cache positions (`sinks + row`), kept for every layer with a
-//! cold tier and refilled only where a recall loaded a new block (on the
-//! 3,715-token pass-key text a decode step loads 31 blocks over 90 layer and
-//! kv-head pairs). Attention reads them like the window's rows.
+//! layer's recall slots, their keys dequantized into f32 rows rotated at the
+//! slots' in-cache positions (`sinks + row`), their values kept as one-byte
+//! codes with each row's min and step (attention dequantizes a value as it
+//! reads it: values are not rotated, so their codes serve as they are), kept
+//! for every layer with a cold tier and refilled only where a recall loaded a
+//! new block (on the 3,715-token pass-key text a decode step loads 31 blocks
+//! over 90 layer and kv-head pairs).
+//!
+//! Decode at long context waits on memory, so bytes are time: values as codes
+//! are 3.3 MB a step instead of 11.8 MB of f32 rows for SmolLM2 at recall 512,
+//! and a cold decode token at 3.7k tokens went from 0.73x to 0.78x the plain
+//! window's natively (three alternated rounds of `kvchat bench --gen 192`),
+//! 0.68x to 0.72x in Chromium. Keys cannot be scored from their codes: each
+//! row has its own rotation (see ARCHITECTURE.md).
 //!
 //! Natively the blocks were once dequantized inside attention instead, a
-//! block at a time into a tile that stayed in the first-level cache (the
-//! codes are a quarter of the f32 rows' bytes), every step: at 3.7k tokens
-//! rows for every layer now decode 7% faster than the tiles (four
-//! alternated rounds of `kvchat bench --gen 192`: 174–186 against 162–172
-//! tok/s), as the remaking of 1,440 blocks a step (11% of decode) cost more
-//! than reading 23.6 MB of rows. In wasm, with 128-bit vectors, rows always
-//! won (headless Chromium, 3.7k tokens, per decode token: attention 7.7 ms
-//! with tiles against 2.2 for the plain window).
+//! block at a time into a tile that stayed in the first-level cache, every
+//! step: rows for every layer decoded 7% faster than the tiles, as the
+//! remaking of 1,440 blocks a step (11% of decode) cost more than reading
+//! the rows. In wasm, with 128-bit vectors, rows always won (headless
+//! Chromium, 3.7k tokens, per decode token: attention 7.7 ms with tiles
+//! against 2.2 for the plain window).
 
 use super::cold::{ColdLayer, BLOCK};
 use super::cold_block::DequantScratch;
+use crate::backend::cpu::attention::ValueCodes;
 use crate::backend::cpu::ops::{self, CacheLevel, RopeStyle};
 
 /// Where recalled keys go: the layer's RoPE and the angles of the recall
@@ -45,9 +53,13 @@ pub struct RecalledRows {
     /// Rows per kv head (the recall budget).
     per_head: usize,
     head_dim: usize,
-    /// `[sets][n_kv][per_head][head_dim]` keys and values.
+    /// `[sets][n_kv][per_head][head_dim]` keys.
     k: Vec<f32>,
-    v: Vec<f32>,
+    /// `[sets][n_kv][per_head][head_dim]` value codes, one a byte (attention
+    /// dequantizes them as it reads them: a quarter of f32 rows' bytes).
+    v_codes: Vec<u8>,
+    /// `[sets][n_kv][per_head][min, step]`.
+    v_params: Vec<f32>,
     scratch: DequantScratch,
 }
 
@@ -63,12 +75,13 @@ impl RecalledRows {
                 set
             })
             .collect();
-        let n = sets * n_kv * per_head * head_dim;
-        Self { set_of, held: vec![Held::Nothing; sets], n_kv, per_head, head_dim, k: vec![0.0; n], v: vec![0.0; n], scratch: DequantScratch::default() }
+        let (rows, n) = (sets * n_kv * per_head, sets * n_kv * per_head * head_dim);
+        let (k, v_codes, v_params) = (vec![0.0; n], vec![0; n], vec![0.0; 2 * rows]);
+        Self { set_of, held: vec![Held::Nothing; sets], n_kv, per_head, head_dim, k, v_codes, v_params, scratch: DequantScratch::default() }
     }
 
     pub fn bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * std::mem::size_of::<f32>()
+        (self.k.len() + self.v_params.len()) * std::mem::size_of::<f32>() + self.v_codes.len()
     }
 
     /// Nothing held is valid any more (the recall slots were emptied or replaced).
@@ -89,10 +102,11 @@ impl RecalledRows {
     }
 
     /// Kv head `g`'s first `rows` keys and values of layer `layer`.
-    pub fn head(&self, layer: usize, g: usize, rows: usize) -> (&[f32], &[f32]) {
+    pub fn head(&self, layer: usize, g: usize, rows: usize) -> (&[f32], ValueCodes<'_>) {
         let base = (self.set(layer).unwrap_or(0) * self.n_kv + g) * self.per_head;
         let span = base * self.head_dim..(base + rows) * self.head_dim;
-        (&self.k[span.clone()], &self.v[span])
+        let values = ValueCodes { codes: &self.v_codes[span.clone()], params: &self.v_params[2 * base..2 * (base + rows)] };
+        (&self.k[span], values)
     }
 
     /// Dequantizes the blocks `cold`'s recall slots hold as layer `layer`'s
@@ -109,9 +123,9 @@ impl RecalledRows {
                 if partial && !changed.contains(&(g, slot)) {
                     continue;
                 }
-                let at = (base + slot * BLOCK) * hd..(base + (slot + 1) * BLOCK) * hd;
-                blocks.make_widest(Part::Keys, slot, &mut self.k[at.clone()]);
-                blocks.make_widest(Part::Values, slot, &mut self.v[at]);
+                let (first, end) = (base + slot * BLOCK, base + (slot + 1) * BLOCK);
+                blocks.keys_widest(slot, &mut self.k[first * hd..end * hd]);
+                blocks.value_codes(slot, &mut self.v_codes[first * hd..end * hd], &mut self.v_params[2 * first..2 * end]);
             }
         }
         self.held[set] = Held::Rows(filled * BLOCK);
@@ -143,25 +157,19 @@ impl<'a> HeldBlocks<'a> {
         }
     }
 
-    /// Block `i`'s keys (rotated) or values into `rows` (zeros for a slot
-    /// that holds nothing, which a filled slot never is).
+    /// Block `i`'s keys, rotated, into `rows` (zeros for a slot that holds
+    /// nothing, which a filled slot never is).
     #[inline(always)]
-    fn make(&mut self, part: Part, i: usize, rows: &mut [f32]) {
+    fn keys(&mut self, i: usize, rows: &mut [f32]) {
         let hd = self.cold.head_dim();
         let rows = &mut rows[..BLOCK * hd];
         let Some(Some(id)) = self.ids.get(i) else { return rows.fill(0.0) };
         self.prefetch_after(i);
-        let block = self.cold.block(self.g, *id);
-        match part {
-            Part::Keys => {
-                block.keys(hd, self.scratch, rows);
-                let half = hd / 2;
-                for (r, key) in rows.chunks_exact_mut(hd).enumerate() {
-                    let row = (i * BLOCK + r) * half..(i * BLOCK + r + 1) * half;
-                    self.rope.rotate.rotate(key, &self.rope.cos[row.clone()], &self.rope.sin[row]);
-                }
-            }
-            Part::Values => block.values(hd, self.scratch, rows),
+        self.cold.block(self.g, *id).keys(hd, self.scratch, rows);
+        let half = hd / 2;
+        for (r, key) in rows.chunks_exact_mut(hd).enumerate() {
+            let row = (i * BLOCK + r) * half..(i * BLOCK + r + 1) * half;
+            self.rope.rotate.rotate(key, &self.rope.cos[row.clone()], &self.rope.sin[row]);
         }
         if self.round_f16 {
             // What storing them in an f16 cache and reading them back gives.
@@ -169,38 +177,42 @@ impl<'a> HeldBlocks<'a> {
         }
     }
 
-    /// [`make`](Self::make) compiled for AVX-512, its loops sixteen lanes wide.
+    /// Block `i`'s value codes and their `[min, step]` (zeros for a slot that
+    /// holds nothing). Unlike the keys they are never rounded to f16: they
+    /// are read as codes, never stored in the cache.
+    fn value_codes(&self, i: usize, codes: &mut [u8], params: &mut [f32]) {
+        let Some(Some(id)) = self.ids.get(i) else {
+            codes.fill(0);
+            return params.fill(0.0);
+        };
+        self.cold.block(self.g, *id).value_codes(self.cold.head_dim(), codes, params);
+    }
+
+    /// [`keys`](Self::keys) compiled for AVX-512, its loops sixteen lanes wide.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,avx512f,avx512bw")]
-    unsafe fn make_avx512(&mut self, part: Part, i: usize, rows: &mut [f32]) {
-        self.make(part, i, rows)
+    unsafe fn keys_avx512(&mut self, i: usize, rows: &mut [f32]) {
+        self.keys(i, rows)
     }
 
-    /// [`make`](Self::make) compiled for AVX2.
+    /// [`keys`](Self::keys) compiled for AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn make_avx2(&mut self, part: Part, i: usize, rows: &mut [f32]) {
-        self.make(part, i, rows)
+    unsafe fn keys_avx2(&mut self, i: usize, rows: &mut [f32]) {
+        self.keys(i, rows)
     }
 
-    /// [`make`](Self::make) with the widest vectors this CPU has.
-    fn make_widest(&mut self, part: Part, i: usize, rows: &mut [f32]) {
+    /// [`keys`](Self::keys) with the widest vectors this CPU has.
+    fn keys_widest(&mut self, i: usize, rows: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         match x86_width() {
             // SAFETY: the CPU has the features each one is compiled with.
-            2 => return unsafe { self.make_avx512(part, i, rows) },
-            1 => return unsafe { self.make_avx2(part, i, rows) },
+            2 => return unsafe { self.keys_avx512(i, rows) },
+            1 => return unsafe { self.keys_avx2(i, rows) },
             _ => {}
         }
-        self.make(part, i, rows)
+        self.keys(i, rows)
     }
-}
-
-/// What [`HeldBlocks::make`] dequantizes.
-#[derive(Clone, Copy)]
-enum Part {
-    Keys,
-    Values,
 }
 
 /// The widest vectors this CPU has for the dequantizing loops.

@@ -69,7 +69,18 @@ pub struct Rows<'a> {
     pub window_k: &'a [f32],
     pub window_v: &'a [f32],
     pub recalled_k: &'a [f32],
-    pub recalled_v: &'a [f32],
+    pub recalled_v: ValueCodes<'a>,
+}
+
+/// Recalled values as the cold tier's codes, one a byte (4-bit ones
+/// unpacked): value `[s][c]` is `params[2s] + codes[s·hd + c] · params[2s + 1]`
+/// (the token's min and step). The weighted sum dequantizes each one as it
+/// goes, with the float operations of dequantizing first, so the bits are
+/// those of f32 rows read at a quarter of their bytes.
+#[derive(Clone, Copy, Default)]
+pub struct ValueCodes<'a> {
+    pub codes: &'a [u8],
+    pub params: &'a [f32],
 }
 
 /// The `n_rep` query heads of one kv head: `q`, `q_sink`, `out` hold
@@ -140,7 +151,7 @@ fn attend_group<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], rows: 
     out.fill(0.0);
     weighted_sum_of::<N>(path, &window, scores, rows.window_v, out);
     if recalled.used > 0 {
-        weighted_sum_of::<N>(path, &recalled, &scores[from..], rows.recalled_v, out);
+        weighted_sum_codes_of::<N>(path, &recalled, &scores[from..], rows.recalled_v, out);
     }
 }
 
@@ -186,6 +197,24 @@ fn weighted_sum_of<const N: usize>(path: Path, a: &GroupArgs, p: &[f32], v: &[f3
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         Path::Simd128 => unsafe { simd128::weighted_sum::<N>(p, cap, used, v, hd, out) },
         Path::Portable => portable::weighted_sum::<N>(p, cap, &v[..used * hd], hd, out),
+    }
+}
+
+/// [`weighted_sum_of`] over values held as codes.
+#[inline(always)]
+fn weighted_sum_codes_of<const N: usize>(path: Path, a: &GroupArgs, p: &[f32], v: ValueCodes, out: &mut [f32]) {
+    let (hd, cap, used) = (a.hd, a.cap, a.used);
+    let v = ValueCodes { codes: &v.codes[..used * hd], params: &v.params[..2 * used] };
+    match path {
+        // SAFETY (all three): the CPU has the features `Path::choose` checked; v holds `used`
+        // rows of hd codes and their params, out N rows of hd, p N rows of cap >= used.
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => unsafe { x86::weighted_sum_codes_avx512::<N>(p, cap, used, v, hd, out) },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => unsafe { x86::weighted_sum_codes::<N>(p, cap, used, v, hd, out) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Path::Simd128 => unsafe { simd128::weighted_sum_codes::<N>(p, cap, used, v, hd, out) },
+        Path::Portable => portable::weighted_sum_codes::<N>(p, cap, v, hd, out),
     }
 }
 
@@ -258,6 +287,57 @@ mod tests {
                             assert_eq!(g.to_bits(), w.to_bits(), "{name} N={N} hd={hd} used={used} sinks={sink_until} recall={recall_from}: head {n} key {s}: {g} vs {w}");
                         }
                     }
+                }
+            }
+        }
+        for hd in [8, 16, 24, 64, 128] {
+            check::<1>(hd);
+            check::<2>(hd);
+            check::<3>(hd);
+            check::<4>(hd);
+        }
+    }
+
+    /// Weighted sums over value codes from every path this CPU runs equal the
+    /// portable loop's, and the portable loop's equal the weighted sum over
+    /// the same values dequantized first, bit for bit.
+    #[test]
+    fn weighted_sums_over_codes_equal_those_over_dequantized_rows() {
+        fn check<const N: usize>(hd: usize) {
+            let mut seed = 0x9e37_79b9_u32 ^ (N * 131 + hd) as u32;
+            let mut rand = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed
+            };
+            let (cap, used) = (45, 37);
+            let p: Vec<f32> = (0..N * cap).map(|_| rand() as f32 / u32::MAX as f32).collect();
+            let codes: Vec<u8> = (0..used * hd).map(|_| rand() as u8).collect();
+            let params: Vec<f32> = (0..used).flat_map(|_| [(rand() as f32 / u32::MAX as f32 - 0.5) * 6.0, rand() as f32 / u32::MAX as f32 * 0.05]).collect();
+            let start: Vec<f32> = (0..N * hd).map(|_| rand() as f32 / u32::MAX as f32).collect();
+            let v = ValueCodes { codes: &codes, params: &params };
+            let rows: Vec<f32> = (0..used * hd).map(|i| params[2 * (i / hd)] + codes[i] as f32 * params[2 * (i / hd) + 1]).collect();
+            let mut want = start.clone();
+            portable::weighted_sum::<N>(&p, cap, &rows, hd, &mut want);
+            let mut got = start.clone();
+            portable::weighted_sum_codes::<N>(&p, cap, v, hd, &mut got);
+            let mut paths = vec![("portable", got)];
+            if x86::avx2() {
+                let mut got = start.clone();
+                // SAFETY: AVX2 is present; v holds `used` rows of hd, out N rows of hd, p N rows of cap.
+                unsafe { x86::weighted_sum_codes::<N>(&p, cap, used, v, hd, &mut got) };
+                paths.push(("avx2", got));
+            }
+            if hd.is_multiple_of(16) && crate::backend::cpu::quant::avx512_vnni() {
+                let mut got = start.clone();
+                // SAFETY: AVX-512 is present; as above.
+                unsafe { x86::weighted_sum_codes_avx512::<N>(&p, cap, used, v, hd, &mut got) };
+                paths.push(("avx512", got));
+            }
+            for (name, got) in paths {
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.to_bits(), w.to_bits(), "{name} N={N} hd={hd} output {i}: {g} vs {w}");
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! operation for operation: eight lanes per head for the dot products, the
 //! weighted sum accumulated key by key.
 
+use super::ValueCodes;
 use crate::backend::cpu::ops;
 
 /// The dot products of `N` contiguous query heads with one key (eight lanes each).
@@ -36,6 +37,21 @@ pub fn weighted_sum<const N: usize>(p: &[f32], cap: usize, v: &[f32], hd: usize,
     for (s, val) in v.chunks_exact(hd).enumerate() {
         for n in 0..N {
             ops::axpy(p[n * cap + s], val, &mut out[n * hd..(n + 1) * hd]);
+        }
+    }
+}
+
+/// [`weighted_sum`] over values held as codes: each value `min + code · step`
+/// as it is used, key by key.
+#[inline(always)]
+pub fn weighted_sum_codes<const N: usize>(p: &[f32], cap: usize, v: ValueCodes, hd: usize, out: &mut [f32]) {
+    for (s, (codes, param)) in v.codes.chunks_exact(hd).zip(v.params.chunks_exact(2)).enumerate() {
+        let (min, step) = (param[0], param[1]);
+        for n in 0..N {
+            let w = p[n * cap + s];
+            for (o, &c) in out[n * hd..(n + 1) * hd].iter_mut().zip(codes) {
+                *o += w * (min + c as f32 * step);
+            }
         }
     }
 }

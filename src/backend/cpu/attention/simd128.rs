@@ -2,7 +2,7 @@
 //! innermost loops), one f32x4 accumulator per head, four value rows per pass;
 //! the portable loops' float operations in their order.
 
-use super::GroupArgs;
+use super::{GroupArgs, ValueCodes};
 use core::arch::wasm32::*;
 
 /// The scaled scores of `N` heads against every key in use; `hd % 8 == 0`.
@@ -164,5 +164,46 @@ pub unsafe fn weighted_sum<const N: usize>(p: &[f32], cap: usize, used: usize, v
             }
         }
         s += 1;
+    }
+}
+
+/// [`weighted_sum`] over values held as codes (`hd % 4 == 0`): eight columns
+/// of every head kept in registers across every key, each run of codes
+/// widened and dequantized once for all `N` heads.
+#[inline(always)]
+pub unsafe fn weighted_sum_codes<const N: usize>(p: &[f32], cap: usize, used: usize, v: ValueCodes, hd: usize, out: &mut [f32]) {
+    let (pp, cp, mp, op) = (p.as_ptr(), v.codes.as_ptr(), v.params.as_ptr(), out.as_mut_ptr());
+    let mut c0 = 0;
+    while c0 < hd {
+        let two = hd - c0 >= 8;
+        let mut acc = [[f32x4_splat(0.0); 2]; N];
+        for (n, an) in acc.iter_mut().enumerate() {
+            an[0] = v128_load(op.add(n * hd + c0) as *const v128);
+            if two {
+                an[1] = v128_load(op.add(n * hd + c0 + 4) as *const v128);
+            }
+        }
+        for s in 0..used {
+            let row = cp.add(s * hd + c0);
+            let (min, step) = (f32x4_splat(*mp.add(2 * s)), f32x4_splat(*mp.add(2 * s + 1)));
+            let bytes = if two { v128_load64_zero(row as *const u64) } else { v128_load32_zero(row as *const u32) };
+            let wide = u16x8_extend_low_u8x16(bytes);
+            let x0 = f32x4_add(min, f32x4_mul(f32x4_convert_u32x4(u32x4_extend_low_u16x8(wide)), step));
+            let x1 = f32x4_add(min, f32x4_mul(f32x4_convert_u32x4(u32x4_extend_high_u16x8(wide)), step));
+            for (n, an) in acc.iter_mut().enumerate() {
+                let w = f32x4_splat(*pp.add(n * cap + s));
+                an[0] = f32x4_add(an[0], f32x4_mul(w, x0));
+                if two {
+                    an[1] = f32x4_add(an[1], f32x4_mul(w, x1));
+                }
+            }
+        }
+        for (n, an) in acc.iter().enumerate() {
+            v128_store(op.add(n * hd + c0) as *mut v128, an[0]);
+            if two {
+                v128_store(op.add(n * hd + c0 + 4) as *mut v128, an[1]);
+            }
+        }
+        c0 += if two { 8 } else { 4 };
     }
 }

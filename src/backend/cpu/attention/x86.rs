@@ -4,7 +4,7 @@
 //! key), with one 256-bit vector where the portable code has eight lanes (two
 //! keys per 512-bit vector with AVX-512), and each head's output row kept in registers.
 
-use super::GroupArgs;
+use super::{GroupArgs, ValueCodes};
 use std::arch::x86_64::*;
 
 pub fn avx2() -> bool {
@@ -206,6 +206,47 @@ pub unsafe fn weighted_sum_avx512<const N: usize>(p: &[f32], cap: usize, used: u
     }
 }
 
+/// [`super::portable::weighted_sum_codes`] with 512-bit vectors, every head at once
+/// (added to `out`): sixteen codes widened and dequantized per vector, once for all `N` heads.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn weighted_sum_codes_avx512<const N: usize>(p: &[f32], cap: usize, used: usize, v: ValueCodes, hd: usize, out: &mut [f32]) {
+    let (pp, cp, mp, op) = (p.as_ptr(), v.codes.as_ptr(), v.params.as_ptr(), out.as_mut_ptr());
+    let mut c0 = 0;
+    while c0 < hd {
+        let w = (hd - c0).min(64) / 16;
+        let mut acc = [[_mm512_setzero_ps(); 4]; N];
+        for (n, an) in acc.iter_mut().enumerate() {
+            for (i, a) in an.iter_mut().enumerate().take(w) {
+                *a = _mm512_loadu_ps(op.add(n * hd + c0 + 16 * i));
+            }
+        }
+        for s in 0..used {
+            let row = cp.add(s * hd + c0);
+            let (min, step) = (_mm512_set1_ps(*mp.add(2 * s)), _mm512_set1_ps(*mp.add(2 * s + 1)));
+            let vv: [__m512; 4] = std::array::from_fn(|i| {
+                if i < w {
+                    let codes = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(row.add(16 * i) as *const __m128i)));
+                    _mm512_add_ps(min, _mm512_mul_ps(codes, step))
+                } else {
+                    _mm512_setzero_ps()
+                }
+            });
+            for (n, an) in acc.iter_mut().enumerate() {
+                let ps = _mm512_set1_ps(*pp.add(n * cap + s));
+                for (i, a) in an.iter_mut().enumerate().take(w) {
+                    *a = _mm512_add_ps(*a, _mm512_mul_ps(ps, vv[i]));
+                }
+            }
+        }
+        for (n, an) in acc.iter().enumerate() {
+            for (i, a) in an.iter().enumerate().take(w) {
+                _mm512_storeu_ps(op.add(n * hd + c0 + 16 * i), *a);
+            }
+        }
+        c0 += 64;
+    }
+}
+
 /// [`super::softmax_rows`] compiled with AVX-512 (the same operations in the same
 /// order: `exp` and the scaling sixteen lanes at a time, each lane on its own value).
 #[target_feature(enable = "avx2,avx512f")]
@@ -244,5 +285,47 @@ pub unsafe fn weighted_sum<const N: usize>(p: &[f32], cap: usize, used: usize, v
             }
             c0 += 64;
         }
+    }
+}
+
+/// [`super::portable::weighted_sum_codes`] with 256-bit vectors: sixteen
+/// columns of every head kept in registers across every key, each eight
+/// codes widened and dequantized once for all `N` heads.
+#[target_feature(enable = "avx2")]
+pub unsafe fn weighted_sum_codes<const N: usize>(p: &[f32], cap: usize, used: usize, v: ValueCodes, hd: usize, out: &mut [f32]) {
+    let (pp, cp, mp, op) = (p.as_ptr(), v.codes.as_ptr(), v.params.as_ptr(), out.as_mut_ptr());
+    let mut c0 = 0;
+    while c0 < hd {
+        let w = (hd - c0).min(16) / 8;
+        let mut acc = [[_mm256_setzero_ps(); 2]; N];
+        for (n, an) in acc.iter_mut().enumerate() {
+            for (i, a) in an.iter_mut().enumerate().take(w) {
+                *a = _mm256_loadu_ps(op.add(n * hd + c0 + 8 * i));
+            }
+        }
+        for s in 0..used {
+            let row = cp.add(s * hd + c0);
+            let (min, step) = (_mm256_set1_ps(*mp.add(2 * s)), _mm256_set1_ps(*mp.add(2 * s + 1)));
+            let vv: [__m256; 2] = std::array::from_fn(|i| {
+                if i < w {
+                    let codes = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(row.add(8 * i) as *const __m128i)));
+                    _mm256_add_ps(min, _mm256_mul_ps(codes, step))
+                } else {
+                    _mm256_setzero_ps()
+                }
+            });
+            for (n, an) in acc.iter_mut().enumerate() {
+                let ps = _mm256_set1_ps(*pp.add(n * cap + s));
+                for (i, a) in an.iter_mut().enumerate().take(w) {
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(ps, vv[i]));
+                }
+            }
+        }
+        for (n, an) in acc.iter().enumerate() {
+            for (i, a) in an.iter().enumerate().take(w) {
+                _mm256_storeu_ps(op.add(n * hd + c0 + 8 * i), *a);
+            }
+        }
+        c0 += 16;
     }
 }
