@@ -33,6 +33,7 @@ use super::cold_block::{quantize_keys, quantize_values, StoredBlock};
 #[cfg(test)]
 use super::cold_block::DequantScratch;
 use super::image::{ImageReader, ImageWriter};
+use crate::backend::cpu::ops::{prefetch, CacheLevel};
 use crate::error::{Error, Result};
 use half::f16;
 
@@ -378,6 +379,9 @@ impl ColdLayer {
     }
 }
 
+/// How many blocks ahead [`score_blocks`] asks for summaries (8 KB of them at head size 64).
+const SUMMARIES_AHEAD: usize = 16;
+
 /// Every stored block of one kv head (`ranges`: its blocks' key ranges)
 /// scored against the queries' channels summed by sign (`signs`), a held
 /// block's score raised by the hold margin, into `scored`. (Compiling this
@@ -389,6 +393,10 @@ fn score_blocks(signs: &[f32], ranges: &[f32], hd: usize, stored: std::ops::Rang
     scored.clear();
     for id in stored {
         let b = id % blocks;
+        // The summary SUMMARIES_AHEAD blocks on: more reads in flight than the hardware
+        // prefetcher keeps (a no-op in wasm; a block past the last stored one is harmless).
+        let next = (id + SUMMARIES_AHEAD) % blocks;
+        prefetch(&ranges[next * 2 * hd..(next + 1) * 2 * hd], CacheLevel::First);
         let (lo, hi) = ranges[b * 2 * hd..(b + 1) * 2 * hd].split_at(hd);
         let mut score = upper_bound(positive, negative, lo, hi);
         if held.contains(&Some(id)) {
