@@ -41,7 +41,7 @@ fn main() {
     let params: Vec<f32> = floats(2 * RECALLED).iter().map(|x| x * 0.01).collect();
     let q = floats(QUERY_HEADS * HEAD);
     let used = if with_recalled { WINDOW + RECALLED } else { WINDOW };
-    let args = GroupArgs { hd: HEAD, used, cap: WINDOW + RECALLED, sink_until: 4, recall_from: WINDOW, scale: 0.125, f16: false };
+    let args = GroupArgs { hd: HEAD, used, cap: WINDOW + RECALLED, sink_until: 4, recall_from: WINDOW, scale: 0.125, f16: false, streams: true };
     let mut scores = vec![0f32; QUERY_HEADS * (WINDOW + RECALLED)];
     let mut out = vec![0f32; QUERY_HEADS * HEAD];
     let calls = 20_000;

@@ -210,6 +210,9 @@ pub struct KvStorage {
     /// The slots a recall loaded, `(kv head, slot)`.
     changed: Vec<(usize, usize)>,
     gather: Vec<f32>,
+    /// The layer the last [`attend`](Self::attend) read: the next token of a
+    /// prefill chunk finds that layer's rows in the CPU's caches.
+    last_attended: Option<usize>,
 }
 
 impl KvStorage {
@@ -230,7 +233,7 @@ impl KvStorage {
             .collect::<Result<Vec<_>>>()?;
         let cold: Vec<bool> = layers.iter().map(|l| l.cold.is_some()).collect();
         let recalled = cfg.cold.filter(|_| cold.contains(&true)).map(|c| RecalledRows::new(&cold, n_kv, c.recall_rows(), head_dim));
-        Ok(Self { layers, dtype: cfg.dtype, n_kv, head_dim, recalled, loads: Vec::new(), changed: Vec::new(), gather: Vec::new() })
+        Ok(Self { layers, dtype: cfg.dtype, n_kv, head_dim, recalled, loads: Vec::new(), changed: Vec::new(), gather: Vec::new(), last_attended: None })
     }
 
     /// The cold tier's occupancy after `len` tokens (`None` without one).
@@ -433,7 +436,8 @@ impl KvStorage {
         scratch.prepare(q, q_sink, n_kv, n_rep * width, f16);
         let AttnScratch { q, q_sink, groups } = scratch;
         let lc = &self.layers[layer];
-        let args = GroupArgs { hd, used, cap: width, sink_until: plan.sink_until, recall_from: plan.used, scale: 1.0 / (hd as f32).sqrt(), f16 };
+        let streams = self.last_attended.replace(layer) != Some(layer);
+        let args = GroupArgs { hd, used, cap: width, sink_until: plan.sink_until, recall_from: plan.used, scale: 1.0 / (hd as f32).sqrt(), f16, streams };
         let (q, q_sink) = (&q[..], &q_sink[..]);
         let groups_ptr = SyncPtr(groups.as_mut_ptr());
         let out_ptr = SyncPtr(out.as_mut_ptr());

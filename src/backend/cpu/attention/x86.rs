@@ -53,7 +53,9 @@ pub unsafe fn scores<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k
         let end = a.run_end(s);
         let qq = if a.shifted(s) { q_sink } else { q }.as_ptr();
         while s + 8 <= end {
-            prefetch_lines(kp.wrapping_add((s + KEYS_AHEAD) * hd) as *const u8, hd / 2);
+            if a.streams {
+                prefetch_lines(kp.wrapping_add((s + KEYS_AHEAD) * hd) as *const u8, hd / 2);
+            }
             for n in 0..N {
                 eight_scores(qq.add(n * hd), kp.add(s * hd), hd, a.scale, sp.add(n * cap + s));
             }
@@ -122,7 +124,7 @@ pub unsafe fn scores_avx512<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[
         let end = a.run_end(s);
         let qq = if a.shifted(s) { q_sink } else { q }.as_ptr();
         while s + 8 <= end {
-            eight_scores_avx512::<N>(qq, kp.add(s * hd), hd, a.scale, sp.add(s), cap);
+            eight_scores_avx512::<N>(qq, kp.add(s * hd), hd, a.scale, sp.add(s), cap, a.streams);
             s += 8;
         }
         while s < end {
@@ -154,13 +156,15 @@ pub unsafe fn scores_avx512<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[
 /// [`scores_avx512`], then the eight keys' partial sums combined together
 /// ([`combine_eight`]) instead of one key at a time.
 #[inline(always)]
-unsafe fn eight_scores_avx512<const N: usize>(q: *const f32, k: *const f32, hd: usize, scale: f32, out: *mut f32, cap: usize) {
+unsafe fn eight_scores_avx512<const N: usize>(q: *const f32, k: *const f32, hd: usize, scale: f32, out: *mut f32, cap: usize, streams: bool) {
     let mut acc = [[_mm512_setzero_ps(); 4]; N];
     let ahead = k.wrapping_add(KEYS_AHEAD * hd) as *const u8;
     let mut c = 0;
     while c < hd {
-        // The eight keys KEYS_AHEAD on, a quarter of a 64-column row's bytes per step.
-        prefetch_lines(ahead.wrapping_add(c * 32), 4);
+        if streams {
+            // The eight keys KEYS_AHEAD on: 256 of their bytes per eight columns.
+            prefetch_lines(ahead.wrapping_add(c * 32), 4);
+        }
         let keys: [__m512; 4] = std::array::from_fn(|i| {
             let (k0, k1) = (k.add(2 * i * hd + c), k.add((2 * i + 1) * hd + c));
             _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_loadu_ps(k0)), _mm256_loadu_ps(k1))
@@ -200,7 +204,7 @@ unsafe fn combine_eight(z: &[__m512; 4]) -> __m256 {
 /// [`weighted_sum`] with 512-bit vectors, every head at once (added to `out`): each value
 /// row (64 columns at a time) is loaded once for all `N` heads.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn weighted_sum_avx512<const N: usize>(p: &[f32], cap: usize, used: usize, v: &[f32], hd: usize, out: &mut [f32]) {
+pub unsafe fn weighted_sum_avx512<const N: usize>(p: &[f32], cap: usize, used: usize, v: &[f32], hd: usize, out: &mut [f32], streams: bool) {
     let (pp, vp, op) = (p.as_ptr(), v.as_ptr(), out.as_mut_ptr());
     let mut c0 = 0;
     while c0 < hd {
@@ -213,7 +217,9 @@ pub unsafe fn weighted_sum_avx512<const N: usize>(p: &[f32], cap: usize, used: u
         }
         for s in 0..used {
             let row = vp.add(s * hd + c0);
-            prefetch_lines(vp.wrapping_add((s + VALUES_AHEAD) * hd + c0) as *const u8, w);
+            if streams {
+                prefetch_lines(vp.wrapping_add((s + VALUES_AHEAD) * hd + c0) as *const u8, w);
+            }
             let vv: [__m512; 4] = std::array::from_fn(|i| if i < w { _mm512_loadu_ps(row.add(16 * i)) } else { _mm512_setzero_ps() });
             for (n, an) in acc.iter_mut().enumerate() {
                 let ps = _mm512_set1_ps(*pp.add(n * cap + s));
@@ -234,7 +240,7 @@ pub unsafe fn weighted_sum_avx512<const N: usize>(p: &[f32], cap: usize, used: u
 /// [`super::portable::weighted_sum_codes`] with 512-bit vectors, every head at once
 /// (added to `out`): sixteen codes widened and dequantized per vector, once for all `N` heads.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn weighted_sum_codes_avx512<const N: usize>(p: &[f32], cap: usize, used: usize, v: ValueCodes, hd: usize, out: &mut [f32]) {
+pub unsafe fn weighted_sum_codes_avx512<const N: usize>(p: &[f32], cap: usize, used: usize, v: ValueCodes, hd: usize, out: &mut [f32], streams: bool) {
     let (pp, cp, mp, op) = (p.as_ptr(), v.codes.as_ptr(), v.params.as_ptr(), out.as_mut_ptr());
     let mut c0 = 0;
     while c0 < hd {
@@ -247,7 +253,9 @@ pub unsafe fn weighted_sum_codes_avx512<const N: usize>(p: &[f32], cap: usize, u
         }
         for s in 0..used {
             let row = cp.add(s * hd + c0);
-            prefetch_lines(cp.wrapping_add((s + CODES_AHEAD) * hd + c0), 1);
+            if streams {
+                prefetch_lines(cp.wrapping_add((s + CODES_AHEAD) * hd + c0), 1);
+            }
             let (min, step) = (_mm512_set1_ps(*mp.add(2 * s)), _mm512_set1_ps(*mp.add(2 * s + 1)));
             let vv: [__m512; 4] = std::array::from_fn(|i| {
                 if i < w {
@@ -289,7 +297,7 @@ pub unsafe fn softmax_rows<const N: usize>(a: &GroupArgs, scores: &mut [f32]) {
 /// `out[n] += Σ_s p[n][s] · v[s]`, key by key, eight columns per vector,
 /// up to 64 columns of a head kept in registers across every key.
 #[target_feature(enable = "avx2")]
-pub unsafe fn weighted_sum<const N: usize>(p: &[f32], cap: usize, used: usize, v: &[f32], hd: usize, out: &mut [f32]) {
+pub unsafe fn weighted_sum<const N: usize>(p: &[f32], cap: usize, used: usize, v: &[f32], hd: usize, out: &mut [f32], streams: bool) {
     let (pp, vp, op) = (p.as_ptr(), v.as_ptr(), out.as_mut_ptr());
     for n in 0..N {
         let mut c0 = 0;
@@ -302,7 +310,9 @@ pub unsafe fn weighted_sum<const N: usize>(p: &[f32], cap: usize, used: usize, v
             for s in 0..used {
                 let ps = _mm256_set1_ps(*pp.add(n * cap + s));
                 let row = vp.add(s * hd + c0);
-                prefetch_lines(vp.wrapping_add((s + VALUES_AHEAD) * hd + c0) as *const u8, w.div_ceil(2));
+                if streams && n == 0 {
+                    prefetch_lines(vp.wrapping_add((s + VALUES_AHEAD) * hd + c0) as *const u8, w.div_ceil(2));
+                }
                 for (i, a) in acc.iter_mut().enumerate().take(w) {
                     *a = _mm256_add_ps(*a, _mm256_mul_ps(ps, _mm256_loadu_ps(row.add(8 * i))));
                 }
@@ -319,7 +329,7 @@ pub unsafe fn weighted_sum<const N: usize>(p: &[f32], cap: usize, used: usize, v
 /// columns of every head kept in registers across every key, each eight
 /// codes widened and dequantized once for all `N` heads.
 #[target_feature(enable = "avx2")]
-pub unsafe fn weighted_sum_codes<const N: usize>(p: &[f32], cap: usize, used: usize, v: ValueCodes, hd: usize, out: &mut [f32]) {
+pub unsafe fn weighted_sum_codes<const N: usize>(p: &[f32], cap: usize, used: usize, v: ValueCodes, hd: usize, out: &mut [f32], streams: bool) {
     let (pp, cp, mp, op) = (p.as_ptr(), v.codes.as_ptr(), v.params.as_ptr(), out.as_mut_ptr());
     let mut c0 = 0;
     while c0 < hd {
@@ -332,7 +342,7 @@ pub unsafe fn weighted_sum_codes<const N: usize>(p: &[f32], cap: usize, used: us
         }
         for s in 0..used {
             let row = cp.add(s * hd + c0);
-            if c0 % 64 == 0 {
+            if streams && c0 % 64 == 0 {
                 prefetch_lines(cp.wrapping_add((s + CODES_AHEAD) * hd + c0), 1);
             }
             let (min, step) = (_mm256_set1_ps(*mp.add(2 * s)), _mm256_set1_ps(*mp.add(2 * s + 1)));
