@@ -177,10 +177,11 @@ pub(super) fn quantize_keys(rows: &[f32], stride: usize, offset: usize, hd: usiz
         lo[c] = column.clone().fold(f32::INFINITY, |a, b| if b < a { b } else { a });
         hi[c] = column.fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
     }
-    for (t, row) in rows.chunks_exact(stride).enumerate() {
-        for c in 0..hd {
-            let step = (hi[c] - lo[c]) / levels as f32;
-            let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
+    for c in 0..hd {
+        // A channel's step and its inverse once, not once per token (two divisions each).
+        let step = (hi[c] - lo[c]) / levels as f32;
+        let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
+        for (t, row) in rows.chunks_exact(stride).enumerate() {
             set_code(codes, bits, hd, t * hd + c, quantize(row[offset + c], lo[c], inv, levels));
         }
     }
