@@ -24,6 +24,12 @@
 //! returns only once no slot is `ASSIGNED` or `RUNNING` for its job. A helper
 //! that times out leaves only through a CAS `SPINNING` → `EXITED`, so a job is
 //! never posted to a helper that is gone.
+//!
+//! One poster at a time: the matmul slots and [`beside`]'s slot each have a
+//! flag, and a caller that finds it taken (an engine on another thread) runs
+//! its chunks alone. Two posters on one slot each started a helper for it; the
+//! one that lost the slot spun on for ever on a thread of the pool (it hung
+//! `tests/threads.rs` in CI once, where its two tests run at once).
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -83,6 +89,10 @@ struct Slot {
 
 struct Team {
     slots: Vec<Slot>,
+    /// Held by the caller whose job the matmul slots (all but the last) hold.
+    matmuls: AtomicBool,
+    /// Held by the caller whose job [`beside`]'s slot (the last) holds.
+    beside: AtomicBool,
 }
 
 // SAFETY: `job` is written by the poster before it publishes ASSIGNED (Release)
@@ -100,6 +110,8 @@ fn team() -> &'static Arc<Team> {
     TEAM.get_or_init(|| {
         Arc::new(Team {
             slots: (0..=MAX_HELPERS).map(|_| Slot { state: AtomicU8::new(EXITED), job: UnsafeCell::new(None) }).collect(),
+            matmuls: AtomicBool::new(false),
+            beside: AtomicBool::new(false),
         })
     })
 }
@@ -132,13 +144,13 @@ fn helper(team: Arc<Team>, i: usize) {
 
 /// Runs `f(0)..f(chunks - 1)` on up to `threads` threads, the calling thread
 /// included, each taking the next chunk nobody has taken; returns when all are done.
+/// One caller at a time has the helpers: a `run` that finds them taken (another
+/// engine on another thread) runs its chunks alone.
 pub fn run(threads: usize, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
-    let helpers = threads.min(chunks).min(MAX_HELPERS + 1).saturating_sub(1);
     let work = Work { f, chunks, next: AtomicUsize::new(0) };
-    let slots = 0..helpers;
-    post(&work, slots.clone());
+    let helpers = threads.min(chunks).min(MAX_HELPERS + 1).saturating_sub(1);
+    let _posted = Posted::new(&work, &team().matmuls, 0..helpers);
     work.drain();
-    finish(slots);
 }
 
 /// Runs `local` on the calling thread while a helper runs `remote(0)` (the
@@ -148,12 +160,38 @@ pub fn run(threads: usize, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
 /// may run keep theirs.
 pub fn beside<A>(local: impl FnOnce() -> A, remote: &(dyn Fn(usize) + Sync)) -> A {
     let work = Work { f: remote, chunks: 1, next: AtomicUsize::new(0) };
-    let slot = MAX_HELPERS..MAX_HELPERS + 1;
-    post(&work, slot.clone());
+    let _posted = Posted::new(&work, &team().beside, MAX_HELPERS..MAX_HELPERS + 1);
     let a = local();
     work.drain();
-    finish(slot);
     a
+}
+
+/// A job posted to a range of slots: made only by the caller that took the
+/// range's flag; dropped (also when a chunk panics on the caller's thread)
+/// once no helper can reach the work any more, and then the flag is free.
+struct Posted<'t> {
+    taken: &'t AtomicBool,
+    slots: std::ops::Range<usize>,
+}
+
+impl<'t> Posted<'t> {
+    /// Takes `taken` and posts `work` to `slots`; `None` (nothing posted) when
+    /// another caller holds them. Two callers posting to one slot would each
+    /// start a helper for it, and one of the two would spin there for ever.
+    fn new(work: &Work<'_>, taken: &'t AtomicBool, slots: std::ops::Range<usize>) -> Option<Self> {
+        if slots.is_empty() || taken.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        post(work, slots.clone());
+        Some(Posted { taken, slots })
+    }
+}
+
+impl Drop for Posted<'_> {
+    fn drop(&mut self) {
+        finish(self.slots.clone());
+        self.taken.store(false, Ordering::Release);
+    }
 }
 
 /// Assigns `work` to the helpers of `slots`, starting those that are gone.
@@ -219,5 +257,42 @@ mod tests {
                 }
             }
         });
+    }
+
+    /// Callers on several threads at once (engines on threads of their own, as the
+    /// tests of one binary run): every chunk still runs once, and afterwards every
+    /// thread of the pool comes back (two helpers started for one slot, as posting
+    /// from two callers did, left one spinning there for ever).
+    #[test]
+    fn callers_at_once_share_the_helpers_and_give_every_thread_back() {
+        use std::sync::Arc;
+        const THREADS: usize = 6;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(THREADS).build().unwrap();
+        pool.scope(|scope| {
+            for caller in 0..3 {
+                scope.spawn(move |_| {
+                    for round in 0..400 {
+                        let chunks = 2 + (round + caller) % 9;
+                        let runs: Vec<AtomicUsize> = (0..chunks).map(|_| AtomicUsize::new(0)).collect();
+                        super::run(2 + caller, chunks, &|c| {
+                            runs[c].fetch_add(1, Ordering::Relaxed);
+                        });
+                        assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1), "caller {caller}, round {round}");
+                    }
+                });
+            }
+        });
+        // Once the helpers have had time to leave, every pool thread takes a job.
+        std::thread::sleep(super::IDLE * 10);
+        let came_back = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&came_back);
+        pool.spawn_broadcast(move |_| {
+            counter.fetch_add(1, Ordering::AcqRel);
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while came_back.load(Ordering::Acquire) < THREADS && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(came_back.load(Ordering::Acquire), THREADS, "a pool thread did not come back from its helper");
     }
 }
