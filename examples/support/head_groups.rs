@@ -1,9 +1,9 @@
 //! Head groups of SmolLM2's shape for the attention timings
 //! (`attention_stream.rs` natively, `attention_wasm.rs` in the browser):
 //! head size 64, three query heads per kv head, a 516-key window and 512
-//! recalled rows (f32 keys, one-byte value codes), filled with noise.
+//! recalled rows (bf16 keys, one-byte value codes), filled with noise.
 
-use kvchat::backend::cpu::attention::{attend_heads, GroupArgs, Rows, ValueCodes};
+use kvchat::backend::cpu::attention::{attend_heads, Bf16Keys, GroupArgs, Rows, ValueCodes};
 
 pub const HEAD: usize = 64;
 pub const QUERY_HEADS: usize = 3;
@@ -14,7 +14,7 @@ pub const RECALLED: usize = 512;
 struct Group {
     window_k: Vec<f32>,
     window_v: Vec<f32>,
-    recalled_k: Vec<f32>,
+    recalled_k: Vec<u32>,
     codes: Vec<u8>,
     params: Vec<f32>,
 }
@@ -45,7 +45,7 @@ impl HeadGroups {
             .map(|_| Group {
                 window_k: floats(WINDOW * HEAD),
                 window_v: floats(WINDOW * HEAD),
-                recalled_k: floats(RECALLED * HEAD),
+                recalled_k: floats(RECALLED * HEAD / 2).iter().map(|&x| x.to_bits() & 0xFFFF_0000 | (x * 0.5).to_bits() >> 16).collect(),
                 codes: (0..RECALLED * HEAD).map(|i| (i * 7 % 251) as u8).collect(),
                 params: floats(2 * RECALLED).iter().map(|x| x * 0.01).collect(),
             })
@@ -64,7 +64,7 @@ impl HeadGroups {
     pub fn attend(&mut self, i: usize, with_recalled: bool) -> f32 {
         let args = GroupArgs { hd: HEAD, used: Self::keys(with_recalled), cap: WINDOW + RECALLED, sink_until: 4, recall_from: WINDOW, scale: 0.125, f16: false, streams: true };
         let g = &self.groups[i % self.groups.len()];
-        let rows = Rows { window_k: &g.window_k, window_v: &g.window_v, recalled_k: &g.recalled_k, recalled_v: ValueCodes { codes: &g.codes, params: &g.params } };
+        let rows = Rows { window_k: &g.window_k, window_v: &g.window_v, recalled_k: Bf16Keys { words: &g.recalled_k }, recalled_v: ValueCodes { codes: &g.codes, params: &g.params } };
         attend_heads(&args, QUERY_HEADS, &self.q, &self.q, &rows, &mut self.scores, &mut self.out);
         self.out[0]
     }

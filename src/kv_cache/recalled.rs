@@ -1,6 +1,7 @@
 //! The keys and values recalled from the cold tier: the blocks held in a
-//! layer's recall slots, their keys dequantized into f32 rows rotated at the
-//! slots' in-cache positions (`sinks + row`), their values kept as one-byte
+//! layer's recall slots, their keys dequantized, rotated at the slots'
+//! in-cache positions (`sinks + row`) and kept as bf16 rows (half the bytes
+//! of f32 ones; see `attention::bf16_keys`), their values kept as one-byte
 //! codes with each row's min and step (attention dequantizes a value as it
 //! reads it: values are not rotated, so their codes serve as they are), kept
 //! for every layer with a cold tier and refilled only where a recall loaded a
@@ -12,7 +13,8 @@
 //! and a cold decode token at 3.7k tokens went from 0.73x to 0.78x the plain
 //! window's natively (three alternated rounds of `kvchat bench --gen 192`),
 //! 0.68x to 0.72x in Chromium. Keys cannot be scored from their codes: each
-//! row has its own rotation (see ARCHITECTURE.md).
+//! row has its own rotation (see ARCHITECTURE.md); as bf16 they are 5.9 MB a
+//! step instead of 11.8.
 //!
 //! Natively the blocks were once dequantized inside attention instead, a
 //! block at a time into a tile that stayed in the first-level cache, every
@@ -24,7 +26,7 @@
 
 use super::cold::{ColdLayer, BLOCK};
 use super::cold_block::DequantScratch;
-use crate::backend::cpu::attention::ValueCodes;
+use crate::backend::cpu::attention::{bf16_keys, Bf16Keys, ValueCodes};
 use crate::backend::cpu::ops::{self, CacheLevel, RopeStyle};
 
 /// Where recalled keys go: the layer's RoPE and the angles of the recall
@@ -53,8 +55,10 @@ pub struct RecalledRows {
     /// Rows per kv head (the recall budget).
     per_head: usize,
     head_dim: usize,
-    /// `[sets][n_kv][per_head][head_dim]` keys.
-    k: Vec<f32>,
+    /// `[sets][n_kv][per_head][head_dim / 2]` words of bf16 keys in the run layout.
+    k: Vec<u32>,
+    /// One block's keys as f32, before they are rounded into `k`.
+    block_keys: Vec<f32>,
     /// `[sets][n_kv][per_head][head_dim]` value codes, one a byte (attention
     /// dequantizes them as it reads them: a quarter of f32 rows' bytes).
     v_codes: Vec<u8>,
@@ -76,12 +80,13 @@ impl RecalledRows {
             })
             .collect();
         let (rows, n) = (sets * n_kv * per_head, sets * n_kv * per_head * head_dim);
-        let (k, v_codes, v_params) = (vec![0.0; n], vec![0; n], vec![0.0; 2 * rows]);
-        Self { set_of, held: vec![Held::Nothing; sets], n_kv, per_head, head_dim, k, v_codes, v_params, scratch: DequantScratch::default() }
+        let (k, v_codes, v_params) = (vec![0; n / 2], vec![0; n], vec![0.0; 2 * rows]);
+        let block_keys = vec![0.0; BLOCK * head_dim];
+        Self { set_of, held: vec![Held::Nothing; sets], n_kv, per_head, head_dim, k, block_keys, v_codes, v_params, scratch: DequantScratch::default() }
     }
 
     pub fn bytes(&self) -> usize {
-        (self.k.len() + self.v_params.len()) * std::mem::size_of::<f32>() + self.v_codes.len()
+        (self.v_params.len() + self.block_keys.len()) * std::mem::size_of::<f32>() + self.k.len() * std::mem::size_of::<u32>() + self.v_codes.len()
     }
 
     /// Nothing held is valid any more (the recall slots were emptied or replaced).
@@ -102,11 +107,11 @@ impl RecalledRows {
     }
 
     /// Kv head `g`'s first `rows` keys and values of layer `layer`.
-    pub fn head(&self, layer: usize, g: usize, rows: usize) -> (&[f32], ValueCodes<'_>) {
+    pub fn head(&self, layer: usize, g: usize, rows: usize) -> (Bf16Keys<'_>, ValueCodes<'_>) {
         let base = (self.set(layer).unwrap_or(0) * self.n_kv + g) * self.per_head;
         let span = base * self.head_dim..(base + rows) * self.head_dim;
         let values = ValueCodes { codes: &self.v_codes[span.clone()], params: &self.v_params[2 * base..2 * (base + rows)] };
-        (&self.k[span], values)
+        (Bf16Keys { words: &self.k[span.start / 2..span.end / 2] }, values)
     }
 
     /// Dequantizes the blocks `cold`'s recall slots hold as layer `layer`'s
@@ -124,7 +129,7 @@ impl RecalledRows {
                     continue;
                 }
                 let (first, end) = (base + slot * BLOCK, base + (slot + 1) * BLOCK);
-                blocks.keys_widest(slot, &mut self.k[first * hd..end * hd]);
+                blocks.keys_widest(slot, &mut self.block_keys, &mut self.k[first * hd / 2..end * hd / 2]);
                 blocks.value_codes(slot, &mut self.v_codes[first * hd..end * hd], &mut self.v_params[2 * first..2 * end]);
             }
         }
@@ -157,13 +162,14 @@ impl<'a> HeldBlocks<'a> {
         }
     }
 
-    /// Block `i`'s keys, rotated, into `rows` (zeros for a slot that holds
-    /// nothing, which a filled slot never is).
+    /// Block `i`'s keys, rotated in `rows` and rounded into `packed` as bf16
+    /// rows (zeros for a slot that holds nothing, which a filled slot never
+    /// is); with an f16 cache rounded to f16 first, as the window's keys are.
     #[inline(always)]
-    fn keys(&mut self, i: usize, rows: &mut [f32]) {
+    fn keys(&mut self, i: usize, rows: &mut [f32], packed: &mut [u32]) {
         let hd = self.cold.head_dim();
         let rows = &mut rows[..BLOCK * hd];
-        let Some(Some(id)) = self.ids.get(i) else { return rows.fill(0.0) };
+        let Some(Some(id)) = self.ids.get(i) else { return packed.fill(0) };
         self.prefetch_after(i);
         self.cold.block(self.g, *id).keys(hd, self.scratch, rows);
         let half = hd / 2;
@@ -175,6 +181,7 @@ impl<'a> HeldBlocks<'a> {
             // What storing them in an f16 cache and reading them back gives.
             ops::round_f16(rows);
         }
+        bf16_keys::pack_rows(rows, hd, packed);
     }
 
     /// Block `i`'s value codes and their `[min, step]` (zeros for a slot that
@@ -191,27 +198,27 @@ impl<'a> HeldBlocks<'a> {
     /// [`keys`](Self::keys) compiled for AVX-512, its loops sixteen lanes wide.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,avx512f,avx512bw")]
-    unsafe fn keys_avx512(&mut self, i: usize, rows: &mut [f32]) {
-        self.keys(i, rows)
+    unsafe fn keys_avx512(&mut self, i: usize, rows: &mut [f32], packed: &mut [u32]) {
+        self.keys(i, rows, packed)
     }
 
     /// [`keys`](Self::keys) compiled for AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn keys_avx2(&mut self, i: usize, rows: &mut [f32]) {
-        self.keys(i, rows)
+    unsafe fn keys_avx2(&mut self, i: usize, rows: &mut [f32], packed: &mut [u32]) {
+        self.keys(i, rows, packed)
     }
 
     /// [`keys`](Self::keys) with the widest vectors this CPU has.
-    fn keys_widest(&mut self, i: usize, rows: &mut [f32]) {
+    fn keys_widest(&mut self, i: usize, rows: &mut [f32], packed: &mut [u32]) {
         #[cfg(target_arch = "x86_64")]
         match x86_width() {
             // SAFETY: the CPU has the features each one is compiled with.
-            2 => return unsafe { self.keys_avx512(i, rows) },
-            1 => return unsafe { self.keys_avx2(i, rows) },
+            2 => return unsafe { self.keys_avx512(i, rows, packed) },
+            1 => return unsafe { self.keys_avx2(i, rows, packed) },
             _ => {}
         }
-        self.keys(i, rows)
+        self.keys(i, rows, packed)
     }
 }
 

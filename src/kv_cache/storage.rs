@@ -10,7 +10,7 @@ use super::recalled::{RecallRope, RecalledRows};
 use super::image::{ImageReader, ImageWriter};
 use super::policy::PositionPlan;
 use super::{AttentionWindow, KvCacheConfig, KvDType};
-use crate::backend::cpu::attention::{attend_heads, GroupArgs, Rows, ValueCodes};
+use crate::backend::cpu::attention::{attend_heads, Bf16Keys, GroupArgs, Rows, ValueCodes};
 use crate::backend::cpu::ops::{self, RopeStyle};
 use crate::error::{Error, Result};
 use half::f16;
@@ -452,7 +452,7 @@ impl KvStorage {
             // made at the change before this token's write (an f16 cache; see `GroupScratch`).
             let kept = if converted.0 == before { converted.1 } else { 0 };
             *converted = (lc.stamp, plan.used);
-            let (recalled_k, recalled_v) = source.map_or((&[][..], ValueCodes::default()), |r| r.head(layer, g, recalled));
+            let (recalled_k, recalled_v) = source.map_or((Bf16Keys::default(), ValueCodes::default()), |r| r.head(layer, g, recalled));
             let (first, used) = (g * cap * hd, plan.used);
             let window_k = lc.k.rows_since(first, used, hd, kept, plan.slot, kbuf);
             let window_v = lc.v.rows_since(first, used, hd, kept, plan.slot, vbuf);

@@ -7,6 +7,7 @@
 
 use crate::backend::cpu::ops;
 
+pub mod bf16_keys;
 pub mod portable;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128;
@@ -67,14 +68,16 @@ impl GroupArgs {
     }
 }
 
+pub use bf16_keys::Bf16Keys;
+
 /// The keys and values one kv head's group attends over, `[rows][head_dim]`
 /// each: the window's slots in use (read in place from the cache), then the
-/// rows recalled from the cold tier (`used - recall_from` of them; none:
-/// empty slices).
+/// rows recalled from the cold tier (`used - recall_from` of them, keys as
+/// bf16, values as codes; none: empty slices).
 pub struct Rows<'a> {
     pub window_k: &'a [f32],
     pub window_v: &'a [f32],
-    pub recalled_k: &'a [f32],
+    pub recalled_k: Bf16Keys<'a>,
     pub recalled_v: ValueCodes<'a>,
 }
 
@@ -151,7 +154,7 @@ fn attend_group<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], rows: 
     let from = a.recall_from;
     scores_of::<N>(path, &window, q, q_sink, rows.window_k, scores);
     if recalled.used > 0 {
-        scores_of::<N>(path, &recalled, q, q_sink, rows.recalled_k, &mut scores[from..]);
+        recalled_scores_of::<N>(path, &recalled, q_sink, rows.recalled_k, &mut scores[from..]);
     }
     softmax_of::<N>(path, a, scores);
     out.fill(0.0);
@@ -168,12 +171,36 @@ fn scores_of<const N: usize>(path: Path, a: &GroupArgs, q: &[f32], q_sink: &[f32
         // SAFETY (x86): the CPU has the features `Path::choose` checked; q, q_sink hold N heads
         // of hd, k `used` rows of hd, scores N rows of cap >= used.
         #[cfg(target_arch = "x86_64")]
-        Path::Avx512 => unsafe { x86::scores_avx512::<N>(a, q, q_sink, k, scores) },
+        Path::Avx512 => unsafe { x86::scores_avx512::<N, _>(a, q, q_sink, x86::F32Rows(k.as_ptr()), scores) },
         #[cfg(target_arch = "x86_64")]
-        Path::Avx2 => unsafe { x86::scores::<N>(a, q, q_sink, k, scores) },
+        Path::Avx2 => unsafe { x86::scores::<N, _>(a, q, q_sink, x86::F32Rows(k.as_ptr()), scores) },
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        Path::Simd128 if a.hd % 8 == 0 => simd128::scores::<N>(a, q, q_sink, k, scores),
+        // SAFETY: k holds `used` rows of hd.
+        Path::Simd128 if a.hd % 8 == 0 => unsafe { simd128::scores::<N, _>(a, q, q_sink, simd128::F32Rows(k.as_ptr()), scores) },
         _ => scores_portable::<N>(a, q, q_sink, k, scores),
+    }
+}
+
+/// The scaled scores of the `a.used` recalled keys (bf16, all meeting the
+/// shifted query `q_sink`) into `scores[n * cap + s]`: those of the f32 keys
+/// they widen to. The SIMD loops read whole runs of the layout
+/// ([`bf16_keys::RUN`] columns), so a head size they do not divide goes the
+/// portable way.
+#[inline(always)]
+fn recalled_scores_of<const N: usize>(path: Path, a: &GroupArgs, q_sink: &[f32], k: Bf16Keys, scores: &mut [f32]) {
+    debug_assert!(a.sink_until == 0 && a.recall_from == 0 && k.words.len() >= a.used * a.hd / 2);
+    let whole_runs = a.hd.is_multiple_of(bf16_keys::RUN);
+    match path {
+        // SAFETY (x86): the CPU has the features `Path::choose` checked; q_sink holds N heads
+        // of hd, k `used` rows of hd / 2 words in runs of 16 columns, scores N rows of cap >= used.
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 if whole_runs => unsafe { x86::scores_avx512::<N, _>(a, q_sink, q_sink, x86::Bf16Rows(k.words.as_ptr()), scores) },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 if whole_runs => unsafe { x86::scores::<N, _>(a, q_sink, q_sink, x86::Bf16Rows(k.words.as_ptr()), scores) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        // SAFETY: k holds `used` rows of hd in runs of 8.
+        Path::Simd128 if whole_runs => unsafe { simd128::scores::<N, _>(a, q_sink, q_sink, simd128::Bf16Rows(k.words.as_ptr()), scores) },
+        _ => scores_portable::<N>(a, q_sink, q_sink, &k.widen_rows(a.hd, a.used), scores),
     }
 }
 
@@ -254,7 +281,8 @@ mod tests {
 
     /// Scores from every x86 path this CPU runs equal the portable loop's bit for bit,
     /// over runs of keys split by sinks and recalled rows at every alignment, and
-    /// nothing is written past the keys in use.
+    /// nothing is written past the keys in use; bf16 keys (whole runs) give the
+    /// scores of the f32 keys they widen to.
     #[test]
     fn x86_scores_equal_the_portable_ones() {
         fn check<const N: usize>(hd: usize) {
@@ -269,24 +297,41 @@ mod tests {
             let q: Vec<f32> = (0..N * hd).map(|_| rand()).collect();
             let q_sink: Vec<f32> = (0..N * hd).map(|_| rand()).collect();
             let k: Vec<f32> = (0..cap * hd).map(|_| rand()).collect();
+            let mut k_bf16 = vec![0u32; cap * hd / 2];
+            bf16_keys::pack_rows(&k, hd, &mut k_bf16);
+            let k_widened = Bf16Keys { words: &k_bf16 }.widen_rows(hd, cap);
             for (used, sink_until, recall_from) in [(61, 4, 40), (61, 0, 61), (37, 3, 37), (9, 1, 5), (20, 4, 11), (8, 0, 8), (1, 0, 1)] {
                 let a = GroupArgs { hd, used, cap, sink_until, recall_from, scale: 0.125, f16: false, streams: true };
                 let mut want = vec![0f32; N * cap];
                 scores_portable::<N>(&a, &q, &q_sink, &k, &mut want);
-                let mut paths: Vec<(&str, Vec<f32>)> = Vec::new();
+                let mut want_bf16 = vec![0f32; N * cap];
+                scores_portable::<N>(&a, &q, &q_sink, &k_widened, &mut want_bf16);
+                let mut paths: Vec<(&str, Vec<f32>, &Vec<f32>)> = Vec::new();
+                let (f32_rows, bf16_rows) = (x86::F32Rows(k.as_ptr()), x86::Bf16Rows(k_bf16.as_ptr()));
+                let whole_runs = hd.is_multiple_of(bf16_keys::RUN);
                 if x86::avx2() {
                     let mut got = vec![0f32; N * cap];
                     // SAFETY: AVX2 is present; the slices hold N heads of hd, cap rows of hd, N rows of cap.
-                    unsafe { x86::scores::<N>(&a, &q, &q_sink, &k, &mut got) };
-                    paths.push(("avx2", got));
+                    unsafe { x86::scores::<N, _>(&a, &q, &q_sink, f32_rows, &mut got) };
+                    paths.push(("avx2", got, &want));
+                    if whole_runs {
+                        let mut got = vec![0f32; N * cap];
+                        // SAFETY: as above; the bf16 rows are in whole runs of 16.
+                        unsafe { x86::scores::<N, _>(&a, &q, &q_sink, bf16_rows, &mut got) };
+                        paths.push(("avx2 bf16", got, &want_bf16));
+                    }
                 }
                 if hd.is_multiple_of(16) && crate::backend::cpu::quant::avx512_vnni() {
                     let mut got = vec![0f32; N * cap];
                     // SAFETY: AVX-512 is present; as above.
-                    unsafe { x86::scores_avx512::<N>(&a, &q, &q_sink, &k, &mut got) };
-                    paths.push(("avx512", got));
+                    unsafe { x86::scores_avx512::<N, _>(&a, &q, &q_sink, f32_rows, &mut got) };
+                    paths.push(("avx512", got, &want));
+                    let mut got = vec![0f32; N * cap];
+                    // SAFETY: as above.
+                    unsafe { x86::scores_avx512::<N, _>(&a, &q, &q_sink, bf16_rows, &mut got) };
+                    paths.push(("avx512 bf16", got, &want_bf16));
                 }
-                for (name, got) in paths {
+                for (name, got, want) in paths {
                     for n in 0..N {
                         for s in 0..cap {
                             let (g, w) = (got[n * cap + s], want[n * cap + s]);

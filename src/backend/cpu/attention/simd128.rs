@@ -5,13 +5,48 @@
 use super::{GroupArgs, ValueCodes};
 use core::arch::wasm32::*;
 
+/// Key rows the score loops read: f32 rows, or bf16 ones in runs of eight
+/// columns (see `bf16_keys`), which give the same vectors of f32 columns.
+pub trait KeyRows: Copy {
+    /// Columns `c..c + 4` and `c + 4..c + 8` of key `s` of rows of `hd` (`c % 8 == 0`).
+    unsafe fn eight(self, s: usize, c: usize, hd: usize) -> (v128, v128);
+}
+
+/// f32 key rows.
+#[derive(Clone, Copy)]
+pub struct F32Rows(pub *const f32);
+
+impl KeyRows for F32Rows {
+    #[inline(always)]
+    unsafe fn eight(self, s: usize, c: usize, hd: usize) -> (v128, v128) {
+        let key = self.0.add(s * hd + c);
+        (v128_load(key as *const v128), v128_load(key.add(4) as *const v128))
+    }
+}
+
+/// bf16 key rows, words in runs of eight columns (`hd % 8 == 0`): columns
+/// `c..c + 4` are the low halves of the run's four words, `c + 4..c + 8` the high ones.
+#[derive(Clone, Copy)]
+pub struct Bf16Rows(pub *const u32);
+
+impl KeyRows for Bf16Rows {
+    #[inline(always)]
+    unsafe fn eight(self, s: usize, c: usize, hd: usize) -> (v128, v128) {
+        let words = v128_load(self.0.add((s * hd + c) / 2) as *const v128);
+        (i32x4_shl(words, 16), v128_and(words, u32x4_splat(0xFFFF_0000)))
+    }
+}
+
 /// The scaled scores of `N` heads against every key in use; `hd % 8 == 0`.
 /// Runs of keys that meet the same query go four at a time per head
 /// ([`four_scores`]); the rest two keys per pass (twice the independent
 /// accumulators: the loop was bound by the latency of one add chain per
 /// head), each key's sums in the same order.
+///
+/// # Safety
+/// `keys` holds `a.used` rows of `a.hd`.
 #[inline(always)]
-pub fn scores<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32], scores: &mut [f32]) {
+pub unsafe fn scores<const N: usize, K: KeyRows>(a: &GroupArgs, q: &[f32], q_sink: &[f32], keys: K, scores: &mut [f32]) {
     let (hd, cap) = (a.hd, a.cap);
     let mut s = 0;
     while s < a.used {
@@ -19,14 +54,14 @@ pub fn scores<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32
         let qq = if a.shifted(s) { q_sink } else { q };
         while s + 4 <= end {
             for n in 0..N {
-                // SAFETY: qq holds N heads of hd; keys s..s + 4 are rows of k (s + 4 <= used);
+                // SAFETY: qq holds N heads of hd; keys s..s + 4 are rows of `keys` (s + 4 <= used);
                 // scores holds N rows of cap >= used.
                 unsafe {
-                    let (q, k, out) = (qq.as_ptr().add(n * hd), k.as_ptr().add(s * hd), scores.as_mut_ptr().add(n * cap + s));
+                    let (q, out) = (qq.as_ptr().add(n * hd), scores.as_mut_ptr().add(n * cap + s));
                     if hd == 64 {
-                        four_scores(q, k, 64, a.scale, out)
+                        four_scores(q, keys, s, 64, a.scale, out)
                     } else {
-                        four_scores(q, k, hd, a.scale, out)
+                        four_scores(q, keys, s, hd, a.scale, out)
                     }
                 };
             }
@@ -34,8 +69,8 @@ pub fn scores<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32
         }
         while s < end {
             if s + 1 < end {
-                // SAFETY: qq holds N heads of hd; keys s and s + 1 are rows of k.
-                let (d0, d1) = unsafe { dot_n2::<N>(qq.as_ptr(), k.as_ptr().add(s * hd), hd) };
+                // SAFETY: qq holds N heads of hd; keys s and s + 1 are rows of `keys`.
+                let (d0, d1) = unsafe { dot_n2::<N, K>(qq.as_ptr(), keys, s, hd) };
                 for n in 0..N {
                     scores[n * cap + s] = d0[n] * a.scale;
                     scores[n * cap + s + 1] = d1[n] * a.scale;
@@ -43,7 +78,7 @@ pub fn scores<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32
                 s += 2;
             } else {
                 // SAFETY: as above, key s only.
-                let d = unsafe { dot_n::<N>(qq.as_ptr(), k.as_ptr().add(s * hd), hd) };
+                let d = unsafe { dot_n::<N, K>(qq.as_ptr(), keys, s, hd) };
                 for n in 0..N {
                     scores[n * cap + s] = d[n] * a.scale;
                 }
@@ -53,21 +88,21 @@ pub fn scores<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32
     }
 }
 
-/// One head's (`q`) scaled scores against the four keys from `k`, stored at
+/// One head's (`q`) scaled scores against the four keys from `s`, stored at
 /// `out[..4]`: eight partial sums per key as in [`dot_n`], then the four keys'
 /// [`hsum`]s together (the same additions of the same pairs, lanes shuffled
 /// instead of extracted one by one).
 #[inline(always)]
-unsafe fn four_scores(q: *const f32, k: *const f32, hd: usize, scale: f32, out: *mut f32) {
+unsafe fn four_scores<K: KeyRows>(q: *const f32, keys: K, s: usize, hd: usize, scale: f32, out: *mut f32) {
     let z = f32x4_splat(0.0);
     let (mut lo, mut hi) = ([z; 4], [z; 4]);
     let mut c = 0;
     while c < hd {
         let (ql, qh) = (v128_load(q.add(c) as *const v128), v128_load(q.add(c + 4) as *const v128));
         for i in 0..4 {
-            let key = k.add(i * hd + c);
-            lo[i] = f32x4_add(lo[i], f32x4_mul(ql, v128_load(key as *const v128)));
-            hi[i] = f32x4_add(hi[i], f32x4_mul(qh, v128_load(key.add(4) as *const v128)));
+            let (kl, kh) = keys.eight(s + i, c, hd);
+            lo[i] = f32x4_add(lo[i], f32x4_mul(ql, kl));
+            hi[i] = f32x4_add(hi[i], f32x4_mul(qh, kh));
         }
         c += 8;
     }
@@ -84,16 +119,16 @@ fn hsum(v: v128) -> f32 {
     (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v)) + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
 }
 
-/// The dot products of `N` contiguous query heads with one key; `hd % 8 == 0`.
+/// The dot products of `N` contiguous query heads with key `s`; `hd % 8 == 0`.
 /// Eight lanes (two vectors) per head, summed as the portable [`super::portable::dot_n`]
 /// (and the WebGPU kernel) sums them: the same bits on every backend.
 #[inline(always)]
-pub unsafe fn dot_n<const N: usize>(q: *const f32, key: *const f32, hd: usize) -> [f32; N] {
+pub unsafe fn dot_n<const N: usize, K: KeyRows>(q: *const f32, keys: K, s: usize, hd: usize) -> [f32; N] {
     let mut lo = [f32x4_splat(0.0); N];
     let mut hi = [f32x4_splat(0.0); N];
     let mut c = 0;
     while c < hd {
-        let (k0, k1) = (v128_load(key.add(c) as *const v128), v128_load(key.add(c + 4) as *const v128));
+        let (k0, k1) = keys.eight(s, c, hd);
         for n in 0..N {
             let qp = q.add(n * hd + c);
             lo[n] = f32x4_add(lo[n], f32x4_mul(v128_load(qp as *const v128), k0));
@@ -108,15 +143,15 @@ pub unsafe fn dot_n<const N: usize>(q: *const f32, key: *const f32, hd: usize) -
     out
 }
 
-/// [`dot_n`] for two consecutive keys at `key` (rows of `hd`).
+/// [`dot_n`] for keys `s` and `s + 1`.
 #[inline(always)]
-pub unsafe fn dot_n2<const N: usize>(q: *const f32, key: *const f32, hd: usize) -> ([f32; N], [f32; N]) {
+pub unsafe fn dot_n2<const N: usize, K: KeyRows>(q: *const f32, keys: K, s: usize, hd: usize) -> ([f32; N], [f32; N]) {
     let z = f32x4_splat(0.0);
     let (mut a0, mut b0, mut a1, mut b1) = ([z; N], [z; N], [z; N], [z; N]);
     let mut c = 0;
     while c < hd {
-        let (k0, k0h) = (v128_load(key.add(c) as *const v128), v128_load(key.add(c + 4) as *const v128));
-        let (k1, k1h) = (v128_load(key.add(hd + c) as *const v128), v128_load(key.add(hd + c + 4) as *const v128));
+        let (k0, k0h) = keys.eight(s, c, hd);
+        let (k1, k1h) = keys.eight(s + 1, c, hd);
         for n in 0..N {
             let qp = q.add(n * hd + c);
             let (ql, qh) = (v128_load(qp as *const v128), v128_load(qp.add(4) as *const v128));

@@ -32,6 +32,63 @@ pub fn avx2() -> bool {
     *ON.get_or_init(|| std::is_x86_feature_detected!("avx2"))
 }
 
+/// Key rows the score loops read: f32 rows, or bf16 ones in runs of sixteen
+/// columns (see `bf16_keys`), which give the same vectors of f32 columns.
+pub trait KeyRows: Copy {
+    /// Bytes a column takes.
+    const BYTES: usize;
+    /// Where key `s` of rows of `hd` starts (may lie past the rows: only prefetched).
+    fn row_bytes(self, s: usize, hd: usize) -> *const u8;
+    /// Columns `c..c + 8` of key `s` (`c % 8 == 0`).
+    unsafe fn eight(self, s: usize, c: usize, hd: usize) -> __m256;
+    /// Columns `c..c + 8` of keys `s0` (lanes 0..8) and `s1` (8..16).
+    unsafe fn eight_of_two(self, s0: usize, s1: usize, c: usize, hd: usize) -> __m512;
+}
+
+/// f32 key rows.
+#[derive(Clone, Copy)]
+pub struct F32Rows(pub *const f32);
+
+impl KeyRows for F32Rows {
+    const BYTES: usize = 4;
+    #[inline(always)]
+    fn row_bytes(self, s: usize, hd: usize) -> *const u8 {
+        self.0.wrapping_add(s * hd) as *const u8
+    }
+    #[inline(always)]
+    unsafe fn eight(self, s: usize, c: usize, hd: usize) -> __m256 {
+        _mm256_loadu_ps(self.0.add(s * hd + c))
+    }
+    #[inline(always)]
+    unsafe fn eight_of_two(self, s0: usize, s1: usize, c: usize, hd: usize) -> __m512 {
+        _mm512_insertf32x8::<1>(_mm512_castps256_ps512(self.eight(s0, c, hd)), self.eight(s1, c, hd))
+    }
+}
+
+/// bf16 key rows, words in runs of sixteen columns (`hd % 16 == 0`): columns
+/// `c..c + 8` are the low halves of the run's words (`c % 16 == 0`) or the high ones.
+#[derive(Clone, Copy)]
+pub struct Bf16Rows(pub *const u32);
+
+impl KeyRows for Bf16Rows {
+    const BYTES: usize = 2;
+    #[inline(always)]
+    fn row_bytes(self, s: usize, hd: usize) -> *const u8 {
+        self.0.wrapping_add(s * hd / 2) as *const u8
+    }
+    #[inline(always)]
+    unsafe fn eight(self, s: usize, c: usize, hd: usize) -> __m256 {
+        let words = _mm256_loadu_si256(self.0.add((s * hd + c / 16 * 16) / 2) as *const __m256i);
+        _mm256_castsi256_ps(if c.is_multiple_of(16) { _mm256_slli_epi32::<16>(words) } else { _mm256_and_si256(words, _mm256_set1_epi32(0xFFFF_0000u32 as i32)) })
+    }
+    #[inline(always)]
+    unsafe fn eight_of_two(self, s0: usize, s1: usize, c: usize, hd: usize) -> __m512 {
+        let (run0, run1) = (self.0.add((s0 * hd + c / 16 * 16) / 2), self.0.add((s1 * hd + c / 16 * 16) / 2));
+        let words = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm256_loadu_si256(run0 as *const __m256i)), _mm256_loadu_si256(run1 as *const __m256i));
+        _mm512_castsi512_ps(if c.is_multiple_of(16) { _mm512_slli_epi32::<16>(words) } else { _mm512_and_si512(words, _mm512_set1_epi32(0xFFFF_0000u32 as i32)) })
+    }
+}
+
 /// `((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7))`.
 #[inline(always)]
 unsafe fn combine(v: __m256) -> f32 {
@@ -44,9 +101,8 @@ unsafe fn combine(v: __m256) -> f32 {
 /// that meet the same query eight at a time ([`eight_scores`]), the rest two
 /// keys per pass.
 #[target_feature(enable = "avx2")]
-pub unsafe fn scores<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32], scores: &mut [f32]) {
+pub unsafe fn scores<const N: usize, K: KeyRows>(a: &GroupArgs, q: &[f32], q_sink: &[f32], keys: K, scores: &mut [f32]) {
     let (hd, cap) = (a.hd, a.cap);
-    let kp = k.as_ptr();
     let sp = scores.as_mut_ptr();
     let mut s = 0;
     while s < a.used {
@@ -54,21 +110,21 @@ pub unsafe fn scores<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k
         let qq = if a.shifted(s) { q_sink } else { q }.as_ptr();
         while s + 8 <= end {
             if a.streams {
-                prefetch_lines(kp.wrapping_add((s + KEYS_AHEAD) * hd) as *const u8, hd / 2);
+                prefetch_lines(keys.row_bytes(s + KEYS_AHEAD, hd), hd * K::BYTES / 8);
             }
             for n in 0..N {
-                eight_scores(qq.add(n * hd), kp.add(s * hd), hd, a.scale, sp.add(n * cap + s));
+                eight_scores(qq.add(n * hd), keys, s, hd, a.scale, sp.add(n * cap + s));
             }
             s += 8;
         }
         while s < end {
             let pair = s + 1 < end;
-            let (k0, k1) = (kp.add(s * hd), kp.add((s + pair as usize) * hd));
+            let s1 = s + pair as usize;
             let mut a0 = [_mm256_setzero_ps(); N];
             let mut a1 = [_mm256_setzero_ps(); N];
             let mut c = 0;
             while c < hd {
-                let (x0, x1) = (_mm256_loadu_ps(k0.add(c)), _mm256_loadu_ps(k1.add(c)));
+                let (x0, x1) = (keys.eight(s, c, hd), keys.eight(s1, c, hd));
                 for n in 0..N {
                     let qv = _mm256_loadu_ps(qq.add(n * hd + c));
                     a0[n] = _mm256_add_ps(a0[n], _mm256_mul_ps(qv, x0));
@@ -87,17 +143,17 @@ pub unsafe fn scores<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k
     }
 }
 
-/// One head's (`q`) scaled scores against the eight keys from `k`, stored at
+/// One head's (`q`) scaled scores against the eight keys from `s`, stored at
 /// `out[..8]`: eight partial sums per key, then the eight keys combined
 /// together (the same additions of the same pairs as [`combine`]).
 #[inline(always)]
-unsafe fn eight_scores(q: *const f32, k: *const f32, hd: usize, scale: f32, out: *mut f32) {
+unsafe fn eight_scores<K: KeyRows>(q: *const f32, keys: K, s: usize, hd: usize, scale: f32, out: *mut f32) {
     let mut acc = [_mm256_setzero_ps(); 8];
     let mut c = 0;
     while c < hd {
         let qv = _mm256_loadu_ps(q.add(c));
         for (i, x) in acc.iter_mut().enumerate() {
-            *x = _mm256_add_ps(*x, _mm256_mul_ps(qv, _mm256_loadu_ps(k.add(i * hd + c))));
+            *x = _mm256_add_ps(*x, _mm256_mul_ps(qv, keys.eight(s + i, c, hd)));
         }
         c += 8;
     }
@@ -115,25 +171,24 @@ unsafe fn eight_scores(q: *const f32, k: *const f32, hd: usize, scale: f32, out:
 /// broadcast to both halves: each key's sums in the same order. Runs of keys
 /// that meet the same query go eight at a time ([`eight_scores_avx512`]).
 #[target_feature(enable = "avx512f,avx512dq")]
-pub unsafe fn scores_avx512<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[f32], k: &[f32], scores: &mut [f32]) {
+pub unsafe fn scores_avx512<const N: usize, K: KeyRows>(a: &GroupArgs, q: &[f32], q_sink: &[f32], keys: K, scores: &mut [f32]) {
     let (hd, cap) = (a.hd, a.cap);
-    let kp = k.as_ptr();
     let sp = scores.as_mut_ptr();
     let mut s = 0;
     while s < a.used {
         let end = a.run_end(s);
         let qq = if a.shifted(s) { q_sink } else { q }.as_ptr();
         while s + 8 <= end {
-            eight_scores_avx512::<N>(qq, kp.add(s * hd), hd, a.scale, sp.add(s), cap, a.streams);
+            eight_scores_avx512::<N, K>(qq, keys, s, hd, a.scale, sp.add(s), cap, a.streams);
             s += 8;
         }
         while s < end {
             let pair = s + 1 < end;
-            let (k0, k1) = (kp.add(s * hd), kp.add((s + pair as usize) * hd));
+            let s1 = s + pair as usize;
             let mut acc = [_mm512_setzero_ps(); N];
             let mut c = 0;
             while c < hd {
-                let kk = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_loadu_ps(k0.add(c))), _mm256_loadu_ps(k1.add(c)));
+                let kk = keys.eight_of_two(s, s1, c, hd);
                 for (n, x) in acc.iter_mut().enumerate() {
                     let qv = _mm512_broadcast_f32x8(_mm256_loadu_ps(qq.add(n * hd + c)));
                     *x = _mm512_add_ps(*x, _mm512_mul_ps(qv, kk));
@@ -151,27 +206,25 @@ pub unsafe fn scores_avx512<const N: usize>(a: &GroupArgs, q: &[f32], q_sink: &[
     }
 }
 
-/// The scaled scores of `N` heads (`q`) against the eight keys from `k`,
+/// The scaled scores of `N` heads (`q`) against the eight keys from `s`,
 /// stored at `out[n * cap..][..8]`: two keys per vector as in
 /// [`scores_avx512`], then the eight keys' partial sums combined together
 /// ([`combine_eight`]) instead of one key at a time.
 #[inline(always)]
-unsafe fn eight_scores_avx512<const N: usize>(q: *const f32, k: *const f32, hd: usize, scale: f32, out: *mut f32, cap: usize, streams: bool) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn eight_scores_avx512<const N: usize, K: KeyRows>(q: *const f32, keys: K, s: usize, hd: usize, scale: f32, out: *mut f32, cap: usize, streams: bool) {
     let mut acc = [[_mm512_setzero_ps(); 4]; N];
-    let ahead = k.wrapping_add(KEYS_AHEAD * hd) as *const u8;
+    let ahead = keys.row_bytes(s + KEYS_AHEAD, hd);
     let mut c = 0;
     while c < hd {
         if streams {
-            // The eight keys KEYS_AHEAD on: 256 of their bytes per eight columns.
-            prefetch_lines(ahead.wrapping_add(c * 32), 4);
+            // The eight keys KEYS_AHEAD on: their bytes of these eight columns (256 for f32 rows).
+            prefetch_lines(ahead.wrapping_add(c * 8 * K::BYTES), K::BYTES);
         }
-        let keys: [__m512; 4] = std::array::from_fn(|i| {
-            let (k0, k1) = (k.add(2 * i * hd + c), k.add((2 * i + 1) * hd + c));
-            _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_loadu_ps(k0)), _mm256_loadu_ps(k1))
-        });
+        let pairs: [__m512; 4] = std::array::from_fn(|i| keys.eight_of_two(s + 2 * i, s + 2 * i + 1, c, hd));
         for (n, an) in acc.iter_mut().enumerate() {
             let qv = _mm512_broadcast_f32x8(_mm256_loadu_ps(q.add(n * hd + c)));
-            for (x, kk) in an.iter_mut().zip(&keys) {
+            for (x, kk) in an.iter_mut().zip(&pairs) {
                 *x = _mm512_add_ps(*x, _mm512_mul_ps(qv, *kk));
             }
         }
