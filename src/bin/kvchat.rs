@@ -176,6 +176,10 @@ mod cli {
         /// Score at most this many tokens of the file.
         #[arg(long)]
         max_tokens: Option<usize>,
+        /// Tokens per forward pass (default: the engine's); 1 scores the text as decode
+        /// steps would run it (the cold tier recalls as it does when generating).
+        #[arg(long)]
+        prefill_chunk: Option<usize>,
         #[arg(long)]
         json: bool,
     }
@@ -242,8 +246,13 @@ mod cli {
 
     /// Reads the model file and loads it on the backend `--backend` names.
     fn load(m: &ModelArgs) -> R<Engine> {
+        load_with(m, EngineOptions::default().prefill_chunk)
+    }
+
+    /// [`load`] with `prefill_chunk` tokens per forward pass.
+    fn load_with(m: &ModelArgs, prefill_chunk: usize) -> R<Engine> {
         let bytes = std::fs::read(&m.model).map_err(|e| format!("cannot read {}: {e}", m.model.display()))?;
-        let opts = EngineOptions { kv: kv_config(m, m.kv_window)?, ..Default::default() };
+        let opts = EngineOptions { kv: kv_config(m, m.kv_window)?, prefill_chunk, ..Default::default() };
         match m.backend.as_str() {
             "cpu" => Ok(Engine::load(&bytes, opts)?),
             "webgpu" | "auto" => match kvchat::backend::webgpu::GpuContext::new_blocking()
@@ -453,9 +462,9 @@ mod cli {
 
     /// `perplexity`: scores a text file through the bounded cache, with a running figure on stderr.
     fn perplexity(a: PerplexityArgs) -> R<()> {
-        let PerplexityArgs { m, file, max_tokens, json } = a;
+        let PerplexityArgs { m, file, max_tokens, prefill_chunk, json } = a;
         let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let mut engine = load(&m)?;
+        let mut engine = load_with(&m, prefill_chunk.unwrap_or(EngineOptions::default().prefill_chunk))?;
         let mut ids = engine.tokenize(&text)?;
         if let Some(n) = max_tokens {
             ids.truncate(n);
